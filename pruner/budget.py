@@ -1,0 +1,116 @@
+"""Budgets: what must remain of the original model, and turning an allocation into keep ratios.
+
+A budget is ``flops=0.5`` (half the MACs remain), ``params=0.4`` or ``latency=0.6``. A
+strategy proposes an *allocation*: a non-negative weight per group saying how unevenly
+to prune (0 = leave the group alone). :func:`solve` finds the global scale ``s`` such that
+pruning group ``g`` by ``s * allocation[g]`` (clipped to each group's limits) meets the
+budget, by bisection: on the exact cost model for FLOPs and params, on a measured cost
+for latency.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from .errors import PrunerError
+from .pruning.space import PruningSpace
+
+KINDS = ("flops", "params", "latency")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """``kind`` in flops/params/latency; ``target``: fraction of the original that may remain."""
+
+    kind: str
+    target: float
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise PrunerError(f"unknown budget kind {self.kind!r}; use one of {', '.join(KINDS)} (e.g. flops=0.5)")
+        if not (0.0 < self.target < 1.0) or math.isnan(self.target):
+            raise PrunerError(
+                f"budget {self.kind}={self.target} is outside (0, 1): it is the fraction of the original "
+                f"{self.kind} that remains, e.g. {self.kind}=0.5"
+            )
+
+    @classmethod
+    def parse(cls, text: str) -> "Budget":
+        """Parse ``kind=fraction`` (e.g. ``flops=0.5``)."""
+        if not isinstance(text, str) or "=" not in text:
+            raise PrunerError(f"budget {text!r} must look like flops=0.5, params=0.4 or latency=0.6")
+        kind, _, value = text.partition("=")
+        try:
+            target = float(value)
+        except ValueError:
+            raise PrunerError(f"budget value {value!r} is not a number; e.g. flops=0.5") from None
+        return cls(kind.strip().lower(), target)
+
+    def __str__(self) -> str:
+        return f"{self.kind}={self.target:g}"
+
+
+@dataclass(frozen=True)
+class Solution:
+    keep_ratios: list[float]
+    counts: list[int]
+    achieved: float   # achieved fraction of the original cost (<= target unless infeasible)
+    scale: float
+
+
+CostFn = Callable[[list[int]], float]  # channel counts -> fraction of the original cost
+
+
+def model_cost_fn(space: PruningSpace, kind: str) -> CostFn:
+    """Exact relative MACs or params from the space's cost model."""
+    if kind == "flops":
+        return lambda counts: space.predict(counts=counts)[0] / space.base_macs
+    if kind == "params":
+        return lambda counts: space.predict(counts=counts)[1] / space.base_params
+    raise PrunerError(f"no analytic cost model for {kind!r}: pass a measured cost function")
+
+
+def ratios_for_scale(space: PruningSpace, allocation: Sequence[float], scale: float) -> list[float]:
+    lo = [space.min_keep(g) / g.channels for g in space.groups]
+    return [min(1.0, max(l, 1.0 - scale * a)) for l, a in zip(lo, allocation)]
+
+
+def solve(space: PruningSpace, allocation: Sequence[float], budget: Budget, *,
+          cost_fn: CostFn | None = None, iterations: int = 40) -> Solution:
+    """Keep ratios meeting ``budget`` that prune groups in proportion to ``allocation``."""
+    alloc = [float(a) for a in allocation]
+    if len(alloc) != len(space.groups):
+        raise PrunerError(f"allocation has {len(alloc)} entries but the model has {len(space.groups)} groups")
+    if any(a < 0 or math.isnan(a) for a in alloc) or max(alloc, default=0.0) <= 0:
+        raise PrunerError("an allocation needs non-negative weights with at least one positive")
+    peak = max(alloc)
+    alloc = [a / peak for a in alloc]
+    cost = cost_fn or model_cost_fn(space, budget.kind)
+
+    def evaluate(scale: float) -> tuple[list[float], list[int], float]:
+        ratios = ratios_for_scale(space, alloc, scale)
+        counts = space.counts(ratios)
+        return ratios, counts, cost(counts)
+
+    hi = 1.0 / min(a for a in alloc if a > 0)  # every allocated group at its floor
+    ratios, counts, achieved = evaluate(hi)
+    if achieved > budget.target:
+        raise PrunerError(
+            f"budget {budget} cannot be met with this allocation: pruning every allowed channel leaves "
+            f"{achieved:.3f} of the {budget.kind}; raise the target or allow more pruning (max_prune)"
+        )
+    best = (ratios, counts, achieved, hi)
+    lo = 0.0
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        ratios, counts, achieved = evaluate(mid)
+        if achieved <= budget.target:
+            hi, best = mid, (ratios, counts, achieved, mid)
+        else:
+            lo = mid
+        if hi - lo < 1e-4:
+            break
+    _ratios, counts, achieved, scale = best
+    return Solution([c / g.channels for c, g in zip(counts, space.groups)], counts, achieved, scale)

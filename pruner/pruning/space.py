@@ -1,0 +1,349 @@
+"""The pruning space of a model: its channel groups, a cost model over them, and surgery.
+
+Torch-Pruning's dependency graph finds which channels must be removed together (residual
+adds, concatenations, depthwise convolutions). A :class:`PruningSpace` is built once per
+base model and answers, without touching the model:
+
+* which groups exist (:attr:`PruningSpace.groups`) and what share of the MACs and
+  parameters each one controls;
+* how many channels each group keeps for given keep ratios (:meth:`counts`);
+* the MACs and parameters of the pruned model (:meth:`predict`), exact for conv/linear
+  networks, so budget solvers can bisect without physical surgery.
+
+:meth:`prune` builds the physically smaller copy (``nn.Module``, not masks) and returns a
+:class:`PruningRecord` that replays the same surgery on a fresh base model (used to
+rebuild pruned checkpoints).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+from ..errors import PrunerError
+from .shortcut import CUSTOM_PRUNERS
+
+_PRUNABLE_TYPES = (nn.Conv2d, nn.Conv1d, nn.Linear)
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Channels that must be pruned together, named after the layer whose outputs they are."""
+
+    index: int
+    name: str                 # root layer name, e.g. "layer1.0.conv1"
+    channels: int             # channels before pruning
+    min_channels: int         # never keep fewer than this
+    layers: tuple[str, ...]   # layers whose output channels belong to the group
+    macs: int                 # MACs of all layers the group touches (in or out side)
+    params: int               # parameters of all modules the group touches
+
+    @property
+    def coupled(self) -> bool:
+        """True when several layers share these channels (e.g. a residual stage)."""
+        return len(self.layers) > 1
+
+    def to_dict(self) -> dict:
+        return {
+            "index": self.index, "name": self.name, "channels": self.channels,
+            "min_channels": self.min_channels, "layers": list(self.layers),
+            "macs": self.macs, "params": self.params, "coupled": self.coupled,
+        }
+
+
+@dataclass
+class PruningRecord:
+    """What was removed: per group name, the removed channel indices (root index space)."""
+
+    removed: dict[str, list[int]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"removed": self.removed}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PruningRecord":
+        return cls({str(k): [int(i) for i in v] for k, v in d["removed"].items()})
+
+
+@dataclass
+class _Term:
+    """One parameter tensor or one layer's MACs, scaled by the kept fraction of its channels."""
+
+    base: int
+    out: dict[int, int]      # group index -> channels of this term's output dim in that group
+    out_total: int
+    inp: dict[int, int]
+    in_total: int
+
+
+def _fraction(share: dict[int, int], total: int, frac: Sequence[float]) -> float:
+    if total <= 0:
+        return 1.0
+    pruned_part = sum(n * frac[g] for g, n in share.items())
+    rest = total - sum(share.values())
+    return (pruned_part + rest) / total
+
+
+def build_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
+    """Trace ``model`` with Torch-Pruning, including the project's custom layer handlers."""
+    try:
+        with torch.enable_grad():
+            return tp.DependencyGraph().build_dependency(
+                model, example_input, customized_pruners=CUSTOM_PRUNERS, verbose=False
+            )
+    except Exception as exc:  # tracing failures are model problems the user must hear about
+        raise PrunerError(
+            f"Torch-Pruning could not trace this model ({type(exc).__name__}: {exc}); "
+            "models must be traceable by autograd on a single tensor input"
+        ) from exc
+
+
+def output_layers(model: nn.Module, example_input: torch.Tensor) -> list[nn.Module]:
+    """Conv/linear layers whose output *is* the model output (the classifier): never pruned."""
+    outputs: dict[int, nn.Module] = {}
+    hooks = [
+        m.register_forward_hook(lambda mod, _i, o: outputs.__setitem__(id(o), mod))
+        for m in model.modules() if isinstance(m, _PRUNABLE_TYPES)
+    ]
+    try:
+        with torch.no_grad():
+            out = model(example_input)
+    finally:
+        for h in hooks:
+            h.remove()
+    outs = out if isinstance(out, (tuple, list)) else [out]
+    return [outputs[id(o)] for o in outs if id(o) in outputs]
+
+
+def _unsupported_layers(model: nn.Module) -> list[nn.Module]:
+    """Grouped (non-depthwise) convolutions: Torch-Pruning cannot keep their group structure."""
+    bad = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and m.groups > 1 and not (m.groups == m.in_channels == m.out_channels):
+            bad.append(m)
+    return bad
+
+
+class PruningSpace:
+    """Channel groups of a base model, a cost model over keep ratios, and physical pruning.
+
+    Args:
+        model: the base model (left untouched; only traced).
+        input_size: ``(C, H, W)`` of one input image.
+        min_channels: the fewest channels any group may keep.
+        max_prune: the largest fraction of any group that may be removed.
+    """
+
+    def __init__(self, model: nn.Module, input_size: Sequence[int] = (3, 32, 32), *,
+                 min_channels: int = 1, max_prune: float = 0.95):
+        if not 0.0 < max_prune < 1.0:
+            raise PrunerError(f"max_prune must be in (0, 1), got {max_prune}")
+        self.input_size = tuple(int(s) for s in input_size)
+        self.max_prune = float(max_prune)
+        device = next(iter(model.parameters())).device
+        example = torch.randn(1, *self.input_size, device=device)
+        was_training = model.training
+        model.eval()
+        try:
+            graph = build_graph(model, example)
+            self._names = {m: n for n, m in model.named_modules()}
+            self.groups, self._terms_macs, self._terms_params = self._analyse(
+                model, graph, example, output_layers(model, example), _unsupported_layers(model), min_channels)
+        finally:
+            model.train(was_training)
+        if not self.groups:
+            raise PrunerError("this model has no prunable channel groups (only its classifier or unsupported layers)")
+        self.base_macs = sum(t.base for t in self._terms_macs)
+        self.base_params = sum(p.numel() for p in model.parameters())
+        del self._names
+
+    # ------------------------------------------------------------------ analysis
+    def _analyse(self, model, graph, example, outputs, unsupported, min_channels):
+        macs_of = self._layer_macs(model, example)
+        groups_raw = []
+        for group in graph.get_all_groups(ignored_layers=outputs + unsupported, root_module_types=_PRUNABLE_TYPES):
+            if any(dep.target.module in unsupported for dep, _ in group):
+                continue  # pruning it would reshape a grouped convolution, which Torch-Pruning cannot keep valid
+            if any(dep.target.module in outputs and graph.is_out_channel_pruning_fn(dep.handler) for dep, _ in group):
+                continue  # it would change the model's output
+            root = group[0].dep.target.module
+            groups_raw.append((root, group))
+
+        out_share: dict[nn.Module, dict[int, int]] = {}
+        in_share: dict[nn.Module, dict[int, int]] = {}
+        out_layers: dict[int, list[str]] = {}
+        for gi, (_root, group) in enumerate(groups_raw):
+            for dep, idxs in group:
+                mod = dep.target.module
+                if not isinstance(mod, nn.Module) or mod not in self._names:
+                    continue
+                if graph.is_out_channel_pruning_fn(dep.handler):
+                    out_share.setdefault(mod, {})[gi] = len(idxs)
+                    if isinstance(mod, _PRUNABLE_TYPES):
+                        out_layers.setdefault(gi, []).append(self._names[mod])
+                elif graph.is_in_channel_pruning_fn(dep.handler):
+                    in_share.setdefault(mod, {})[gi] = len(idxs)
+
+        terms_macs, terms_params = [], []
+        touched_macs: dict[int, int] = {}
+        touched_params: dict[int, int] = {}
+        for mod in model.modules():
+            own = list(mod.parameters(recurse=False))
+            is_layer = isinstance(mod, _PRUNABLE_TYPES)
+            if not own and not is_layer:
+                continue
+            depthwise = isinstance(mod, nn.Conv2d) and mod.groups > 1 and mod.groups == mod.in_channels
+            outs = out_share.get(mod, {})
+            ins = {} if depthwise else in_share.get(mod, {})
+            out_total = _out_channels(mod)
+            in_total = _in_channels(mod)
+            if is_layer and mod in macs_of:
+                terms_macs.append(_Term(macs_of[mod], outs, out_total, ins, in_total))
+                for g in set(outs) | set(ins):
+                    touched_macs[g] = touched_macs.get(g, 0) + macs_of[mod]
+            for p in own:
+                t = _param_term(mod, p, outs, out_total, ins, in_total)
+                terms_params.append(t)
+                for g in set(t.out) | set(t.inp):
+                    touched_params[g] = touched_params.get(g, 0) + p.numel()
+
+        groups = []
+        for gi, (root, group) in enumerate(groups_raw):
+            channels = len(group[0].idxs)
+            groups.append(ChannelGroup(
+                index=gi, name=self._names[root], channels=channels,
+                min_channels=max(1, min(int(min_channels), channels)),
+                layers=tuple(out_layers.get(gi, [self._names[root]])),
+                macs=touched_macs.get(gi, 0), params=touched_params.get(gi, 0),
+            ))
+        return groups, terms_macs, terms_params
+
+    @staticmethod
+    def _layer_macs(model: nn.Module, example: torch.Tensor) -> dict[nn.Module, int]:
+        macs: dict[nn.Module, int] = {}
+
+        def hook(mod, inputs, out):
+            if isinstance(mod, nn.Linear):
+                n = out.numel() // out.shape[-1] // example.shape[0]
+                macs[mod] = macs.get(mod, 0) + n * mod.in_features * mod.out_features
+            else:
+                k = math.prod(mod.kernel_size)
+                macs[mod] = macs.get(mod, 0) + out.numel() // example.shape[0] * (mod.in_channels // mod.groups) * k
+
+        hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, _PRUNABLE_TYPES)]
+        try:
+            with torch.no_grad():
+                model(example)
+        finally:
+            for h in hooks:
+                h.remove()
+        return macs
+
+    # ------------------------------------------------------------------ queries
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    @property
+    def names(self) -> list[str]:
+        return [g.name for g in self.groups]
+
+    def validate_ratios(self, keep_ratios: Sequence[float]) -> list[float]:
+        ratios = [float(r) for r in keep_ratios]
+        if len(ratios) != len(self.groups):
+            raise PrunerError(f"expected {len(self.groups)} keep ratios (one per group), got {len(ratios)}")
+        for r in ratios:
+            if not (0.0 <= r <= 1.0) or math.isnan(r):
+                raise PrunerError(f"keep ratios must be in [0, 1], got {r}")
+        return ratios
+
+    def min_keep(self, group: ChannelGroup) -> int:
+        return max(group.min_channels, int(math.ceil(group.channels * (1.0 - self.max_prune))))
+
+    def counts(self, keep_ratios: Sequence[float]) -> list[int]:
+        """Channels each group keeps: ``round(channels * ratio)`` clipped to the allowed range."""
+        ratios = self.validate_ratios(keep_ratios)
+        return [
+            int(min(g.channels, max(self.min_keep(g), round(g.channels * r))))
+            for g, r in zip(self.groups, ratios)
+        ]
+
+    def predict(self, keep_ratios: Sequence[float] | None = None, *, counts: Sequence[int] | None = None) -> tuple[int, int]:
+        """(MACs, params) of the model pruned to ``keep_ratios`` (or explicit ``counts``)."""
+        if counts is None:
+            counts = self.counts(keep_ratios if keep_ratios is not None else [1.0] * len(self.groups))
+        frac = [c / g.channels for c, g in zip(counts, self.groups)]
+        macs = sum(t.base * _fraction(t.out, t.out_total, frac) * _fraction(t.inp, t.in_total, frac) for t in self._terms_macs)
+        params = sum(t.base * _fraction(t.out, t.out_total, frac) * _fraction(t.inp, t.in_total, frac) for t in self._terms_params)
+        return int(round(macs)), int(round(params))
+
+    # ------------------------------------------------------------------ surgery
+    def prune(self, model: nn.Module, counts: Sequence[int], ranking: Sequence[torch.Tensor], *,
+              inplace: bool = False) -> tuple[nn.Module, PruningRecord]:
+        """Physically remove channels: group ``i`` keeps its ``counts[i]`` highest-ranked channels.
+
+        ``ranking[i]`` lists the group's channel indices from least to most important.
+        The base ``model`` is left untouched unless ``inplace``.
+        """
+        if len(counts) != len(self.groups) or len(ranking) != len(self.groups):
+            raise PrunerError("prune needs one channel count and one ranking per group")
+        removed = {}
+        for g, c, order in zip(self.groups, counts, ranking):
+            n_remove = g.channels - int(c)
+            if n_remove > 0:
+                removed[g.name] = sorted(int(i) for i in order[:n_remove])
+        record = PruningRecord(removed)
+        return apply_record(model, record, self.input_size, inplace=inplace), record
+
+
+def apply_record(model: nn.Module, record: PruningRecord, input_size: Sequence[int], *, inplace: bool = False) -> nn.Module:
+    """Replay a :class:`PruningRecord` on a model with the base architecture."""
+    target = model if inplace else copy.deepcopy(model)
+    if not record.removed:
+        return target
+    was_training = target.training
+    target.eval()
+    device = next(iter(target.parameters())).device
+    graph = build_graph(target, torch.randn(1, *input_size, device=device))
+    modules = dict(target.named_modules())
+    for name, idxs in record.removed.items():
+        if name not in modules:
+            raise PrunerError(f"pruning record names layer {name!r}, which this model does not have")
+        root = modules[name]
+        pruner = graph.get_pruner_of_module(root)
+        group = graph.get_pruning_group(root, pruner.prune_out_channels, list(idxs))
+        group.prune()
+    target.train(was_training)
+    return target
+
+
+def _out_channels(mod: nn.Module) -> int:
+    for attr in ("out_channels", "out_features", "num_features", "normalized_shape"):
+        v = getattr(mod, attr, None)
+        if v is not None:
+            return int(v[0] if isinstance(v, (tuple, list)) else v)
+    return 0
+
+
+def _in_channels(mod: nn.Module) -> int:
+    for attr in ("in_channels", "in_features"):
+        v = getattr(mod, attr, None)
+        if v is not None:
+            return int(v)
+    return 0
+
+
+def _param_term(mod, p, outs, out_total, ins, in_total) -> _Term:
+    """How a parameter tensor shrinks: dim 0 with the output group(s), dim 1 with the input ones."""
+    scales_out = p.dim() >= 1 and out_total > 0 and p.shape[0] == out_total
+    scales_in = isinstance(mod, _PRUNABLE_TYPES) and p.dim() >= 2 and in_total > 0 and p.shape[1] * getattr(mod, "groups", 1) == in_total
+    return _Term(
+        p.numel(),
+        outs if scales_out else {}, out_total if scales_out else 0,
+        ins if scales_in else {}, in_total if scales_in else 0,
+    )

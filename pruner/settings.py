@@ -1,0 +1,43 @@
+"""Environment-driven settings: where data and weights live, and which device to use."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .errors import PrunerError
+
+DATA_ROOT_ENV = "PRUNER_DATA_ROOT"
+WEIGHTS_DIR_ENV = "PRUNER_WEIGHTS_DIR"
+CACHE_DIR_ENV = "PRUNER_CACHE_DIR"
+
+
+def data_root() -> Path:
+    """Root of datasets (``cifar10-jpeg/`` lives there; torchvision downloads go there)."""
+    return Path(os.environ.get(DATA_ROOT_ENV, Path.home() / ".cache" / "pruner" / "data")).expanduser()
+
+
+def weights_dir() -> Path:
+    """Where pretrained weights are looked up before any download (torch.hub ``model_dir``)."""
+    return Path(os.environ.get(WEIGHTS_DIR_ENV, Path(torch.hub.get_dir()) / "checkpoints")).expanduser()
+
+
+def cache_dir() -> Path:
+    """Where decoded datasets are cached between runs."""
+    return Path(os.environ.get(CACHE_DIR_ENV, Path.home() / ".cache" / "pruner" / "decoded")).expanduser()
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; ``cuda`` without a GPU is a clear error."""
+    name = (name or "auto").lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise PrunerError("device 'cuda' was requested but no CUDA GPU is available; choose 'cpu' or 'auto'")
+        return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    raise PrunerError(f"unknown device {name!r}; use 'auto', 'cpu' or 'cuda'")
