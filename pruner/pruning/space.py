@@ -76,17 +76,18 @@ class _Term:
     """One parameter tensor or one layer's MACs, scaled by the kept fraction of its channels."""
 
     base: int
-    out: dict[int, int]      # group index -> channels of this term's output dim in that group
+    out: dict[int, torch.Tensor]   # group index -> root indices of the group that reach this output dim
     out_total: int
-    inp: dict[int, int]
+    inp: dict[int, torch.Tensor]
     in_total: int
 
 
-def _fraction(share: dict[int, int], total: int, frac: Sequence[float]) -> float:
+def _fraction(share: dict[int, torch.Tensor], total: int, kept: Sequence[torch.Tensor]) -> float:
+    """Kept fraction of a dimension of ``total`` channels, some of which belong to groups."""
     if total <= 0:
         return 1.0
-    pruned_part = sum(n * frac[g] for g, n in share.items())
-    rest = total - sum(share.values())
+    pruned_part = sum(int(kept[g][idx].sum()) for g, idx in share.items())
+    rest = total - sum(len(idx) for idx in share.values())
     return (pruned_part + rest) / total
 
 
@@ -159,6 +160,7 @@ class PruningSpace:
             model.train(was_training)
         if not self.groups:
             raise PrunerError("this model has no prunable channel groups (only its classifier or unsupported layers)")
+        self.ranking: list[torch.Tensor] | None = None
         self.base_macs = sum(t.base for t in self._terms_macs)
         self.base_params = sum(p.numel() for p in model.parameters())
         del self._names
@@ -178,17 +180,22 @@ class PruningSpace:
         out_share: dict[nn.Module, dict[int, int]] = {}
         in_share: dict[nn.Module, dict[int, int]] = {}
         out_layers: dict[int, list[str]] = {}
+        segments: dict[int, list[torch.Tensor]] = {}  # distinct channel subsets owned by different layers (concat)
         for gi, (_root, group) in enumerate(groups_raw):
-            for dep, idxs in group:
-                mod = dep.target.module
+            for item in group.items:
+                dep, mod = item.dep, item.dep.target.module
                 if not isinstance(mod, nn.Module) or mod not in self._names:
                     continue
+                root_idxs = torch.as_tensor(sorted({int(i) for i in item.root_idxs}), dtype=torch.long)
                 if graph.is_out_channel_pruning_fn(dep.handler):
-                    out_share.setdefault(mod, {})[gi] = len(idxs)
+                    out_share.setdefault(mod, {})[gi] = root_idxs
                     if isinstance(mod, _PRUNABLE_TYPES):
                         out_layers.setdefault(gi, []).append(self._names[mod])
+                        segs = segments.setdefault(gi, [])
+                        if not any(torch.equal(root_idxs, other) for other in segs):
+                            segs.append(root_idxs)
                 elif graph.is_in_channel_pruning_fn(dep.handler):
-                    in_share.setdefault(mod, {})[gi] = len(idxs)
+                    in_share.setdefault(mod, {})[gi] = root_idxs
 
         terms_macs, terms_params = [], []
         touched_macs: dict[int, int] = {}
@@ -214,11 +221,13 @@ class PruningSpace:
                     touched_params[g] = touched_params.get(g, 0) + p.numel()
 
         groups = []
+        self._segments = [segments.get(gi, []) for gi in range(len(groups_raw))]
         for gi, (root, group) in enumerate(groups_raw):
             channels = len(group[0].idxs)
+            parts = len(self._segments[gi]) if len(self._segments[gi]) > 1 else 1
             groups.append(ChannelGroup(
                 index=gi, name=self._names[root], channels=channels,
-                min_channels=max(1, min(int(min_channels), channels)),
+                min_channels=min(channels, max(1, int(min_channels), parts)),
                 layers=tuple(out_layers.get(gi, [self._names[root]])),
                 macs=touched_macs.get(gi, 0), params=touched_params.get(gi, 0),
             ))
@@ -273,13 +282,45 @@ class PruningSpace:
             for g, r in zip(self.groups, ratios)
         ]
 
+    def set_ranking(self, ranking: Sequence[torch.Tensor]) -> None:
+        """The channel order (least important first) that :meth:`prune` will use.
+
+        Needed for exact predictions where a group spans several layers unevenly (a
+        concatenation): which channels go decides which layers shrink."""
+        if len(ranking) != len(self.groups):
+            raise PrunerError("set_ranking needs one channel order per group")
+        self._given = [torch.as_tensor(r, dtype=torch.long) for r in ranking]
+        self.ranking = [self._protect_segments(i, torch.as_tensor(r, dtype=torch.long)) for i, r in enumerate(ranking)]
+
+    def _protect_segments(self, gi: int, order: torch.Tensor) -> torch.Tensor:
+        """Move each concatenated part's best channel to the end, so no layer loses all its outputs."""
+        segs = self._segments[gi]
+        if len(segs) < 2:
+            return order
+        position = torch.empty_like(order)
+        position[order] = torch.arange(len(order))
+        protect = [int(seg[position[seg].argmax()]) for seg in segs]
+        rest = [int(i) for i in order if int(i) not in set(protect)]
+        return torch.tensor(rest + sorted(protect, key=lambda i: int(position[i])), dtype=torch.long)
+
+    def kept_masks(self, counts: Sequence[int]) -> list[torch.Tensor]:
+        masks = []
+        for i, (g, c) in enumerate(zip(self.groups, counts)):
+            m = torch.zeros(g.channels, dtype=torch.bool)
+            if self.ranking is not None:
+                m[self.ranking[i][g.channels - int(c):]] = True
+            else:  # no ranking yet: assume the removed channels are spread evenly
+                m[torch.linspace(0, g.channels - 1, int(c)).round().long()] = True
+            masks.append(m)
+        return masks
+
     def predict(self, keep_ratios: Sequence[float] | None = None, *, counts: Sequence[int] | None = None) -> tuple[int, int]:
         """(MACs, params) of the model pruned to ``keep_ratios`` (or explicit ``counts``)."""
         if counts is None:
             counts = self.counts(keep_ratios if keep_ratios is not None else [1.0] * len(self.groups))
-        frac = [c / g.channels for c, g in zip(counts, self.groups)]
-        macs = sum(t.base * _fraction(t.out, t.out_total, frac) * _fraction(t.inp, t.in_total, frac) for t in self._terms_macs)
-        params = sum(t.base * _fraction(t.out, t.out_total, frac) * _fraction(t.inp, t.in_total, frac) for t in self._terms_params)
+        kept = self.kept_masks(counts)
+        macs = sum(t.base * _fraction(t.out, t.out_total, kept) * _fraction(t.inp, t.in_total, kept) for t in self._terms_macs)
+        params = sum(t.base * _fraction(t.out, t.out_total, kept) * _fraction(t.inp, t.in_total, kept) for t in self._terms_params)
         return int(round(macs)), int(round(params))
 
     # ------------------------------------------------------------------ surgery
@@ -292,8 +333,10 @@ class PruningSpace:
         """
         if len(counts) != len(self.groups) or len(ranking) != len(self.groups):
             raise PrunerError("prune needs one channel count and one ranking per group")
+        if self.ranking is None or any(not torch.equal(torch.as_tensor(a), b) for a, b in zip(ranking, self._given)):
+            self.set_ranking(ranking)
         removed = {}
-        for g, c, order in zip(self.groups, counts, ranking):
+        for g, c, order in zip(self.groups, counts, self.ranking):
             n_remove = g.channels - int(c)
             if n_remove > 0:
                 removed[g.name] = sorted(int(i) for i in order[:n_remove])
