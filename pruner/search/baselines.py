@@ -1,0 +1,88 @@
+"""Baseline strategies: uniform, global magnitude, and random search."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..budget import Budget
+from ..errors import PrunerError
+from .base import SearchContext, Strategy, register
+from .evaluator import Candidate
+
+
+@register
+class Uniform(Strategy):
+    """Every group loses the same fraction of its channels (one evaluation)."""
+
+    name = "uniform"
+    uses_evaluations = False
+
+    def search(self, ctx: SearchContext) -> Candidate:
+        sol = ctx.evaluator.solve([1.0] * len(ctx.space))
+        cand = ctx.evaluator.evaluate(sol.counts, step=0, meta={"strategy": self.name})
+        ctx.emit("step", step=0, best_top1=cand.top1, best_reward=cand.reward, mean_reward=cand.reward,
+                 keep_ratios=cand.keep_ratios)
+        return cand
+
+
+@register
+class GlobalMagnitude(Strategy):
+    """Rank all channels of all groups together by importance normalised by the group mean
+    (as Torch-Pruning's global pruning does) and drop the weakest until the budget is met."""
+
+    name = "global"
+    uses_evaluations = False
+
+    def search(self, ctx: SearchContext) -> Candidate:
+        if ctx.scores is None:
+            raise PrunerError("global pruning needs channel importance scores")
+        space = ctx.space
+        normed = [(s / s.mean().clamp_min(1e-12)).numpy() for s in ctx.scores]
+        floors = [space.min_keep(g) for g in space.groups]
+        cost = ctx.evaluator.cost_fn()
+
+        def counts_at(threshold: float) -> list[int]:
+            return [int(min(g.channels, max(f, int((n > threshold).sum())))) for g, f, n in zip(space.groups, floors, normed)]
+
+        lo, hi = 0.0, float(max(n.max() for n in normed)) + 1.0
+        if cost(counts_at(hi)) > ctx.budget.target:
+            raise PrunerError(f"budget {ctx.budget} cannot be met even at the per-group floors; raise the target")
+        for _ in range(40 if ctx.budget.kind != "latency" else 12):
+            mid = (lo + hi) / 2
+            if cost(counts_at(mid)) <= ctx.budget.target:
+                hi = mid
+            else:
+                lo = mid
+        cand = ctx.evaluator.evaluate(counts_at(hi), step=0, meta={"strategy": self.name, "threshold": hi})
+        ctx.emit("step", step=0, best_top1=cand.top1, best_reward=cand.reward, mean_reward=cand.reward,
+                 keep_ratios=cand.keep_ratios)
+        return cand
+
+
+@register
+class RandomSearch(Strategy):
+    """Random allocations (how unevenly to prune), each solved to the budget; keep the best.
+
+    A strong baseline: with the budget solver doing the hard part, random allocations
+    already explore the useful space."""
+
+    name = "random"
+
+    @classmethod
+    def defaults(cls):
+        return {"samples": 50, "concentration": 1.0}
+
+    def search(self, ctx: SearchContext) -> Candidate:
+        rng = ctx.rng(1)
+        n = ctx.evaluator.remaining if ctx.evaluator.remaining is not None else int(self.params["samples"])
+        best = None
+        for i in range(max(1, n)):
+            alloc = rng.dirichlet([float(self.params["concentration"])] * len(ctx.space)) + 1e-6
+            sol = ctx.evaluator.solve(alloc.tolist())
+            cand = ctx.evaluator.evaluate(sol.counts, step=i, meta={"strategy": self.name, "sample": i})
+            if best is None or cand.top1 > best.top1:
+                best = cand
+            ctx.emit("step", step=i, best_top1=best.top1, best_reward=best.reward, mean_reward=cand.reward,
+                     keep_ratios=best.keep_ratios)
+        return best

@@ -1,0 +1,203 @@
+"""Turning a proposal into a scored candidate: the inner loop every strategy shares.
+
+``counts`` (channels kept per group) → physically pruned copy → BN recalibration on
+training images → top-1 on a fixed subset of the *search* split (never the report split)
+→ costs (MACs and params from the exact cost model; latency measured when the budget is
+latency). Results are memoised by (model version, counts), so a strategy that proposes the
+same structure twice, or a resumed run that replays its proposals, pays nothing; the cap on
+evaluations (``max_evals``) counts real evaluations only.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+
+from ..budget import Budget, CostFn, Solution, model_cost_fn, solve
+from ..data import DataBundle, ImageTensors
+from ..errors import CancelledError, PrunerError
+from ..evaluate import accuracy, recalibrate_bn
+from ..measure import latency_ms
+from ..pruning.space import PruningSpace
+
+
+class EvaluationBudgetExhausted(Exception):
+    """Raised when a strategy asks for more evaluations than ``max_evals`` allows."""
+
+
+@dataclass
+class Candidate:
+    id: int
+    step: int
+    counts: list[int]
+    keep_ratios: list[float]
+    top1: float                 # on the search subset, after BN recalibration
+    macs: int
+    params: int
+    cost: float                 # fraction of the original for the budget's kind
+    latency_ms: float | None = None
+    reward: float | None = None
+    meta: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_event(self) -> dict:
+        d = asdict(self)
+        d["candidate_id"] = d.pop("id")
+        return d
+
+
+@dataclass
+class EvaluatorSettings:
+    search_images: int = 1000
+    recal_images: int = 256
+    batch_size: int = 250
+    latency_batch: int = 1
+    latency_repeats: int = 20
+
+
+class Evaluator:
+    """Scores pruned candidates of ``model`` on the search split of ``data``."""
+
+    def __init__(self, model: nn.Module, space: PruningSpace, data: DataBundle, ranking: Sequence[torch.Tensor],
+                 budget: Budget, *, device: torch.device | str = "cpu", settings: EvaluatorSettings | None = None,
+                 max_evals: int | None = None, on_candidate: Callable[[Candidate], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None):
+        self.model = model
+        self.space = space
+        self.data = data
+        self.ranking = list(ranking)
+        self.budget = budget
+        self.device = torch.device(device)
+        self.settings = settings or EvaluatorSettings()
+        self.max_evals = max_evals
+        self.on_candidate = on_candidate
+        self.should_stop = should_stop or (lambda: False)
+        self.search_set: ImageTensors = data.search.subset(min(self.settings.search_images, len(data.search))).to(self.device)
+        self.recal_set: ImageTensors = data.fit.subset(min(self.settings.recal_images, len(data.fit))).to(self.device)
+        self.evaluations = 0
+        self.candidates: list[Candidate] = []
+        self.model_version = 0
+        self._memo: dict[tuple, dict] = {}
+        self._logged = 0  # candidate events already in the log (a resumed run replays them silently)
+        self._latency_memo: dict[tuple, float] = {}
+        self.base_latency_ms: float | None = None
+        self.timing = {"surgery": 0.0, "recalibration": 0.0, "evaluation": 0.0, "latency": 0.0}
+
+    # ----------------------------------------------------------- budget helpers
+    def cost_fn(self) -> CostFn:
+        if self.budget.kind == "latency":
+            return lambda counts: self.latency_of(counts) / self.base_latency()
+        return model_cost_fn(self.space, self.budget.kind)
+
+    def solve(self, allocation: Sequence[float], budget: Budget | None = None) -> Solution:
+        return solve(self.space, allocation, budget or self.budget, cost_fn=self.cost_fn() if (budget or self.budget).kind == "latency" else None)
+
+    def relative_cost(self, counts: Sequence[int]) -> float:
+        return self.cost_fn()(list(counts))
+
+    def base_latency(self) -> float:
+        if self.base_latency_ms is None:
+            self.base_latency_ms = self._measure_latency(self.model)
+        return self.base_latency_ms
+
+    def latency_of(self, counts: Sequence[int]) -> float:
+        key = (self.model_version, tuple(counts))
+        if key not in self._latency_memo:
+            pruned = self.build(counts, recalibrate=False)
+            self._latency_memo[key] = self._measure_latency(pruned)
+        return self._latency_memo[key]
+
+    def _measure_latency(self, model: nn.Module) -> float:
+        t0 = time.perf_counter()
+        value = latency_ms(model, self.space.input_size, batch_size=self.settings.latency_batch, device=self.device,
+                           repeats=self.settings.latency_repeats, warmup=3)
+        self.timing["latency"] += time.perf_counter() - t0
+        return value
+
+    # ----------------------------------------------------------- building
+    def build(self, counts: Sequence[int], *, recalibrate: bool = True) -> nn.Module:
+        """The physically pruned (and BN-recalibrated) copy of the current model."""
+        t0 = time.perf_counter()
+        pruned, _ = self.space.prune(self.model, list(counts), self.ranking)
+        pruned.to(self.device)
+        if self.device.type == "cuda":
+            pruned.to(memory_format=torch.channels_last)
+        self.timing["surgery"] += time.perf_counter() - t0
+        if recalibrate:
+            t0 = time.perf_counter()
+            recalibrate_bn(pruned, self.recal_set, mean=self.data.mean, std=self.data.std, device=self.device,
+                           images=self.settings.recal_images)
+            self.timing["recalibration"] += time.perf_counter() - t0
+        return pruned
+
+    def set_model(self, model: nn.Module, ranking: Sequence[torch.Tensor]) -> None:
+        """Switch to a new current model (e.g. after fine-tuning between search steps)."""
+        self.model = model
+        self.ranking = list(ranking)
+        self.model_version += 1
+
+    # ----------------------------------------------------------- evaluating
+    def evaluate(self, counts: Sequence[int], *, step: int = 0, meta: dict | None = None,
+                 reward_fn: Callable[[Candidate], float] | None = None) -> Candidate:
+        """Score one structure; memoised, counted against ``max_evals``, reported to ``on_candidate``."""
+        if self.should_stop():
+            raise CancelledError("search cancelled")
+        counts = [int(c) for c in counts]
+        key = (self.model_version, tuple(counts))
+        cached = self._memo.get(key)
+        t0 = time.perf_counter()
+        if cached is None:
+            if self.max_evals is not None and self.evaluations >= self.max_evals:
+                raise EvaluationBudgetExhausted(f"{self.max_evals} evaluations used")
+            pruned = self.build(counts)
+            t1 = time.perf_counter()
+            top1 = accuracy(pruned, self.search_set, mean=self.data.mean, std=self.data.std, device=self.device,
+                            batch_size=self.settings.batch_size)["top1"]
+            self.timing["evaluation"] += time.perf_counter() - t1
+            macs, params = self.space.predict(counts=counts)
+            lat = self.latency_of(counts) if self.budget.kind == "latency" else None
+            cached = {"top1": top1, "macs": macs, "params": params, "latency_ms": lat, "pending": False}
+            self._memo[key] = cached
+            self.evaluations += 1
+            fresh = True
+        else:
+            fresh = False
+            if cached.get("pending"):  # evaluated before an interruption: counts once, already logged
+                cached["pending"] = False
+                self.evaluations += 1
+        cand = Candidate(
+            id=len(self.candidates), step=step, counts=counts,
+            keep_ratios=[c / g.channels for c, g in zip(counts, self.space.groups)],
+            top1=cached["top1"], macs=cached["macs"], params=cached["params"],
+            cost=self.relative_cost(counts), latency_ms=cached["latency_ms"],
+            meta={**(meta or {}), "cached": not fresh, "model_version": self.model_version},
+            seconds=time.perf_counter() - t0,
+        )
+        cand.reward = reward_fn(cand) if reward_fn is not None else cand.top1
+        self.candidates.append(cand)
+        if self.on_candidate is not None and cand.id >= self._logged:
+            self.on_candidate(cand)
+        return cand
+
+    def preload(self, events: Sequence[dict]) -> int:
+        """Fill the memo from an interrupted run's fresh ``candidate`` events, so replaying
+        the (deterministic) strategy costs no evaluations and writes no duplicate events."""
+        n = 0
+        self._logged = len(events)
+        for e in events:
+            meta = e.get("meta") or {}
+            if meta.get("cached"):
+                continue
+            key = (int(meta.get("model_version", 0)), tuple(int(c) for c in e["counts"]))
+            if key not in self._memo:
+                self._memo[key] = {**{k: e.get(k) for k in ("top1", "macs", "params", "latency_ms")}, "pending": True}
+                n += 1
+        return n
+
+    @property
+    def remaining(self) -> int | None:
+        return None if self.max_evals is None else max(0, self.max_evals - self.evaluations)

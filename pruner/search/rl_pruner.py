@@ -1,0 +1,159 @@
+"""RL-Pruner (arXiv 2411.06463), adapted for a few hundred evaluations.
+
+The policy is a distribution over prunable groups: where the channels removed in a step
+go. Pruning proceeds in ``steps`` slices towards the budget (the cost target of step ``t``
+is interpolated between 1 and the budget). In each step:
+
+1. ``inner_epochs`` times, sample noisy variants of the policy (multiplicative log-normal
+   noise whose scale decays over steps; the unperturbed policy is always one sample),
+2. turn each variant into a candidate: starting from the current structure, group ``g``
+   is pruned ``s * p_g`` of its remaining channels, ``s`` found by bisection so the
+   candidate lands exactly on the step's cost target; the shared evaluator scores it
+   (BN recalibration, search-split top-1),
+3. convert rewards into Q-values and advantages, and move the policy toward the
+   advantage-weighted samples (step size ``lr``, each group's change clipped to
+   ``clip``), as the paper moves it toward its best samples,
+4. after the inner epochs, choose the next structure ε-greedily (best candidate with
+   probability 1-ε, ε decaying to 0) — the pruned "slice" of the paper.
+
+See ``docs/algorithms.md`` for the mapping to the paper and the differences.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..budget import Budget
+from ..errors import PrunerError
+from .base import SearchContext, Strategy, register
+from .evaluator import Candidate
+
+
+def step_counts(ctx: SearchContext, current: list[int], policy: np.ndarray, target: float,
+                iterations: int = 30) -> list[int] | None:
+    """Prune ``current`` along ``policy`` until the relative cost reaches ``target``."""
+    space = ctx.space
+    cost = ctx.evaluator.cost_fn()
+    floors = [space.min_keep(g) for g in space.groups]
+    p = np.asarray(policy, dtype=float)
+    p = p / p.max()
+
+    def counts_at(s: float) -> list[int]:
+        return [int(min(c, max(f, round(c * (1.0 - min(1.0, s * w)))))) for c, f, w in zip(current, floors, p)]
+
+    hi = 1.0 / max(1e-6, p[p > 0].min())
+    if cost(counts_at(hi)) > target:
+        return None
+    lo = 0.0
+    if cost(counts_at(lo)) <= target:
+        return list(current)
+    for _ in range(iterations if ctx.budget.kind != "latency" else 10):
+        mid = (lo + hi) / 2
+        if cost(counts_at(mid)) <= target:
+            hi = mid
+        else:
+            lo = mid
+    return counts_at(hi)
+
+
+@register
+class RLPruner(Strategy):
+    name = "rl"
+
+    @classmethod
+    def defaults(cls):
+        return {
+            "steps": 6,               # pruning slices toward the budget
+            "samples": 0,             # candidates per step; 0 = spread --search-evals over the steps
+            "inner_epochs": 2,        # policy updates per step
+            "noise": 0.6,             # std of the log-normal exploration noise at step 0
+            "noise_decay": 0.75,      # noise multiplier per step
+            "lr": 0.5,                # step toward the advantage-weighted samples
+            "clip": 1.5,              # each group's policy may change by at most this factor per update
+            "discount": 0.9,          # weight of the lineage's earlier rewards in the Q-value
+            "epsilon": 0.2,           # initial ε of the ε-greedy structure choice (decays to 0)
+            "temperature": 1.0,       # softmax temperature over advantages
+            "prior": "uniform",       # initial policy: uniform, or cost (groups with more MACs/params first)
+        }
+
+    def _initial_policy(self, ctx: SearchContext) -> np.ndarray:
+        n = len(ctx.space)
+        prior = self.params["prior"]
+        if prior == "uniform":
+            return np.full(n, 1.0 / n)
+        if prior == "cost":
+            key = "params" if ctx.budget.kind == "params" else "macs"
+            w = np.array([max(1, getattr(g, key)) / g.channels for g in ctx.space.groups], dtype=float)
+            return w / w.sum()
+        raise PrunerError(f"unknown rl prior {prior!r}; use uniform or cost")
+
+    def search(self, ctx: SearchContext) -> Candidate:
+        prm = self.params
+        steps = int(prm["steps"])
+        if steps < 1:
+            raise PrunerError("rl needs steps >= 1")
+        ev = ctx.evaluator
+        samples = int(prm["samples"])
+        if samples <= 0:
+            samples = max(2, (ev.remaining or 60) // steps) if ev.remaining is not None else 10
+        inner = max(1, min(int(prm["inner_epochs"]), samples))
+        per_epoch = [samples // inner + (1 if i < samples % inner else 0) for i in range(inner)]
+        rng = ctx.rng(2)
+        policy = self._initial_policy(ctx)
+        current = [g.channels for g in ctx.space.groups]
+        lineage_q = 0.0
+        chosen: Candidate | None = None
+        start_cost, target = 1.0, ctx.budget.target
+        for step in range(steps):
+            step_target = start_cost - (start_cost - target) * (step + 1) / steps
+            sigma = float(prm["noise"]) * float(prm["noise_decay"]) ** step
+            step_cands: list[tuple[Candidate, np.ndarray]] = []
+            for epoch in range(inner):
+                batch: list[tuple[Candidate, np.ndarray]] = []
+                for k in range(per_epoch[epoch]):
+                    variant = policy if (epoch == 0 and k == 0) else policy * np.exp(sigma * rng.standard_normal(len(policy)))
+                    variant = variant / variant.sum()
+                    counts = step_counts(ctx, current, variant, step_target)
+                    if counts is None:
+                        continue
+                    cand = ev.evaluate(counts, step=step, meta={
+                        "strategy": self.name, "inner_epoch": epoch, "sample": k, "sigma": sigma,
+                        "step_target": step_target})
+                    cand.meta["q"] = float(cand.top1 + float(prm["discount"]) * lineage_q)
+                    batch.append((cand, variant))
+                if not batch:
+                    raise PrunerError(f"rl could not reach {step_target:.3f} of the {ctx.budget.kind} at step {step}; "
+                                      "raise the budget or allow more pruning")
+                policy = self._update(policy, batch)
+                step_cands.extend(batch)
+            # ε-greedy choice of the slice to prune
+            eps = float(prm["epsilon"]) * (1 - step / max(1, steps - 1)) if steps > 1 else 0.0
+            ranked = sorted(step_cands, key=lambda cv: cv[0].top1, reverse=True)
+            pick = ranked[0] if (rng.random() >= eps or len(ranked) == 1) else ranked[int(rng.integers(1, len(ranked)))]
+            chosen = pick[0]
+            current = list(chosen.counts)
+            lineage_q = float(prm["discount"]) * lineage_q + chosen.top1 * (1 - float(prm["discount"]))
+            rewards = [c.reward for c, _ in step_cands]
+            ctx.emit("step", step=step, policy=policy.tolist(), step_target=step_target, sigma=sigma,
+                     epsilon=eps, chosen_candidate=chosen.id, best_top1=ranked[0][0].top1,
+                     best_reward=max(rewards), mean_reward=float(np.mean(rewards)),
+                     keep_ratios=chosen.keep_ratios)
+        # the last slice lands on the budget; pick its best candidate (not the ε choice)
+        final = [c for c in ev.candidates if c.step == steps - 1 and ctx.feasible(c)]
+        return max(final, key=lambda c: c.top1) if final else chosen
+
+    def _update(self, policy: np.ndarray, batch: list[tuple[Candidate, np.ndarray]]) -> np.ndarray:
+        q = np.array([c.meta["q"] for c, _ in batch], dtype=float)
+        if len(q) < 2 or q.std() < 1e-9:
+            return policy
+        adv = (q - q.mean()) / q.std()
+        w = np.exp(adv / float(self.params["temperature"]))
+        w = w / w.sum()
+        target = sum(wi * v for wi, (_, v) in zip(w, batch))
+        lr = float(self.params["lr"])
+        new = (1 - lr) * policy + lr * target
+        clip = float(self.params["clip"])
+        new = np.clip(new, policy / clip, policy * clip)
+        return new / new.sum()
