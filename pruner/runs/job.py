@@ -215,7 +215,15 @@ def run_job(config: RunConfig, out: str | Path, *, resume: bool = False, should_
             found = {"counts": best.counts, "candidate_id": best.id, "best_val_top1": best.top1,
                      "evaluations": evaluator.evaluations, "seconds": time.perf_counter() - t0,
                      "cost": best.cost, "timing": evaluator.timing}
+            if evaluator.model_version > 0:  # the strategy trained the weights (joint): prune those
+                torch.save({"state_dict": {k: v.detach().cpu() for k, v in evaluator.model.state_dict().items()},
+                            "ranking": [r.cpu() for r in evaluator.ranking]}, run.state_dir / "search_model.pt")
+                found["model"] = "state/search_model.pt"
             write_json_atomic(search_state, found)
+        if found.get("model"):
+            saved = torch.load(run.path / found["model"], map_location=session.device, weights_only=True)
+            session.model.load_state_dict(saved["state_dict"])
+            session.ranking = list(saved["ranking"])
         summary["search"] = {"strategy": config.strategy, "evaluations": found["evaluations"],
                              "best_val_top1": found["best_val_top1"], "seconds": found["seconds"],
                              "params": make_strategy(config.strategy, **config.strategy_params).params}

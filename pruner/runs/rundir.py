@@ -25,7 +25,7 @@ from typing import Any, Iterator
 from ..errors import PrunerError
 
 QUEUED_MARKER = ".queued"
-EVENT_KINDS = ("status", "candidate", "step", "epoch", "log", "progress", "sensitivity")
+EVENT_KINDS = ("status", "base", "candidate", "step", "epoch", "log", "sensitivity", "constrained", "purl", "joint")
 
 
 def _clean(value: Any) -> Any:

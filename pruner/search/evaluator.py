@@ -196,6 +196,10 @@ class Evaluator:
             if key not in self._memo:
                 self._memo[key] = {**{k: e.get(k) for k in ("top1", "macs", "params", "latency_ms")}, "pending": True}
                 n += 1
+            if e.get("latency_ms") is not None:  # measured latencies replay too, so the strategy replays exactly
+                self._latency_memo.setdefault(key, e["latency_ms"])
+                if self.base_latency_ms is None and e.get("cost"):
+                    self.base_latency_ms = e["latency_ms"] / e["cost"]
         return n
 
     @property

@@ -1,0 +1,484 @@
+"""Pruning through constrained RL (Malik et al., arXiv 2110.08558), for a few hundred evaluations.
+
+The budget is a *constraint* on a cost the user can evaluate, differentiable or not:
+relative MACs or params (exact cost model), measured latency (PyTorch or ONNX Runtime, CPU
+or CUDA, chosen batch size) or a user's Python function of the pruned ``nn.Module``. The
+problem is a one-step constrained MDP (a contextual bandit: one action = one structure)
+
+    max_θ  E_{a~π_θ}[ top1(a) ]   subject to   E_{a~π_θ}[ c_k(a) ] <= t_k   for each constraint k
+
+solved by **Lagrangian relaxation with primal-dual updates** (the Lagrangian / RCPO family
+of constrained-RL methods the paper builds on):
+
+* **policy (primal)**: an independent Gaussian per group over the logit of its keep ratio,
+  ``keep_g = floor_g + (1 - floor_g) * sigmoid(z_g)``, ``z ~ N(mu, diag(sigma^2))``; the
+  action *is* the structure (no budget solver per sample, so samples may violate the
+  constraint and the multiplier has something to teach). Each iteration draws ``batch``
+  mirrored samples (``mu ± sigma * eps``), scores them with the shared evaluator and takes
+  one Adam step of REINFORCE with the batch-mean baseline on ``mu`` and ``log sigma``.
+* **reward**: ``top1/100 - sum_k lambda_k * max(0, c_k/t_k - 1)`` (a hinge on the relative
+  violation, so being under budget earns nothing and the policy moves to the boundary).
+* **multiplier (dual)**: projected dual ascent after every batch,
+  ``lambda_k <- max(0, lambda_k + dual_lr * (mean_k c - t_k) / t_k)``.
+
+The returned candidate meets every constraint (measured latencies within
+``LATENCY_TOLERANCE``): the best feasible sample; at the end the policy mean is projected
+onto the constraints along its own pruning direction (``evaluator.solve`` with allocation
+``1 - keep(mu)``) and scored too, which also guarantees a feasible answer when no sample was.
+
+Costs (hyperparameter ``cost``):
+
+``budget``   the run's budget kind (``evaluator.cost_fn()``; measured latency is memoised there)
+``flops``    relative MACs, ``params`` relative parameters (exact cost model)
+``latency``  measured latency relative to the unpruned model, with ``latency_backend``
+             (``torch`` or ``ort``), ``latency_device`` (``auto`` = the run's device, ``cpu``,
+             ``cuda``) and ``latency_batch`` (0 = the run's latency batch)
+``python:FILE.py:FUNCTION``
+             ``FUNCTION(model) -> float`` on the physically pruned model (eval mode, on the
+             run's device). With ``cost_scale=relative`` (default) the value is the fraction
+             of the original cost; with ``absolute`` it is divided by the function's value on
+             the unpruned model.
+
+The constraint's limit is ``limit`` (0 = the run's budget target). With a cost other than
+``budget``, ``enforce_budget`` (default true) keeps the run's own budget as a second
+constraint with its own multiplier, so the job's budget is met too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import math
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..budget import Budget, model_cost_fn, solve
+from ..errors import PrunerError
+from .base import LATENCY_TOLERANCE, SearchContext, Strategy, register
+from .evaluator import Candidate
+
+# --------------------------------------------------------------------------- shared helpers
+# (also used by purl.py and joint.py)
+
+
+def check_int(params: dict, name: str, lo: int, hi: int | None = None) -> int:
+    v = params[name]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or float(v) != int(v) or v < lo or (hi is not None and v > hi):
+        rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise PrunerError(f"strategy parameter {name} must be an integer {rng}, got {v!r}")
+    return int(v)
+
+
+def check_float(params: dict, name: str, lo: float, hi: float | None = None, *, lo_open: bool = False,
+                hi_open: bool = False) -> float:
+    v = params[name]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise PrunerError(f"strategy parameter {name} must be a number, got {v!r}")
+    v = float(v)
+    bad = (v <= lo if lo_open else v < lo) or (hi is not None and (v >= hi if hi_open else v > hi))
+    if bad:
+        left = "(" if lo_open else "["
+        right = "" if hi is None else (f", {hi})" if hi_open else f", {hi}]")
+        raise PrunerError(f"strategy parameter {name} must be in {left}{lo}{right or ', inf)'}, got {v!r}")
+    return v
+
+
+def check_choice(params: dict, name: str, choices: Sequence[str]) -> str:
+    v = params[name]
+    if v not in choices:
+        raise PrunerError(f"strategy parameter {name} must be one of {', '.join(choices)}, got {v!r}")
+    return v
+
+
+def check_bool(params: dict, name: str) -> bool:
+    v = params[name]
+    if isinstance(v, str) and v.lower() in ("true", "false", "1", "0", "yes", "no"):
+        return v.lower() in ("true", "1", "yes")
+    if not isinstance(v, bool):
+        raise PrunerError(f"strategy parameter {name} must be true or false, got {v!r}")
+    return v
+
+
+class Adam:
+    """Plain Adam on a numpy vector (ascent), deterministic and dependency-free."""
+
+    def __init__(self, size: int, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.lr, self.b1, self.b2, self.eps = lr, betas[0], betas[1], eps
+        self.m = np.zeros(size)
+        self.v = np.zeros(size)
+        self.t = 0
+
+    def step(self, grad: np.ndarray) -> np.ndarray:
+        self.t += 1
+        self.m = self.b1 * self.m + (1 - self.b1) * grad
+        self.v = self.b2 * self.v + (1 - self.b2) * grad * grad
+        mhat = self.m / (1 - self.b1 ** self.t)
+        vhat = self.v / (1 - self.b2 ** self.t)
+        return self.lr * mhat / (np.sqrt(vhat) + self.eps)
+
+
+def floors(ctx: SearchContext) -> np.ndarray:
+    """Smallest keep ratio each group may have."""
+    return np.array([ctx.space.min_keep(g) / g.channels for g in ctx.space.groups], dtype=float)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -30, 30)))
+
+
+def logit(p: np.ndarray, eps: float = 1e-3) -> np.ndarray:
+    p = np.clip(p, eps, 1 - eps)
+    return np.log(p / (1 - p))
+
+
+def load_python_function(spec: str, what: str = "cost") -> Callable:
+    """``python:path/file.py:function`` -> the function (imported the way ``file:`` models are)."""
+    body = spec[len("python:"):] if spec.startswith("python:") else spec
+    path_str, sep, func = body.rpartition(":")
+    if not sep or not path_str or not func:
+        raise PrunerError(f"{what} {spec!r} must look like python:path/to/file.py:function")
+    path = os.path.abspath(os.path.expanduser(path_str))
+    if not os.path.isfile(path):
+        raise PrunerError(f"{what} file {path} does not exist; check the path in python:PATH.py:FUNCTION")
+    module_name = "pruner_user_cost_" + hashlib.sha1(path.encode()).hexdigest()[:12]
+    try:
+        module_spec = importlib.util.spec_from_file_location(module_name, path)
+        if module_spec is None or module_spec.loader is None:
+            raise ImportError("not a Python source file")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_name] = module
+        module_spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(module_name, None)
+        raise PrunerError(f"could not import {what} file {path}: {type(exc).__name__}: {exc}; fix the file") from None
+    fn = getattr(module, func, None)
+    if not callable(fn):
+        found = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
+                 and getattr(v, "__module__", None) == module_name]
+        raise PrunerError(f"{path} has no function {func!r} (it defines: {', '.join(found) or 'nothing'}); "
+                          "name the function after the last ':' in python:PATH.py:FUNCTION")
+    return fn
+
+
+# --------------------------------------------------------------------------- constraints
+
+
+@dataclass
+class Constraint:
+    name: str
+    fn: Callable[[list[int]], float]     # counts -> relative cost
+    limit: float
+    tolerance: float                      # relative slack when judging feasibility (measured costs)
+    multiplier: float = 0.0
+    is_budget: bool = False               # exactly the run's budget (cost kind and target)
+
+    def feasible(self, value: float) -> bool:
+        return value <= self.limit * (1 + self.tolerance) + 1e-12
+
+
+def _memoised(ctx: SearchContext, measure: Callable[[list[int]], float]) -> Callable[[list[int]], float]:
+    memo: dict[tuple, float] = {}
+
+    def fn(counts: Sequence[int]) -> float:
+        key = (ctx.evaluator.model_version, tuple(int(c) for c in counts))
+        if key not in memo:
+            memo[key] = float(measure(list(key[1])))
+        return memo[key]
+
+    return fn
+
+
+def _check_value(value: Any, spec: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise PrunerError(f"cost function {spec} returned {value!r}, not a number") from None
+    if not math.isfinite(v) or v < 0:
+        raise PrunerError(f"cost function {spec} returned {v}, which is not a finite non-negative number")
+    return v
+
+
+def python_cost(ctx: SearchContext, spec: str, scale: str) -> Callable[[list[int]], float]:
+    user_fn = load_python_function(spec)
+    ev = ctx.evaluator
+    base: list[float] = []
+
+    def call(model) -> float:
+        model.eval()
+        try:
+            with torch.no_grad():
+                value = user_fn(model)
+        except PrunerError:
+            raise
+        except Exception as exc:
+            raise PrunerError(f"cost function {spec} raised {type(exc).__name__}: {exc}; fix the function") from None
+        return _check_value(value, spec)
+
+    def measure(counts: list[int]) -> float:
+        value = call(ev.build(counts, recalibrate=False))
+        if scale == "relative":
+            return value
+        if not base:
+            import copy
+            b = call(copy.deepcopy(ev.model).to(ev.device))
+            if b <= 0:
+                raise PrunerError(f"cost function {spec} returned {b} for the unpruned model; with "
+                                  "cost_scale=absolute it must be positive")
+            base.append(b)
+        return value / base[0]
+
+    return _memoised(ctx, measure)
+
+
+def latency_cost(ctx: SearchContext, backend: str, device: str, batch: int) -> tuple[Callable[[list[int]], float], bool]:
+    """Relative measured latency; the flag says whether it is the evaluator's own (the run's) measurement."""
+    ev = ctx.evaluator
+    dev = ev.device if device == "auto" else torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise PrunerError("latency_device=cuda was requested but no CUDA GPU is available; use cpu or auto")
+    batch = batch or ev.settings.latency_batch
+    if backend == "torch" and dev == ev.device and batch == ev.settings.latency_batch:
+        return (lambda counts: ev.latency_of(counts) / ev.base_latency()), True  # shared, memoised
+
+    def measure_model(model) -> float:
+        model = model.to(dev).eval()
+        if backend == "torch":
+            from ..measure import latency_ms
+            return float(latency_ms(model, ctx.space.input_size, batch_size=batch, device=dev,
+                                    repeats=ev.settings.latency_repeats, warmup=3))
+        return _ort_latency(model, ctx, batch, dev)
+
+    base: list[float] = []
+
+    def measure(counts: list[int]) -> float:
+        import copy
+        if not base:
+            base.append(measure_model(copy.deepcopy(ev.model)))
+        return measure_model(ev.build(counts, recalibrate=False)) / base[0]
+
+    return _memoised(ctx, measure), False
+
+
+def _ort_latency(model, ctx: SearchContext, batch: int, device: torch.device) -> float:
+    """Median ONNX Runtime latency (ms) of ``model`` exported the way the job exports (``pruner.export``)."""
+    from ..export import export_onnx, ort_latency_ms
+
+    ev = ctx.evaluator
+    data = ev.data
+    size = ctx.space.input_size
+    gen = torch.Generator().manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "candidate.onnx")
+        export_onnx(model, path, input_size=size, mean=data.mean, std=data.std,
+                    class_names=list(getattr(data, "classes", [])), sample=torch.randn(2, *size, generator=gen))
+        return float(ort_latency_ms(path, size, batch_size=batch, device=str(device), warmup=3,
+                                    repeats=max(1, ev.settings.latency_repeats)))
+
+
+def build_constraints(ctx: SearchContext, params: dict) -> list[Constraint]:
+    """The constraints of a run: the chosen cost (and, unless disabled, the run's own budget)."""
+    budget = ctx.budget
+    ev = ctx.evaluator
+    spec = params["cost"]
+    limit = float(params["limit"]) or budget.target
+    run_tol = LATENCY_TOLERANCE if budget.kind == "latency" else 0.0
+    if spec == "budget" or (spec == budget.kind and spec in ("flops", "params")):
+        fn, tol, name, is_budget = ev.cost_fn(), run_tol, budget.kind, True
+    elif spec in ("flops", "params"):
+        fn, tol, name, is_budget = model_cost_fn(ctx.space, spec), 0.0, spec, False
+    elif spec == "latency":
+        fn, shared = latency_cost(ctx, params["latency_backend"], params["latency_device"], int(params["latency_batch"]))
+        tol, is_budget = LATENCY_TOLERANCE, shared and budget.kind == "latency"
+        name = "latency" if shared else f"latency[{params['latency_backend']},{params['latency_device']},batch={params['latency_batch'] or ev.settings.latency_batch}]"
+    else:
+        fn, tol, name, is_budget = python_cost(ctx, spec, params["cost_scale"]), 0.0, spec, False
+    if params["tolerance"] is not None:
+        tol = float(params["tolerance"])
+    out = [Constraint(name, fn, limit, tol, float(params["multiplier"]), is_budget=is_budget and limit == budget.target)]
+    implied = is_budget and limit <= budget.target  # a tighter limit on the run's own cost implies its budget
+    if not implied and check_bool(params, "enforce_budget"):
+        out.append(Constraint(str(budget), ev.cost_fn(), budget.target, run_tol, float(params["multiplier"]),
+                              is_budget=True))
+    return out
+
+
+def project(ctx: SearchContext, keep: np.ndarray, constraints: list[Constraint]) -> list[int]:
+    """Counts on the constraint boundary along the pruning direction of ``keep`` (allocation ``1 - keep``)."""
+    alloc = np.clip(1.0 - np.asarray(keep, dtype=float), 0.0, None) + 1e-3
+    if len(constraints) == 1 and constraints[0].is_budget:
+        return ctx.evaluator.solve(alloc.tolist()).counts
+    # several (or foreign) costs: bisect on the worst relative cost (<= 1 means all are met)
+    combined = lambda counts: 0.5 * max(c.fn(counts) / c.limit for c in constraints)  # noqa: E731
+    measured = ctx.budget.kind == "latency" or any(c.name.startswith(("latency", "python:")) for c in constraints)
+    at_floors = ctx.space.counts(floors(ctx).tolist())
+    if combined(at_floors) > 0.5:
+        raise PrunerError("the constraints " + ", ".join(f"{c.name} <= {c.limit:g}" for c in constraints) +
+                          " cannot be met even with every group at its floor; raise the limit or allow more "
+                          "pruning (max_prune)")
+    return solve(ctx.space, alloc.tolist(), Budget("flops", 0.5), cost_fn=combined,
+                 iterations=14 if measured else 40).counts
+
+
+# --------------------------------------------------------------------------- the strategy
+
+
+@register
+class ConstrainedRL(Strategy):
+    name = "constrained"
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        return {
+            "cost": "budget",          # budget | flops | params | latency | python:FILE.py:FUNCTION
+            "limit": 0.0,              # the cost's upper limit (fraction of the original); 0 = the run's budget target
+            "cost_scale": "relative",  # python costs: relative (the function returns a fraction) or absolute
+            "enforce_budget": True,    # with a cost other than the run's budget, keep the run's budget as a constraint too
+            "tolerance": None,         # relative slack when judging feasibility; None = 5% for latency, 0 otherwise
+            "latency_backend": "torch",  # cost=latency: torch or ort (ONNX Runtime)
+            "latency_device": "auto",  # cost=latency: auto (the run's device), cpu or cuda
+            "latency_batch": 0,        # cost=latency: batch size (0 = the run's latency batch)
+            "iterations": 0,           # policy updates; 0 = as many as --search-evals allows (20 without a cap)
+            "batch": 6,                # samples per iteration (mirrored pairs; rounded up to even)
+            "lr": 0.1,                 # Adam step on the policy mean (logit units)
+            "sigma": 0.5,              # initial exploration std (logit units)
+            "sigma_lr": 0.05,          # Adam step on log sigma
+            "min_sigma": 0.05,
+            "multiplier": 1.0,         # initial Lagrange multiplier
+            "dual_lr": 1.0,            # dual ascent step
+            "init": "uniform",         # initial policy mean: uniform (uniform pruning projected onto the budget) or full
+        }
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        p = self.params
+        cost = p["cost"]
+        if not isinstance(cost, str) or not (cost in ("budget", "flops", "params", "latency") or cost.startswith("python:")):
+            raise PrunerError(f"strategy parameter cost must be budget, flops, params, latency or "
+                              f"python:FILE.py:FUNCTION, got {cost!r}")
+        lim = check_float(p, "limit", 0.0, 1.0)
+        if lim == 1.0:
+            raise PrunerError("strategy parameter limit must be below 1 (a fraction of the original cost) or 0")
+        check_choice(p, "cost_scale", ("relative", "absolute"))
+        check_bool(p, "enforce_budget")
+        if p["tolerance"] is not None:
+            check_float(p, "tolerance", 0.0, 1.0)
+        check_choice(p, "latency_backend", ("torch", "ort"))
+        check_choice(p, "latency_device", ("auto", "cpu", "cuda"))
+        check_int(p, "latency_batch", 0)
+        check_int(p, "iterations", 0)
+        check_int(p, "batch", 2, 256)
+        check_float(p, "lr", 0.0, 10.0, lo_open=True)
+        check_float(p, "sigma", 0.0, 5.0, lo_open=True)
+        check_float(p, "sigma_lr", 0.0, 1.0)
+        check_float(p, "min_sigma", 0.0, 5.0, lo_open=True)
+        check_float(p, "multiplier", 0.0)
+        check_float(p, "dual_lr", 0.0)
+        check_choice(p, "init", ("uniform", "full"))
+
+    # ------------------------------------------------------------------
+    def search(self, ctx: SearchContext) -> Candidate:
+        p = self.params
+        ev = ctx.evaluator
+        space = ctx.space
+        n = len(space)
+        constraints = build_constraints(ctx, p)
+        lo = floors(ctx)
+        batch = int(p["batch"]) + int(p["batch"]) % 2
+        rng = ctx.rng(31)
+
+        # initial mean: uniform pruning projected onto the constraints, or (almost) the full model
+        if p["init"] == "uniform":
+            counts0 = project(ctx, np.full(n, 0.5), constraints)
+            keep0 = np.array([c / g.channels for c, g in zip(counts0, space.groups)])
+        else:
+            keep0 = np.full(n, 0.95)
+        mu = logit((keep0 - lo) / np.maximum(1e-9, 1 - lo))
+        log_sigma = np.full(n, math.log(float(p["sigma"])))
+        opt_mu = Adam(n, float(p["lr"]))
+        opt_sigma = Adam(n, float(p["sigma_lr"]))
+        min_log_sigma = math.log(float(p["min_sigma"]))
+
+        def keep_of(z: np.ndarray) -> np.ndarray:
+            return lo + (1 - lo) * sigmoid(z)
+
+        def feasible(cand: Candidate) -> bool:
+            return all(c.feasible(c.fn(cand.counts)) for c in constraints)
+
+        best: Candidate | None = None
+
+        def consider(cand: Candidate) -> None:
+            nonlocal best
+            if feasible(cand) and (best is None or (cand.top1, -cand.cost) > (best.top1, -best.cost)):
+                best = cand
+
+        if p["init"] == "uniform" and (ev.remaining is None or ev.remaining >= 2):
+            # the starting point (uniform pruning on the constraint boundary) is a candidate too
+            consider(ev.evaluate(counts0, step=0, meta={"strategy": self.name, "initial_mean": True}))
+
+        # with a cap, run while it leaves room for a batch and the final projection; the bound on
+        # iterations only guards against a policy whose samples are all served from the memo
+        max_iters = int(p["iterations"]) or (3 * max(1, ev.remaining // batch) if ev.remaining is not None else 20)
+        it = 0
+        while it < max_iters and (ev.remaining is None or ev.remaining >= batch + 1):
+            sigma = np.exp(log_sigma)
+            half = rng.standard_normal((batch // 2, n))
+            eps = np.concatenate([half, -half])
+            zs = mu + sigma * eps
+            rewards, costs = [], [[] for _ in constraints]
+            for k, z in enumerate(zs):
+                counts = space.counts(keep_of(z).tolist())
+                values = [c.fn(counts) for c in constraints]
+                lams = [c.multiplier for c in constraints]
+
+                def reward_fn(cand: Candidate, values=values, lams=lams) -> float:
+                    return cand.top1 / 100.0 - sum(l * max(0.0, v / c.limit - 1.0)
+                                                   for l, v, c in zip(lams, values, constraints))
+
+                cand = ev.evaluate(counts, step=it, reward_fn=reward_fn, meta={
+                    "strategy": self.name, "iteration": it, "sample": k,
+                    "costs": {c.name: v for c, v in zip(constraints, values)}})
+                rewards.append(cand.reward)
+                for j, v in enumerate(values):
+                    costs[j].append(v)
+                consider(cand)
+            r = np.asarray(rewards)
+            # primal: REINFORCE with the batch-mean baseline, one Adam step
+            if r.std() > 1e-12:
+                adv = (r - r.mean()) / r.std()
+                g_mu = (adv[:, None] * eps / sigma).mean(0)
+                g_ls = (adv[:, None] * (eps ** 2 - 1.0)).mean(0)
+                mu = mu + opt_mu.step(g_mu)
+                log_sigma = np.clip(log_sigma + opt_sigma.step(g_ls), min_log_sigma, math.log(5.0))
+            # dual: projected ascent on each multiplier
+            for j, c in enumerate(constraints):
+                c.multiplier = max(0.0, c.multiplier + float(p["dual_lr"]) * (float(np.mean(costs[j])) - c.limit) / c.limit)
+            first = constraints[0]
+            ctx.emit("constrained", step=it, multiplier=first.multiplier, mean_cost=float(np.mean(costs[0])),
+                     budget=first.limit, cost=first.name, best_feasible_top1=None if best is None else best.top1,
+                     mean_reward=float(r.mean()), sigma=float(np.exp(log_sigma).mean()),
+                     multipliers={c.name: c.multiplier for c in constraints},
+                     mean_costs={c.name: float(np.mean(costs[j])) for j, c in enumerate(constraints)},
+                     mean_keep_ratios=keep_of(mu).tolist())
+            ctx.emit("step", step=it, best_top1=None if best is None else best.top1,
+                     best_reward=float(r.max()), mean_reward=float(r.mean()),
+                     keep_ratios=(best.keep_ratios if best is not None else keep_of(mu).tolist()))
+            it += 1
+
+        # the policy mean projected onto the constraints (always feasible by construction)
+        if ev.remaining is None or ev.remaining >= 1:
+            counts = project(ctx, keep_of(mu), constraints)
+            cand = ev.evaluate(counts, step=it, meta={"strategy": self.name, "projected_mean": True,
+                                                      "fallback": best is None})
+            consider(cand)
+        if best is None:
+            raise PrunerError("constrained found no structure meeting the constraints "
+                              f"({', '.join(f'{c.name} <= {c.limit:g}' for c in constraints)}); "
+                              "raise the limit or --search-evals")
+        best.meta["multipliers"] = {c.name: c.multiplier for c in constraints}
+        return best

@@ -1,0 +1,332 @@
+"""Joint training and pruning with learnable agent guidance and alignment
+(Ganjdanesh, Gao and Huang, CVPR 2024, arXiv 2403.19490), scaled down to run on a CPU.
+
+The model's weights are trained for ``epochs`` epochs (at most ``batches_per_epoch``
+batches each) while an agent chooses the structure, and the weights are pushed to agree
+with it. Every epoch ``e``:
+
+1. **drift model**: a GRU runs over learnable per-epoch embeddings ``x_0 .. x_e``; its state
+   ``h_e`` summarises how the environment (the model being trained) has drifted. A decoder
+   ``D(h_e, keep ratios) -> reward`` is trained (``wm_steps`` Adam steps, MSE) to reconstruct
+   every reward observed so far; gradients reach the decoder, the GRU and the embeddings.
+2. **agent**: a Gaussian policy over per-group allocation logits conditioned on the GRU
+   state, ``u ~ N(W h_e + b, diag(sigma^2))``; allocation ``exp(u)`` is turned into keep
+   ratios meeting the budget by the shared solver. ``samples`` structures are drawn (the
+   first is the policy mean), each scored on the *current* weights (physical pruning + BN
+   recalibration + search-split top-1 = the reward); REINFORCE with the batch-mean baseline
+   updates ``W, b, log sigma`` (``policy_steps`` Adam steps). The best sample is the
+   epoch's structure.
+3. **alignment**: the channels the structure removes (per group, the lowest-ranked by the
+   current L1 importance) get a group-lasso penalty
+   ``align_weight * sum_g sum_{c removed} ||W_{g,c}||_2`` (all out-channel filters, biases,
+   BN affine parameters and next-layer input slices of channel ``c``, via Torch-Pruning's
+   dependency groups) added to the cross-entropy while the weights train (SGD, Nesterov,
+   cosine schedule, augmentation).
+4. the importance ranking is recomputed on the trained weights and the evaluator switches
+   to them (``evaluator.set_model``), so the next epoch's rewards are observed on the
+   drifted model.
+
+After the last epoch the policy mean (at ``h_E``) and the last epoch's structure are scored
+on the trained model; the better one is returned. The evaluator then holds the *trained*
+model and its ranking: the job must prune ``evaluator.model`` with ``evaluator.ranking``
+(not the loaded weights) for the chosen counts.
+
+Resume: weight training is not memoised; an interrupted run is resumed by recomputation
+(the strategy is deterministic on CPU: seeded batches, agent and networks), while every
+evaluation already made is served from the evaluator's memo (keys include the model
+version, which replays identically).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..data import batches
+from ..errors import CancelledError, PrunerError
+from ..pruning.importance import channel_scores, ranking_from_scores
+from ..pruning.space import build_graph
+from .base import SearchContext, Strategy, register
+from .constrained import check_choice, check_float, check_int
+from .evaluator import Candidate
+
+
+class DriftModel(nn.Module):
+    """GRU over learnable per-epoch embeddings + a reward decoder (the agent's view of the drift)."""
+
+    def __init__(self, epochs: int, groups: int, hidden: int):
+        super().__init__()
+        self.embeddings = nn.Parameter(torch.randn(epochs + 1, hidden, dtype=torch.float64) * 0.1)
+        self.gru = nn.GRU(hidden, hidden, batch_first=True, dtype=torch.float64)
+        self.decoder = nn.Sequential(nn.Linear(hidden + groups, hidden, dtype=torch.float64), nn.Tanh(),
+                                     nn.Linear(hidden, 1, dtype=torch.float64))
+
+    def states(self, upto: int) -> torch.Tensor:
+        """GRU states ``h_0 .. h_upto`` (one row per epoch)."""
+        out, _ = self.gru(self.embeddings[: upto + 1].unsqueeze(0))
+        return out[0]
+
+    def predict(self, h: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        return self.decoder(torch.cat([h, keep], -1)).squeeze(-1)
+
+
+class GroupLasso:
+    """Per-channel L2 norms over every parameter slice a channel group touches."""
+
+    def __init__(self, model: nn.Module, space, device: torch.device):
+        graph = build_graph(model, torch.randn(1, *space.input_size, device=device))
+        modules = dict(model.named_modules())
+        self.parts: list[list[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]]] = []
+        self.channels = [g.channels for g in space.groups]
+        for g in space.groups:
+            root = modules[g.name]
+            group = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels,
+                                            list(range(g.channels)))
+            parts, seen = [], set()
+            for item in group:
+                dep, idxs = item.dep, item.idxs
+                root_idxs = getattr(item, "root_idxs", None) or idxs
+                mod = dep.target.module
+                if len(idxs) != len(root_idxs):
+                    continue
+                tidx = torch.tensor([int(i) for i in idxs], device=device)
+                ridx = torch.tensor([int(i) for i in root_idxs], device=device)
+                if graph.is_out_channel_pruning_fn(dep.handler):
+                    if isinstance(mod, (nn.Conv2d, nn.Conv1d, nn.Linear, nn.modules.batchnorm._BatchNorm)):
+                        for p in (mod.weight, getattr(mod, "bias", None)):
+                            if p is not None and p.requires_grad and (id(p), 0) not in seen:
+                                seen.add((id(p), 0))
+                                parts.append((p, 0, tidx, ridx))
+                elif graph.is_in_channel_pruning_fn(dep.handler):
+                    if isinstance(mod, (nn.Conv2d, nn.Conv1d)) and mod.groups == 1 or isinstance(mod, nn.Linear):
+                        if (id(mod.weight), 1) not in seen and int(tidx.max()) < mod.weight.shape[1]:
+                            seen.add((id(mod.weight), 1))
+                            parts.append((mod.weight, 1, tidx, ridx))
+            self.parts.append(parts)
+
+    def norms(self, gi: int) -> torch.Tensor:
+        sq = None
+        for p, dim, tidx, ridx in self.parts[gi]:
+            sl = p.index_select(dim, tidx).pow(2)
+            other = [d for d in range(sl.dim()) if d != dim]
+            v = sl.sum(dim=other) if other else sl
+            if sq is None:
+                sq = torch.zeros(self.channels[gi], device=v.device, dtype=v.dtype)
+            sq = sq.index_add(0, ridx, v)
+        if sq is None:
+            return torch.zeros(self.channels[gi])
+        return torch.sqrt(sq + 1e-12)
+
+    def penalty(self, removed: list[torch.Tensor]) -> torch.Tensor:
+        total = None
+        for gi, idx in enumerate(removed):
+            if len(idx) == 0 or not self.parts[gi]:
+                continue
+            term = self.norms(gi)[idx].sum()
+            total = term if total is None else total + term
+        return total if total is not None else torch.zeros(())
+
+
+@register
+class JointPruning(Strategy):
+    name = "joint"
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        return {
+            "epochs": 3,               # training epochs (one agent decision per epoch)
+            "batches_per_epoch": 20,   # cap on training batches per epoch (0 = the whole fit split)
+            "batch_size": 64,
+            "lr": 0.01,                # SGD (Nesterov, cosine) learning rate for the weights
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            "align_weight": 0.1,       # group-lasso weight on the channels the agent removes
+            "init": "checkpoint",      # checkpoint: train the loaded weights; scratch: re-initialise them first
+            "samples": 0,              # structures scored per epoch; 0 = spread --search-evals (at most 8)
+            "hidden": 16,              # GRU / embedding / decoder width
+            "wm_steps": 50,            # Adam steps of the drift model per epoch
+            "wm_lr": 0.01,
+            "policy_steps": 5,         # Adam steps of the policy per epoch
+            "policy_lr": 0.1,
+            "sigma": 0.5,              # initial exploration std of the allocation logits
+            "min_sigma": 0.05,
+        }
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        p = self.params
+        check_int(p, "epochs", 1, 1000)
+        check_int(p, "batches_per_epoch", 0)
+        check_int(p, "batch_size", 1, 65536)
+        check_float(p, "lr", 0.0, 10.0, lo_open=True)
+        check_float(p, "momentum", 0.0, 1.0, hi_open=True)
+        check_float(p, "weight_decay", 0.0, 1.0)
+        check_float(p, "align_weight", 0.0)
+        check_choice(p, "init", ("checkpoint", "scratch"))
+        check_int(p, "samples", 0, 256)
+        check_int(p, "hidden", 1, 1024)
+        check_int(p, "wm_steps", 0, 100000)
+        check_float(p, "wm_lr", 0.0, 1.0, lo_open=True)
+        check_int(p, "policy_steps", 0, 10000)
+        check_float(p, "policy_lr", 0.0, 10.0, lo_open=True)
+        check_float(p, "sigma", 0.0, 5.0, lo_open=True)
+        check_float(p, "min_sigma", 0.0, 5.0, lo_open=True)
+
+    # ------------------------------------------------------------------
+    def search(self, ctx: SearchContext) -> Candidate:
+        p = self.params
+        ev = ctx.evaluator
+        space = ctx.space
+        n = len(space)
+        E = int(p["epochs"])
+        device = ev.device
+        remaining = ev.remaining
+        if remaining is not None and remaining < E + 1:
+            raise PrunerError(f"joint needs at least epochs + 1 = {E + 1} evaluations (one structure per epoch and "
+                              f"one on the trained model); raise --search-evals or lower epochs (now {remaining} left)")
+        K = int(p["samples"]) or (max(1, min(8, (remaining - 2) // E)) if remaining is not None else 4)
+        if remaining is not None:
+            K = max(1, min(K, (remaining - 1) // E))
+        rng = ctx.rng(53)
+
+        # the model being trained: a copy (the loaded model stays untouched)
+        model = copy.deepcopy(ev.model).to(device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(ctx.seed) * 1000 + 53)
+            if p["init"] == "scratch":
+                for m in model.modules():
+                    if hasattr(m, "reset_parameters") and m is not model:
+                        m.reset_parameters()
+            drift = DriftModel(E, n, int(p["hidden"]))
+            head = nn.Linear(int(p["hidden"]), n, dtype=torch.float64)
+        with torch.no_grad():
+            head.weight.mul_(0.1)
+            head.bias.zero_()
+        log_sigma = nn.Parameter(torch.full((n,), math.log(float(p["sigma"])), dtype=torch.float64))
+        wm_opt = torch.optim.Adam(drift.parameters(), lr=float(p["wm_lr"]))
+        pi_opt = torch.optim.Adam([*head.parameters(), log_sigma], lr=float(p["policy_lr"]))
+        min_log_sigma = math.log(float(p["min_sigma"]))
+
+        lasso = GroupLasso(model, space, device)
+        opt = torch.optim.SGD(model.parameters(), lr=float(p["lr"]), momentum=float(p["momentum"]),
+                              weight_decay=float(p["weight_decay"]), nesterov=float(p["momentum"]) > 0)
+        data = ev.data
+        per_epoch = math.ceil(len(data.fit) / int(p["batch_size"]))
+        if int(p["batches_per_epoch"]):
+            per_epoch = min(per_epoch, int(p["batches_per_epoch"]))
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, E * per_epoch))
+        ranking = [r.clone() for r in ev.ranking]
+        if p["init"] == "scratch":
+            ranking = ranking_from_scores(channel_scores(model, space, "l1"))
+            ev.set_model(model, ranking)
+
+        history: list[tuple[int, np.ndarray, float]] = []   # (epoch, keep ratios, observed reward)
+        chosen: Candidate | None = None
+        for epoch in range(E):
+            with torch.no_grad():
+                h = drift.states(epoch)[epoch]
+            mean = head(h).detach().numpy()
+            sigma = log_sigma.detach().exp().numpy()
+            us = [mean] + [mean + sigma * rng.standard_normal(n) for _ in range(K - 1)]
+            cands = []
+            for k, u in enumerate(us):
+                alloc = np.exp(np.clip(u, -10, 10))
+                counts = ev.solve(alloc.tolist()).counts
+                cands.append(ev.evaluate(counts, step=epoch, meta={"strategy": self.name, "epoch": epoch, "sample": k}))
+            rewards = np.array([c.top1 / 100.0 for c in cands])
+            best_k = int(np.argmax(rewards))
+            chosen = cands[best_k]
+            keep_t = torch.tensor([c.keep_ratios for c in cands], dtype=torch.float64)
+            with torch.no_grad():
+                predicted = float(drift.predict(h, keep_t[best_k]))
+            history.extend((epoch, np.array(c.keep_ratios), float(r)) for c, r in zip(cands, rewards))
+            wm_loss = self._fit_drift(drift, wm_opt, history, epoch, int(p["wm_steps"]))
+
+            # the policy: REINFORCE on the GRU state, batch-mean baseline
+            if K > 1 and rewards.std() > 1e-12:
+                adv = torch.tensor((rewards - rewards.mean()) / rewards.std(), dtype=torch.float64)
+                U = torch.tensor(np.stack(us), dtype=torch.float64)
+                for _ in range(int(p["policy_steps"])):
+                    dist = torch.distributions.Normal(head(h), log_sigma.exp())
+                    loss = -(adv * dist.log_prob(U).sum(-1)).mean()
+                    pi_opt.zero_grad()
+                    loss.backward()
+                    pi_opt.step()
+                    with torch.no_grad():
+                        log_sigma.clamp_(min_log_sigma, math.log(5.0))
+
+            # train the weights towards the chosen structure
+            removed = [order[: g.channels - c].to(device) for g, c, order in zip(space.groups, chosen.counts, ranking)]
+            ce_sum, pen_sum, seen = 0.0, 0.0, 0
+            model.train()
+            gen = torch.Generator().manual_seed(int(ctx.seed) * 1000 + epoch)
+            for i, (x, y) in enumerate(batches(data.fit, int(p["batch_size"]), mean=data.mean, std=data.std,
+                                               device=device, shuffle=True, augment=True, generator=gen,
+                                               drop_last=len(data.fit) > int(p["batch_size"]))):
+                if i >= per_epoch:
+                    break
+                if ev.should_stop():
+                    raise CancelledError("search cancelled")
+                ce = F.cross_entropy(model(x), y)
+                pen = lasso.penalty(removed) if float(p["align_weight"]) > 0 else torch.zeros((), device=device)
+                loss = ce + float(p["align_weight"]) * pen
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                ce_sum += float(ce.detach()) * y.numel()
+                pen_sum += float(pen.detach()) * y.numel()
+                seen += y.numel()
+            model.eval()
+            ranking = ranking_from_scores(channel_scores(model, space, "l1"))
+            ev.set_model(model, ranking)
+            with torch.no_grad():
+                removed_norm = float(sum(lasso.norms(gi)[idx].sum() for gi, idx in enumerate(removed) if len(idx)))
+            ce_mean = ce_sum / max(1, seen)
+            pen_mean = pen_sum / max(1, seen)
+            ctx.emit("joint", epoch=epoch, predicted_reward=predicted, observed_reward=float(rewards[best_k]),
+                     loss=ce_mean + float(p["align_weight"]) * pen_mean, ce=ce_mean, penalty=pen_mean,
+                     removed_norm_after=removed_norm, keep_ratios=chosen.keep_ratios, samples=K,
+                     mean_reward=float(rewards.mean()), sigma=float(log_sigma.detach().exp().mean()),
+                     drift_loss=wm_loss, model_version=ev.model_version)
+            ctx.emit("step", step=epoch, best_top1=chosen.top1, best_reward=float(rewards.max()),
+                     mean_reward=float(rewards.mean()), keep_ratios=chosen.keep_ratios)
+
+        # the final structure, scored on the trained weights
+        with torch.no_grad():
+            h = drift.states(E)[E]
+            mean = head(h).numpy()
+        finals = [ev.solve(np.exp(np.clip(mean, -10, 10)).tolist()).counts]
+        if chosen is not None and chosen.counts != finals[0]:
+            finals.append(chosen.counts)
+        out: list[Candidate] = []
+        for k, counts in enumerate(finals):
+            if ev.remaining is not None and ev.remaining < 1:
+                break
+            out.append(ev.evaluate(counts, step=E, meta={"strategy": self.name, "epoch": E, "final": True,
+                                                         "source": "policy mean" if k == 0 else "last structure"}))
+        feasible = [c for c in out if ctx.feasible(c)]
+        if not feasible:
+            raise PrunerError("joint found no structure meeting the budget on the trained model; raise --search-evals")
+        return max(feasible, key=lambda c: (c.top1, -c.cost))
+
+    @staticmethod
+    def _fit_drift(drift: DriftModel, opt, history, epoch: int, steps: int) -> float:
+        ep = torch.tensor([e for e, _, _ in history])
+        keep = torch.tensor(np.stack([k for _, k, _ in history]), dtype=torch.float64)
+        target = torch.tensor([r for _, _, r in history], dtype=torch.float64)
+        loss_v = float("nan")
+        for _ in range(steps):
+            H = drift.states(epoch)
+            loss = F.mse_loss(drift.predict(H[ep], keep), target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            loss_v = loss.item()
+        return loss_v

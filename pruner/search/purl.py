@@ -1,0 +1,219 @@
+"""PuRL (Gupta et al., "Learning to Prune Deep Neural Networks via Reinforcement Learning", 2020):
+a reward at *every* pruning step, so the agent learns from short episodes.
+
+MDP (one episode = ``steps`` pruning steps from the full model down to the budget):
+
+* **state** ``s_t = (t / T, keep ratios of every group, current relative cost, 1)``;
+* **action** ``a_t``: for every group, the fraction of its *current* channels to remove in
+  this step, ``a_t,g = sigmoid(u_g)`` with ``u ~ N(actor(s_t), diag(sigma^2))``; the new keep
+  ratios are ``keep * (1 - a_t)`` clipped to the group floors. On the last step the proposed
+  structure is projected onto the budget along its own pruning direction (the shared
+  budget solver with allocation ``1 - keep``), so every episode **ends on the budget**;
+* **reward at every step** (each intermediate structure is a real candidate scored by the
+  shared evaluator): ``r_t = acc_weight * top1_t / 100 - sparsity_weight * |cost_t - c*_t| / (1 - B)``
+  where ``c*_t = 1 - (1 - B) (t + 1) / T`` is the step's point on a linear schedule from the
+  full model (cost 1) to the budget ``B``: an accuracy term and a sparsity term that pays for
+  being on schedule (neither behind nor ahead of it);
+* **learning**: actor-critic. The actor is a small MLP (tanh) giving the mean of ``u``; a
+  state-independent ``log sigma`` is learned with it; the critic ``V(s)`` is a second MLP.
+  After every ``batch`` episodes: discounted per-step returns ``G_t``, advantages
+  ``G_t - V(s_t)`` (normalised), one or more Adam steps on
+  ``-A log pi(a|s) - entropy_bonus * H + value_weight * (V - G)^2``.
+
+The actor's output bias starts at the per-step fraction that prunes uniformly to the budget in
+``T`` steps, so the first episodes already land near sensible structures. The last episode
+is greedy (``sigma = 0``). The returned candidate is the best (top-1) feasible *final* structure of
+an episode (an intermediate one only if no episode finished).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..errors import PrunerError
+from .base import SearchContext, Strategy, register
+from .constrained import check_float, check_int, logit
+from .evaluator import Candidate
+
+
+class _MLP(nn.Module):
+    def __init__(self, n_in: int, n_out: int, hidden: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(n_in, hidden), nn.Tanh(), nn.Linear(hidden, n_out))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@register
+class PuRL(Strategy):
+    name = "purl"
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        return {
+            "steps": 3,               # pruning steps per episode (T); the last lands on the budget
+            "episodes": 0,            # 0 = as many as --search-evals allows (20 without a cap)
+            "batch": 2,               # episodes per policy update
+            "updates": 4,             # Adam steps per update
+            "lr": 0.01,               # Adam learning rate (actor and critic)
+            "hidden": 32,             # hidden units of the actor and critic MLPs
+            "sigma": 0.4,             # initial exploration std of the action logits
+            "min_sigma": 0.05,
+            "gamma": 0.9,             # discount of the per-step returns
+            "acc_weight": 1.0,        # weight of top1/100 in the step reward
+            "sparsity_weight": 0.5,   # weight of the off-schedule penalty in the step reward
+            "entropy_bonus": 0.0,
+            "value_weight": 0.5,
+        }
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        p = self.params
+        check_int(p, "steps", 1, 20)
+        check_int(p, "episodes", 0)
+        check_int(p, "batch", 1, 64)
+        check_int(p, "updates", 1, 100)
+        check_float(p, "lr", 0.0, 1.0, lo_open=True)
+        check_int(p, "hidden", 1, 1024)
+        check_float(p, "sigma", 0.0, 5.0, lo_open=True)
+        check_float(p, "min_sigma", 0.0, 5.0, lo_open=True)
+        check_float(p, "gamma", 0.0, 1.0)
+        check_float(p, "acc_weight", 0.0)
+        check_float(p, "sparsity_weight", 0.0)
+        check_float(p, "entropy_bonus", 0.0)
+        check_float(p, "value_weight", 0.0)
+
+    # ------------------------------------------------------------------
+    def search(self, ctx: SearchContext) -> Candidate:
+        p = self.params
+        ev = ctx.evaluator
+        space = ctx.space
+        n = len(space)
+        T = int(p["steps"])
+        B = ctx.budget.target
+        cost_fn = ev.cost_fn()
+        rng = ctx.rng(47)
+        n_state = n + 3
+
+        # networks: initialised from the seed, isolated from torch's global RNG
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(ctx.seed) * 1000 + 47)
+            actor = _MLP(n_state, n, int(p["hidden"])).double()
+            critic = _MLP(n_state, 1, int(p["hidden"])).double()
+        uniform_keep = np.array(ev.solve([1.0] * n).keep_ratios)
+        per_step = 1.0 - float(np.clip(uniform_keep.mean(), 1e-3, 1.0)) ** (1.0 / T)
+        with torch.no_grad():
+            actor.net[-1].weight.mul_(0.1)
+            actor.net[-1].bias.fill_(float(logit(np.array([per_step]))[0]))
+        log_sigma = nn.Parameter(torch.full((n,), math.log(float(p["sigma"])), dtype=torch.float64))
+        opt = torch.optim.Adam([*actor.parameters(), *critic.parameters(), log_sigma], lr=float(p["lr"]))
+        min_log_sigma = math.log(float(p["min_sigma"]))
+
+        def state(t: int, keep: np.ndarray, cost: float) -> np.ndarray:
+            return np.concatenate([[t / T], keep, [cost, 1.0]])
+
+        best: Candidate | None = None
+        buffer: list[list[tuple[np.ndarray, np.ndarray, float]]] = []   # episodes of (state, u, reward)
+        # with a cap, run while an episode fits; the bound only guards against episodes served from the memo
+        max_eps = int(p["episodes"]) or (3 * max(1, ev.remaining // T) if ev.remaining is not None else 20)
+        episode = 0
+        while episode < max_eps and (ev.remaining is None or ev.remaining >= T):
+            last = episode == max_eps - 1 or (ev.remaining is not None and ev.remaining < 2 * T)
+            greedy = last and episode > 0
+            keep = np.ones(n)
+            cost = 1.0
+            traj: list[tuple[np.ndarray, np.ndarray, float]] = []
+            ep_return = 0.0
+            for t in range(T):
+                s = state(t, keep, cost)
+                with torch.no_grad():
+                    mean = actor(torch.from_numpy(s)).numpy()
+                    sigma = log_sigma.exp().numpy()
+                eps = rng.standard_normal(n)
+                u = mean if greedy else mean + sigma * eps
+                a = 1.0 / (1.0 + np.exp(-np.clip(u, -30, 30)))
+                proposal = keep * (1.0 - a)
+                if t == T - 1:
+                    alloc = np.clip(1.0 - proposal, 0.0, None) + 1e-3
+                    counts = ev.solve(alloc.tolist()).counts
+                else:
+                    counts = space.counts(np.clip(proposal, 0.0, 1.0).tolist())
+                c_now = cost_fn(counts)
+                target_t = 1.0 - (1.0 - B) * (t + 1) / T
+
+                def reward_fn(cand: Candidate, c_now=c_now, target_t=target_t) -> float:
+                    return (float(p["acc_weight"]) * cand.top1 / 100.0
+                            - float(p["sparsity_weight"]) * abs(c_now - target_t) / max(1e-9, 1.0 - B))
+
+                cand = ev.evaluate(counts, step=episode * T + t, reward_fn=reward_fn, meta={
+                    "strategy": self.name, "episode": episode, "pruning_step": t, "greedy": greedy,
+                    "step_target": target_t})
+                traj.append((s, u, float(cand.reward)))
+                ep_return += float(cand.reward)
+                keep = np.array(cand.keep_ratios)
+                cost = c_now
+                if t == T - 1 and ctx.feasible(cand) and (best is None or (cand.top1, -cand.cost) > (best.top1, -best.cost)):
+                    best = cand
+                ctx.emit("purl", level="step", episode=episode, step=t, reward=float(cand.reward), top1=cand.top1,
+                         cost=c_now, step_target=target_t, keep_ratios=cand.keep_ratios, greedy=greedy)
+            ctx.emit("purl", level="episode", episode=episode, **{"return": ep_return},
+                     final_top1=cand.top1, final_cost=cost, greedy=greedy,
+                     sigma=float(log_sigma.detach().exp().mean()), best_feasible_top1=None if best is None else best.top1)
+            ctx.emit("step", step=episode, best_top1=None if best is None else best.top1,
+                     best_reward=max(r for _, _, r in traj), mean_reward=ep_return / T,
+                     keep_ratios=best.keep_ratios if best is not None else cand.keep_ratios)
+            if not greedy:
+                buffer.append(traj)
+            if len(buffer) >= int(p["batch"]):
+                self._update(buffer, actor, critic, log_sigma, opt, min_log_sigma)
+                buffer = []
+            episode += 1
+            if greedy:
+                break
+        if best is None:  # no episode finished on the budget: any feasible intermediate structure
+            feasible = [c for c in ev.candidates if c.meta.get("strategy") == self.name and ctx.feasible(c)]
+            best = max(feasible, key=lambda c: (c.top1, -c.cost)) if feasible else None
+        if best is None:
+            raise PrunerError("purl found no candidate meeting the budget; raise --search-evals "
+                              f"(each episode needs {T} evaluations) or lower steps")
+        return best
+
+    def _update(self, buffer, actor, critic, log_sigma, opt, min_log_sigma) -> None:
+        p = self.params
+        gamma = float(p["gamma"])
+        states, actions, returns = [], [], []
+        for traj in buffer:
+            g = 0.0
+            rets = []
+            for _, _, r in reversed(traj):
+                g = r + gamma * g
+                rets.append(g)
+            rets.reverse()
+            for (s, u, _), G in zip(traj, rets):
+                states.append(s)
+                actions.append(u)
+                returns.append(G)
+        S = torch.from_numpy(np.stack(states))
+        U = torch.from_numpy(np.stack(actions))
+        G = torch.tensor(returns, dtype=torch.float64)
+        for _ in range(int(p["updates"])):
+            V = critic(S).squeeze(-1)
+            adv = (G - V).detach()
+            if len(adv) > 1 and float(adv.std()) > 1e-9:
+                adv = (adv - adv.mean()) / adv.std()
+            mean = actor(S)
+            dist = torch.distributions.Normal(mean, log_sigma.exp().expand_as(mean))
+            logp = dist.log_prob(U).sum(-1)
+            loss = (-(adv * logp).mean() - float(p["entropy_bonus"]) * dist.entropy().sum(-1).mean()
+                    + float(p["value_weight"]) * ((V - G) ** 2).mean())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                log_sigma.clamp_(min_log_sigma, math.log(5.0))
