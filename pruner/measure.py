@@ -1,4 +1,11 @@
-"""Cost and speed of a model: MACs and parameters, PyTorch latency."""
+"""Cost and speed of a model: MACs and parameters, PyTorch latency.
+
+* :func:`count_cost` — MACs of one image, from ``torch.utils.flop_counter`` (FLOPs / 2: every
+  convolution and matrix multiply, so the figures match the usual conv + linear hand counts),
+  and the number of parameters.
+* :func:`latency_stats` / :func:`latency_ms` — wall time of repeated forward passes under
+  ``torch.inference_mode`` on a private copy of the model (the caller's model is untouched).
+"""
 
 from __future__ import annotations
 
@@ -12,42 +19,74 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .errors import PrunerError
+
 
 @dataclass(frozen=True)
 class Cost:
+    """MACs of one image and the number of parameters."""
+
     macs: int
     params: int
 
 
+def _device_and_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Where the model lives and which floating dtype it computes in (CPU / float32 when it has no tensors)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    device = tensors[0].device if tensors else torch.device("cpu")
+    dtype = next((t.dtype for t in tensors if t.is_floating_point()), torch.float32)
+    return device, dtype
+
+
 def count_cost(model: nn.Module, input_size: Sequence[int] = (3, 32, 32)) -> Cost:
-    """MACs of one image (``torch.utils.flop_counter`` FLOPs / 2) and the number of parameters."""
-    device = next(iter(model.parameters())).device
+    """MACs of one image (FlopCounterMode FLOPs / 2, batch of 1, eval mode, model's device) and parameters."""
+    device, dtype = _device_and_dtype(model)
     was_training = model.training
     model.eval()
     try:
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            model(torch.zeros(1, *input_size, device=device))
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(torch.zeros(1, *input_size, device=device, dtype=dtype))
+    except RuntimeError as exc:
+        raise PrunerError(f"the model cannot run on input of size {tuple(input_size)} "
+                          f"({str(exc).splitlines()[0][:200]}); check the input size") from exc
     finally:
         model.train(was_training)
-    return Cost(int(counter.get_total_flops()) // 2, sum(p.numel() for p in model.parameters()))
+    return Cost(macs=int(counter.get_total_flops()) // 2, params=sum(p.numel() for p in model.parameters()))
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PrunerError("CUDA is not available on this machine; measure latency with device='cpu'")
+    return device
 
 
 def latency_stats(model: nn.Module, input_size: Sequence[int] = (3, 32, 32), *, batch_size: int = 1,
                   device: str | torch.device = "cpu", warmup: int = 10, repeats: int = 50,
                   channels_last: bool | None = None, amp: bool | None = None) -> dict:
-    """Forward-pass wall time (ms): warm-up, then median/p10/p90/mean of ``repeats`` runs."""
-    device = torch.device(device)
+    """Forward latency in ms: ``median``, ``p10``, ``p90``, ``mean`` of ``repeats`` timed runs after ``warmup``.
+
+    Runs a deep copy of ``model`` (eval mode) on ``device`` under ``torch.inference_mode`` with a
+    random ``(batch_size, *input_size)`` batch; CUDA is synchronised around every run.
+    ``channels_last`` and ``amp`` (float16 autocast on CUDA, bfloat16 on CPU) default to on for
+    CUDA and off for CPU.
+    """
+    if batch_size < 1 or repeats < 1 or warmup < 0:
+        raise PrunerError(f"latency needs batch_size >= 1, repeats >= 1 and warmup >= 0 "
+                          f"(got {batch_size}, {repeats}, {warmup})")
+    device = _resolve_device(device)
     cuda = device.type == "cuda"
     channels_last = cuda if channels_last is None else channels_last
     amp = cuda if amp is None else amp
+    _, dtype = _device_and_dtype(model)
     m = copy.deepcopy(model).to(device).eval()
-    if channels_last:
+    x = torch.randn(batch_size, *input_size, device=device, dtype=dtype)
+    if channels_last and x.dim() == 4:
         m = m.to(memory_format=torch.channels_last)
-    x = torch.randn(batch_size, *input_size, device=device)
-    if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    times = []
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16 if cuda else torch.bfloat16, enabled=amp):
+    amp_dtype = torch.float16 if cuda else torch.bfloat16
+    times: list[float] = []
+    with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
         for i in range(warmup + repeats):
             if cuda:
                 torch.cuda.synchronize(device)
@@ -57,11 +96,15 @@ def latency_stats(model: nn.Module, input_size: Sequence[int] = (3, 32, 32), *, 
                 torch.cuda.synchronize(device)
             if i >= warmup:
                 times.append((time.perf_counter() - t0) * 1000.0)
-    q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
-    return {"median": statistics.median(times), "p10": q[0], "p90": q[-1], "mean": statistics.fmean(times),
-            "repeats": repeats, "batch_size": batch_size, "device": str(device)}
+    deciles = statistics.quantiles(times, n=10, method="inclusive") if len(times) > 1 else [times[0]] * 9
+    stats = {"median": statistics.median(times), "p10": deciles[0], "p90": deciles[-1],
+             "mean": statistics.fmean(times), "repeats": repeats, "batch_size": batch_size, "device": str(device)}
+    return stats
 
 
-def latency_ms(model: nn.Module, input_size: Sequence[int] = (3, 32, 32), **kwargs) -> float:
+def latency_ms(model: nn.Module, input_size: Sequence[int] = (3, 32, 32), *, batch_size: int = 1,
+               device: str | torch.device = "cpu", warmup: int = 10, repeats: int = 50,
+               channels_last: bool | None = None, amp: bool | None = None) -> float:
     """Median forward latency in milliseconds (see :func:`latency_stats`)."""
-    return float(latency_stats(model, input_size, **kwargs)["median"])
+    return float(latency_stats(model, input_size, batch_size=batch_size, device=device, warmup=warmup,
+                               repeats=repeats, channels_last=channels_last, amp=amp)["median"])

@@ -1,0 +1,140 @@
+"""MACs/params against hand counts, and latency measurement that leaves the model alone."""
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+import torchvision
+
+from pruner.errors import PrunerError
+from pruner.measure import Cost, count_cost, latency_ms, latency_stats
+from pruner.models.cifar_resnet import cifar_resnet
+from pruner.pruning.shortcut import CUSTOM_PRUNERS
+
+
+def prune_half(model: nn.Module) -> nn.Module:
+    """Physically remove the first half of the channels of every group (except the classifier's)."""
+    dg = tp.DependencyGraph().build_dependency(model, torch.randn(1, 3, 32, 32), customized_pruners=CUSTOM_PRUNERS)
+    for group in list(dg.get_all_groups(ignored_layers=[model.linear])):
+        root = group[0].dep.target.module
+        n = len(group[0].idxs)
+        dg.get_pruning_group(root, dg.get_pruner_of_module(root).prune_out_channels, list(range(n // 2))).prune()
+    return model
+
+
+def hand_count_macs(model: nn.Module, input_size=(3, 32, 32)) -> int:
+    """Conv MACs = out.numel()/B * in_ch/groups * kh*kw; linear MACs = in * out (batch of 1)."""
+    total = 0
+
+    def conv_hook(m: nn.Conv2d, inp, out):
+        nonlocal total
+        kh, kw = m.kernel_size
+        total += out.numel() // out.shape[0] * (m.in_channels // m.groups) * kh * kw
+
+    def linear_hook(m: nn.Linear, inp, out):
+        nonlocal total
+        total += m.in_features * m.out_features
+
+    hooks = [m.register_forward_hook(conv_hook if isinstance(m, nn.Conv2d) else linear_hook)
+             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *input_size))
+    finally:
+        for h in hooks:
+            h.remove()
+    return total
+
+
+@pytest.fixture(scope="module")
+def resnet20():
+    torch.manual_seed(0)
+    return cifar_resnet("resnet20")
+
+
+@pytest.fixture(scope="module")
+def pruned_resnet20():
+    torch.manual_seed(0)
+    return prune_half(cifar_resnet("resnet20").eval())
+
+
+def test_count_cost_resnet20_known_figures(resnet20):
+    cost = count_cost(resnet20, (3, 32, 32))
+    assert isinstance(cost, Cost)
+    assert 40.0e6 < cost.macs < 41.5e6  # the published ~40.8M (conv + linear: 40.55M)
+    assert 0.26e6 < cost.params < 0.28e6  # ~0.27M
+    assert cost.params == sum(p.numel() for p in resnet20.parameters())
+    assert cost.macs == hand_count_macs(resnet20)
+
+
+def test_count_cost_pruned_matches_hand_count(resnet20, pruned_resnet20):
+    full, pruned = count_cost(resnet20), count_cost(pruned_resnet20)
+    assert pruned.macs < full.macs and pruned.params < full.params
+    assert pruned.macs == hand_count_macs(pruned_resnet20)
+
+
+def test_count_cost_grouped_convolutions():
+    model = torchvision.models.mobilenet_v2(num_classes=10)
+    assert count_cost(model).macs == hand_count_macs(model)  # depthwise convs: in_ch / groups
+
+
+def test_count_cost_keeps_training_mode(resnet20):
+    resnet20.train()
+    count_cost(resnet20)
+    assert resnet20.training
+    resnet20.eval()
+    count_cost(resnet20)
+    assert not resnet20.training
+
+
+def test_count_cost_wrong_input_size_is_user_error(resnet20):
+    with pytest.raises(PrunerError, match="input size"):
+        count_cost(resnet20, (5, 32, 32))
+
+
+def _snapshot(model: nn.Module):
+    return model.training, {k: (v.device, v.clone(), v.is_contiguous()) for k, v in model.state_dict().items()}
+
+
+def test_latency_positive_and_model_untouched(pruned_resnet20):
+    model = pruned_resnet20.train()
+    before = _snapshot(model)
+    for kwargs in ({}, {"batch_size": 8}, {"channels_last": True}, {"amp": True}):
+        value = latency_ms(model, (3, 32, 32), warmup=1, repeats=3, **kwargs)
+        assert value > 0 and math.isfinite(value)
+    after = _snapshot(model)
+    assert after[0] and before[0]  # still in training mode
+    for key, (device, tensor, contiguous) in before[1].items():
+        assert after[1][key][0] == device and after[1][key][2] == contiguous
+        assert torch.equal(after[1][key][1], tensor)
+
+
+def test_latency_stats_fields(resnet20):
+    stats = latency_stats(resnet20, (3, 32, 32), batch_size=2, warmup=1, repeats=5)
+    assert {"median", "p10", "p90", "mean", "repeats"} <= set(stats)
+    assert stats["repeats"] == 5
+    assert 0 < stats["p10"] <= stats["median"] <= stats["p90"]
+    assert stats["mean"] > 0
+    single = latency_stats(resnet20, repeats=1, warmup=0)
+    assert single["p10"] == single["median"] == single["p90"]
+
+
+def test_latency_bad_arguments(resnet20):
+    with pytest.raises(PrunerError):
+        latency_ms(resnet20, repeats=0)
+    with pytest.raises(PrunerError):
+        latency_ms(resnet20, batch_size=0)
+    if not torch.cuda.is_available():
+        with pytest.raises(PrunerError, match="CUDA"):
+            latency_ms(resnet20, device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_latency_cuda_leaves_model_on_cpu(resnet20):
+    value = latency_ms(resnet20, device="cuda", warmup=2, repeats=5)
+    assert value > 0 and math.isfinite(value)
+    assert all(p.device.type == "cpu" for p in resnet20.parameters())
+    cuda_model = cifar_resnet("resnet20").cuda()
+    assert count_cost(cuda_model).macs == count_cost(resnet20).macs
