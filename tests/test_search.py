@@ -10,7 +10,7 @@ from pruner.runs.job import load_checkpoint, run_job
 from pruner.runs.rundir import RunDir
 
 
-def tiny(**kw) -> RunConfig:
+def tiny(**kw) -> RunConfig:  # three slices, so the step-wise path is exercised
     base = dict(model="resnet20", weights=None, data="digits", budget="flops=0.5", strategy="rl",
                 strategy_params={"steps": 3}, search_evals=12, search_images=120, recal_images=64,
                 report_images=120, latency_repeats=3, finetune=FinetuneConfig(epochs=0), export=False, seed=0)
@@ -46,11 +46,12 @@ def test_rl_run_completes_and_meets_budget(rl_run):
 def test_rl_policy_changes_over_steps(rl_run):
     out, _ = rl_run
     steps = RunDir(out).events("step")
-    assert len(steps) == 3
+    assert len(steps) == 3 * 3  # three slices, three policy updates each
     policies = [s["policy"] for s in steps]
     assert any(abs(a - b) > 1e-6 for a, b in zip(policies[0], policies[-1]))
     targets = [s["step_target"] for s in steps]
     assert targets == sorted(targets, reverse=True) and targets[-1] == pytest.approx(0.5)
+    assert [s["slice"] for s in steps] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
 
 
 def test_same_seed_same_result(rl_run, tmp_path):

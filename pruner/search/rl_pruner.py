@@ -65,16 +65,17 @@ class RLPruner(Strategy):
     @classmethod
     def defaults(cls):
         return {
-            "steps": 6,               # pruning slices toward the budget
+            "steps": 1,               # pruning slices toward the budget (1 = one-shot to the budget; see docs)
             "samples": 0,             # candidates per step; 0 = spread --search-evals over the steps
-            "inner_epochs": 2,        # policy updates per step
-            "noise": 0.6,             # std of the log-normal exploration noise at step 0
-            "noise_decay": 0.75,      # noise multiplier per step
-            "lr": 0.5,                # step toward the advantage-weighted samples
-            "clip": 1.5,              # each group's policy may change by at most this factor per update
+            "inner_epochs": 3,        # policy updates per step
+            "noise": 1.5,             # std of the Gaussian exploration noise on the policy logits at the start
+            "noise_decay": 0.6,       # noise multiplier per inner epoch
+            "min_noise": 0.2,         # noise floor
+            "lr": 0.7,                # step of the logits toward the advantage-weighted samples
+            "clip": 1.0,              # largest change of any logit in one update (policy ratio <= e^clip)
             "discount": 0.9,          # weight of the lineage's earlier rewards in the Q-value
-            "epsilon": 0.2,           # initial ε of the ε-greedy structure choice (decays to 0)
-            "temperature": 1.0,       # softmax temperature over advantages
+            "epsilon": 0.0,           # initial ε of the ε-greedy structure choice (decays to 0)
+            "temperature": 0.5,       # softmax temperature over standardised advantages
             "prior": "uniform",       # initial policy: uniform, or cost (groups with more MACs/params first)
         }
 
@@ -97,37 +98,45 @@ class RLPruner(Strategy):
         ev = ctx.evaluator
         samples = int(prm["samples"])
         if samples <= 0:
-            samples = max(2, (ev.remaining or 60) // steps) if ev.remaining is not None else 10
+            samples = max(2, ev.remaining // steps) if ev.remaining is not None else 10
         inner = max(1, min(int(prm["inner_epochs"]), samples))
         per_epoch = [samples // inner + (1 if i < samples % inner else 0) for i in range(inner)]
         rng = ctx.rng(2)
-        policy = self._initial_policy(ctx)
+        logits = np.log(self._initial_policy(ctx))
         current = [g.channels for g in ctx.space.groups]
         lineage_q = 0.0
         chosen: Candidate | None = None
         start_cost, target = 1.0, ctx.budget.target
+        sigma = float(prm["noise"])
+        update = 0
         for step in range(steps):
             step_target = start_cost - (start_cost - target) * (step + 1) / steps
-            sigma = float(prm["noise"]) * float(prm["noise_decay"]) ** step
             step_cands: list[tuple[Candidate, np.ndarray]] = []
             for epoch in range(inner):
                 batch: list[tuple[Candidate, np.ndarray]] = []
                 for k in range(per_epoch[epoch]):
-                    variant = policy if (epoch == 0 and k == 0) else policy * np.exp(sigma * rng.standard_normal(len(policy)))
-                    variant = variant / variant.sum()
-                    counts = step_counts(ctx, current, variant, step_target)
+                    # the unperturbed policy is always sampled once per step
+                    variant = logits if (epoch == 0 and k == 0) else logits + sigma * rng.standard_normal(len(logits))
+                    counts = step_counts(ctx, current, _softmax(variant), step_target)
                     if counts is None:
                         continue
-                    cand = ev.evaluate(counts, step=step, meta={
-                        "strategy": self.name, "inner_epoch": epoch, "sample": k, "sigma": sigma,
+                    cand = ev.evaluate(counts, step=update, meta={
+                        "strategy": self.name, "slice": step, "inner_epoch": epoch, "sample": k, "sigma": sigma,
                         "step_target": step_target})
                     cand.meta["q"] = float(cand.top1 + float(prm["discount"]) * lineage_q)
                     batch.append((cand, variant))
                 if not batch:
                     raise PrunerError(f"rl could not reach {step_target:.3f} of the {ctx.budget.kind} at step {step}; "
                                       "raise the budget or allow more pruning")
-                policy = self._update(policy, batch)
+                logits = self._update(logits, batch + step_cands)
                 step_cands.extend(batch)
+                best_so_far = max(step_cands, key=lambda cv: cv[0].top1)[0]
+                ctx.emit("step", step=update, slice=step, inner_epoch=epoch, policy=_softmax(logits).tolist(),
+                         step_target=step_target, sigma=sigma, best_top1=best_so_far.top1,
+                         best_reward=best_so_far.reward, mean_reward=float(np.mean([c.reward for c, _ in batch])),
+                         keep_ratios=best_so_far.keep_ratios)
+                update += 1
+                sigma = max(float(prm["min_noise"]), sigma * float(prm["noise_decay"]))
             # ε-greedy choice of the slice to prune
             eps = float(prm["epsilon"]) * (1 - step / max(1, steps - 1)) if steps > 1 else 0.0
             ranked = sorted(step_cands, key=lambda cv: cv[0].top1, reverse=True)
@@ -135,25 +144,26 @@ class RLPruner(Strategy):
             chosen = pick[0]
             current = list(chosen.counts)
             lineage_q = float(prm["discount"]) * lineage_q + chosen.top1 * (1 - float(prm["discount"]))
-            rewards = [c.reward for c, _ in step_cands]
-            ctx.emit("step", step=step, policy=policy.tolist(), step_target=step_target, sigma=sigma,
-                     epsilon=eps, chosen_candidate=chosen.id, best_top1=ranked[0][0].top1,
-                     best_reward=max(rewards), mean_reward=float(np.mean(rewards)),
-                     keep_ratios=chosen.keep_ratios)
+            ctx.emit("log", level="info", message=f"rl slice {step + 1}/{steps}: kept candidate {chosen.id} "
+                     f"(search top-1 {chosen.top1:.2f}%, cost {chosen.cost:.3f}, epsilon {eps:.2f})")
         # the last slice lands on the budget; pick its best candidate (not the ε choice)
-        final = [c for c in ev.candidates if c.step == steps - 1 and ctx.feasible(c)]
+        final = [c for c in ev.candidates if c.meta.get("slice") == steps - 1 and ctx.feasible(c)]
         return max(final, key=lambda c: c.top1) if final else chosen
 
-    def _update(self, policy: np.ndarray, batch: list[tuple[Candidate, np.ndarray]]) -> np.ndarray:
+    def _update(self, logits: np.ndarray, batch: list[tuple[Candidate, np.ndarray]]) -> np.ndarray:
+        """Move the policy logits toward the advantage-weighted samples of this step (clipped)."""
         q = np.array([c.meta["q"] for c, _ in batch], dtype=float)
         if len(q) < 2 or q.std() < 1e-9:
-            return policy
+            return logits
         adv = (q - q.mean()) / q.std()
-        w = np.exp(adv / float(self.params["temperature"]))
+        w = np.exp((adv - adv.max()) / float(self.params["temperature"]))
         w = w / w.sum()
         target = sum(wi * v for wi, (_, v) in zip(w, batch))
-        lr = float(self.params["lr"])
-        new = (1 - lr) * policy + lr * target
-        clip = float(self.params["clip"])
-        new = np.clip(new, policy / clip, policy * clip)
-        return new / new.sum()
+        delta = np.clip(float(self.params["lr"]) * (target - logits), -float(self.params["clip"]), float(self.params["clip"]))
+        new = logits + delta
+        return new - new.max()
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max())
+    return e / e.sum()
