@@ -121,7 +121,7 @@ def finetune(student: nn.Module, data: DataBundle, config: FinetuneConfig, *, te
             scaler.step(opt)
             scaler.update()
             sched.step()
-            total += float(loss) * y.numel()
+            total += float(loss.detach()) * y.numel()
             n += y.numel()
         record = {"epoch": epoch + 1, "epochs": config.epochs, "loss": total / max(1, n),
                   "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}

@@ -182,6 +182,12 @@ def test_importance_criteria(criterion):
         assert conv.weight.shape[0] == g.channels
 
 
+def test_channel_shuffle_is_refused_clearly():
+    """ShuffleNet's channel shuffle is beyond Torch-Pruning's graph: a clear error, not a crash later."""
+    with pytest.raises(PrunerError, match="channel shuffle"):
+        PruningSpace(torchvision.models.shufflenet_v2_x1_0(num_classes=10).eval(), (3, 32, 32))
+
+
 def test_bad_inputs():
     model = cifar_resnet("resnet20").eval()
     space = PruningSpace(model, (3, 32, 32))

@@ -98,6 +98,11 @@ def build_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyG
             return tp.DependencyGraph().build_dependency(
                 model, example_input, customized_pruners=CUSTOM_PRUNERS, verbose=False
             )
+    except ZeroDivisionError as exc:
+        raise PrunerError(
+            "this model reshapes its channel dimension (e.g. ShuffleNet's channel shuffle: view, transpose, view), "
+            "which Torch-Pruning's dependency graph cannot follow; pick a model without channel shuffles"
+        ) from exc
     except Exception as exc:  # tracing failures are model problems the user must hear about
         raise PrunerError(
             f"Torch-Pruning could not trace this model ({type(exc).__name__}: {exc}); "
