@@ -1,0 +1,120 @@
+"""The CLI: one-line errors for bad input (no traceback, non-zero exit, no successful-looking run),
+and the acceptance demo: an exported ONNX model, run by someone else, scores what summary.json says."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pruner.models.cifar_resnet import cifar_resnet
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("PRUNER_DATA_ROOT", "")) / "cifar10-jpeg"
+SHARED_R20 = Path(os.environ.get("PRUNER_WEIGHTS_DIR", "")) / "resnet20-12fca82f.th"
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "pruner", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd or ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
+
+
+TINY = ["--model", "resnet20", "--weights", "none", "--data", "digits", "--search-evals", "2",
+        "--search-images", "50", "--recal-images", "32", "--report-images", "50", "--no-export"]
+
+
+def assert_one_line_error(res, *needles):
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr
+    lines = [l for l in res.stderr.strip().splitlines() if l.startswith("error:")]
+    assert len(lines) == 1, res.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_budget_out_of_range(tmp_path):
+    res = cli("prune", *TINY, "--budget", "flops=1.5", "--out", tmp_path / "r")
+    assert_one_line_error(res, "outside (0, 1)")
+    assert not (tmp_path / "r" / "summary.json").exists()
+
+
+def test_missing_data_path(tmp_path):
+    res = cli("prune", *TINY[:4], "--data", tmp_path / "nowhere", "--out", tmp_path / "r")
+    assert_one_line_error(res)
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["status"] == "failed"
+
+
+def test_empty_image_folder(tmp_path):
+    (tmp_path / "ds" / "train").mkdir(parents=True)
+    (tmp_path / "ds" / "test").mkdir()
+    res = cli("info", "--model", "resnet20", "--weights", "none", "--data", tmp_path / "ds")
+    assert_one_line_error(res)
+
+
+def test_corrupt_checkpoint(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint at all" * 10)
+    res = cli("info", "--model", "resnet20", "--weights", bad, "--data", "digits")
+    assert_one_line_error(res, "bad.pt")
+
+
+def test_wrong_class_count(tmp_path):
+    ckpt = tmp_path / "r20_100.pt"
+    torch.save(cifar_resnet("resnet20", num_classes=100).state_dict(), ckpt)
+    res = cli("info", "--model", "resnet20", "--weights", ckpt, "--data", "digits")
+    assert_one_line_error(res, "100 classes")
+
+
+def test_model_without_prunable_layers(tmp_path):
+    net = tmp_path / "net.py"
+    net.write_text("import torch.nn as nn\n"
+                   "def make(num_classes=10):\n"
+                   "    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, num_classes))\n")
+    res = cli("info", "--model", f"file:{net}:make", "--weights", "none", "--data", "digits")
+    assert_one_line_error(res, "no prunable")
+
+
+def test_info_and_strategies():
+    res = cli("info", "--model", "resnet20", "--weights", "none", "--data", "digits")
+    assert res.returncode == 0, res.stderr
+    assert "prunable groups" in res.stdout and "layer3.0.conv2" in res.stdout
+    res = cli("strategies")
+    assert res.returncode == 0 and all(s in res.stdout for s in ("rl", "uniform", "global", "random"))
+
+
+@pytest.mark.skipif(not (SHARED_DATA.is_dir() and SHARED_R20.is_file()), reason="shared CIFAR-10 copy not present")
+def test_onnx_scores_what_the_summary_says(tmp_path):
+    """Acceptance: prune the real pretrained ResNet-20 on the shared CIFAR-10, then score the ONNX file
+    with ONNX Runtime and PIL-decoded test images, using only the preprocessing stored in its metadata."""
+    import onnxruntime as ort
+    from PIL import Image
+
+    out = tmp_path / "demo"
+    res = cli("prune", "--model", "resnet20", "--weights", SHARED_R20, "--data", SHARED_DATA, "--budget", "flops=0.5",
+              "--strategy", "uniform", "--finetune-epochs", "0", "--search-images", "500", "--out", out)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "done" and summary["budget"]["achieved"] <= 0.5
+    assert summary["pruned"]["report_images"] == 10000  # val-from-train reports on the whole test split
+    sess = ort.InferenceSession(str(out / summary["artifacts"]["onnx"]), providers=["CPUExecutionProvider"])
+    meta = {k: json.loads(v) for k, v in sess.get_modelmeta().custom_metadata_map.items() if k != "layout"
+            and v[:1] in "[{\"0123456789"}
+    mean = np.array(meta["mean"], dtype=np.float32).reshape(1, 3, 1, 1)
+    std = np.array(meta["std"], dtype=np.float32).reshape(1, 3, 1, 1)
+    classes = meta["class_names"]
+    correct = total = 0
+    for label, name in enumerate(classes):
+        files = sorted((SHARED_DATA / "test" / name).glob("*.jpg"))
+        x = np.stack([np.asarray(Image.open(f).convert("RGB"), dtype=np.float32) for f in files]) / 255.0
+        x = (x.transpose(0, 3, 1, 2) - mean) / std
+        for i in range(0, len(x), 1000):
+            logits = sess.run(None, {sess.get_inputs()[0].name: x[i:i + 1000].astype(np.float32)})[0]
+            correct += int((logits.argmax(1) == label).sum())
+        total += len(files)
+    assert total == 10000
+    assert 100.0 * correct / total == pytest.approx(summary["pruned"]["top1"], abs=0.05)

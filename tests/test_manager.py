@@ -1,0 +1,56 @@
+"""Background jobs: spawn-started processes, a queue (one at a time per device), file-based cancel."""
+
+import time
+
+from pruner.finetune import FinetuneConfig
+from pruner.runs.config import RunConfig
+from pruner.runs.manager import JobManager, JobSpec, cancel_requested
+from pruner.runs.rundir import RunDir, list_runs
+
+
+def cfg(**kw):
+    base = dict(model="resnet20", weights=None, data="digits", strategy="random", search_evals=3, search_images=60,
+                recal_images=32, report_images=60, latency_repeats=3, finetune=FinetuneConfig(epochs=0), export=False)
+    base.update(kw)
+    return RunConfig(**base).to_dict()
+
+
+def test_queue_runs_jobs_one_at_a_time_and_cancel(tmp_path):
+    mgr = JobManager(max_parallel=1)
+    try:
+        a = mgr.submit(JobSpec("prune", cfg(), str(tmp_path / "a")))
+        b = mgr.submit(JobSpec("prune", cfg(seed=1), str(tmp_path / "b")))
+        c = mgr.submit(JobSpec("prune", cfg(search_evals=500, strategy="random"), str(tmp_path / "c")))
+        # all three are visible at once (queued runs have a config and a status)
+        assert {r.name for r in list_runs(tmp_path)} == {"a", "b", "c"}
+        assert RunDir(tmp_path / "c").status() in ("queued", "started", "loading data")
+        states = {mgr.state(a), mgr.state(b), mgr.state(c)}
+        assert "queued" in states  # one device, one job at a time
+        assert mgr.wait(a, timeout=300) and mgr.wait(b, timeout=300)
+        assert RunDir(tmp_path / "a").summary()["status"] == "done"
+        assert RunDir(tmp_path / "b").summary()["status"] == "done"
+        # c is long: cancel it once it has produced candidates
+        deadline = time.time() + 300
+        while not RunDir(tmp_path / "c").events("candidate") and time.time() < deadline:
+            time.sleep(0.5)
+        mgr.cancel(c)
+        assert cancel_requested(tmp_path / "c")
+        assert mgr.wait(c, timeout=300)
+        summary = RunDir(tmp_path / "c").summary()
+        assert summary["status"] == "cancelled"
+        assert summary["search"]["evaluations"] < 500
+    finally:
+        mgr.shutdown()
+
+
+def test_cancel_before_start(tmp_path):
+    mgr = JobManager(max_parallel=1)
+    try:
+        first = mgr.submit(JobSpec("prune", cfg(), str(tmp_path / "first")))
+        second = mgr.submit(JobSpec("prune", cfg(), str(tmp_path / "second")))
+        mgr.cancel(second)
+        assert mgr.state(second) == "finished"
+        assert RunDir(tmp_path / "second").summary()["status"] == "cancelled"
+        assert mgr.wait(first, timeout=300)
+    finally:
+        mgr.shutdown()
