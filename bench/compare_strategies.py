@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pruner.finetune import FinetuneConfig  # noqa: E402
@@ -44,6 +46,9 @@ def main() -> int:
     p.add_argument("--max-batches-per-epoch", type=int, default=60)
     p.add_argument("--set", action="append", default=[], metavar="STRATEGY.KEY=VALUE",
                    help="strategy hyperparameter, e.g. rl.steps=5")
+    p.add_argument("--budget-for", action="append", default=[], metavar="STRATEGY=BUDGET",
+                   help="a different budget for one strategy, e.g. rl=flops=0.6 (repeatable)")
+    p.add_argument("--latency-repeats", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench/results/compare")
     args = p.parse_args()
@@ -57,12 +62,17 @@ def main() -> int:
         except json.JSONDecodeError:
             params.setdefault(strat, {})[name] = value
 
+    budgets = {}
+    for item in args.budget_for:
+        strat, _, budget = item.partition("=")
+        budgets[strat] = budget
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for strategy in args.strategies.split(","):
         cfg = RunConfig(model=args.model, weights=None if args.weights == "none" else args.weights, data=args.data,
-                        protocol=args.protocol, budget=args.budget, strategy=strategy,
+                        protocol=args.protocol, budget=budgets.get(strategy, args.budget), strategy=strategy,
+                        latency_repeats=args.latency_repeats,
                         strategy_params=params.get(strategy, {}), search_evals=args.search_evals,
                         search_images=args.search_images, recal_images=args.recal_images,
                         finetune=FinetuneConfig(epochs=args.finetune_epochs,
@@ -76,10 +86,11 @@ def main() -> int:
             continue
         s, b, r = summary["search"], summary["base"], summary["pruned"]
         rows.append({
-            "strategy": strategy, "evaluations": s["evaluations"], "val_top1_before_ft": round(s["best_val_top1"], 2),
+            "strategy": strategy, "budget": cfg.budget, "evaluations": s["evaluations"], "val_top1_before_ft": round(s["best_val_top1"], 2),
             "test_top1_after_ft": round(r["top1"], 2), "base_test_top1": round(b["top1"], 2),
             "macs_M": round(r["macs"] / 1e6, 2), "macs_frac": round(r["macs"] / b["macs"], 3),
             "params_M": round(r["params"] / 1e6, 3), "cpu_ms_b1": round(r["latency_ms"], 2),
+            "latency_frac": round(r["latency_ms"] / b["latency_ms"], 3),
             "ort_ms_b1": round(r["ort_latency_ms"], 2) if r.get("ort_latency_ms") else None,
             "search_s": round(s["seconds"]), "total_s": round(time.time() - t0),
         })
@@ -94,8 +105,9 @@ def main() -> int:
         w.writerows(rows)
     lines = [f"`{command}`", "",
              f"Protocol: {args.protocol} (search on the search half, test top-1 on the report half); "
-             f"budget {args.budget}; {args.search_evals} evaluations; fine-tune {args.finetune_epochs} epoch(s) "
-             f"x {args.max_batches_per_epoch} batches with distillation.", "",
+             f"budget {args.budget} (unless the row says otherwise); {args.search_evals} evaluations; fine-tune {args.finetune_epochs} epoch(s) "
+             f"x {args.max_batches_per_epoch} batches with distillation. Latency: PyTorch and ONNX Runtime, batch 1, "
+             f"CPU with {torch.get_num_threads()} intra-op thread(s); *_frac columns are relative to the unpruned model.", "",
              "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(str(v) for v in row.values()) + " |" for row in rows]
     (out / "results.md").write_text("\n".join(lines) + "\n")
