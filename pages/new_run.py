@@ -1,0 +1,182 @@
+"""New run: choose model, data, budget and strategy, see the model summary, start a background job."""
+
+import streamlit as st
+
+from pruner.errors import PrunerError
+from studio import forms, state
+
+st.title("New pruning run")
+st.caption("The defaults (digits demo, ResNet-20, a short RL search) finish in about a minute on a laptop CPU: "
+           "press **Start pruning** to try it.")
+
+left, right = st.columns([3, 2], gap="large")
+
+with left:
+    md = forms.model_data_inputs("nr_")
+
+    st.subheader("Budget and search")
+    c1, c2 = st.columns(2)
+    with c1:
+        budget_kind = st.selectbox("Budget", list(forms.BUDGETS), format_func=forms.BUDGETS.get, key="nr_budget_kind",
+                                   help="What must shrink. Latency is measured on this machine for every candidate "
+                                        "(slower search).")
+    with c2:
+        budget_value = st.number_input("Fraction that remains", value=0.5, step=0.05, format="%g",
+                                       key="nr_budget_value",
+                                       help="Between 0 and 1: 0.5 keeps half of the original FLOPs/params/latency")
+    strategies = forms.strategy_list()
+    c1, c2 = st.columns(2)
+    with c1:
+        strategy = st.selectbox("Strategy", strategies, index=strategies.index("rl") if "rl" in strategies else 0,
+                                key="nr_strategy")
+    with c2:
+        search_evals = st.number_input("Candidate evaluations", min_value=1, value=forms.QUICK["search_evals"],
+                                       step=4, key="nr_search_evals",
+                                       help="Cap on candidates scored during the search (more = better, slower)")
+    st.caption(forms.STRATEGY_HELP.get(strategy, ""))
+
+    st.subheader("Fine-tuning and device")
+    c1, c2 = st.columns(2)
+    with c1:
+        ft_epochs = st.number_input("Fine-tune epochs", min_value=0, value=forms.QUICK["finetune_epochs"], step=1,
+                                    key="nr_ft_epochs", help="Knowledge distillation from the original model; 0 = off")
+    with c2:
+        device = forms.device_input("nr_")
+
+    with st.expander("Advanced"):
+        st.markdown(f"**{strategy}** hyper-parameters")
+        strategy_params = forms.strategy_param_inputs(strategy, "nr_")
+        st.markdown("**Search and evaluation**")
+        a1, a2, a3 = st.columns(3)
+        with a1:
+            search_images = st.number_input("Search images per candidate", min_value=1,
+                                            value=forms.QUICK["search_images"], step=100, key="nr_search_images")
+            importance = st.selectbox("Channel importance", ["l1", "l2", "taylor", "random"], key="nr_importance")
+            protocol = st.selectbox("Split protocol", ["val-from-train", "test-halves"], key="nr_protocol",
+                                    help="test-halves: search on half of the test set (for models that saw all "
+                                         "training images); the report uses the other half")
+        with a2:
+            recal_images = st.number_input("BN recalibration images", min_value=1, value=forms.QUICK["recal_images"],
+                                           step=64, key="nr_recal_images")
+            max_prune = st.number_input("Max fraction pruned per group", min_value=0.05, max_value=0.99, value=0.9,
+                                        step=0.05, key="nr_max_prune")
+            min_channels = st.number_input("Min channels per group", min_value=1, value=1, step=1,
+                                           key="nr_min_channels")
+        with a3:
+            report_images = st.number_input("Report images (0 = all)", min_value=0, value=forms.QUICK["report_images"],
+                                            step=100, key="nr_report_images")
+            latency_repeats = st.number_input("Latency repeats", min_value=1, value=forms.QUICK["latency_repeats"],
+                                              step=5, key="nr_latency_repeats")
+            seed = st.number_input("Seed", min_value=0, value=0, step=1, key="nr_seed")
+        st.markdown("**Fine-tuning**")
+        f1, f2, f3 = st.columns(3)
+        with f1:
+            max_batches = st.number_input("Batches per epoch (0 = all)", min_value=0, value=forms.QUICK["max_batches"],
+                                          step=10, key="nr_max_batches")
+            batch_size = st.number_input("Batch size", min_value=1, value=forms.QUICK["batch_size"], step=16,
+                                         key="nr_batch_size")
+        with f2:
+            lr = st.number_input("Learning rate", min_value=0.0, value=0.01, format="%g", step=0.005, key="nr_lr")
+            kd_weight = st.number_input("Distillation weight", min_value=0.0, max_value=1.0, value=0.9, step=0.1,
+                                        key="nr_kd_weight")
+        with f3:
+            kd_temperature = st.number_input("Distillation temperature", min_value=0.1, value=4.0, step=0.5,
+                                             key="nr_kd_temperature")
+            export = st.checkbox("Export ONNX", value=True, key="nr_export")
+
+    run_name = st.text_input("Run name (optional)", key="nr_run_name", placeholder="automatic: date-model-strategy")
+
+# ---------------------------------------------------------------------- validation
+errors = list(md.errors)
+config = None
+try:
+    ft = forms.finetune_config(ft_epochs, max_batches, batch_size, lr, kd_weight, kd_temperature)
+except PrunerError as exc:
+    errors.append(str(exc))
+    ft = None
+if ft is not None and md.model and md.data:
+    config, problem = forms.build_config(
+        model=md.model, weights=md.weights, trust_checkpoint=md.trust_checkpoint, data=md.data,
+        image_size=md.image_size, protocol=protocol, budget=f"{budget_kind}={budget_value:g}", strategy=strategy,
+        strategy_params=strategy_params, importance=importance, search_evals=int(search_evals),
+        search_images=int(search_images), recal_images=int(recal_images), max_prune=float(max_prune),
+        min_channels=int(min_channels), finetune=ft, report_images=int(report_images) or None,
+        latency_repeats=int(latency_repeats), export=bool(export), device=device, seed=int(seed))
+    if problem:
+        errors.append(problem)
+elif ft is not None:
+    # still check what can be checked without a model or dataset
+    _, problem = forms.build_config(budget=f"{budget_kind}={budget_value:g}", strategy=strategy,
+                                    strategy_params=strategy_params)
+    if problem:
+        errors.append(problem)
+device_problem = forms.check_device(device)
+if device_problem:
+    errors.append(device_problem)
+name = run_name.strip()
+if name and not state.valid_run_name(name):
+    errors.append(f"The run name {name!r} may only use letters, digits, '.', '_' and '-' (start with a letter or "
+                  "digit).")
+elif name and (state.runs_root() / name).exists():
+    errors.append(f"A run named {name!r} already exists; choose another name or leave it empty.")
+
+# ---------------------------------------------------------------------- model summary
+shown_in_summary = []
+with right:
+    st.subheader("Model summary")
+    if config is None:
+        st.info("Fix the settings on the left to see the model's layer groups and costs.")
+    else:
+        with st.spinner("Loading the dataset and tracing the model…"):
+            summary = forms.model_summary(config)
+        if summary.get("error"):
+            st.error(summary["error"], icon=":material/error:")
+            errors.append(summary["error"])
+            shown_in_summary.append(summary["error"])
+        else:
+            from studio import charts
+
+            data = summary["data"]
+            # two metrics a row: three do not fit this column at laptop width
+            m1, m2 = st.columns(2)
+            m1.metric("MACs", f"{summary['macs'] / 1e6:,.1f} M")
+            m2.metric("Parameters", f"{summary['params'] / 1e6:,.3f} M")
+            m1, m2 = st.columns(2)
+            m1.metric("CPU latency", state.fmt(summary.get("latency_ms"), ".2f", " ms"),
+                      help="Median of 20 forward passes, batch 1, on this server's CPU")
+            m2.metric("Classes", data["num_classes"])
+            m1, m2 = st.columns(2)
+            m1.metric("Prunable groups", len(summary["groups"]))
+            m2.metric("Prunable channels", f"{sum(g['channels'] for g in summary['groups']):,}")
+            sizes = data.get("sizes", {})
+            st.caption(f"Input {'×'.join(str(s) for s in data['input_size'])} · images: "
+                       f"{sizes.get('fit', 0):,} fine-tune, {sizes.get('search', 0):,} search, "
+                       f"{sizes.get('report', 0):,} report ({data.get('protocol')})")
+            st.plotly_chart(charts.group_cost_chart(summary["groups"]), key="nr_cost_chart")
+            import pandas as pd
+
+            df = pd.DataFrame([{"group": g["name"], "channels": g["channels"], "layers": len(g["layers"]),
+                                "MMACs": round(g["macs"] / 1e6, 2), "params": g["params"],
+                                "coupled": "yes" if g["coupled"] else ""} for g in summary["groups"]])
+            st.dataframe(df, hide_index=True, height=min(420, 38 + 35 * len(df)))
+
+# ---------------------------------------------------------------------- start
+with left:
+    for msg in errors:
+        if msg not in shown_in_summary:
+            st.error(msg, icon=":material/error:")
+    if shown_in_summary:
+        st.caption("Fix the problem shown in the model summary to start.")
+    start = st.button("Start pruning", type="primary", key="nr_start", icon=":material/play_arrow:",
+                      disabled=bool(errors))
+    if start and config is not None and not errors:
+        short = config.model.rsplit(":", 1)[-1] if config.model.startswith("file:") else config.model
+        try:
+            run_id = state.submit("prune", config.to_dict(), name or state.new_run_name(short, config.strategy))
+        except PrunerError as exc:
+            st.error(str(exc), icon=":material/error:")
+        except Exception as exc:  # never a traceback on the page
+            st.error(f"Could not start the job: {type(exc).__name__}: {exc}", icon=":material/error:")
+        else:
+            st.session_state["run_id"] = run_id
+            st.switch_page(state.PAGES["live"], query_params={state.QUERY_KEY: run_id})

@@ -1,0 +1,303 @@
+"""Sensitivity: prune one layer group at a time at several ratios and see how much accuracy each costs.
+
+A sensitivity analysis is a background job like a pruning run (kind ``sensitivity``): it writes
+its run directory (``sensitivity`` events while it goes, ``sensitivity.json`` at the end), which
+this page polls; a refresh, another tab or a restarted server shows the same analysis.
+"""
+
+import csv
+import io
+import math
+
+import streamlit as st
+
+from pruner.errors import PrunerError
+from pruner.runs.rundir import RunDir
+from studio import charts, forms, state
+from studio.events import RunView, format_seconds, is_final, progress, sensitivity_from_events
+
+KIND = "sensitivity"
+DEFAULT_RATIOS = "0.2, 0.4, 0.6, 0.8"
+MODES = {"new": "Start a new analysis", "open": "Open an analysis"}
+
+st.title("Layer sensitivity")
+st.caption("Each prunable layer group is pruned **alone** at several ratios (channels ranked by importance, "
+           "BN recalibrated) and scored on the search split. Groups whose accuracy collapses early are the ones "
+           "a budgeted search should leave wide.")
+
+runs = state.all_runs(KIND)
+requested = state.requested_run(KIND)
+# after "Start analysis" the page switches to the new analysis (a widget's value can only be set before it exists)
+if st.session_state.pop("sens_switch_to_open", False):
+    st.session_state["sens_mode"] = "open"
+st.session_state.setdefault("sens_mode", "open" if (requested or runs) else "new")
+mode = st.radio("Mode", list(MODES), format_func=MODES.get, key="sens_mode", horizontal=True,
+                label_visibility="collapsed")
+
+
+def parse_ratios(text: str) -> tuple[list[float], str | None]:
+    """``"0.2, 0.4"`` → sorted distinct fractions in (0, 1), or the reason the text is not that."""
+    parts = [p for p in text.replace(";", ",").replace(" ", ",").split(",") if p.strip()]
+    if not parts:
+        return [], "Enter at least one pruning ratio, e.g. 0.2, 0.4, 0.6, 0.8 (fractions of a group's channels)."
+    values = []
+    for p in parts:
+        p = p.strip()
+        try:
+            v = float(p[:-1]) / 100 if p.endswith("%") else float(p)
+        except ValueError:
+            return [], f"{p!r} is not a number; enter ratios as fractions such as 0.25, 0.5 (or percentages: 50%)."
+        if not math.isfinite(v) or not 0.0 < v < 1.0:
+            return [], (f"The ratio {p} is out of range: each must be a fraction of the channels removed, "
+                        "strictly between 0 and 1 (e.g. 0.5 = half of them).")
+        values.append(round(v, 4))
+    values = sorted(set(values))
+    if len(values) > 20:
+        return [], f"{len(values)} ratios is too many for one analysis; use at most 20."
+    return values, None
+
+
+# ---------------------------------------------------------------------- new analysis
+def new_analysis() -> None:
+    left, right = st.columns([3, 2], gap="large")
+    with left:
+        md = forms.model_data_inputs("sens_")
+        st.subheader("Analysis")
+        c1, c2 = st.columns(2)
+        with c1:
+            ratios_text = st.text_input("Fractions of channels removed", value=DEFAULT_RATIOS, key="sens_ratios",
+                                        help="Comma-separated fractions in (0, 1); every layer group is pruned "
+                                             "alone at each of them")
+            importance = st.selectbox("Channel importance", ["l1", "l2", "taylor", "random"], key="sens_importance",
+                                      help="Which channels go first inside a group")
+        with c2:
+            search_images = st.number_input("Images per point", min_value=1, value=forms.QUICK["search_images"],
+                                            step=100, key="sens_images",
+                                            help="Search-split images scored for each (group, ratio) point")
+            recal_images = st.number_input("BN recalibration images", min_value=1,
+                                           value=forms.QUICK["recal_images"], step=64, key="sens_recal_images")
+        with st.expander("Advanced"):
+            a1, a2 = st.columns(2)
+            with a1:
+                protocol = st.selectbox("Split protocol", ["val-from-train", "test-halves"], key="sens_protocol",
+                                        help="test-halves: score on half of the test set (for models that saw "
+                                             "all training images)")
+                seed = st.number_input("Seed", min_value=0, value=0, step=1, key="sens_seed")
+            with a2:
+                min_channels = st.number_input("Min channels per group", min_value=1, value=1, step=1,
+                                               key="sens_min_channels")
+                device = forms.device_input("sens_")
+        run_name = st.text_input("Run name (optional)", key="sens_run_name",
+                                 placeholder="automatic: date-model-sensitivity")
+
+    # ------------------------------------------------------------------ validation
+    errors = list(md.errors)
+    ratios, problem = parse_ratios(ratios_text)
+    if problem:
+        errors.append(problem)
+    config = None
+    if md.model and md.data and ratios:
+        config, problem = forms.build_config(
+            model=md.model, weights=md.weights, trust_checkpoint=md.trust_checkpoint, data=md.data,
+            image_size=md.image_size, protocol=protocol, importance=importance, search_evals=None,
+            search_images=int(search_images), recal_images=int(recal_images),
+            max_prune=max(0.9, max(ratios)), min_channels=int(min_channels), report_images=None,
+            export=False, finetune=forms.finetune_config(0, None, 64, 0.01, 0.9, 4.0), device=device, seed=int(seed))
+        if problem:
+            errors.append(problem)
+    device_problem = forms.check_device(device)
+    if device_problem:
+        errors.append(device_problem)
+    name = run_name.strip()
+    if name and not state.valid_run_name(name):
+        errors.append(f"The run name {name!r} may only use letters, digits, '.', '_' and '-' (start with a letter "
+                      "or digit).")
+    elif name and (state.runs_root() / name).exists():
+        errors.append(f"A run named {name!r} already exists; choose another name or leave it empty.")
+
+    shown_in_summary = []
+    with right:
+        st.subheader("What will be evaluated")
+        if config is None:
+            st.info("Fix the settings on the left to see the model's layer groups.")
+        else:
+            with st.spinner("Loading the dataset and tracing the model…"):
+                summary = forms.model_summary(config)
+            if summary.get("error"):
+                st.error(summary["error"], icon=":material/error:")
+                errors.append(summary["error"])
+                shown_in_summary.append(summary["error"])
+            else:
+                groups = summary["groups"]
+                points = len(groups) * len(ratios)
+                m1, m2, m3 = st.columns(3)
+                m1.metric("Layer groups", len(groups))
+                m2.metric("Ratios", len(ratios))
+                m3.metric("Evaluations", points + 1, help="one per (group, ratio) point, plus the unpruned model; "
+                                                          "ratios that round to the same channel count are "
+                                                          "evaluated once")
+                st.caption(f"{summary['macs'] / 1e6:,.1f} M MACs · {summary['params'] / 1e6:,.3f} M parameters · "
+                           f"ratios {', '.join(f'{r:g}' for r in ratios)}")
+                st.plotly_chart(charts.group_cost_chart(groups), key="sens_cost_chart")
+
+    with left:
+        for msg in errors:
+            if msg not in shown_in_summary:
+                st.error(msg, icon=":material/error:")
+        if shown_in_summary:
+            st.caption("Fix the problem shown on the right to start.")
+        start = st.button("Start analysis", type="primary", key="sens_start", icon=":material/play_arrow:",
+                          disabled=bool(errors))
+        if start and config is not None and not errors:
+            short = config.model.rsplit(":", 1)[-1] if config.model.startswith("file:") else config.model
+            try:
+                run_id = state.submit(KIND, config.to_dict(), name or state.new_run_name(short, KIND),
+                                      options={"ratios": ratios})
+            except PrunerError as exc:
+                st.error(str(exc), icon=":material/error:")
+            except Exception as exc:  # never a traceback on the page
+                st.error(f"Could not start the analysis: {type(exc).__name__}: {exc}", icon=":material/error:")
+            else:
+                state.attach(run_id)
+                st.session_state["sens_switch_to_open"] = True
+                st.rerun()
+
+
+# ---------------------------------------------------------------------- results
+def _sens_table(sens: dict, value: str) -> "object":
+    """One row per layer group, one column per ratio: the top-1 drop (points) or top-1 (%)."""
+    import pandas as pd
+
+    matrix = sens.get(value) or []
+    rows = []
+    for gi, g in enumerate(sens.get("groups") or []):
+        row = {"group": g}
+        if sens.get("channels"):
+            row["channels"] = sens["channels"][gi]
+        for ri, r in enumerate(sens.get("ratios") or []):
+            v = matrix[gi][ri] if gi < len(matrix) and ri < len(matrix[gi]) else None
+            row[f"{r:.0%} removed"] = None if v is None else round(v, 2)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _csv(sens: dict) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["group", "channels", "ratio", "top1", "drop", "macs_saved"])
+    for gi, g in enumerate(sens.get("groups") or []):
+        for ri, r in enumerate(sens.get("ratios") or []):
+            def at(key):
+                m = sens.get(key) or []
+                return m[gi][ri] if gi < len(m) and ri < len(m[gi]) else None
+            w.writerow([g, (sens.get("channels") or [None] * (gi + 1))[gi], r, at("top1"), at("drop"),
+                        at("macs_saved")])
+    return buf.getvalue()
+
+
+def open_analysis() -> None:
+    if not runs:
+        st.info("No sensitivity analyses yet: start one with **Start a new analysis** above.")
+        return
+    names = [rd.name for rd in runs]
+    current = requested if requested in names else state.default_run(KIND)
+    if current not in names:
+        current = names[0]
+    statuses = {rd.name: rd.status() for rd in runs[:200]}
+    choice = st.selectbox("Analysis", names, index=names.index(current),
+                          format_func=lambda n: f"{n}  ·  {statuses.get(n, '')}",
+                          help="Every sensitivity analysis under the runs folder, newest first")
+    state.attach(choice)
+    path = state.run_path(choice)
+    if path is None:
+        st.error(f"The run directory of {choice} has disappeared; pick another analysis.", icon=":material/error:")
+        return
+    rd = RunDir(path)
+    config = rd.config() or {}
+    st.markdown(state.describe_config(config))
+    active_at_start = not is_final(rd.status())
+
+    @st.fragment(run_every=1.0 if active_at_start else None)
+    def panel() -> None:
+        cached = st.session_state.get("sens_view")
+        if cached is None or cached[0] != choice:
+            cached = (choice, RunView(rd.path))
+            st.session_state["sens_view"] = cached
+        view = cached[1]
+        view.refresh()
+        summary = rd.summary()
+        status = (summary or {}).get("status") or view.status
+        p = progress(view, config, summary)
+
+        top = st.columns([5, 1])
+        with top[0]:
+            text = p["text"]
+            if p.get("eta_s") is not None and not is_final(status):
+                text += f" · ETA {format_seconds(p['eta_s'])}"
+            st.progress(p["fraction"], text=text)
+        with top[1]:
+            if not is_final(status):
+                if st.button("Cancel", key="sens_cancel", icon=":material/stop_circle:", width="stretch"):
+                    state.cancel(choice)
+                    st.toast("Cancel requested: the analysis stops after the current point.")
+
+        if status == "failed":
+            st.error(f"The analysis failed: {(summary or {}).get('error') or view.error or 'unknown error'}",
+                     icon=":material/error:")
+        elif status == "cancelled":
+            st.warning(f"The analysis was cancelled: {(summary or {}).get('error') or ''}. The points measured "
+                       "before are shown below.", icon=":material/cancel:")
+        elif not is_final(status) and state.liveness(rd, status) == "stale":
+            st.warning("No progress for a long time and no job of this server is running it: it was probably "
+                       "interrupted (server restart?). Start the analysis again.", icon=":material/warning:")
+
+        sens = state.read_sensitivity(rd) if status == "done" else None
+        final = sens is not None
+        if sens is None:
+            sens = sensitivity_from_events(view.sensitivity)
+            if (summary or {}).get("base_top1") is not None:
+                sens["base_top1"] = summary["base_top1"]
+        if sens.get("drop") is None and sens.get("base_top1") is not None:
+            sens["drop"] = [[None if v is None else sens["base_top1"] - v for v in row] for row in sens.get("top1") or []]
+        value = "drop" if sens.get("drop") is not None else "top1"
+        if final:
+            m = st.columns(4)
+            m[0].metric("Unpruned top-1 (search split)", state.fmt(sens.get("base_top1"), ".2f", " %"))
+            m[1].metric("Layer groups", len(sens.get("groups") or []))
+            m[2].metric("Evaluations", (summary or {}).get("evaluations", "—"))
+            m[3].metric("Time", format_seconds((summary or {}).get("seconds")))
+        elif status not in ("failed", "cancelled") and not sens.get("groups"):
+            st.caption("Waiting for the first points (the data and model load first)…")
+
+        heat = charts.sensitivity_heatmap(
+            sens, value=value,
+            title=None if value == "drop" else "Sensitivity: top-1 when one layer group is pruned "
+                                               "(drop shown when the analysis finishes)")
+        curves = charts.sensitivity_curves(sens, value="top1")
+        for fig in (heat, curves):
+            fig.update_layout(uirevision=choice)
+        st.plotly_chart(heat, key="sens_heatmap")
+        st.plotly_chart(curves, key="sens_curves")
+
+        if sens.get("groups"):
+            with st.expander("Table: top-1 drop (points) per group and ratio" if value == "drop"
+                             else "Table: top-1 (%) per group and ratio"):
+                st.dataframe(_sens_table(sens, value), hide_index=True, key="sens_table")
+        if final:
+            c1, c2 = st.columns(2)
+            c1.download_button("Sensitivity JSON", data=lambda: (rd.path / "sensitivity.json").read_bytes(),
+                               file_name=f"{choice}-sensitivity.json", mime="application/json", key="sens_dl_json",
+                               on_click="ignore", icon=":material/download:")
+            c2.download_button("Sensitivity CSV", data=_csv(sens), file_name=f"{choice}-sensitivity.csv",
+                               mime="text/csv", key="sens_dl_csv", on_click="ignore", icon=":material/download:")
+
+        if active_at_start and is_final(status):
+            st.rerun()  # stop the timer and render the final state once
+
+    panel()
+
+
+if mode == "new":
+    new_analysis()
+else:
+    open_analysis()

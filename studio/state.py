@@ -1,0 +1,216 @@
+"""State shared by the pages: the runs root, the one JobManager, run ids in the URL, run listings.
+
+The :class:`~pruner.runs.manager.JobManager` lives in ``st.cache_resource``: one per server
+process, shared by every browser session (two tabs see the same jobs). It never calls
+Streamlit; pages only read run directories, so a refreshed page, another tab or a restarted
+server all see the same runs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from pruner.runs.manager import CANCEL_FILE, JobManager, JobSpec
+from pruner.runs.rundir import RunDir, list_runs, read_json
+
+from .events import is_final
+
+RUNS_ENV = "PRUNER_RUNS_DIR"
+QUERY_KEY = "run"
+UPLOADS = "uploads"
+STALE_AFTER_S = 15 * 60      # a non-final run with no event for this long is probably interrupted
+
+PAGES = {
+    "new": "pages/new_run.py",
+    "live": "pages/live_run.py",
+    "sensitivity": "pages/sensitivity.py",
+    "runs": "pages/runs.py",
+}
+
+
+def runs_root() -> Path:
+    """``$PRUNER_RUNS_DIR`` (default ``./runs``), created when missing."""
+    root = Path(os.environ.get(RUNS_ENV) or "runs").expanduser().resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def uploads_dir() -> Path:
+    path = runs_root() / UPLOADS
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass
+class Shared:
+    manager: JobManager
+    lock: threading.Lock
+
+
+@st.cache_resource(show_spinner=False)
+def _shared() -> Shared:
+    # One manager per server process, shared by all sessions; it lives as long as the server.
+    return Shared(JobManager(max_parallel=1), threading.Lock())
+
+
+def job_manager() -> JobManager:
+    return _shared().manager
+
+
+# ---------------------------------------------------------------------- run ids
+_NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def valid_run_name(name: str) -> bool:
+    return bool(_NAME_OK.match(name or "")) and name != UPLOADS
+
+
+def slug(text: str) -> str:
+    s = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")
+    return s[:40] or "run"
+
+
+def new_run_name(*parts: str) -> str:
+    """A fresh, unused run directory name: ``YYYYmmdd-HHMMSS-<parts>``."""
+    base = "-".join([time.strftime("%Y%m%d-%H%M%S"), *(slug(p) for p in parts if p)])
+    root = runs_root()
+    name, k = base, 2
+    while (root / name).exists():
+        name, k = f"{base}-{k}", k + 1
+    return name
+
+
+def run_path(name: str | None) -> Path | None:
+    """The run directory of ``name`` under the runs root, or None when it is not a run.
+
+    Any direct child of the runs root is accepted (runs made with the CLI may have names that
+    :func:`valid_run_name` refuses for new runs, such as spaces); nothing outside it is.
+    """
+    if not name or name in (".", "..", UPLOADS) or any(c in name for c in "/\\\0"):
+        return None
+    path = runs_root() / name
+    return path if (path / "config.json").is_file() else None
+
+
+def submit(kind: str, config: dict, name: str, options: dict | None = None, resume: bool = False) -> str:
+    """Queue a background job writing ``<runs root>/<name>``; returns the run name."""
+    shared = _shared()
+    out = runs_root() / name
+    with shared.lock:
+        if resume:
+            # a cancelled run keeps its cancel request; clear it or the resumed job stops at once
+            (out / CANCEL_FILE).unlink(missing_ok=True)
+        elif out.exists() and any(out.iterdir()):
+            from pruner.errors import PrunerError
+            raise PrunerError(f"a run named {name!r} already exists in {runs_root()}; choose another name")
+        shared.manager.submit(JobSpec(kind=kind, config=config, out=str(out), resume=resume, options=options or {}))
+    return name
+
+
+def cancel(name: str) -> None:
+    path = run_path(name)
+    if path is not None:
+        job_manager().cancel(path)
+
+
+def job_state(name: str) -> str | None:
+    """queued / running / finished for jobs of this server process, None for others."""
+    path = run_path(name)
+    return None if path is None else job_manager().state(path)
+
+
+# ---------------------------------------------------------------------- attaching to a run
+def attach(name: str) -> None:
+    """Make ``name`` the current run of this session and of the URL (a refresh re-attaches)."""
+    st.session_state["run_id"] = name
+    if st.query_params.get(QUERY_KEY) != name:
+        st.query_params[QUERY_KEY] = name
+
+
+def requested_run(kind: str | None = None) -> str | None:
+    """The run named in the URL, else this session's last run, if it exists (and is of ``kind``)."""
+    for name in (st.query_params.get(QUERY_KEY), st.session_state.get("run_id")):
+        if name and run_path(name) is not None and (kind is None or run_kind(name) == kind):
+            return name
+    return None
+
+
+# ---------------------------------------------------------------------- listing
+def run_kind(name_or_rd: str | RunDir) -> str:
+    rd = name_or_rd if isinstance(name_or_rd, RunDir) else RunDir(runs_root() / name_or_rd)
+    cfg = rd.config() or {}
+    return "sensitivity" if cfg.get("analysis") == "sensitivity" else "prune"
+
+
+def all_runs(kind: str | None = None) -> list[RunDir]:
+    """Every run under the runs root, newest first (optionally only ``prune`` or ``sensitivity`` runs)."""
+    runs = [rd for rd in list_runs(runs_root()) if rd.name != UPLOADS]
+    if kind is not None:
+        runs = [rd for rd in runs if run_kind(rd) == kind]
+    return runs
+
+
+def last_event_time(rd: RunDir) -> float | None:
+    try:
+        return rd.events_path.stat().st_mtime
+    except OSError:
+        return None
+
+
+def liveness(rd: RunDir, status: str | None = None) -> str:
+    """``final``, ``active`` (its job runs here, or events are recent) or ``stale`` (probably interrupted)."""
+    status = status or rd.status()
+    if is_final(status):
+        return "final"
+    state = job_manager().state(rd.path)
+    if state in ("queued", "running"):
+        return "active"
+    t = last_event_time(rd)
+    if t is not None and time.time() - t < STALE_AFTER_S:
+        return "active"
+    return "stale"
+
+
+def default_run(kind: str) -> str | None:
+    """Newest run of ``kind`` still going, else the newest of ``kind``."""
+    runs = all_runs(kind)
+    for rd in runs:
+        if not is_final(rd.status()):
+            return rd.name
+    return runs[0].name if runs else None
+
+
+def read_sensitivity(rd: RunDir) -> dict | None:
+    return read_json(rd.path / "sensitivity.json")
+
+
+def describe_config(cfg: dict | None) -> str:
+    if not cfg:
+        return ""
+    ft = (cfg.get("finetune") or {}).get("epochs", 0)
+    parts = [f"**{cfg.get('model')}**", f"weights {cfg.get('weights') or 'random init'}", f"data {cfg.get('data')}"]
+    if cfg.get("analysis") == "sensitivity":
+        if cfg.get("ratios"):   # a queued analysis's config does not list them yet
+            parts.append(f"ratios {', '.join(f'{r:g}' for r in cfg['ratios'])}")
+    else:
+        parts += [f"budget {cfg.get('budget')}", f"strategy {cfg.get('strategy')}",
+                  f"{cfg.get('search_evals')} evaluations", f"{ft} fine-tune epoch(s)"]
+    parts.append(f"device {cfg.get('device')}")
+    return " · ".join(str(p) for p in parts)
+
+
+def fmt(value: Any, spec: str = ".2f", suffix: str = "") -> str:
+    if value is None:
+        return "—"
+    try:
+        return f"{value:{spec}}{suffix}"
+    except (TypeError, ValueError):
+        return str(value)

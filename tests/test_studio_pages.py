@@ -1,0 +1,379 @@
+"""The studio's four pages under ``streamlit.testing.v1.AppTest``: the real app, the real engine, no mocks.
+
+Every test gets its own runs folder (``$PRUNER_RUNS_DIR``) and a fresh ``st.cache_resource``
+(so a fresh JobManager); background jobs are cancelled and joined at teardown.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from pruner.finetune import FinetuneConfig
+from pruner.runs.config import RunConfig
+from pruner.runs.job import run_job, run_sensitivity
+from pruner.runs.rundir import RunDir
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+NEW, LIVE, SENS, RUNS = "pages/new_run.py", "pages/live_run.py", "pages/sensitivity.py", "pages/runs.py"
+TIMEOUT = 120      # seconds: one script run (the first loads torch, the data and the model)
+JOB_TIMEOUT = 150  # seconds: one tiny background job on the digits demo
+
+
+@pytest.fixture
+def runs_dir(tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    monkeypatch.setenv("PRUNER_RUNS_DIR", str(root))
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    yield root
+    _stop_jobs()
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+def _stop_jobs() -> None:
+    """Cancel the jobs of the app's JobManager (if the app made one) and wait for their processes."""
+    from studio import state
+
+    shared = state._shared()
+    shared.manager.shutdown(cancel=True)
+
+
+def app(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    if page is not None:
+        at.switch_page(page)
+    return at.run()
+
+
+def texts(elements) -> list[str]:
+    return [str(e.value) for e in elements]
+
+
+def assert_clean(at: AppTest) -> None:
+    """No exception (traceback) on the page, and no error or warning message."""
+    assert not at.exception, [e.message for e in at.exception]
+    assert not at.error, texts(at.error)
+    assert not at.warning, texts(at.warning)
+
+
+def labels(at: AppTest, kind: str) -> list[str]:
+    return [e.proto.label for e in at.get(kind)]
+
+
+def wait_for_summary(path: Path, timeout: float = JOB_TIMEOUT, statuses=("done", "failed", "cancelled")) -> dict:
+    """Poll the run directory until its summary has one of ``statuses``."""
+    rd = RunDir(path)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        summary = rd.summary()
+        if summary is not None and summary.get("status") in statuses:
+            return summary
+        time.sleep(0.5)
+    events = [e for e in rd.iter_events() if e.get("kind") in ("status", "log")]
+    raise AssertionError(f"{path.name} did not reach {statuses} within {timeout} s; last events: {events[-5:]}")
+
+
+def wait_for_event(path: Path, kind: str, timeout: float = JOB_TIMEOUT) -> None:
+    rd = RunDir(path)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if any(e.get("kind") == kind for e in rd.iter_events()):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no {kind} event in {path.name} within {timeout} s")
+
+
+def wait_for_job_exit(path: Path, timeout: float = 60) -> None:
+    """Wait until the app's JobManager has seen the job's process exit."""
+    from studio import state
+
+    assert state.job_manager().wait(path, timeout=timeout), f"the job of {path.name} is still running"
+
+
+def tiny_prune_settings(at: AppTest, name: str, *, evals: int, epochs: int, export: bool = True) -> AppTest:
+    """New run widgets for a quick job: resnet20, random init, digits, the random strategy, CPU."""
+    at.selectbox(key="nr_zoo_model").set_value("resnet20")
+    at.radio(key="nr_weights").set_value("random")
+    at.selectbox(key="nr_data").set_value("digits")
+    at.selectbox(key="nr_strategy").set_value("random")
+    at.number_input(key="nr_search_evals").set_value(evals)
+    at.number_input(key="nr_search_images").set_value(60)
+    at.number_input(key="nr_recal_images").set_value(32)
+    at.number_input(key="nr_report_images").set_value(60)
+    at.number_input(key="nr_latency_repeats").set_value(2)
+    at.number_input(key="nr_ft_epochs").set_value(epochs)
+    at.number_input(key="nr_max_batches").set_value(2)
+    at.number_input(key="nr_batch_size").set_value(32)
+    at.checkbox(key="nr_export").set_value(export)
+    at.radio(key="nr_device").set_value("cpu")
+    at.text_input(key="nr_run_name").set_value(name)
+    return at.run()
+
+
+def tiny(**kw) -> RunConfig:
+    base = dict(model="resnet20", weights=None, data="digits", strategy="random", search_evals=2, search_images=60,
+                recal_images=32, report_images=60, latency_repeats=2, finetune=FinetuneConfig(epochs=0),
+                export=False, device="cpu")
+    base.update(kw)
+    return RunConfig(**base)
+
+
+# ---------------------------------------------------------------------- every page, no runs yet
+def test_every_page_renders_its_defaults(runs_dir):
+    at = app()
+    assert_clean(at)
+    assert texts(at.title) == ["New pruning run"]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Prunable groups"] == "12"          # resnet20's model summary on the digits demo
+    assert not at.button(key="nr_start").disabled
+
+    at.switch_page(LIVE).run()
+    assert_clean(at)
+    assert "No pruning runs yet" in " ".join(texts(at.info))
+
+    at.switch_page(SENS).run()
+    assert_clean(at)
+    assert texts(at.title) == ["Layer sensitivity"]
+    assert at.radio(key="sens_mode").value == "new"    # nothing to open yet
+    assert {m.label: m.value for m in at.metric}["Layer groups"] == "12"
+    assert not at.button(key="sens_start").disabled
+    at.radio(key="sens_mode").set_value("open").run()
+    assert_clean(at)
+    assert "No sensitivity analyses yet" in " ".join(texts(at.info))
+
+    at.switch_page(RUNS).run()
+    assert_clean(at)
+    assert "No runs yet" in " ".join(texts(at.info))
+
+
+# ---------------------------------------------------------------------- validation messages
+def test_new_run_validation_messages(runs_dir):
+    at = app()
+    assert_clean(at)
+
+    at.number_input(key="nr_budget_value").set_value(1.5).run()
+    assert not at.exception
+    assert any("outside (0, 1)" in m for m in texts(at.error)), texts(at.error)
+    assert at.button(key="nr_start").disabled
+    at.number_input(key="nr_budget_value").set_value(0.5).run()
+    assert_clean(at)
+
+    at.text_input(key="nr_run_name").set_value("my run!").run()
+    assert any("may only use letters" in m for m in texts(at.error)), texts(at.error)
+    assert at.button(key="nr_start").disabled
+    at.text_input(key="nr_run_name").set_value("").run()
+
+    at.selectbox(key="nr_data").set_value("folder").run()
+    assert not at.exception
+    assert any("Enter the path of an ImageFolder" in m for m in texts(at.error)), texts(at.error)
+    assert at.button(key="nr_start").disabled
+    at.text_input(key="nr_folder").set_value(str(runs_dir / "no-such-folder")).run()
+    assert any("does not exist" in m for m in texts(at.error)), texts(at.error)
+
+    at.selectbox(key="nr_data").set_value("digits").run()
+    at.radio(key="nr_source").set_value("torchvision").run()
+    at.text_input(key="nr_tv_model").set_value("   ").run()
+    assert not at.exception
+    assert any("torchvision model name" in m for m in texts(at.error)), texts(at.error)
+    at.radio(key="nr_source").set_value("upload").run()
+    assert not at.exception
+    assert any("Upload the model's .py file" in m for m in texts(at.error)), texts(at.error)
+    assert at.button(key="nr_start").disabled
+
+
+def test_sensitivity_validation_messages(runs_dir):
+    at = app(SENS)
+    assert_clean(at)
+    for bad, expected in (("0.5, 1.5", "out of range"), ("half", "not a number"), ("", "at least one")):
+        at.text_input(key="sens_ratios").set_value(bad).run()
+        assert not at.exception
+        assert any(expected in m for m in texts(at.error)), (bad, texts(at.error))
+        assert at.button(key="sens_start").disabled
+    at.text_input(key="sens_ratios").set_value("25%, 0.5").run()
+    assert_clean(at)
+    assert {m.label: m.value for m in at.metric}["Ratios"] == "2"
+
+    at.text_input(key="sens_run_name").set_value("../escape").run()
+    assert any("may only use letters" in m for m in texts(at.error)), texts(at.error)
+    at.text_input(key="sens_run_name").set_value("").run()
+    at.selectbox(key="sens_data").set_value("folder").run()
+    assert not at.exception
+    assert any("Enter the path of an ImageFolder" in m for m in texts(at.error)), texts(at.error)
+    assert at.button(key="sens_start").disabled
+
+
+# ---------------------------------------------------------------------- a real run, start to finish
+def test_prune_run_from_new_run_to_live_and_runs_pages(runs_dir):
+    at = tiny_prune_settings(app(), "e2e-prune", evals=3, epochs=1)
+    assert_clean(at)
+    at.button(key="nr_start").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    # the page switched to Live run, attached to the new run (also in the URL)
+    assert texts(at.title) == ["Live run"]
+    assert at.query_params.get("run") in ("e2e-prune", ["e2e-prune"])
+    assert len(at.get("progress")) == 1
+    run = runs_dir / "e2e-prune"
+    assert (run / "config.json").is_file()
+
+    summary = wait_for_summary(run)
+    assert summary["status"] == "done", summary.get("error")
+
+    at.switch_page(LIVE).run()   # AppTest keeps its own page; follow the app's st.switch_page
+    assert_clean(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Status"] == "done"
+    assert metrics["Top-1"].endswith("%")
+    assert at.get("progress")[0].value == 100
+    assert len(at.get("plotly_chart")) >= 6
+    assert {"ONNX model", "Checkpoint", "Summary JSON", "Candidates CSV"} <= set(labels(at, "download_button"))
+
+    at.switch_page(RUNS).run()
+    assert_clean(at)
+    table = at.dataframe[0].value
+    row = table[table["name"] == "e2e-prune"].iloc[0]
+    assert row["kind"] == "prune" and row["status"] == "done" and row["model"] == "resnet20"
+    assert row["strategy"] == "random" and row["budget"] == "flops=0.5"
+    assert row["pruned top-1 (%)"] is not None and row["MACs (M)"] > 0
+    # the selected run: layers before/after, downloads of the files that exist, a link to Live run
+    assert at.selectbox[0].value == "e2e-prune"
+    assert {"ONNX model", "Checkpoint", "Summary JSON", "Candidates CSV"} == set(labels(at, "download_button"))
+    assert any(p.proto.page.endswith("live_run") or "live" in p.proto.page.lower() for p in at.get("page_link"))
+    at.multiselect(key="runs_compare").set_value(["e2e-prune"]).run()
+    assert_clean(at)
+    cmp = at.dataframe[1].value
+    assert list(cmp["name"]) == ["e2e-prune"]
+    assert len(at.get("plotly_chart")) == 2      # compared fronts + layers
+
+
+def test_sensitivity_analysis_start_to_heatmap(runs_dir):
+    at = app(SENS)
+    assert_clean(at)
+    at.text_input(key="sens_ratios").set_value("0.5")
+    at.number_input(key="sens_images").set_value(60)
+    at.number_input(key="sens_recal_images").set_value(32)
+    at.radio(key="sens_device").set_value("cpu")
+    at.text_input(key="sens_run_name").set_value("e2e-sens")
+    at.run()
+    assert_clean(at)
+    at.button(key="sens_start").click().run()
+    assert_clean(at)
+    assert at.radio(key="sens_mode").value == "open"      # switched to the new analysis
+    assert at.query_params.get("run") in ("e2e-sens", ["e2e-sens"])
+    assert len(at.get("progress")) == 1
+
+    summary = wait_for_summary(runs_dir / "e2e-sens")
+    assert summary["status"] == "done", summary.get("error")
+    at.run()
+    assert_clean(at)
+    assert at.get("progress")[0].value == 100
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Layer groups"] == "12"
+    assert len(at.get("plotly_chart")) == 2            # heatmap + curves
+    assert {"Sensitivity JSON", "Sensitivity CSV"} == set(labels(at, "download_button"))
+    assert at.dataframe[0].value.shape[0] == 12
+
+    at.switch_page(RUNS).run()
+    assert_clean(at)
+    table = at.dataframe[0].value
+    assert list(table["kind"]) == ["sensitivity"] and list(table["status"]) == ["done"]
+
+
+def test_sensitivity_cancel_keeps_the_points_measured(runs_dir):
+    at = app(SENS)
+    at.text_input(key="sens_ratios").set_value("0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9")
+    at.number_input(key="sens_images").set_value(60)
+    at.number_input(key="sens_recal_images").set_value(32)
+    at.radio(key="sens_device").set_value("cpu")
+    at.text_input(key="sens_run_name").set_value("e2e-sens-cancel")
+    at.run()
+    assert_clean(at)
+    at.button(key="sens_start").click().run()
+    run = runs_dir / "e2e-sens-cancel"
+    wait_for_event(run, "sensitivity")
+    at.run()
+    assert not at.exception
+    at.button(key="sens_cancel").click().run()
+    assert not at.exception
+    summary = wait_for_summary(run)
+    assert summary["status"] == "cancelled", summary
+    at.run()
+    assert not at.exception and not at.error
+    assert any("cancelled" in m for m in texts(at.warning)), texts(at.warning)
+    assert len(at.get("plotly_chart")) == 2
+    assert at.dataframe[0].value.shape[0] >= 1          # the groups measured before the cancel
+
+    wait_for_job_exit(run)
+    at.switch_page(RUNS).run()
+    assert not at.exception and not at.error
+    assert not at.get("button") or "runs_resume" not in [b.key for b in at.button]
+    assert any("cannot be resumed" in c for c in texts(at.caption))
+
+
+def test_cancel_on_live_run_then_resume_from_runs_page(runs_dir):
+    at = tiny_prune_settings(app(), "e2e-cancel", evals=50, epochs=0, export=False)
+    assert_clean(at)
+    at.button(key="nr_start").click().run()
+    assert texts(at.title) == ["Live run"]
+    run = runs_dir / "e2e-cancel"
+    wait_for_event(run, "candidate")
+    at.switch_page(LIVE).run()
+    assert not at.exception
+    at.button(key="live_cancel").click().run()
+    assert not at.exception
+    summary = wait_for_summary(run)
+    assert summary["status"] == "cancelled", summary
+    wait_for_job_exit(run)
+    at.run()
+    assert not at.exception and not at.error
+    assert any("cancelled" in m for m in texts(at.warning)), texts(at.warning)
+
+    at.switch_page(RUNS).run()
+    assert not at.exception and not at.error
+    assert at.selectbox[0].value == "e2e-cancel"
+    assert any("cancelled" in m for m in texts(at.warning)), texts(at.warning)
+    at.button(key="runs_resume").click().run()
+    assert not at.exception
+    assert texts(at.title) == ["Live run"]
+    summary = wait_for_summary(run, statuses=("done", "failed"))
+    assert summary["status"] == "done", summary.get("error")
+    assert summary["search"]["evaluations"] == 50
+    at.switch_page(LIVE).run()   # AppTest keeps its own page; follow the app's st.switch_page
+    assert_clean(at)
+    assert {m.label: m.value for m in at.metric}["Status"] == "done"
+
+
+# ---------------------------------------------------------------------- failed runs
+def test_failed_runs_show_their_error(runs_dir):
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    missing = runs_dir.parent / "no-such-images"
+    # a name the New run page would refuse, as the CLI may write (python -m pruner prune --out "runs/bad prune")
+    prune = run_job(tiny(data=str(missing)), runs_dir / "bad prune")
+    sens = run_sensitivity(tiny(data=str(missing)), runs_dir / "bad-sens", ratios=[0.5])
+    assert prune["status"] == sens["status"] == "failed"
+
+    at = app(LIVE)
+    assert not at.exception
+    assert any("The run failed" in m and str(missing) in m for m in texts(at.error)), texts(at.error)
+
+    at.switch_page(SENS).run()
+    assert not at.exception
+    assert at.radio(key="sens_mode").value == "open"
+    assert any("The analysis failed" in m and str(missing) in m for m in texts(at.error)), texts(at.error)
+
+    at.switch_page(RUNS).run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert set(table["status"]) == {"failed"}
+    at.selectbox[0].set_value("bad prune").run()
+    assert not at.exception
+    assert any("The run failed" in m and str(missing) in m for m in texts(at.error)), texts(at.error)
+    assert labels(at, "download_button") == ["Summary JSON"]
+    at.selectbox[0].set_value("bad-sens").run()
+    assert not at.exception
+    assert any("The run failed" in m for m in texts(at.error)), texts(at.error)
