@@ -8,7 +8,7 @@ chart redrawn with new data keeps the user's zoom.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import pandas  # noqa: F401  -- see below
 import plotly.graph_objects as go

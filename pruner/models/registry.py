@@ -6,10 +6,7 @@ it with ``weights=None`` gives the bare architecture (used to replay pruning rec
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import inspect
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -19,6 +16,7 @@ import torch.nn as nn
 
 from ..errors import PrunerError
 from ..settings import WEIGHTS_DIR_ENV, weights_dir
+from ..userfile import import_function
 from .checkpoints import (classifier_weight_key, extract_state_dict, load_state_dict_checked, load_weights_file,
                           read_checkpoint)
 from .cifar_googlenet import cifar_googlenet
@@ -160,23 +158,7 @@ def _split_file_name(name: str) -> tuple[Path, str]:
 def _build_file(name: str, num_classes: int) -> nn.Module:
     """Import ``path.py`` and call ``factory(num_classes=...)`` (or ``factory()`` if it takes no such argument)."""
     path, factory_name = _split_file_name(name)
-    module_name = "pruner_user_model_" + hashlib.sha1(str(path).encode()).hexdigest()[:12]
-    try:
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        if spec is None or spec.loader is None:
-            raise ImportError("not a Python source file")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        sys.modules.pop(module_name, None)
-        raise PrunerError(f"could not import model file {path}: {type(exc).__name__}: {exc}; fix the file") from None
-    factory = getattr(module, factory_name, None)
-    if not callable(factory):
-        found = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
-                 and getattr(v, "__module__", None) == module_name]
-        raise PrunerError(f"{path} has no function {factory_name!r} (it defines: {', '.join(found) or 'nothing'}); "
-                          "name the factory after the last ':' in file:PATH.py:FACTORY")
+    factory = import_function(path, factory_name, what="model file", syntax="file:PATH.py:FACTORY")
     try:
         params = inspect.signature(factory).parameters
         takes_classes = "num_classes" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import numpy as np
-import torch
 
-from ..budget import Budget
 from ..errors import PrunerError
 from .base import SearchContext, Strategy, register
 from .evaluator import Candidate

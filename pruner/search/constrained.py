@@ -46,11 +46,8 @@ constraint with its own multiplier, so the job's budget is met too.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import math
 import os
-import sys
 import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -60,6 +57,7 @@ import torch
 
 from ..budget import Budget, model_cost_fn, solve
 from ..errors import PrunerError
+from ..userfile import import_function
 from .base import LATENCY_TOLERANCE, SearchContext, Strategy, register
 from .evaluator import Candidate
 
@@ -143,27 +141,7 @@ def load_python_function(spec: str, what: str = "cost") -> Callable:
     path_str, sep, func = body.rpartition(":")
     if not sep or not path_str or not func:
         raise PrunerError(f"{what} {spec!r} must look like python:path/to/file.py:function")
-    path = os.path.abspath(os.path.expanduser(path_str))
-    if not os.path.isfile(path):
-        raise PrunerError(f"{what} file {path} does not exist; check the path in python:PATH.py:FUNCTION")
-    module_name = "pruner_user_cost_" + hashlib.sha1(path.encode()).hexdigest()[:12]
-    try:
-        module_spec = importlib.util.spec_from_file_location(module_name, path)
-        if module_spec is None or module_spec.loader is None:
-            raise ImportError("not a Python source file")
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[module_name] = module
-        module_spec.loader.exec_module(module)
-    except Exception as exc:
-        sys.modules.pop(module_name, None)
-        raise PrunerError(f"could not import {what} file {path}: {type(exc).__name__}: {exc}; fix the file") from None
-    fn = getattr(module, func, None)
-    if not callable(fn):
-        found = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
-                 and getattr(v, "__module__", None) == module_name]
-        raise PrunerError(f"{path} has no function {func!r} (it defines: {', '.join(found) or 'nothing'}); "
-                          "name the function after the last ':' in python:PATH.py:FUNCTION")
-    return fn
+    return import_function(path_str, func, what=f"{what} file", syntax="python:PATH.py:FUNCTION")
 
 
 # --------------------------------------------------------------------------- constraints

@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from ..budget import Budget, CostFn, Solution, model_cost_fn, solve
 from ..data import DataBundle, ImageTensors
-from ..errors import CancelledError, PrunerError
+from ..errors import CancelledError
 from ..evaluate import accuracy, recalibrate_bn
 from ..measure import latency_ms
 from ..pruning.space import PruningSpace

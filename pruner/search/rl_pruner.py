@@ -21,11 +21,9 @@ See ``docs/algorithms.md`` for the mapping to the paper and the differences.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
-from ..budget import Budget
 from ..errors import PrunerError
 from .base import SearchContext, Strategy, register
 from .evaluator import Candidate
