@@ -114,11 +114,9 @@ device_problem = forms.check_device(device)
 if device_problem:
     errors.append(device_problem)
 name = run_name.strip()
-if name and not state.valid_run_name(name):
-    errors.append(f"The run name {name!r} may only use letters, digits, '.', '_' and '-' (start with a letter or "
-                  "digit).")
-elif name and (state.runs_root() / name).exists():
-    errors.append(f"A run named {name!r} already exists; choose another name or leave it empty.")
+name_problem = state.run_name_problem(name)
+if name_problem:
+    errors.append(name_problem)
 
 # ---------------------------------------------------------------------- model summary
 shown_in_summary = []

@@ -73,6 +73,16 @@ def valid_run_name(name: str) -> bool:
     return bool(_NAME_OK.match(name or "")) and name != UPLOADS
 
 
+def run_name_problem(name: str) -> str | None:
+    """Why a user-typed run name cannot be used (``None`` when it is empty or fine)."""
+    if name and not valid_run_name(name):
+        return (f"The run name {name!r} may only use letters, digits, '.', '_' and '-' (start with a letter or "
+                "digit).")
+    if name and (runs_root() / name).exists():
+        return f"A run named {name!r} already exists; choose another name or leave it empty."
+    return None
+
+
 def slug(text: str) -> str:
     s = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")
     return s[:40] or "run"
