@@ -95,6 +95,7 @@ def test_cancel_then_resume(tmp_path):
     assert len(fresh) == resumed["search"]["evaluations"] <= 12
     # identical to an uninterrupted run with the same seed
     straight = run_job(tiny(), tmp_path / "straight")
+    assert straight["status"] == "done", straight["error"]
     assert json.loads((out / "state" / "search.json").read_text())["counts"] == \
         json.loads((tmp_path / "straight" / "state" / "search.json").read_text())["counts"]
 
