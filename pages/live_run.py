@@ -115,7 +115,10 @@ def _results(summary: dict) -> None:
                    delta_color="off", delta_arrow="off")
     cols[3].metric("Parameters", state.fmt((pruned.get("params") or 0) / 1e6, ",.3f", " M"), delta=ratio("params"),
                    delta_color="off", delta_arrow="off")
-    cols[4].metric("PyTorch latency", state.fmt(pruned.get("latency_ms"), ".2f", " ms"), delta=ratio("latency_ms"),
+    # the paired (interleaved) measurement when the run has it: robust to the machine's speed drifting
+    paired = pruned.get("latency_vs_base")
+    cols[4].metric("PyTorch latency", state.fmt(pruned.get("latency_ms"), ".2f", " ms"),
+                   delta=f"{paired:.0%} of original" if paired is not None else ratio("latency_ms"),
                    delta_color="off", delta_arrow="off")
     cols[5].metric("ONNX Runtime latency", state.fmt(pruned.get("ort_latency_ms"), ".2f", " ms"),
                    delta=ratio("ort_latency_ms"), delta_color="off", delta_arrow="off")

@@ -25,7 +25,6 @@ import io
 import json
 import os
 import statistics
-import time
 import warnings
 from contextlib import redirect_stdout
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ import torch
 import torch.nn as nn
 
 from .errors import PrunerError
+from .measure import check_timing_args, paired_timing, wall_ms
 
 #: Default ONNX opset (see the module docstring for why not the dynamo exporter's 18).
 OPSET = 17
@@ -201,7 +201,7 @@ def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
     return out
 
 
-def ort_session(path: str | Path, device: str | torch.device = "cpu"):
+def ort_session(path: str | Path, device: str | torch.device = "cpu", *, spinning: bool = True):
     """An ONNX Runtime ``InferenceSession`` with intra-op threads = ``torch.get_num_threads()``.
 
     Uses ``CUDAExecutionProvider`` (then CPU) when ``device`` is CUDA and onnxruntime has it;
@@ -214,6 +214,8 @@ def ort_session(path: str | Path, device: str | torch.device = "cpu"):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
     opts.log_severity_level = 3
+    if not spinning:  # idle worker threads sleep instead of spin-waiting (two sessions timed in turn)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = ["CPUExecutionProvider"]
     if torch.device(device).type == "cuda":
         if "CUDAExecutionProvider" in ort.get_available_providers():
@@ -227,22 +229,34 @@ def ort_session(path: str | Path, device: str | torch.device = "cpu"):
         raise PrunerError(f"ONNX Runtime cannot load {path} ({_first_line(exc)}); export the model again") from None
 
 
+def _ort_runner(path: str | Path, input_size: Sequence[int], batch_size: int, device: str | torch.device,
+                spinning: bool = True):
+    sess = ort_session(path, device, spinning=spinning)
+    feed = {sess.get_inputs()[0].name:
+            np.random.default_rng(0).standard_normal((batch_size, *input_size)).astype(np.float32)}
+    return lambda: sess.run(None, feed)
+
+
 def ort_latency_ms(path: str | Path, input_size: Sequence[int], *, batch_size: int = 1,
                    device: str | torch.device = "cpu", warmup: int = 10, repeats: int = 50) -> float:
     """Median ``session.run`` wall time in ms on a random batch (host-side inputs and outputs)."""
-    if batch_size < 1 or repeats < 1 or warmup < 0:
-        raise PrunerError(f"latency needs batch_size >= 1, repeats >= 1 and warmup >= 0 "
-                          f"(got {batch_size}, {repeats}, {warmup})")
-    sess = ort_session(path, device)
-    name = sess.get_inputs()[0].name
-    x = np.random.default_rng(0).standard_normal((batch_size, *input_size)).astype(np.float32)
-    times: list[float] = []
-    for i in range(warmup + repeats):
-        t0 = time.perf_counter()
-        sess.run(None, {name: x})
-        if i >= warmup:
-            times.append((time.perf_counter() - t0) * 1000.0)
-    return float(statistics.median(times))
+    check_timing_args(batch_size, repeats, warmup)
+    run = _ort_runner(path, input_size, batch_size, device)
+    for _ in range(warmup):
+        run()
+    return float(statistics.median(wall_ms(run) for _ in range(repeats)))
+
+
+def ort_relative_latency(path: str | Path, reference_path: str | Path, input_size: Sequence[int], *,
+                         batch_size: int = 1, device: str | torch.device = "cpu", warmup: int = 3,
+                         repeats: int = 30) -> dict:
+    """ONNX Runtime latency of ``path`` relative to ``reference_path``, timed in interleaved pairs
+    (:func:`pruner.measure.paired_timing`)."""
+    check_timing_args(batch_size, repeats, warmup)
+    # without spin-waiting: one session's spinning workers would steal the cores from the other's
+    return paired_timing(_ort_runner(path, input_size, batch_size, device, spinning=False),
+                         _ort_runner(reference_path, input_size, batch_size, device, spinning=False),
+                         warmup=warmup, repeats=repeats)
 
 
 def save_pruned_program(model: nn.Module, path: str | Path, *, input_size: Sequence[int],

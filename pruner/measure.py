@@ -5,6 +5,8 @@
   and the number of parameters.
 * :func:`latency_stats` / :func:`latency_ms` — wall time of repeated forward passes under
   ``torch.inference_mode`` on a private copy of the model (the caller's model is untouched).
+* :func:`relative_latency` / :func:`paired_timing` — latency relative to a reference model,
+  timed in interleaved pairs so that drifting machine speed cancels out.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import copy
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -61,20 +63,16 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     return device
 
 
-def latency_stats(model: nn.Module, input_size: Sequence[int] = (3, 32, 32), *, batch_size: int = 1,
-                  device: str | torch.device = "cpu", warmup: int = 10, repeats: int = 50,
-                  channels_last: bool | None = None, amp: bool | None = None) -> dict:
-    """Forward latency in ms: ``median``, ``p10``, ``p90``, ``mean`` of ``repeats`` timed runs after ``warmup``.
-
-    Runs a deep copy of ``model`` (eval mode) on ``device`` under ``torch.inference_mode`` with a
-    random ``(batch_size, *input_size)`` batch; CUDA is synchronised around every run.
-    ``channels_last`` and ``amp`` (float16 autocast on CUDA, bfloat16 on CPU) default to on for
-    CUDA and off for CPU.
-    """
+def check_timing_args(batch_size: int, repeats: int, warmup: int) -> None:
     if batch_size < 1 or repeats < 1 or warmup < 0:
         raise PrunerError(f"latency needs batch_size >= 1, repeats >= 1 and warmup >= 0 "
                           f"(got {batch_size}, {repeats}, {warmup})")
-    device = _resolve_device(device)
+
+
+def _forward_runner(model: nn.Module, input_size: Sequence[int], batch_size: int, device: torch.device,
+                    channels_last: bool | None, amp: bool | None) -> Callable[[], None]:
+    """A closure running one forward pass of a private copy of ``model`` on a random batch
+    (``inference_mode``, CUDA synchronised before and after, so its wall time is the latency)."""
     cuda = device.type == "cuda"
     channels_last = cuda if channels_last is None else channels_last
     amp = cuda if amp is None else amp
@@ -85,17 +83,39 @@ def latency_stats(model: nn.Module, input_size: Sequence[int] = (3, 32, 32), *, 
         m = m.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     amp_dtype = torch.float16 if cuda else torch.bfloat16
-    times: list[float] = []
-    with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-        for i in range(warmup + repeats):
+
+    def run() -> None:
+        with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
             if cuda:
                 torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
             m(x)
             if cuda:
                 torch.cuda.synchronize(device)
-            if i >= warmup:
-                times.append((time.perf_counter() - t0) * 1000.0)
+    return run
+
+
+def wall_ms(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1000.0
+
+
+def latency_stats(model: nn.Module, input_size: Sequence[int] = (3, 32, 32), *, batch_size: int = 1,
+                  device: str | torch.device = "cpu", warmup: int = 10, repeats: int = 50,
+                  channels_last: bool | None = None, amp: bool | None = None) -> dict:
+    """Forward latency in ms: ``median``, ``p10``, ``p90``, ``mean`` of ``repeats`` timed runs after ``warmup``.
+
+    Runs a deep copy of ``model`` (eval mode) on ``device`` under ``torch.inference_mode`` with a
+    random ``(batch_size, *input_size)`` batch; CUDA is synchronised around every run.
+    ``channels_last`` and ``amp`` (float16 autocast on CUDA, bfloat16 on CPU) default to on for
+    CUDA and off for CPU.
+    """
+    check_timing_args(batch_size, repeats, warmup)
+    device = _resolve_device(device)
+    run = _forward_runner(model, input_size, batch_size, device, channels_last, amp)
+    for _ in range(warmup):
+        run()
+    times = [wall_ms(run) for _ in range(repeats)]
     deciles = statistics.quantiles(times, n=10, method="inclusive") if len(times) > 1 else [times[0]] * 9
     stats = {"median": statistics.median(times), "p10": deciles[0], "p90": deciles[-1],
              "mean": statistics.fmean(times), "repeats": repeats, "batch_size": batch_size, "device": str(device)}
@@ -108,3 +128,32 @@ def latency_ms(model: nn.Module, input_size: Sequence[int] = (3, 32, 32), *, bat
     """Median forward latency in milliseconds (see :func:`latency_stats`)."""
     return float(latency_stats(model, input_size, batch_size=batch_size, device=device, warmup=warmup,
                                repeats=repeats, channels_last=channels_last, amp=amp)["median"])
+
+
+def paired_timing(run: Callable[[], object], reference: Callable[[], object], *, warmup: int = 3,
+                  repeats: int = 30) -> dict:
+    """Time ``run`` and ``reference`` alternately (a, b, a, b, ...).
+
+    Returns ``ms`` and ``reference_ms`` (medians) and ``ratio``, the median of the per-pair
+    ratios. Machine speed that drifts over seconds (shared hosts, frequency scaling: seen
+    here as a twofold slow-down lasting half a minute) hits both halves of a pair alike, so
+    the ratio stays meaningful where two separately measured medians would not.
+    """
+    for _ in range(warmup):
+        run()
+        reference()
+    pairs = [(wall_ms(run), wall_ms(reference)) for _ in range(repeats)]
+    return {"ms": statistics.median(a for a, _ in pairs), "reference_ms": statistics.median(b for _, b in pairs),
+            "ratio": statistics.median(a / b for a, b in pairs), "repeats": repeats}
+
+
+def relative_latency(model: nn.Module, reference: nn.Module, input_size: Sequence[int] = (3, 32, 32), *,
+                     batch_size: int = 1, device: str | torch.device = "cpu", warmup: int = 3, repeats: int = 30,
+                     channels_last: bool | None = None, amp: bool | None = None) -> dict:
+    """Latency of ``model`` relative to ``reference`` (e.g. the unpruned model), timed in pairs
+    (:func:`paired_timing`); both are private copies run as in :func:`latency_stats`."""
+    check_timing_args(batch_size, repeats, warmup)
+    device = _resolve_device(device)
+    return paired_timing(_forward_runner(model, input_size, batch_size, device, channels_last, amp),
+                         _forward_runner(reference, input_size, batch_size, device, channels_last, amp),
+                         warmup=warmup, repeats=repeats)

@@ -9,7 +9,7 @@ import torch_pruning as tp
 import torchvision
 
 from pruner.errors import PrunerError
-from pruner.measure import Cost, count_cost, latency_ms, latency_stats
+from pruner.measure import Cost, count_cost, latency_ms, latency_stats, paired_timing, relative_latency
 from pruner.models.cifar_resnet import cifar_resnet
 from pruner.pruning.shortcut import CUSTOM_PRUNERS
 
@@ -138,3 +138,38 @@ def test_latency_cuda_leaves_model_on_cpu(resnet20):
     assert all(p.device.type == "cpu" for p in resnet20.parameters())
     cuda_model = cifar_resnet("resnet20").cuda()
     assert count_cost(cuda_model).macs == count_cost(resnet20).macs
+
+
+def test_paired_timing_cancels_drifting_machine_speed(monkeypatch):
+    """A fake clock: the machine runs 3x slower for the second half of the measurement. Two
+    separately timed medians would see the candidate at 3 ms and the reference at 1 ms (ratio
+    3, or 1 the other way round); timed in pairs the ratio is exactly the true 2."""
+    import pruner.measure as measure
+
+    clock = {"t": 0.0, "calls": 0}
+    total_calls = 2 * (3 + 20)  # warm-up and timed pairs, two callables each
+
+    def slow_down() -> float:
+        return 1.0 if clock["calls"] < total_calls // 2 else 3.0
+
+    def work(ms: float):
+        def run():
+            clock["t"] += ms * slow_down() / 1000.0
+            clock["calls"] += 1
+        return run
+
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: clock["t"])
+    out = paired_timing(work(2.0), work(1.0), warmup=3, repeats=20)
+    assert out["ratio"] == pytest.approx(2.0)
+    assert out["repeats"] == 20
+    assert out["reference_ms"] > 0 and out["ms"] > out["reference_ms"]
+
+
+def test_relative_latency_orders_models(resnet20):
+    deeper = cifar_resnet("resnet56")
+    out = relative_latency(deeper, resnet20, (3, 32, 32), warmup=1, repeats=5)
+    assert out["ratio"] > 1.0 and out["ms"] > 0 and out["reference_ms"] > 0
+    same = relative_latency(resnet20, resnet20, (3, 32, 32), warmup=1, repeats=5)
+    assert 0.2 < same["ratio"] < 5.0
+    with pytest.raises(PrunerError):
+        relative_latency(resnet20, resnet20, repeats=0)

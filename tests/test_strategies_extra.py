@@ -183,6 +183,9 @@ def test_constrained_meets_a_latency_budget(tmp_path):
     assert summary["status"] == "done", summary["error"]
     found = json.loads((out / "state" / "search.json").read_text())
     assert found["cost"] <= 0.7 * 1.05
+    # the summary's achieved latency is the paired (interleaved) re-measurement of the final model
+    assert summary["budget"]["achieved"] == summary["pruned"]["latency_vs_base"]
+    assert 0 < summary["budget"]["achieved"] <= 0.7 * 1.2
     events = RunDir(out).events("constrained")
     assert events and events[0]["cost"] == "latency"
     pruned, _ = load_checkpoint(out / "artifacts" / "checkpoint.pt")

@@ -222,41 +222,46 @@ def latency_cost(ctx: SearchContext, backend: str, device: str, batch: int) -> t
         raise PrunerError("latency_device=cuda was requested but no CUDA GPU is available; use cpu or auto")
     batch = batch or ev.settings.latency_batch
     if backend == "torch" and dev == ev.device and batch == ev.settings.latency_batch:
-        return (lambda counts: ev.latency_of(counts) / ev.base_latency()), True  # shared, memoised
-
-    def measure_model(model) -> float:
-        model = model.to(dev).eval()
-        if backend == "torch":
-            from ..measure import latency_ms
-            return float(latency_ms(model, ctx.space.input_size, batch_size=batch, device=dev,
-                                    repeats=ev.settings.latency_repeats, warmup=3))
-        return _ort_latency(model, ctx, batch, dev)
-
-    base: list[float] = []
+        return ev.relative_latency, True  # shared, memoised
+    repeats = max(1, ev.settings.latency_repeats)
+    reference: dict = {}  # the unpruned model (and its ONNX file), prepared once
 
     def measure(counts: list[int]) -> float:
         import copy
-        if not base:
-            base.append(measure_model(copy.deepcopy(ev.model)))
-        return measure_model(ev.build(counts, recalibrate=False)) / base[0]
+
+        from ..measure import relative_latency
+        pruned = ev.build(counts, recalibrate=False).to(dev).eval()
+        if reference.get("version") != ev.model_version:  # the unpruned model changed (or first call)
+            reference.clear()
+            reference["version"] = ev.model_version
+        if backend == "torch":
+            if "model" not in reference:
+                reference["model"] = copy.deepcopy(ev.model).to(dev).eval()
+            return relative_latency(pruned, reference["model"], ctx.space.input_size, batch_size=batch, device=dev,
+                                    repeats=repeats, warmup=3)["ratio"]
+        from ..export import ort_relative_latency
+        if "dir" not in reference:
+            reference["dir"] = tempfile.TemporaryDirectory()  # removed when the strategy is done with it
+            reference["onnx"] = _export_for_latency(copy.deepcopy(ev.model), ctx, reference["dir"].name, "base")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = _export_for_latency(pruned, ctx, tmp, "candidate")
+            return ort_relative_latency(path, reference["onnx"], ctx.space.input_size, batch_size=batch,
+                                        device=str(dev), warmup=3, repeats=repeats)["ratio"]
 
     return _memoised(ctx, measure), False
 
 
-def _ort_latency(model, ctx: SearchContext, batch: int, device: torch.device) -> float:
-    """Median ONNX Runtime latency (ms) of ``model`` exported the way the job exports (``pruner.export``)."""
-    from ..export import export_onnx, ort_latency_ms
+def _export_for_latency(model, ctx: SearchContext, folder: str, name: str) -> str:
+    """Export ``model`` to ``folder/name.onnx`` the way the job exports (``pruner.export``)."""
+    from ..export import export_onnx
 
-    ev = ctx.evaluator
-    data = ev.data
+    data = ctx.evaluator.data
     size = ctx.space.input_size
     gen = torch.Generator().manual_seed(0)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "candidate.onnx")
-        export_onnx(model, path, input_size=size, mean=data.mean, std=data.std,
-                    class_names=list(getattr(data, "classes", [])), sample=torch.randn(2, *size, generator=gen))
-        return float(ort_latency_ms(path, size, batch_size=batch, device=str(device), warmup=3,
-                                    repeats=max(1, ev.settings.latency_repeats)))
+    path = os.path.join(folder, f"{name}.onnx")
+    export_onnx(model.cpu(), path, input_size=size, mean=data.mean, std=data.std,
+                class_names=list(getattr(data, "classes", [])), sample=torch.randn(2, *size, generator=gen))
+    return path
 
 
 def build_constraints(ctx: SearchContext, params: dict) -> list[Constraint]:

@@ -21,7 +21,7 @@ from ..budget import Budget, CostFn, Solution, model_cost_fn, solve
 from ..data import DataBundle, ImageTensors
 from ..errors import CancelledError
 from ..evaluate import accuracy, recalibrate_bn
-from ..measure import latency_ms
+from ..measure import relative_latency
 from ..pruning.space import PruningSpace
 
 
@@ -83,14 +83,13 @@ class Evaluator:
         self.model_version = 0
         self._memo: dict[tuple, dict] = {}
         self._logged = 0  # candidate events already in the log (a resumed run replays them silently)
-        self._latency_memo: dict[tuple, float] = {}
-        self.base_latency_ms: float | None = None
+        self._latency_memo: dict[tuple, tuple[float, float]] = {}  # -> (ms, relative to the unpruned model)
         self.timing = {"surgery": 0.0, "recalibration": 0.0, "evaluation": 0.0, "latency": 0.0}
 
     # ----------------------------------------------------------- budget helpers
     def cost_fn(self) -> CostFn:
         if self.budget.kind == "latency":
-            return lambda counts: self.latency_of(counts) / self.base_latency()
+            return self.relative_latency
         return model_cost_fn(self.space, self.budget.kind)
 
     def solve(self, allocation: Sequence[float], budget: Budget | None = None) -> Solution:
@@ -99,24 +98,26 @@ class Evaluator:
     def relative_cost(self, counts: Sequence[int]) -> float:
         return self.cost_fn()(list(counts))
 
-    def base_latency(self) -> float:
-        if self.base_latency_ms is None:
-            self.base_latency_ms = self._measure_latency(self.model)
-        return self.base_latency_ms
-
     def latency_of(self, counts: Sequence[int]) -> float:
-        key = (self.model_version, tuple(counts))
+        """Measured latency (ms) of the pruned structure (see :meth:`relative_latency`)."""
+        return self._latency(counts)[0]
+
+    def relative_latency(self, counts: Sequence[int]) -> float:
+        """Latency of the pruned structure over that of the current unpruned model, timed in
+        interleaved pairs (:func:`~pruner.measure.relative_latency`) so that drifting machine
+        speed cancels out; memoised per (model version, structure)."""
+        return self._latency(counts)[1]
+
+    def _latency(self, counts: Sequence[int]) -> tuple[float, float]:
+        key = (self.model_version, tuple(int(c) for c in counts))
         if key not in self._latency_memo:
             pruned = self.build(counts, recalibrate=False)
-            self._latency_memo[key] = self._measure_latency(pruned)
+            t0 = time.perf_counter()
+            m = relative_latency(pruned, self.model, self.space.input_size, batch_size=self.settings.latency_batch,
+                                 device=self.device, repeats=self.settings.latency_repeats, warmup=3)
+            self.timing["latency"] += time.perf_counter() - t0
+            self._latency_memo[key] = (m["ms"], m["ratio"])
         return self._latency_memo[key]
-
-    def _measure_latency(self, model: nn.Module) -> float:
-        t0 = time.perf_counter()
-        value = latency_ms(model, self.space.input_size, batch_size=self.settings.latency_batch, device=self.device,
-                           repeats=self.settings.latency_repeats, warmup=3)
-        self.timing["latency"] += time.perf_counter() - t0
-        return value
 
     # ----------------------------------------------------------- building
     def build(self, counts: Sequence[int], *, recalibrate: bool = True) -> nn.Module:
@@ -196,10 +197,10 @@ class Evaluator:
             if key not in self._memo:
                 self._memo[key] = {**{k: e.get(k) for k in ("top1", "macs", "params", "latency_ms")}, "pending": True}
                 n += 1
-            if e.get("latency_ms") is not None:  # measured latencies replay too, so the strategy replays exactly
-                self._latency_memo.setdefault(key, e["latency_ms"])
-                if self.base_latency_ms is None and e.get("cost"):
-                    self.base_latency_ms = e["latency_ms"] / e["cost"]
+            if e.get("latency_ms") is not None and e.get("cost") is not None:
+                # measured latencies replay too (a latency budget's cost is the relative latency),
+                # so the strategy replays exactly
+                self._latency_memo.setdefault(key, (e["latency_ms"], e["cost"]))
         return n
 
     @property
