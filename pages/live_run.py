@@ -90,7 +90,7 @@ def _figures(view: RunView, summary: dict | None) -> dict:
         "finetune": charts.finetune_chart(list(view.epochs)),
     }
     for kind_name, events in view.other.items():
-        figs[f"extra:{kind_name}"] = charts.event_series_chart(kind_name, list(events))
+        figs[f"extra:{kind_name}"] = charts.strategy_chart(kind_name, list(events))
     for fig in figs.values():
         fig.update_layout(uirevision=current)
     st.session_state["live_figs"] = {"name": current, "stamp": stamp, "figs": figs}

@@ -330,6 +330,69 @@ def event_series_chart(kind: str, events: Sequence[dict], max_fields: int = 8) -
     return fig
 
 
+# ---------------------------------------------------------------------- strategy-specific
+def constrained_chart(events: Sequence[dict]) -> go.Figure:
+    """``constrained``: the policy's mean cost against the budget, and the Lagrange multiplier, per iteration."""
+    title = "Constrained RL: cost against the budget, and the Lagrange multiplier"
+    rows = [(e.get("step", i), _num(e.get("mean_cost")), _num(e.get("budget")), _num(e.get("multiplier")))
+            for i, e in enumerate(events)]
+    if not rows:
+        return empty_figure(title, "no iteration finished yet", x="policy iteration", y="cost (fraction of original)")
+    x = [r[0] for r in rows]
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_trace(go.Scatter(x=x, y=[r[1] for r in rows], mode="lines+markers", name="mean cost of the samples",
+                             line={"color": BASE_COLOR}), secondary_y=False)
+    fig.add_trace(go.Scatter(x=x, y=[r[2] for r in rows], mode="lines", name="budget",
+                             line={"color": GREY.replace("0.35", "0.9"), "dash": "dash"}), secondary_y=False)
+    fig.add_trace(go.Scatter(x=x, y=[r[3] for r in rows], mode="lines+markers", name="multiplier λ",
+                             line={"color": ACCENT}), secondary_y=True)
+    _layout(fig, title, "policy iteration", "cost (fraction of original)")
+    fig.update_yaxes(title_text="Lagrange multiplier λ", secondary_y=True, showgrid=False)
+    return fig
+
+
+def purl_chart(events: Sequence[dict]) -> go.Figure:
+    """``purl``: the reward of every pruning step (one series per step of the episode) and each episode's return."""
+    title = "PuRL: reward at every pruning step"
+    steps = [e for e in events if e.get("level") == "step"]
+    episodes = [e for e in events if e.get("level") == "episode"]
+    if not steps:
+        return empty_figure(title, "no pruning step yet", x="episode", y="reward")
+    fig = go.Figure()
+    for i, t in enumerate(sorted({int(e.get("step", 0)) for e in steps})):
+        pts = [(e.get("episode"), _num(e.get("reward"))) for e in steps if int(e.get("step", 0)) == t]
+        fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers",
+                                 name=f"step {t + 1}", line={"color": PALETTE[i % len(PALETTE)], "width": 1},
+                                 marker={"size": 6}))
+    if episodes:
+        fig.add_trace(go.Scatter(x=[e.get("episode") for e in episodes], y=[_num(e.get("return")) for e in episodes],
+                                 mode="lines", name="episode return", line={"color": "#333", "dash": "dot"}))
+    return _layout(fig, title, "episode", "reward")
+
+
+def joint_chart(events: Sequence[dict]) -> go.Figure:
+    """``joint``: the drift model's predicted reward for each epoch's structure against the observed one."""
+    title = "Joint: reward predicted by the drift model vs observed"
+    if not events:
+        return empty_figure(title, "no epoch finished yet", x="epoch", y="reward (search top-1, %)")
+    x = [e.get("epoch", i) for i, e in enumerate(events)]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=x, y=[_num(e.get("observed_reward")) for e in events], mode="lines+markers",
+                             name="observed", line={"color": BASE_COLOR}))
+    fig.add_trace(go.Scatter(x=x, y=[_num(e.get("predicted_reward")) for e in events], mode="lines+markers",
+                             name="predicted (before it was seen)", line={"color": ACCENT, "dash": "dash"}))
+    return _layout(fig, title, "epoch", "reward (search top-1, %)")
+
+
+#: charts of the strategies' own event kinds; other kinds get :func:`event_series_chart`
+STRATEGY_CHARTS = {"constrained": constrained_chart, "purl": purl_chart, "joint": joint_chart}
+
+
+def strategy_chart(kind: str, events: Sequence[dict]) -> go.Figure:
+    builder = STRATEGY_CHARTS.get(kind)
+    return builder(events) if builder is not None else event_series_chart(kind, events)
+
+
 # ---------------------------------------------------------------------- sensitivity
 def sensitivity_heatmap(sens: dict, value: str = "drop", title: str | None = None) -> go.Figure:
     """Layer groups × fraction pruned, coloured by top-1 drop (or top-1) on the search split."""

@@ -221,3 +221,29 @@ def test_job_prunes_the_weights_joint_trained(straight):
     loaded = dict(original.named_parameters())
     assert trained.keys() == loaded.keys()
     assert not all(torch.equal(trained[k], loaded[k]) for k in trained)
+
+
+@pytest.mark.parametrize("strategy", list(SMALL))
+def test_studio_chart_plots_the_strategy_events(straight, strategy):
+    """The Live run page's chart for each strategy's own events (studio.charts.strategy_chart)
+    draws the values the run wrote: λ and mean cost against the budget, per-step rewards, and
+    the drift model's predicted next to the observed reward."""
+    from studio import charts
+
+    out, _ = straight(strategy)
+    events = RunDir(out).events(strategy)
+    fig = charts.strategy_chart(strategy, events)
+    traces = {t.name: list(t.y) for t in fig.data}
+    if strategy == "constrained":
+        assert traces["multiplier λ"] == [e["multiplier"] for e in events]
+        assert traces["mean cost of the samples"] == [e["mean_cost"] for e in events]
+        assert set(traces["budget"]) == {0.5}
+    elif strategy == "purl":
+        steps = [e for e in events if e["level"] == "step"]
+        assert traces["step 1"] == [e["reward"] for e in steps if e["step"] == 0]
+        assert sum(len(v) for k, v in traces.items() if k.startswith("step ")) == len(steps)
+        assert traces["episode return"] == [e["return"] for e in events if e["level"] == "episode"]
+    else:
+        assert traces["observed"] == [e["observed_reward"] for e in events]
+        assert traces["predicted (before it was seen)"] == [e["predicted_reward"] for e in events]
+    assert charts.strategy_chart(strategy, []).layout.annotations  # an empty chart says why
