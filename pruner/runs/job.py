@@ -223,7 +223,8 @@ def run_job(config: RunConfig, out: str | Path, *, resume: bool = False, should_
             best = run_search(strategy, ctx)
             found = {"counts": best.counts, "candidate_id": best.id, "best_val_top1": best.top1,
                      "evaluations": evaluator.evaluations, "seconds": time.perf_counter() - t0,
-                     "cost": best.cost, "timing": evaluator.timing}
+                     "cost": best.cost, "verified_cost": best.meta.get("verified_latency"),
+                     "timing": evaluator.timing}
             if evaluator.model_version > 0:  # the strategy trained the weights (joint): prune those
                 torch.save({"state_dict": {k: v.detach().cpu() for k, v in evaluator.model.state_dict().items()},
                             "ranking": [r.cpu() for r in evaluator.ranking]}, run.state_dir / "search_model.pt")

@@ -108,14 +108,24 @@ class Evaluator:
         speed cancels out; memoised per (model version, structure)."""
         return self._latency(counts)[1]
 
+    def remeasure_latency(self, counts: Sequence[int], *, repeats_factor: int = 3) -> float:
+        """A fresh (not memoised) relative latency of the structure, with ``repeats_factor`` times
+        the usual number of timed pairs."""
+        return self._time(counts, self.settings.latency_repeats * repeats_factor)["ratio"]
+
+    def _time(self, counts: Sequence[int], repeats: int) -> dict:
+        """Time the pruned structure in pairs with the current unpruned model."""
+        pruned = self.build(counts, recalibrate=False)
+        t0 = time.perf_counter()
+        m = relative_latency(pruned, self.model, self.space.input_size, batch_size=self.settings.latency_batch,
+                             device=self.device, repeats=repeats, warmup=3)
+        self.timing["latency"] += time.perf_counter() - t0
+        return m
+
     def _latency(self, counts: Sequence[int]) -> tuple[float, float]:
         key = (self.model_version, tuple(int(c) for c in counts))
         if key not in self._latency_memo:
-            pruned = self.build(counts, recalibrate=False)
-            t0 = time.perf_counter()
-            m = relative_latency(pruned, self.model, self.space.input_size, batch_size=self.settings.latency_batch,
-                                 device=self.device, repeats=self.settings.latency_repeats, warmup=3)
-            self.timing["latency"] += time.perf_counter() - t0
+            m = self._time(counts, self.settings.latency_repeats)
             self._latency_memo[key] = (m["ms"], m["ratio"])
         return self._latency_memo[key]
 
