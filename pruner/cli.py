@@ -126,6 +126,9 @@ def _print_summary(summary: dict, out) -> None:
     for name, r in (("base", b), ("pruned", p)):
         ort = f"{r['ort_latency_ms']:.2f}" if r.get("ort_latency_ms") else "-"
         print(f"{name:10} {r['top1']:>8.2f} {r['macs'] / 1e6:>9.2f} {r['params'] / 1e6:>9.3f} {r['latency_ms']:>9.2f} {ort:>8}")
+    if p.get("latency_vs_base") is not None:
+        print(f"pruned/base PyTorch CPU latency, timed in interleaved pairs: {p['latency_vs_base']:.3f} "
+              "(the ms columns are timed separately and drift with the machine's speed)")
     s = summary["search"]
     print(f"search: {s['strategy']}, {s['evaluations']} evaluations, best val top-1 {s['best_val_top1']:.2f}% "
           f"in {s['seconds']:.0f} s; ONNX max |diff| {summary.get('onnx_max_abs_diff')}")
