@@ -41,7 +41,8 @@ def _model_data_args(p: argparse.ArgumentParser) -> None:
 def _search_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("search")
     g.add_argument("--budget", default="flops=0.5", help="flops=F, params=F or latency=F: fraction that remains")
-    g.add_argument("--strategy", default="rl", help="rl, uniform, global, random (see `python -m pruner strategies`)")
+    g.add_argument("--strategy", default="rl", help="rl, constrained, purl, joint, or the baselines uniform, global, "
+                   "random (see `python -m pruner strategies`)")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="strategy hyperparameter, e.g. --set steps=8 --set noise=0.5 (repeatable)")
     g.add_argument("--importance", default="l1", choices=["l1", "l2", "taylor", "random"])

@@ -278,7 +278,7 @@ def save_pruned_program(model: nn.Module, path: str | Path, *, input_size: Seque
                           "use the ONNX file or the checkpoint instead") from exc
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # torch.export wants the .pt2 suffix
     try:
         torch.export.save(program, str(tmp))
         if checked is not None:

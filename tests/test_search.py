@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from pruner.finetune import FinetuneConfig
 from pruner.runs.config import RunConfig
@@ -131,7 +132,7 @@ def test_bad_input_gives_failed_summary(tmp_path):
     assert RunDir(tmp_path / "bad").status() == "failed"
 
 
-def test_latency_search_answer_is_retimed(monkeypatch):
+def test_latency_search_answer_is_retimed(monkeypatch, request):
     """Winner's curse: the most accurate of many noisily timed candidates tends to be one whose
     latency was under-estimated. The real evaluator runs a real random search under a latency
     budget; only the re-timing is scripted (the most accurate candidate now misses the budget,
@@ -140,7 +141,12 @@ def test_latency_search_answer_is_retimed(monkeypatch):
     from pruner.search import SearchContext, make_strategy, run_search
     from pruner.search.evaluator import Evaluator
 
-    session = Session(tiny(budget="latency=0.8", strategy="random", strategy_params={}))
+    # a lenient target: at batch 1 this tiny model is overhead-bound, and pruning everything
+    # allowed leaves 0.85-0.9 of its latency on a busy 2-core machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
+    session = Session(tiny(budget="latency=0.97", strategy="random", strategy_params={}))
     ev = session.evaluator(max_evals=4)
     logs = []
     ctx = SearchContext(ev, seed=0, emit=lambda kind, **f: logs.append(f.get("message", "")))
@@ -150,7 +156,7 @@ def test_latency_search_answer_is_retimed(monkeypatch):
 
     def scripted(self, counts, *, repeats_factor=3):
         retimed.append(list(counts))
-        return 0.99 if len(retimed) == 1 else 0.5
+        return 2.0 if len(retimed) == 1 else 0.5
 
     monkeypatch.setattr(Evaluator, "remeasure_latency", scripted)
     chosen = run_search(strategy, ctx)
