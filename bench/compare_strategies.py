@@ -104,10 +104,12 @@ def main() -> int:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
+    tuning = (f"fine-tune {args.finetune_epochs} epoch(s) x {args.max_batches_per_epoch} batches with distillation"
+              if args.finetune_epochs else "no fine-tuning (test_top1_after_ft is the pruned, BN-recalibrated model)")
     lines = [f"`{command}`", "",
              f"Protocol: {args.protocol} (search on the search half, test top-1 on the report half); "
-             f"budget {args.budget} (unless the row says otherwise); {args.search_evals} evaluations; fine-tune {args.finetune_epochs} epoch(s) "
-             f"x {args.max_batches_per_epoch} batches with distillation. Latency: PyTorch and ONNX Runtime, batch 1, "
+             f"budget {args.budget} (unless the row says otherwise); {args.search_evals} evaluations; {tuning}. "
+             "Latency: PyTorch and ONNX Runtime, batch 1, "
              f"CPU with {torch.get_num_threads()} intra-op thread(s); *_frac columns are relative to the unpruned model "
              "(latency_frac timed in interleaved pairs with it).", "",
              "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
