@@ -6,7 +6,8 @@ from pruner.errors import PrunerError
 from studio import forms, state
 
 st.title("New pruning run")
-st.caption("The defaults (digits demo, ResNet-20, a short RL search) finish in about a minute on a laptop CPU: "
+st.caption("The defaults (ResNet-20 pretrained on CIFAR-10 when the CIFAR-10 copy and its weights are on this "
+           "machine, else the offline digits demo; a short RL search) finish in about a minute on a laptop CPU: "
            "press **Start pruning** to try it.")
 
 left, right = st.columns([3, 2], gap="large")

@@ -45,13 +45,27 @@ STRATEGY_HELP = {
     "random": "Random allocations solved to the budget; the best is kept",
 }
 
-# Defaults that finish in about a minute on a 2-core CPU with the digits demo.
+# Defaults that finish in about a minute on a 2-core CPU (digits demo, or ResNet-20 on the CIFAR-10 copy).
 QUICK = {
     "search_evals": 16, "search_images": 200, "recal_images": 128, "report_images": 300,
     "latency_repeats": 10, "finetune_epochs": 2, "max_batches": 15, "batch_size": 64,
 }
 
 WEIGHT_CHOICES = {"pretrained": "pretrained", "random": "random init", "file": "upload a weights file"}
+
+
+def default_dataset() -> str:
+    """The first-run dataset: the CIFAR-10 JPEG copy when it and ResNet-20's pretrained CIFAR-10
+    weights are already on this machine (no download: a real model, real accuracy), else the
+    offline digits demo (random init)."""
+    try:
+        from pruner.models.cifar_resnet import PRETRAINED
+        from pruner.settings import data_root, weights_dir
+        if (data_root() / "cifar10-jpeg" / "train").is_dir() and (weights_dir() / PRETRAINED["resnet20"]).is_file():
+            return "cifar10-jpeg"
+    except Exception:  # noqa: BLE001 - a default must never break the page
+        pass
+    return "digits"
 
 
 def zoo_names() -> list[str]:
@@ -164,6 +178,10 @@ def model_data_inputs(prefix: str = "") -> ModelData:
                       format_func={"zoo": "CIFAR zoo", "torchvision": "torchvision", "upload": "upload a .py"}.get,
                       help="Zoo models are CIFAR-sized (32×32); torchvision models are ImageNet architectures; "
                            "an uploaded Python file must define a factory function returning an nn.Module.")
+    if f"{prefix}data" not in st.session_state:  # first render: a dataset the weights default suits
+        st.session_state[f"{prefix}data"] = default_dataset()
+        st.session_state.setdefault(f"{prefix}weights", "random" if st.session_state[f"{prefix}data"] == "digits"
+                                    else "pretrained")
     st.session_state.setdefault(f"{prefix}weights", "random")
     if source == "zoo":
         zoo = zoo_names()

@@ -1,6 +1,6 @@
 """End to end in a real browser: Debian's Chromium drives ``streamlit run app.py``.
 
-New run (the quick defaults: digits demo, ResNet-20 from random init) with fewer evaluations and
+New run (the quick defaults: ResNet-20 pretrained on the CIFAR-10 copy when it is present, else the digits demo from random init) with fewer evaluations and
 one fine-tune epoch -> **Start pruning** -> Live run follows the job until it is done -> the ONNX
 model downloaded through the page runs in ONNX Runtime. Every page is screenshotted to
 ``docs/screenshots/`` and must show no Streamlit exception.
@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from studio.forms import default_dataset
 
 pytestmark = pytest.mark.browser
 
@@ -174,10 +176,13 @@ def test_studio_end_to_end(studio, tmp_path):
             page.goto(studio["url"])
             _settle(page, 90_000)
             page.get_by_role("heading", name="New pruning run").wait_for()
-            # the defaults are the quick demo: digits, resnet20, random init
-            assert page.get_by_role("combobox", name="Dataset", exact=True).input_value().startswith("Digits")
+            # the defaults are the quick demo: pretrained resnet20 on the CIFAR-10 copy when it and the
+            # weights are on this machine (the server has this process's environment), else digits
+            cifar = default_dataset() == "cifar10-jpeg"
+            dataset = page.get_by_role("combobox", name="Dataset", exact=True).input_value()
+            assert dataset.startswith("CIFAR-10 JPEG" if cifar else "Digits"), dataset
             assert page.get_by_role("combobox", name="Architecture", exact=True).input_value().startswith("resnet20")
-            assert page.get_by_role("radio", name="random init").is_checked()
+            assert page.get_by_role("radio", name="pretrained" if cifar else "random init").is_checked()
             _set_number(page, "Candidate evaluations", SEARCH_EVALS)
             _set_number(page, "Fine-tune epochs", FINETUNE_EPOCHS)
             # the model summary (dataset loaded, model traced) and its chart
@@ -238,7 +243,7 @@ def test_studio_end_to_end(studio, tmp_path):
             assert shape[1:] == [3, 32, 32], inp.shape
             x = np.random.default_rng(0).random(shape, dtype=np.float32)
             (out,) = sess.run(None, {inp.name: x})[:1]
-            assert out.shape == (batch, 10), out.shape  # digits: 10 classes
+            assert out.shape == (batch, 10), out.shape  # CIFAR-10 or digits: 10 classes
             assert np.isfinite(out).all()
             _no_exception(page, "Live run (after download)", log)
 
