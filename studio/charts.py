@@ -253,6 +253,9 @@ def _add_reference_points(fig: go.Figure, x_field: str, base: dict | None, final
                               annotation_text=f"budget {budget['target']:.0%}", annotation_position="top")
     if final:
         fx, fy = _candidate_x(final, x_field), _num(final.get("top1"))
+        ratio, bms = _num(final.get("latency_vs_base")), _num((base or {}).get("latency_ms"))
+        if x_field == "latency_ms" and ratio is not None and bms is not None:
+            fx = bms * ratio  # the paired ratio: the two ms figures were timed minutes apart and drift
         if fx is not None and fy is not None:
             fig.add_trace(go.Scatter(x=[fx], y=[fy], mode="markers", name="pruned + fine-tuned (report split)",
                                      marker={"symbol": "x", "size": 12, "color": "#111"}))
