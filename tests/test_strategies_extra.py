@@ -247,3 +247,16 @@ def test_studio_chart_plots_the_strategy_events(straight, strategy):
         assert traces["observed"] == [e["observed_reward"] for e in events]
         assert traces["predicted (before it was seen)"] == [e["predicted_reward"] for e in events]
     assert charts.strategy_chart(strategy, []).layout.annotations  # an empty chart says why
+
+
+@pytest.mark.parametrize("params", [{"latency_backend": "ort"}, {"latency_backend": "torch", "latency_batch": 2}])
+def test_constrained_on_its_own_latency_measurement(tmp_path, params):
+    """A latency cost measured other than the evaluator measures it (ONNX Runtime, or another batch
+    size): timed in pairs with the unpruned model (its ONNX file exported once), run to the end."""
+    cfg = tiny("constrained", budget="flops=0.95", search_evals=9,
+               strategy_params={"batch": 4, "cost": "latency", "limit": 0.95, **params})
+    summary = run_job(cfg, tmp_path / "run")
+    assert summary["status"] == "done", summary["error"]
+    events = RunDir(tmp_path / "run").events("constrained")
+    assert events and events[0]["cost"].startswith("latency[")
+    assert all(0 < c <= 2.0 for c in events[-1]["mean_costs"].values())

@@ -224,25 +224,21 @@ def latency_cost(ctx: SearchContext, backend: str, device: str, batch: int) -> t
     if backend == "torch" and dev == ev.device and batch == ev.settings.latency_batch:
         return ev.relative_latency, True  # shared, memoised
     repeats = max(1, ev.settings.latency_repeats)
-    reference: dict = {}  # the unpruned model (and its ONNX file), prepared once
+    reference: dict = {}  # ORT: the unpruned model's ONNX file, exported once per model version
 
     def measure(counts: list[int]) -> float:
+        pruned = ev.build(counts, recalibrate=False)
+        if backend == "torch":  # relative_latency runs private copies of both on ``dev``
+            from ..measure import relative_latency
+            return relative_latency(pruned, ev.model, ctx.space.input_size, batch_size=batch, device=dev,
+                                    repeats=repeats, warmup=3)["ratio"]
         import copy
 
-        from ..measure import relative_latency
-        pruned = ev.build(counts, recalibrate=False).to(dev).eval()
-        if reference.get("version") != ev.model_version:  # the unpruned model changed (or first call)
-            reference.clear()
-            reference["version"] = ev.model_version
-        if backend == "torch":
-            if "model" not in reference:
-                reference["model"] = copy.deepcopy(ev.model).to(dev).eval()
-            return relative_latency(pruned, reference["model"], ctx.space.input_size, batch_size=batch, device=dev,
-                                    repeats=repeats, warmup=3)["ratio"]
         from ..export import ort_relative_latency
-        if "dir" not in reference:
-            reference["dir"] = tempfile.TemporaryDirectory()  # removed when the strategy is done with it
+        if reference.get("version") != ev.model_version:  # first call, or the unpruned model changed
+            reference["dir"] = tempfile.TemporaryDirectory()  # removed when replaced or no longer referenced
             reference["onnx"] = _export_for_latency(copy.deepcopy(ev.model), ctx, reference["dir"].name, "base")
+            reference["version"] = ev.model_version
         with tempfile.TemporaryDirectory() as tmp:
             path = _export_for_latency(pruned, ctx, tmp, "candidate")
             return ort_relative_latency(path, reference["onnx"], ctx.space.input_size, batch_size=batch,
