@@ -1,0 +1,27 @@
+"""Plotly figure builders: pure functions from event lists and dicts to figures, one module per subject.
+
+Every builder accepts empty input and returns a figure that says what is missing instead of
+failing. Figures carry a title, axis titles with units, and a fixed ``uirevision`` so that a
+chart redrawn with new data keeps the user's zoom.
+
+| module | charts |
+|---|---|
+| ``search`` | kept channels per group, policy heatmap, rewards, accuracy vs cost with the Pareto front |
+| ``finetune`` | loss and validation top-1 per epoch |
+| ``strategies`` | the strategies' own events (constrained, purl, joint, any other kind) |
+| ``sensitivity`` | sensitivity heatmap and curves |
+| ``runs`` | channels per layer before/after, compared fronts, MACs per group |
+"""
+
+from ._common import PALETTE, empty_figure, palette, pareto_front
+from .finetune import finetune_chart
+from .runs import compare_fronts_chart, group_cost_chart, layers_chart
+from .search import keep_ratio_chart, policy_heatmap, reward_chart, tradeoff_chart
+from .sensitivity import sensitivity_curves, sensitivity_heatmap
+from .strategies import (STRATEGY_CHARTS, constrained_chart, event_series_chart, joint_chart, purl_chart,
+                         strategy_chart)
+
+__all__ = ["PALETTE", "STRATEGY_CHARTS", "compare_fronts_chart", "constrained_chart", "empty_figure",
+           "event_series_chart", "finetune_chart", "group_cost_chart", "joint_chart", "keep_ratio_chart",
+           "layers_chart", "palette", "pareto_front", "policy_heatmap", "purl_chart", "reward_chart",
+           "sensitivity_curves", "sensitivity_heatmap", "strategy_chart", "tradeoff_chart"]
