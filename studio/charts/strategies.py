@@ -8,7 +8,7 @@ from typing import Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ._common import ACCENT, BASE_COLOR, GREY, HEIGHT, PALETTE, num, style, empty_figure, scatter_type
+from ._common import ACCENT, BASE_COLOR, GREY, HEIGHT, palette, num, style, empty_figure, scatter_type
 
 
 def event_series_chart(kind: str, events: Sequence[dict], max_fields: int = 8) -> go.Figure:
@@ -43,6 +43,7 @@ def event_series_chart(kind: str, events: Sequence[dict], max_fields: int = 8) -
     nrows = math.ceil(len(plot_fields) / cols)
     fig = make_subplots(rows=nrows, cols=cols, subplot_titles=plot_fields, vertical_spacing=0.12 if nrows > 1 else 0.1)
     series = sorted(labels.get(split_field, {None})) if split_field else [None]
+    colours = palette(max(len(series), len(plot_fields)))
     for si, label in enumerate(series):
         sel = [(i, e) for i, e in enumerate(events) if split_field is None or e.get(split_field) == label]
         sc = scatter_type(len(sel))
@@ -54,8 +55,7 @@ def event_series_chart(kind: str, events: Sequence[dict], max_fields: int = 8) -
             fig.add_trace(sc(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers",
                              name=f"{label}" if label is not None else f, legendgroup=str(label),
                              showlegend=label is not None and fi == 0,
-                             line={"color": PALETTE[si % len(PALETTE)] if label is not None else
-                                   PALETTE[fi % len(PALETTE)]}, marker={"size": 4}),
+                             line={"color": colours[si] if label is not None else colours[fi]}, marker={"size": 4}),
                           row=fi // cols + 1, col=fi % cols + 1)
     fig.update_xaxes(title_text="event #", row=nrows)
     fig.update_layout(title={"text": title, "x": 0.0}, height=max(HEIGHT, 230 * nrows), uirevision="keep",
@@ -91,10 +91,12 @@ def purl_chart(events: Sequence[dict]) -> go.Figure:
     if not steps:
         return empty_figure(title, "no pruning step yet", x="episode", y="reward")
     fig = go.Figure()
-    for i, t in enumerate(sorted({int(e.get("step", 0)) for e in steps})):
+    step_ids = sorted({int(e.get("step", 0)) for e in steps})
+    colours = palette(len(step_ids))
+    for i, t in enumerate(step_ids):
         pts = [(e.get("episode"), num(e.get("reward"))) for e in steps if int(e.get("step", 0)) == t]
         fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers",
-                                 name=f"step {t + 1}", line={"color": PALETTE[i % len(PALETTE)], "width": 1},
+                                 name=f"step {t + 1}", line={"color": colours[i], "width": 1},
                                  marker={"size": 6}))
     if episodes:
         fig.add_trace(go.Scatter(x=[e.get("episode") for e in episodes], y=[num(e.get("return")) for e in episodes],
