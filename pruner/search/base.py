@@ -7,7 +7,6 @@ search subset), and ``max_evals`` caps real evaluations for all of them alike.
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Mapping
@@ -15,6 +14,7 @@ from typing import Any, Callable, ClassVar, Mapping
 import numpy as np
 import torch
 
+from ..checks import check_number, range_text
 from ..errors import PrunerError
 from .evaluator import Candidate, EvaluationBudgetExhausted, Evaluator
 
@@ -87,52 +87,30 @@ class Param:
             opts = list(self.choices or ()) + [f"{p}..." for p in self.prefixes]
             text = f"one of {', '.join(opts)}" if opts else "a string"
         else:
-            noun = "an integer" if self.kind is int else "a number"
-            if self.low is not None and self.high is not None:
-                text = (f"{noun} in {'(' if self.low_open else '['}{self.low:g}, "
-                        f"{self.high:g}{')' if self.high_open else ']'}")
-            elif self.low is not None:
-                text = f"{noun} {'>' if self.low_open else '>='} {self.low:g}"
-            elif self.high is not None:
-                text = f"{noun} {'<' if self.high_open else '<='} {self.high:g}"
-            else:
-                text = noun
-        return text + (" (or empty for automatic)" if self.nullable else "")
+            text = range_text(self.kind, self.low, self.high, low_open=self.low_open, high_open=self.high_open)
+        return text + (" or empty (automatic)" if self.nullable else "")
 
-    def check(self, name: str, value: Any) -> Any:
+    def check(self, name: str, value: Any, strategy: str = "") -> Any:
         """``value`` converted to this parameter's type, or a ``PrunerError`` saying what is allowed."""
         if value is None and self.nullable:
             return None
-        bad = PrunerError(f"strategy parameter {name} must be {self.range_text()}, got {value!r}")
+        label = f"strategy {strategy!r} parameter {name}" if strategy else f"strategy parameter {name}"
+        if self.kind in (int, float):
+            return check_number(label, value, self.kind, low=self.low, high=self.high,
+                                low_open=self.low_open, high_open=self.high_open, optional=self.nullable)
+        bad = PrunerError(f"{label} must be {self.range_text()}, got {value!r}")
         if self.kind is bool:
             if isinstance(value, bool):
                 return value
             if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
                 return value.strip().lower() in _TRUE
             raise bad
-        if self.kind is str:
-            if not isinstance(value, str):
-                raise bad
-            if self.choices is None and not self.prefixes:
-                return value
-            if (self.choices and value in self.choices) or (self.prefixes and value.startswith(self.prefixes)):
-                return value
+        if not isinstance(value, str):
             raise bad
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad
-        if not math.isfinite(value):
-            raise bad
-        if self.kind is int:
-            if float(value) != int(value):
-                raise bad
-            value = int(value)
-        else:
-            value = float(value)
-        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-            raise bad
-        if self.high is not None and (value >= self.high if self.high_open else value > self.high):
-            raise bad
-        return value
+        if (self.choices is None and not self.prefixes) or (self.choices and value in self.choices) \
+                or (self.prefixes and value.startswith(self.prefixes)):
+            return value
+        raise bad
 
 
 def check_params(name: str, specs: Mapping[str, Param], params: Mapping[str, Any]) -> dict[str, Any]:
@@ -144,7 +122,7 @@ def check_params(name: str, specs: Mapping[str, Param], params: Mapping[str, Any
     if unknown:
         raise PrunerError(f"strategy {name!r} has no parameter(s) {', '.join(map(str, unknown))}; "
                           f"it takes {', '.join(specs) or 'none'} (see `python -m pruner strategies`)")
-    return {k: specs[k].check(k, v) for k, v in params.items()}
+    return {k: specs[k].check(k, v, name) for k, v in params.items()}
 
 
 class Strategy(ABC):
