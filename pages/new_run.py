@@ -52,8 +52,8 @@ with left:
         with a1:
             search_images = st.number_input("Search images per candidate", min_value=1,
                                             value=forms.QUICK["search_images"], step=100, key="nr_search_images")
-            importance = st.selectbox("Channel importance", ["l1", "l2", "taylor", "random"], key="nr_importance")
-            protocol = st.selectbox("Split protocol", ["val-from-train", "test-halves"], key="nr_protocol",
+            importance = st.selectbox("Channel importance", forms.IMPORTANCE_CHOICES, key="nr_importance")
+            protocol = st.selectbox("Split protocol", forms.PROTOCOL_CHOICES, key="nr_protocol",
                                     help="test-halves: search on half of the test set (for models that saw all "
                                          "training images); the report uses the other half")
         with a2:
@@ -132,7 +132,9 @@ with right:
             st.error(summary["error"], icon=":material/error:")
             errors.append(summary["error"])
             shown_in_summary.append(summary["error"])
-        else:
+        elif forms.budget_problem(config, summary):
+            errors.append(forms.budget_problem(config, summary))
+        if not summary.get("error"):
             from studio import charts
 
             data = summary["data"]
