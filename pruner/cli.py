@@ -225,8 +225,8 @@ def cmd_strategies(args) -> int:
         if not cls.param_specs:
             print("    (no parameters)")
         for k, p in cls.param_specs.items():
-            default = "" if p.default is None else json.dumps(p.default) if not isinstance(p.default, str) else p.default
-            print(f"    --set {k}={default:<12} {p.range_text()}; {p.help}")
+            default = "" if p.default is None else p.default if isinstance(p.default, str) else json.dumps(p.default)
+            print(f"    {f'--set {k}={default}':<32} {p.range_text()}; {p.help}")
     return 0
 
 

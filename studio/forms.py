@@ -10,7 +10,7 @@ import ast
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -279,6 +279,9 @@ def check_device(device: str) -> str | None:
 #: the choice lists of the settings the pages offer, from the modules that own them
 IMPORTANCE_CHOICES = list(CRITERIA)
 PROTOCOL_CHOICES = list(PROTOCOLS)
+#: the engine's defaults for the settings the form shows (the QUICK ones above excepted)
+RUN_DEFAULTS = {f.name: f.default for f in fields(RunConfig) if f.default is not MISSING}
+FT_DEFAULTS = FinetuneConfig()
 
 
 def _param_widget(name: str, spec: Param, key: str) -> Any:
