@@ -52,14 +52,15 @@ with left:
         with a1:
             search_images = st.number_input("Search images per candidate", min_value=1,
                                             value=forms.QUICK["search_images"], step=100, key="nr_search_images")
-            importance = st.selectbox("Channel importance", ["l1", "l2", "taylor", "random"], key="nr_importance")
-            protocol = st.selectbox("Split protocol", ["val-from-train", "test-halves"], key="nr_protocol",
+            importance = st.selectbox("Channel importance", forms.IMPORTANCE_CHOICES, key="nr_importance")
+            protocol = st.selectbox("Split protocol", forms.PROTOCOL_CHOICES, key="nr_protocol",
                                     help="test-halves: search on half of the test set (for models that saw all "
                                          "training images); the report uses the other half")
         with a2:
             recal_images = st.number_input("BN recalibration images", min_value=1, value=forms.QUICK["recal_images"],
                                            step=64, key="nr_recal_images")
-            max_prune = st.number_input("Max fraction pruned per group", min_value=0.05, max_value=0.99, value=0.9,
+            max_prune = st.number_input("Max fraction pruned per group", min_value=0.05, max_value=0.99,
+                                        value=forms.RUN_DEFAULTS["max_prune"],
                                         step=0.05, key="nr_max_prune")
             min_channels = st.number_input("Min channels per group", min_value=1, value=1, step=1,
                                            key="nr_min_channels")
@@ -77,11 +78,14 @@ with left:
             batch_size = st.number_input("Batch size", min_value=1, value=forms.QUICK["batch_size"], step=16,
                                          key="nr_batch_size")
         with f2:
-            lr = st.number_input("Learning rate", min_value=0.0, value=0.01, format="%g", step=0.005, key="nr_lr")
-            kd_weight = st.number_input("Distillation weight", min_value=0.0, max_value=1.0, value=0.9, step=0.1,
+            lr = st.number_input("Learning rate", min_value=0.0, value=forms.FT_DEFAULTS.lr, format="%g", step=0.005,
+                                 key="nr_lr")
+            kd_weight = st.number_input("Distillation weight", min_value=0.0, max_value=1.0,
+                                        value=forms.FT_DEFAULTS.kd_weight, step=0.1,
                                         key="nr_kd_weight")
         with f3:
-            kd_temperature = st.number_input("Distillation temperature", min_value=0.1, value=4.0, step=0.5,
+            kd_temperature = st.number_input("Distillation temperature", min_value=0.1,
+                                             value=forms.FT_DEFAULTS.kd_temperature, step=0.5,
                                              key="nr_kd_temperature")
             export = st.checkbox("Export ONNX", value=True, key="nr_export")
 
@@ -132,7 +136,9 @@ with right:
             st.error(summary["error"], icon=":material/error:")
             errors.append(summary["error"])
             shown_in_summary.append(summary["error"])
-        else:
+        elif forms.budget_problem(config, summary):
+            errors.append(forms.budget_problem(config, summary))
+        if not summary.get("error"):
             from studio import charts
 
             data = summary["data"]

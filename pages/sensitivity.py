@@ -7,12 +7,12 @@ this page polls; a refresh, another tab or a restarted server shows the same ana
 
 import csv
 import io
-import math
 
 import streamlit as st
 
 from pruner.errors import PrunerError
 from pruner.runs.rundir import RunDir
+from pruner.sensitivity import parse_ratios as sensitivity_ratios
 from studio import charts, forms, state
 from studio.events import RunView, format_seconds, is_final, progress, sensitivity_from_events
 
@@ -37,24 +37,10 @@ mode = st.radio("Mode", list(MODES), format_func=MODES.get, key="sens_mode", hor
 
 def parse_ratios(text: str) -> tuple[list[float], str | None]:
     """``"0.2, 0.4"`` → sorted distinct fractions in (0, 1), or the reason the text is not that."""
-    parts = [p for p in text.replace(";", ",").replace(" ", ",").split(",") if p.strip()]
-    if not parts:
-        return [], "Enter at least one pruning ratio, e.g. 0.2, 0.4, 0.6, 0.8 (fractions of a group's channels)."
-    values = []
-    for p in parts:
-        p = p.strip()
-        try:
-            v = float(p[:-1]) / 100 if p.endswith("%") else float(p)
-        except ValueError:
-            return [], f"{p!r} is not a number; enter ratios as fractions such as 0.25, 0.5 (or percentages: 50%)."
-        if not math.isfinite(v) or not 0.0 < v < 1.0:
-            return [], (f"The ratio {p} is out of range: each must be a fraction of the channels removed, "
-                        "strictly between 0 and 1 (e.g. 0.5 = half of them).")
-        values.append(round(v, 4))
-    values = sorted(set(values))
-    if len(values) > 20:
-        return [], f"{len(values)} ratios is too many for one analysis; use at most 20."
-    return values, None
+    try:
+        return sensitivity_ratios(text), None
+    except PrunerError as exc:
+        return [], str(exc)
 
 
 # ---------------------------------------------------------------------- new analysis
@@ -68,7 +54,7 @@ def new_analysis() -> None:
             ratios_text = st.text_input("Fractions of channels removed", value=DEFAULT_RATIOS, key="sens_ratios",
                                         help="Comma-separated fractions in (0, 1); every layer group is pruned "
                                              "alone at each of them")
-            importance = st.selectbox("Channel importance", ["l1", "l2", "taylor", "random"], key="sens_importance",
+            importance = st.selectbox("Channel importance", forms.IMPORTANCE_CHOICES, key="sens_importance",
                                       help="Which channels go first inside a group")
         with c2:
             search_images = st.number_input("Images per point", min_value=1, value=forms.QUICK["search_images"],
@@ -79,7 +65,7 @@ def new_analysis() -> None:
         with st.expander("Advanced"):
             a1, a2 = st.columns(2)
             with a1:
-                protocol = st.selectbox("Split protocol", ["val-from-train", "test-halves"], key="sens_protocol",
+                protocol = st.selectbox("Split protocol", forms.PROTOCOL_CHOICES, key="sens_protocol",
                                         help="test-halves: score on half of the test set (for models that saw "
                                              "all training images)")
                 seed = st.number_input("Seed", min_value=0, value=0, step=1, key="sens_seed")

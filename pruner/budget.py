@@ -51,6 +51,16 @@ class Budget:
     def __str__(self) -> str:
         return f"{self.kind}={self.target:g}"
 
+    def check_reachable(self, floor: float | None) -> None:
+        """Refuse a target below ``floor``, the fraction of this budget's cost that remains with every
+        group pruned as far as allowed (:func:`cost_floor`); ``None`` (unknown, e.g. latency) passes."""
+        if floor is not None and floor > self.target:
+            raise PrunerError(
+                f"budget {self} cannot be reached: pruning every allowed channel still leaves {floor:.3f} of the "
+                f"{self.kind}; set the target to at least {math.ceil(floor * 1000) / 1000:g}, or allow more pruning "
+                "(max prune fraction, min channels)"
+            )
+
 
 @dataclass(frozen=True)
 class Solution:
@@ -70,6 +80,14 @@ def model_cost_fn(space: PruningSpace, kind: str) -> CostFn:
     if kind == "params":
         return lambda counts: space.predict(counts=counts)[1] / space.base_params
     raise PrunerError(f"no analytic cost model for {kind!r}: pass a measured cost function")
+
+
+def cost_floor(space: PruningSpace, kind: str) -> float | None:
+    """The smallest fraction of the original MACs (``flops``) or params that pruning can reach:
+    every group at its floor (``max_prune``, ``min_channels``). ``None`` for latency (measured)."""
+    if kind not in ("flops", "params"):
+        return None
+    return model_cost_fn(space, kind)([space.min_keep(g) for g in space.groups])
 
 
 def ratios_for_scale(space: PruningSpace, allocation: Sequence[float], scale: float) -> list[float]:

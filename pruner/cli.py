@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from .errors import PrunerError
@@ -18,50 +19,74 @@ TRUST_HELP = ("accept a whole pickled model in --weights (unpickling runs arbitr
               "only for files you trust)")
 
 
-def _model_data_args(p: argparse.ArgumentParser) -> None:
+def _defaults() -> dict:
+    """The run settings' defaults, from the engine's ``RunConfig`` and ``FinetuneConfig``."""
+    from .finetune import FinetuneConfig
+    from .runs.config import RunConfig
+
+    out = {f.name: f.default for f in fields(FinetuneConfig)}
+    out.update({f.name: f.default for f in fields(RunConfig) if f.name != "finetune"})
+    return out
+
+
+def _model_data_args(p: argparse.ArgumentParser, d: dict) -> None:
+    from .data import PROTOCOLS
+    from .settings import DEVICES
+
     g = p.add_argument_group("model and data")
-    g.add_argument("--model", default="resnet20",
+    g.add_argument("--model", default=d["model"],
                    help="zoo name (resnet20/32/44/56/110, vgg16, vgg19, mobilenetv2, googlenet), "
                         "torchvision:NAME, or file:path/net.py:factory")
-    g.add_argument("--weights", default="pretrained",
+    g.add_argument("--weights", default=d["weights"],
                    help="'pretrained', a state-dict file, or 'none' for random initialisation")
     g.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
-    g.add_argument("--data", default="digits",
+    g.add_argument("--data", default=d["data"],
                    help="cifar10, cifar100, cifar10-jpeg, digits, or an ImageFolder path (train/ + test/ or val/)")
     g.add_argument("--data-root", default=None, help="datasets root (default: $PRUNER_DATA_ROOT)")
-    g.add_argument("--protocol", default="val-from-train", choices=["val-from-train", "test-halves"],
+    g.add_argument("--protocol", default=d["protocol"], choices=PROTOCOLS,
                    help="search split: a val split carved from train, or half of test (the other half reports)")
-    g.add_argument("--val-size", type=int, default=None,
+    g.add_argument("--val-size", type=int, default=d["val_size"],
                    help="val images carved from train for val-from-train (default: 10%% of train, at most 5000)")
-    g.add_argument("--image-size", type=int, default=None, help="resize ImageFolder images to this size")
-    g.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--image-size", type=int, default=d["image_size"], help="resize ImageFolder images to this size")
+    g.add_argument("--device", default=d["device"], help=f"{', '.join(DEVICES)} (or cuda:N)")
+    g.add_argument("--seed", type=int, default=d["seed"])
 
 
-def _search_args(p: argparse.ArgumentParser) -> None:
+def _scoring_args(g, d: dict) -> None:
+    from .pruning.importance import CRITERIA
+
+    g.add_argument("--importance", default=d["importance"], choices=CRITERIA)
+    g.add_argument("--search-images", type=int, default=d["search_images"],
+                   help="search-split images scored per candidate")
+    g.add_argument("--recal-images", type=int, default=d["recal_images"], help="training images for BN recalibration")
+
+
+def _search_args(p: argparse.ArgumentParser, d: dict) -> None:
+    from .search import strategy_names
+
     g = p.add_argument_group("search")
-    g.add_argument("--budget", default="flops=0.5", help="flops=F, params=F or latency=F: fraction that remains")
-    g.add_argument("--strategy", default="rl", help="rl, constrained, purl, joint, or the baselines uniform, global, "
-                   "random (see `python -m pruner strategies`)")
+    g.add_argument("--budget", default=d["budget"], help="flops=F, params=F or latency=F: fraction that remains")
+    g.add_argument("--strategy", default=d["strategy"],
+                   help=f"{', '.join(strategy_names())} (see `python -m pruner strategies`)")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="strategy hyperparameter, e.g. --set steps=8 --set noise=0.5 (repeatable)")
-    g.add_argument("--importance", default="l1", choices=["l1", "l2", "taylor", "random"])
-    g.add_argument("--search-evals", type=int, default=100, help="cap on candidate evaluations")
-    g.add_argument("--search-images", type=int, default=1000, help="search-split images scored per candidate")
-    g.add_argument("--recal-images", type=int, default=256, help="training images for BN recalibration")
-    g.add_argument("--max-prune", type=float, default=0.9, help="largest fraction of any group that may go")
+    _scoring_args(g, d)
+    g.add_argument("--search-evals", type=int, default=d["search_evals"], help="cap on candidate evaluations")
+    g.add_argument("--max-prune", type=float, default=d["max_prune"], help="largest fraction of any group that may go")
 
 
 def _parse_set(items: list[str]) -> dict:
+    """``--set KEY=VALUE`` items as a dict (values parsed as JSON where they are JSON, else strings);
+    the names and values are checked by ``RunConfig`` against the strategy's declared parameters."""
     out = {}
     for item in items:
-        if "=" not in item:
-            raise PrunerError(f"--set {item!r} must be KEY=VALUE")
-        k, _, v = item.partition("=")
+        k, sep, v = item.partition("=")
+        if not sep or not k.strip():
+            raise PrunerError(f"--set {item!r} must be KEY=VALUE, e.g. --set steps=3")
         try:
-            out[k] = json.loads(v)
+            out[k.strip()] = json.loads(v)
         except json.JSONDecodeError:
-            out[k] = v
+            out[k.strip()] = v
     return out
 
 
@@ -73,10 +98,11 @@ def _config(args):
     kw = dict(model=args.model, weights=weights, trust_checkpoint=args.trust_checkpoint, data=args.data,
               data_root=args.data_root, protocol=args.protocol, val_size=args.val_size, image_size=args.image_size,
               device=args.device, seed=args.seed)
+    if hasattr(args, "importance"):
+        kw.update(importance=args.importance, search_images=args.search_images, recal_images=args.recal_images)
     if hasattr(args, "budget"):
         kw.update(budget=args.budget, strategy=args.strategy, strategy_params=_parse_set(args.set),
-                  importance=args.importance, search_evals=args.search_evals, search_images=args.search_images,
-                  recal_images=args.recal_images, max_prune=args.max_prune)
+                  search_evals=args.search_evals, max_prune=args.max_prune)
     if hasattr(args, "finetune_epochs"):
         kw["finetune"] = FinetuneConfig(epochs=args.finetune_epochs, lr=args.lr, kd_temperature=args.kd_temperature,
                                         kd_weight=args.kd_weight, batch_size=args.batch_size,
@@ -136,10 +162,15 @@ def _print_summary(summary: dict, out) -> None:
 
 
 def cmd_sensitivity(args) -> int:
-    from .runs.job import run_sensitivity
+    from dataclasses import replace
 
-    ratios = [float(r) for r in args.ratios.split(",")] if args.ratios else None
-    summary = run_sensitivity(_config(args), args.out, ratios=ratios)
+    from .runs.job import run_sensitivity
+    from .sensitivity import DEFAULT_RATIOS, parse_ratios
+
+    ratios = parse_ratios(args.ratios) if args.ratios is not None else list(DEFAULT_RATIOS)
+    # every ratio must be reachable: a group may lose up to the largest ratio of its channels
+    config = replace(_config(args), max_prune=max(_defaults()["max_prune"], max(ratios)), search_evals=None)
+    summary = run_sensitivity(config, args.out, ratios=ratios)
     if summary["status"] != "done":
         print(f"error: {summary.get('error')}", file=sys.stderr)
         return 2
@@ -157,6 +188,7 @@ def cmd_eval(args) -> int:
     from .runs.job import load_checkpoint
     from .measure import count_cost
 
+    _config(args)  # the settings are checked before any work
     model, ckpt = load_checkpoint(args.checkpoint)
     data = load_data(args.data, args.data_root, protocol=args.protocol, val_size=args.val_size, seed=args.seed,
                      image_size=args.image_size)
@@ -190,45 +222,52 @@ def cmd_strategies(args) -> int:
         cls = strategy_class(name)
         doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
         print(f"{name}: {doc}")
-        for k, v in cls.defaults().items():
-            print(f"    --set {k}={v}")
+        if not cls.param_specs:
+            print("    (no parameters)")
+        for k, p in cls.param_specs.items():
+            default = "" if p.default is None else p.default if isinstance(p.default, str) else json.dumps(p.default)
+            print(f"    {f'--set {k}={default}':<32} {p.range_text()}; {p.help}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pruner", description="RL-guided structured pruning of CNNs")
     sub = p.add_subparsers(dest="command", required=True)
+    d = _defaults()
 
     s = sub.add_parser("info", help="prunable channel groups and their cost")
-    _model_data_args(s)
+    _model_data_args(s, d)
     s.add_argument("--json", help="also write the groups to this JSON file")
     s.set_defaults(func=cmd_info)
 
     s = sub.add_parser("prune", help="search, fine-tune, evaluate and export (writes a run directory)")
-    _model_data_args(s)
-    _search_args(s)
+    _model_data_args(s, d)
+    _search_args(s, d)
     g = s.add_argument_group("fine-tuning and output")
-    g.add_argument("--finetune-epochs", type=int, default=0)
-    g.add_argument("--lr", type=float, default=0.01)
-    g.add_argument("--batch-size", type=int, default=128)
-    g.add_argument("--kd-temperature", type=float, default=4.0)
-    g.add_argument("--kd-weight", type=float, default=0.9, help="share of the loss from distillation (0 = off)")
-    g.add_argument("--max-batches-per-epoch", type=int, default=None)
-    g.add_argument("--report-images", type=int, default=None, help="cap on report images (quick runs)")
+    g.add_argument("--finetune-epochs", type=int, default=d["epochs"])
+    g.add_argument("--lr", type=float, default=d["lr"])
+    g.add_argument("--batch-size", type=int, default=d["batch_size"])
+    g.add_argument("--kd-temperature", type=float, default=d["kd_temperature"])
+    g.add_argument("--kd-weight", type=float, default=d["kd_weight"],
+                   help="share of the loss from distillation (0 = off)")
+    g.add_argument("--max-batches-per-epoch", type=int, default=d["max_batches_per_epoch"])
+    g.add_argument("--report-images", type=int, default=d["report_images"], help="cap on report images (quick runs)")
     g.add_argument("--no-export", action="store_true", help="skip the ONNX export")
     g.add_argument("--out", required=True, help="run directory to create")
     g.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     s.set_defaults(func=cmd_prune)
 
     s = sub.add_parser("sensitivity", help="prune each group alone at several ratios")
-    _model_data_args(s)
-    _search_args(s)
-    s.add_argument("--ratios", default=None, help="comma-separated pruning ratios (default 0.1,...,0.9)")
+    _model_data_args(s, d)
+    _scoring_args(s.add_argument_group("scoring"), d)
+    s.add_argument("--ratios", default=None,
+                   help="comma-separated fractions of a group's channels removed, each in (0, 1) "
+                        "(default 0.1,...,0.9)")
     s.add_argument("--out", required=True, help="run directory to create")
     s.set_defaults(func=cmd_sensitivity)
 
     s = sub.add_parser("eval", help="report-split accuracy of a pruned checkpoint")
-    _model_data_args(s)
+    _model_data_args(s, d)
     s.add_argument("--checkpoint", required=True)
     s.set_defaults(func=cmd_eval)
 

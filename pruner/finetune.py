@@ -12,9 +12,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checks import check_number
 from .data import DataBundle, ImageTensors, batches
 from .errors import CancelledError, PrunerError
 from .evaluate import accuracy
+
+
+#: the largest seed numpy and scikit-learn accept
+MAX_SEED = 2**32 - 1
 
 
 @dataclass
@@ -30,14 +35,19 @@ class FinetuneConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.epochs < 0:
-            raise PrunerError(f"fine-tune epochs must be >= 0, got {self.epochs}")
-        if not self.lr > 0:
-            raise PrunerError(f"learning rate must be > 0, got {self.lr}")
-        if not 0.0 <= self.kd_weight <= 1.0:
-            raise PrunerError(f"kd_weight must be in [0, 1], got {self.kd_weight}")
-        if not self.kd_temperature > 0:
-            raise PrunerError(f"kd_temperature must be > 0, got {self.kd_temperature}")
+        """Every setting checked (and whole numbers made ints) before any work: a one-line error each."""
+        self.epochs = check_number("fine-tune epochs", self.epochs, int, low=0, flag="--finetune-epochs")
+        self.lr = check_number("learning rate", self.lr, float, low=0.0, low_open=True, flag="--lr")
+        self.momentum = check_number("momentum", self.momentum, float, low=0.0, high=1.0, high_open=True)
+        self.weight_decay = check_number("weight decay", self.weight_decay, float, low=0.0)
+        self.batch_size = check_number("batch size", self.batch_size, int, low=1, flag="--batch-size")
+        self.kd_temperature = check_number("distillation temperature", self.kd_temperature, float, low=0.0,
+                                           low_open=True, flag="--kd-temperature")
+        self.kd_weight = check_number("distillation weight", self.kd_weight, float, low=0.0, high=1.0,
+                                      flag="--kd-weight")
+        self.max_batches_per_epoch = check_number("batches per epoch", self.max_batches_per_epoch, int, low=1,
+                                                  optional=True, flag="--max-batches-per-epoch")
+        self.seed = check_number("seed", self.seed, int, low=0, high=MAX_SEED, flag="--seed")
 
     def to_dict(self) -> dict:
         return asdict(self)

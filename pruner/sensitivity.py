@@ -8,12 +8,47 @@ same channel count are evaluated once.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from .errors import PrunerError
 from .search.evaluator import Evaluator
 
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+#: the most ratios one analysis takes (each costs one evaluation per layer group)
+MAX_RATIOS = 20
+
+
+def check_ratios(ratios: Sequence[float]) -> list[float]:
+    """Sorted distinct fractions of a group's channels removed, each in (0, 1), or a ``PrunerError``."""
+    values = []
+    for r in ratios:
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or not 0.0 < r < 1.0:
+            raise PrunerError(f"sensitivity ratio {r!r} is out of range: each is the fraction of a group's channels "
+                              "removed, strictly between 0 and 1 (e.g. 0.5 = half of them)")
+        values.append(round(float(r), 4))
+    values = sorted(set(values))
+    if not values:
+        raise PrunerError("give at least one sensitivity ratio, e.g. 0.2,0.4,0.6,0.8")
+    if len(values) > MAX_RATIOS:
+        raise PrunerError(f"{len(values)} sensitivity ratios is too many for one analysis; use at most {MAX_RATIOS}")
+    return values
+
+
+def parse_ratios(text: str) -> list[float]:
+    """``"0.2, 0.4"`` (commas, semicolons or spaces; ``50%`` also works) as :func:`check_ratios` returns it."""
+    values = []
+    for part in str(text).replace(";", ",").replace(" ", ",").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            values.append(float(part[:-1]) / 100 if part.endswith("%") else float(part))
+        except ValueError:
+            raise PrunerError(f"sensitivity ratio {part!r} is not a number; give fractions such as 0.25,0.5 "
+                              "(or percentages: 50%)") from None
+    return check_ratios(values)
 
 
 @dataclass
@@ -37,6 +72,7 @@ class SensitivityResult:
 def analyse(evaluator: Evaluator, ratios: Sequence[float] = DEFAULT_RATIOS, *,
             progress: Callable[[int, int, dict], None] | None = None) -> SensitivityResult:
     """Prune each group alone at each ratio; ``progress(done, total, point)`` after every point."""
+    ratios = check_ratios(ratios)
     space = evaluator.space
     full = [g.channels for g in space.groups]
     base = evaluator.evaluate(full, step=-1, meta={"analysis": "sensitivity", "group": None, "ratio": 0.0})

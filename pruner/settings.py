@@ -12,6 +12,8 @@ from .errors import PrunerError
 DATA_ROOT_ENV = "PRUNER_DATA_ROOT"
 WEIGHTS_DIR_ENV = "PRUNER_WEIGHTS_DIR"
 CACHE_DIR_ENV = "PRUNER_CACHE_DIR"
+#: device choices a user can name (``cuda:N`` also works where a GPU index matters)
+DEVICES = ("auto", "cpu", "cuda")
 
 
 def data_root() -> Path:
@@ -40,4 +42,13 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device(name)
     if name == "cpu":
         return torch.device("cpu")
+    raise PrunerError(f"unknown device {name!r}; use 'auto', 'cpu' or 'cuda'")
+
+
+def check_device_name(name: str) -> str:
+    """``name`` if it names a device (auto, cpu, cuda or cuda:N), else a ``PrunerError``; whether a GPU
+    is present is checked by :func:`resolve_device` when the run starts."""
+    text = str(name or "").lower()
+    if text in DEVICES or (text.startswith("cuda:") and text[5:].isdigit()):
+        return text
     raise PrunerError(f"unknown device {name!r}; use 'auto', 'cpu' or 'cuda'")

@@ -10,15 +10,22 @@ import ast
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
+from pruner.budget import KINDS, Budget, cost_floor
+from pruner.data import PROTOCOLS
+from pruner.data.load import MAX_IMAGE_SIZE
 from pruner.errors import PrunerError
 from pruner.finetune import FinetuneConfig
+from pruner.pruning.importance import CRITERIA
 from pruner.runs.config import RunConfig
+from pruner.search import strategy_class, strategy_names
+from pruner.search.base import Param
+from pruner.settings import DEVICES
 
 from .state import slug, uploads_dir
 
@@ -86,27 +93,16 @@ def has_pretrained(name: str) -> bool:
 
 
 def strategy_list() -> list[str]:
-    try:
-        from pruner.search import strategy_names
-        return list(strategy_names())
-    except Exception:
-        return ["rl", "uniform", "global", "random"]
+    return strategy_names()
 
 
 def strategy_defaults(name: str) -> dict[str, Any]:
-    try:
-        from pruner.search import strategy_class
-        return dict(strategy_class(name).defaults())
-    except Exception:
-        return {}
+    return strategy_class(name).defaults()
 
 
 def strategy_uses_evaluations(name: str) -> bool:
-    try:
-        from pruner.search import strategy_class
-        return bool(getattr(strategy_class(name), "uses_evaluations", True))
-    except Exception:
-        return True
+    """Whether more evaluations can help ``name`` (an unknown name, e.g. from an old run, counts as yes)."""
+    return strategy_class(name).uses_evaluations if name in strategy_names() else True
 
 
 # ---------------------------------------------------------------------- uploads
@@ -243,7 +239,7 @@ def model_data_inputs(prefix: str = "") -> ModelData:
         folder = st.text_input("ImageFolder path", key=f"{prefix}folder", placeholder="/data/my-images",
                                help="A folder with train/ and test/ (or val/), one sub-folder per class")
         folder = folder.strip()
-        size = st.number_input("Resize images to (px, 0 = automatic)", min_value=0, max_value=1024, value=0, step=8,
+        size = st.number_input("Resize images to (px, 0 = automatic)", min_value=0, max_value=MAX_IMAGE_SIZE, value=0, step=8,
                                key=f"{prefix}image_size")
         out.image_size = int(size) or None
         if not folder:
@@ -265,7 +261,7 @@ def model_data_inputs(prefix: str = "") -> ModelData:
 
 
 def device_input(prefix: str = "") -> str:
-    return st.radio("Device", ["auto", "cpu", "cuda"], key=f"{prefix}device", horizontal=True,
+    return st.radio("Device", list(DEVICES), key=f"{prefix}device", horizontal=True,
                     format_func={"auto": "auto", "cpu": "CPU", "cuda": "CUDA"}.get,
                     help="auto uses a CUDA GPU when one is present")
 
@@ -280,52 +276,69 @@ def check_device(device: str) -> str | None:
 
 
 # ---------------------------------------------------------------------- strategy hyper-parameters
-def _parse_free(text: str) -> Any:
-    text = text.strip()
-    if not text:
-        return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
+#: the choice lists of the settings the pages offer, from the modules that own them
+IMPORTANCE_CHOICES = list(CRITERIA)
+PROTOCOL_CHOICES = list(PROTOCOLS)
+#: the engine's defaults for the settings the form shows (the QUICK ones above excepted)
+RUN_DEFAULTS = {f.name: f.default for f in fields(RunConfig) if f.default is not MISSING}
+FT_DEFAULTS = FinetuneConfig()
+
+
+def _param_widget(name: str, spec: Param, key: str) -> Any:
+    """The widget a declared strategy parameter asks for; returns the entered value (unchecked)."""
+    help_text = f"{spec.help} ({spec.range_text()})"
+    if spec.kind is bool:
+        return st.checkbox(name, value=spec.default, key=key, help=help_text)
+    if spec.kind is str:
+        if spec.choices and not spec.prefixes:
+            options = list(spec.choices)
+            return st.selectbox(name, options, index=options.index(spec.default), key=key, help=help_text)
+        return st.text_input(name, value=spec.default or "", key=key, help=help_text).strip()
+    bounds = {}
+    if spec.low is not None:
+        bounds["min_value"] = spec.kind(spec.low)
+    if spec.high is not None:
+        bounds["max_value"] = spec.kind(spec.high)
+    if spec.kind is int:
+        return st.number_input(name, value=spec.default, step=1, key=key, help=help_text, **bounds)
+    step = abs(spec.default) / 10 if spec.default else 0.01
+    return st.number_input(name, value=spec.default, step=float(step), format="%g", key=key, help=help_text,
+                           placeholder="automatic" if spec.nullable else None, **bounds)
 
 
 def strategy_param_inputs(strategy: str, prefix: str = "") -> dict[str, Any]:
-    """One input per hyper-parameter of ``strategy`` (from its defaults); returns the changed ones."""
-    defaults = strategy_defaults(strategy)
-    if not defaults:
+    """One widget per declared hyper-parameter of ``strategy`` (``Strategy.param_specs``: number
+    inputs bounded by the declared range, checkboxes, choice boxes); returns the changed values,
+    which ``build_config`` checks with the same validation as the CLI."""
+    specs = strategy_class(strategy).param_specs
+    if not specs:
         st.caption(f"`{strategy}` has no hyper-parameters.")
         return {}
     changed: dict[str, Any] = {}
     cols = st.columns(3)
-    for i, (name, default) in enumerate(defaults.items()):
-        key = f"{prefix}sp_{strategy}_{name}"
+    for i, (name, spec) in enumerate(specs.items()):
         with cols[i % 3]:
-            if isinstance(default, bool):
-                value = st.checkbox(name, value=default, key=key)
-            elif isinstance(default, int):
-                value = int(st.number_input(name, value=default, step=1, key=key))
-            elif isinstance(default, float):
-                value = float(st.number_input(name, value=default, format="%g", step=abs(default) / 10 or 0.01,
-                                              key=key))
-            elif default is None:
-                value = _parse_free(st.text_input(name, value="", key=key, placeholder="default",
-                                                  help="empty = engine default; numbers and JSON are parsed"))
-            else:
-                value = st.text_input(name, value=str(default), key=key)
-        if value != default:
+            value = _param_widget(name, spec, f"{prefix}sp_{strategy}_{name}")
+        if value != spec.default:
             changed[name] = value
     return changed
+
+
+def budget_problem(config: RunConfig, summary: dict) -> str | None:
+    """Why the model of ``summary`` (:func:`model_summary`) cannot reach ``config``'s budget, or ``None``."""
+    budget: Budget = config.budget_obj
+    try:
+        budget.check_reachable((summary.get("floors") or {}).get(budget.kind))
+    except PrunerError as exc:
+        return str(exc)
+    return None
 
 
 # ---------------------------------------------------------------------- building configs
 def build_config(**fields: Any) -> tuple[RunConfig | None, str | None]:
     """``RunConfig(**fields)`` or the user-facing reason it is invalid."""
     try:
-        cfg = RunConfig(**fields)
-        from pruner.search import make_strategy
-        make_strategy(cfg.strategy, **cfg.strategy_params)
-        return cfg, None
+        return RunConfig(**fields), None  # checks every setting, the strategy's parameters included
     except PrunerError as exc:
         return None, str(exc)
     except (TypeError, ValueError) as exc:
@@ -367,6 +380,7 @@ def _model_summary(key: str) -> dict:
         result = {
             "groups": [g.to_dict() for g in space.groups], "macs": space.base_macs, "params": space.base_params,
             "latency_ms": lat, "data": session.data.describe(), "error": None,
+            "floors": {kind: cost_floor(space, kind) for kind in KINDS},
         }
         del session
         return result

@@ -169,30 +169,41 @@ def test_constrained_user_cost_errors(tmp_path):
         assert summary["status"] == "failed" and msg in summary["error"], summary["error"]
 
 
-def test_constrained_meets_a_latency_budget(tmp_path):
-    """latency=0.7 at batch 1 needs far more than half the MACs removed on this model: the constraint
-    is on the measured latency itself. Tolerance: the search's own (memoised) measurement must be within
-    LATENCY_TOLERANCE (5%) of the target; an independent re-measurement (best of 5 medians, base and
-    pruned interleaved) within 20%, because latency on a shared CPU drifts with its load."""
-    from pruner.measure import latency_ms
-    from pruner.models import build_model, parse_model_spec
-    from pruner.runs.job import load_checkpoint
+def overhead_latency(self, counts, repeats):
+    """A deterministic stand-in for :meth:`Evaluator._time` (the one place the evaluator times a
+    structure): latency relative to the unpruned model = a fixed 30% overhead plus 70% in proportion
+    to the MACs, so the search's latency logic is tested, not the machine's speed (real timing is
+    measured in bench/)."""
+    macs = self.space.predict(counts=list(counts))[0] / self.space.base_macs
+    ratio = 0.3 + 0.7 * macs
+    return {"ms": 10.0 * ratio, "ratio": ratio, "reference_ms": 10.0, "repeats": repeats}
 
+
+def test_constrained_meets_a_latency_budget(tmp_path, monkeypatch):
+    """latency=0.7 with a 30% fixed overhead needs more MACs removed than the budget says (at most
+    0.62 of them may remain): the constraint is on the latency cost itself, through the evaluator's
+    latency path (memo, cost function, final re-timing). The cost is deterministic, so the bounds
+    are exact."""
+    from pruner.search.base import LATENCY_TOLERANCE
+    from pruner.search.evaluator import Evaluator
+
+    monkeypatch.setattr(Evaluator, "_time", overhead_latency)
     out = tmp_path / "lat"
     summary = run_job(tiny("constrained", budget="latency=0.7", strategy_params={"batch": 4}, search_evals=11), out)
     assert summary["status"] == "done", summary["error"]
     found = json.loads((out / "state" / "search.json").read_text())
-    assert found["cost"] <= 0.7 * 1.05
-    # the summary's achieved latency is the paired (interleaved) re-measurement of the final model
-    assert summary["budget"]["achieved"] == summary["pruned"]["latency_vs_base"]
-    assert 0 < summary["budget"]["achieved"] <= 0.7 * 1.2
+    macs = summary["pruned"]["macs"] / summary["base"]["macs"]
+    assert found["cost"] == pytest.approx(0.3 + 0.7 * macs)          # the search's cost is the injected latency
+    assert found["cost"] <= 0.7 * (1 + LATENCY_TOLERANCE)
+    assert macs <= (0.7 * (1 + LATENCY_TOLERANCE) - 0.3) / 0.7 < 0.65
+    assert found["verified_cost"] == found["cost"]                    # the answer was re-timed and passed
+    # every candidate the search scored carries the injected latency as its cost
+    for c in RunDir(out).events("candidate"):
+        assert c["cost"] == pytest.approx(0.3 + 0.7 * c["macs"] / summary["base"]["macs"])
     events = RunDir(out).events("constrained")
-    assert events and events[0]["cost"] == "latency"
-    pruned, _ = load_checkpoint(out / "artifacts" / "checkpoint.pt")
-    base = build_model(parse_model_spec("resnet20", num_classes=10, weights=None)).eval()
-    ratios = [latency_ms(pruned, (3, 32, 32), batch_size=1, repeats=20) /
-              latency_ms(base, (3, 32, 32), batch_size=1, repeats=20) for _ in range(5)]
-    assert min(ratios) <= 0.7 * 1.2, ratios
+    assert events and events[0]["cost"] == "latency" and events[0]["budget"] == 0.7
+    # some samples violate the constraint (it is learnt, not solved for), and the multiplier reacts
+    assert any(e["mean_cost"] > 0.7 for e in events) or len({e["multiplier"] for e in events}) > 1
 
 
 @pytest.mark.parametrize("strategy,params", [

@@ -1,4 +1,10 @@
-"""The settings of a run: one typed, validated, JSON-serialisable object."""
+"""The settings of a run: one typed, validated, JSON-serialisable object.
+
+Constructing a :class:`RunConfig` checks everything that can be checked without data or a
+model (numbers and their ranges, choices, the strategy and each of its hyperparameters), so
+the CLI and the studio's form refuse a bad setting before any work starts, with the same
+one-line ``PrunerError``.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +12,13 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ..budget import Budget
+from ..data import PROTOCOLS
+from ..data.load import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from ..errors import PrunerError
-from ..finetune import FinetuneConfig
+from ..checks import check_number
+from ..finetune import MAX_SEED, FinetuneConfig
+from ..pruning.importance import CRITERIA
+from ..settings import check_device_name
 
 
 @dataclass
@@ -19,14 +30,14 @@ class RunConfig:
     # data
     data: str = "digits"
     data_root: str | None = None
-    protocol: str = "val-from-train"       # or "test-halves"
+    protocol: str = PROTOCOLS[0]           # see pruner.data.PROTOCOLS
     val_size: int | None = None            # None: 10% of train, at most 5000
     image_size: int | None = None
     # search
     budget: str = "flops=0.5"
     strategy: str = "rl"
     strategy_params: dict[str, Any] = field(default_factory=dict)
-    importance: str = "l1"
+    importance: str = CRITERIA[0]          # see pruner.pruning.importance.CRITERIA
     search_evals: int | None = 100
     search_images: int = 1000
     recal_images: int = 256
@@ -43,18 +54,32 @@ class RunConfig:
     def __post_init__(self):
         if isinstance(self.finetune, dict):
             self.finetune = FinetuneConfig(**self.finetune)
+        if not isinstance(self.finetune, FinetuneConfig):
+            raise PrunerError(f"finetune must be fine-tuning settings, got {self.finetune!r}")
         self.budget_obj  # validates
-        if self.protocol not in ("val-from-train", "test-halves"):
-            raise PrunerError(f"unknown protocol {self.protocol!r}; use val-from-train or test-halves")
-        if self.search_evals is not None and self.search_evals < 1:
-            raise PrunerError(f"--search-evals must be >= 1, got {self.search_evals}")
-        if self.val_size is not None and self.val_size < 1:
-            raise PrunerError(f"val_size must be >= 1, got {self.val_size}")
-        for name in ("search_images", "recal_images", "latency_repeats"):
-            if getattr(self, name) < 1:
-                raise PrunerError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 < self.max_prune < 1.0:
-            raise PrunerError(f"max_prune must be in (0, 1), got {self.max_prune}")
+        if self.protocol not in PROTOCOLS:
+            raise PrunerError(f"unknown protocol {self.protocol!r}; use {' or '.join(PROTOCOLS)}")
+        if self.importance not in CRITERIA:
+            raise PrunerError(f"unknown importance criterion {self.importance!r}; use one of {', '.join(CRITERIA)}")
+        self.device = check_device_name(self.device)
+        self.search_evals = check_number("search_evals", self.search_evals, int, low=1, optional=True,
+                                         flag="--search-evals")
+        self.val_size = check_number("val_size", self.val_size, int, low=1, optional=True, flag="--val-size")
+        for name in ("search_images", "recal_images", "latency_repeats", "min_channels"):
+            setattr(self, name, check_number(name, getattr(self, name), int, low=1,
+                                             flag="--" + name.replace("_", "-")))
+        self.report_images = check_number("report_images", self.report_images, int, low=1, optional=True,
+                                          flag="--report-images")
+        self.seed = check_number("seed", self.seed, int, low=0, high=MAX_SEED, flag="--seed")
+        self.image_size = check_number("image_size", self.image_size, int, low=MIN_IMAGE_SIZE, high=MAX_IMAGE_SIZE,
+                                       optional=True, flag="--image-size")
+        self.max_prune = check_number("max_prune", self.max_prune, float, low=0.0, high=1.0, low_open=True,
+                                      high_open=True, flag="--max-prune")
+        from ..search.base import validate_strategy  # the search package imports the data and model code
+
+        if not isinstance(self.strategy, str):
+            raise PrunerError(f"strategy must be a name, got {self.strategy!r}")
+        self.strategy_params = validate_strategy(self.strategy, self.strategy_params)
 
     @property
     def budget_obj(self) -> Budget:

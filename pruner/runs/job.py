@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from .. import __version__
+from ..budget import cost_floor
 from ..data import DataBundle, batches, load_data
 from ..errors import CancelledError, PrunerError
 from ..evaluate import accuracy, recalibrate_bn
@@ -194,6 +195,7 @@ def run_job(config: RunConfig, out: str | Path, *, resume: bool = False, should_
     try:
         run.event("status", status="started", resume=resume)
         session = Session(config, run)
+        config.budget_obj.check_reachable(cost_floor(session.space, config.budget_obj.kind))  # before any scoring
         data = session.data
         summary["data"] = data.describe()
         summary["preprocess"] = {"mean": list(data.mean), "std": list(data.std), "input_size": list(data.input_size)}

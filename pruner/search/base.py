@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 import torch
 
+from ..checks import check_number, range_text
 from ..errors import PrunerError
 from .evaluator import Candidate, EvaluationBudgetExhausted, Evaluator
 
@@ -47,23 +48,99 @@ class SearchContext:
         return cand.cost <= self.budget.target * (1 + slack)
 
 
+_TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One strategy hyperparameter: its default, type, allowed values and a help line.
+
+    ``kind`` is ``int``, ``float``, ``bool`` or ``str``. Numbers must lie in ``[low, high]``;
+    ``low_open`` / ``high_open`` make that end *exclusive*; ``None`` leaves it unbounded.
+    ``choices`` lists the allowed strings; ``prefixes`` also allows any string starting with one
+    of them (e.g. ``python:FILE.py:FUNCTION``). ``nullable`` allows ``None`` (meaning: the
+    strategy's own automatic choice, described in ``help``).
+    """
+
+    default: Any
+    kind: type
+    help: str = ""
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple[str, ...] | None = None
+    prefixes: tuple[str, ...] = ()
+    nullable: bool = False
+
+    def __post_init__(self):
+        if self.kind not in (int, float, bool, str):
+            raise TypeError(f"Param kind must be int, float, bool or str, got {self.kind!r}")
+        if not (self.default is None and self.nullable):
+            self.check("default", self.default)  # a declaration whose default is invalid is a bug
+
+    def range_text(self) -> str:
+        """The allowed values in words, e.g. ``an integer >= 1``, ``a number in (0, 1]``, ``one of a, b``."""
+        if self.kind is bool:
+            text = "true or false"
+        elif self.kind is str:
+            opts = list(self.choices or ()) + [f"{p}..." for p in self.prefixes]
+            text = f"one of {', '.join(opts)}" if opts else "a string"
+        else:
+            text = range_text(self.kind, self.low, self.high, low_open=self.low_open, high_open=self.high_open)
+        return text + (" or empty (automatic)" if self.nullable else "")
+
+    def check(self, name: str, value: Any, strategy: str = "") -> Any:
+        """``value`` converted to this parameter's type, or a ``PrunerError`` saying what is allowed."""
+        if value is None and self.nullable:
+            return None
+        label = f"strategy {strategy!r} parameter {name}" if strategy else f"strategy parameter {name}"
+        if self.kind in (int, float):
+            return check_number(label, value, self.kind, low=self.low, high=self.high,
+                                low_open=self.low_open, high_open=self.high_open, optional=self.nullable)
+        bad = PrunerError(f"{label} must be {self.range_text()}, got {value!r}")
+        if self.kind is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+                return value.strip().lower() in _TRUE
+            raise bad
+        if not isinstance(value, str):
+            raise bad
+        if (self.choices is None and not self.prefixes) or (self.choices and value in self.choices) \
+                or (self.prefixes and value.startswith(self.prefixes)):
+            return value
+        raise bad
+
+
+def check_params(name: str, specs: Mapping[str, Param], params: Mapping[str, Any]) -> dict[str, Any]:
+    """The one validation of strategy hyperparameters: ``params`` (the ones set) converted to their
+    declared types; unknown names, wrong types and out-of-range values are a ``PrunerError``."""
+    if not isinstance(params, Mapping):
+        raise PrunerError(f"strategy parameters must be a mapping of name to value, got {params!r}")
+    unknown = sorted(set(params) - set(specs))
+    if unknown:
+        raise PrunerError(f"strategy {name!r} has no parameter(s) {', '.join(map(str, unknown))}; "
+                          f"it takes {', '.join(specs) or 'none'} (see `python -m pruner strategies`)")
+    return {k: specs[k].check(k, v, name) for k, v in params.items()}
+
+
 class Strategy(ABC):
-    """Base class: subclasses set ``name`` and implement :meth:`search`."""
+    """Base class: subclasses set ``name``, declare ``param_specs`` and implement :meth:`search`."""
 
     name: ClassVar[str] = ""
     #: whether more evaluations can improve the result (uniform/global use exactly one)
     uses_evaluations: ClassVar[bool] = True
+    #: the hyperparameters, declared once: validation, ``python -m pruner strategies`` and the
+    #: studio's widgets all read this
+    param_specs: ClassVar[dict[str, Param]] = {}
 
     def __init__(self, **params: Any):
-        unknown = set(params) - set(self.defaults())
-        if unknown:
-            raise PrunerError(f"strategy {self.name!r} has no parameter(s) {', '.join(sorted(unknown))}; "
-                              f"it takes {', '.join(sorted(self.defaults())) or 'none'}")
-        self.params = {**self.defaults(), **params}
+        self.params = {**self.defaults(), **check_params(self.name, self.param_specs, params)}
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
-        return {}
+        return {k: p.default for k, p in cls.param_specs.items()}
 
     @abstractmethod
     def search(self, ctx: SearchContext) -> Candidate:
@@ -144,3 +221,10 @@ def strategy_class(name: str) -> type[Strategy]:
     if name not in _REGISTRY:
         raise PrunerError(f"unknown strategy {name!r}; choose one of {', '.join(strategy_names())}")
     return _REGISTRY[name]
+
+
+def validate_strategy(name: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Check a strategy name and its hyperparameters without any data or model (used by
+    ``RunConfig``, the CLI and the studio's form); returns the set parameters, type-converted."""
+    cls = strategy_class(name)
+    return check_params(name, cls.param_specs, params or {})

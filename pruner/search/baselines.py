@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 from ..errors import PrunerError
-from .base import SearchContext, Strategy, register
+from .base import Param, SearchContext, Strategy, register
 from .evaluator import Candidate
 
 
@@ -66,9 +66,11 @@ class RandomSearch(Strategy):
 
     name = "random"
 
-    @classmethod
-    def defaults(cls):
-        return {"samples": 50, "concentration": 1.0}
+    param_specs = {
+        "samples": Param(50, int, "allocations tried when --search-evals sets no cap", low=1),
+        "concentration": Param(1.0, float, "Dirichlet concentration of the allocations (small = more uneven)",
+                               low=0.0, low_open=True),
+    }
 
     def search(self, ctx: SearchContext) -> Candidate:
         rng = ctx.rng(1)

@@ -58,49 +58,12 @@ import torch
 from ..budget import Budget, model_cost_fn, solve
 from ..errors import PrunerError
 from ..userfile import import_function
-from .base import LATENCY_TOLERANCE, SearchContext, Strategy, register
+from ..settings import DEVICES
+from .base import LATENCY_TOLERANCE, Param, SearchContext, Strategy, register
 from .evaluator import Candidate
 
 # --------------------------------------------------------------------------- shared helpers
 # (also used by purl.py and joint.py)
-
-
-def check_int(params: dict, name: str, lo: int, hi: int | None = None) -> int:
-    v = params[name]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or float(v) != int(v) or v < lo or (hi is not None and v > hi):
-        rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-        raise PrunerError(f"strategy parameter {name} must be an integer {rng}, got {v!r}")
-    return int(v)
-
-
-def check_float(params: dict, name: str, lo: float, hi: float | None = None, *, lo_open: bool = False,
-                hi_open: bool = False) -> float:
-    v = params[name]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise PrunerError(f"strategy parameter {name} must be a number, got {v!r}")
-    v = float(v)
-    bad = (v <= lo if lo_open else v < lo) or (hi is not None and (v >= hi if hi_open else v > hi))
-    if bad:
-        left = "(" if lo_open else "["
-        right = "" if hi is None else (f", {hi})" if hi_open else f", {hi}]")
-        raise PrunerError(f"strategy parameter {name} must be in {left}{lo}{right or ', inf)'}, got {v!r}")
-    return v
-
-
-def check_choice(params: dict, name: str, choices: Sequence[str]) -> str:
-    v = params[name]
-    if v not in choices:
-        raise PrunerError(f"strategy parameter {name} must be one of {', '.join(choices)}, got {v!r}")
-    return v
-
-
-def check_bool(params: dict, name: str) -> bool:
-    v = params[name]
-    if isinstance(v, str) and v.lower() in ("true", "false", "1", "0", "yes", "no"):
-        return v.lower() in ("true", "1", "yes")
-    if not isinstance(v, bool):
-        raise PrunerError(f"strategy parameter {name} must be true or false, got {v!r}")
-    return v
 
 
 class Adam:
@@ -281,7 +244,7 @@ def build_constraints(ctx: SearchContext, params: dict) -> list[Constraint]:
         tol = float(params["tolerance"])
     out = [Constraint(name, fn, limit, tol, float(params["multiplier"]), is_budget=is_budget and limit == budget.target)]
     implied = is_budget and limit <= budget.target  # a tighter limit on the run's own cost implies its budget
-    if not implied and check_bool(params, "enforce_budget"):
+    if not implied and bool(params["enforce_budget"]):
         out.append(Constraint(str(budget), ev.cost_fn(), budget.target, run_tol, float(params["multiplier"]),
                               is_budget=True))
     return out
@@ -311,54 +274,32 @@ def project(ctx: SearchContext, keep: np.ndarray, constraints: list[Constraint])
 class ConstrainedRL(Strategy):
     name = "constrained"
 
-    @classmethod
-    def defaults(cls) -> dict[str, Any]:
-        return {
-            "cost": "budget",          # budget | flops | params | latency | python:FILE.py:FUNCTION
-            "limit": 0.0,              # the cost's upper limit (fraction of the original); 0 = the run's budget target
-            "cost_scale": "relative",  # python costs: relative (the function returns a fraction) or absolute
-            "enforce_budget": True,    # with a cost other than the run's budget, keep the run's budget as a constraint too
-            "tolerance": None,         # relative slack when judging feasibility; None = 5% for latency, 0 otherwise
-            "latency_backend": "torch",  # cost=latency: torch or ort (ONNX Runtime)
-            "latency_device": "auto",  # cost=latency: auto (the run's device), cpu or cuda
-            "latency_batch": 0,        # cost=latency: batch size (0 = the run's latency batch)
-            "iterations": 0,           # policy updates; 0 = as many as --search-evals allows (20 without a cap)
-            "batch": 6,                # samples per iteration (mirrored pairs; rounded up to even)
-            "lr": 0.1,                 # Adam step on the policy mean (logit units)
-            "sigma": 0.5,              # initial exploration std (logit units)
-            "sigma_lr": 0.05,          # Adam step on log sigma
-            "min_sigma": 0.05,
-            "multiplier": 1.0,         # initial Lagrange multiplier
-            "dual_lr": 1.0,            # dual ascent step
-            "init": "uniform",         # initial policy mean: uniform (uniform pruning projected onto the budget) or full
-        }
-
-    def __init__(self, **params: Any):
-        super().__init__(**params)
-        p = self.params
-        cost = p["cost"]
-        if not isinstance(cost, str) or not (cost in ("budget", "flops", "params", "latency") or cost.startswith("python:")):
-            raise PrunerError(f"strategy parameter cost must be budget, flops, params, latency or "
-                              f"python:FILE.py:FUNCTION, got {cost!r}")
-        lim = check_float(p, "limit", 0.0, 1.0)
-        if lim == 1.0:
-            raise PrunerError("strategy parameter limit must be below 1 (a fraction of the original cost) or 0")
-        check_choice(p, "cost_scale", ("relative", "absolute"))
-        check_bool(p, "enforce_budget")
-        if p["tolerance"] is not None:
-            check_float(p, "tolerance", 0.0, 1.0)
-        check_choice(p, "latency_backend", ("torch", "ort"))
-        check_choice(p, "latency_device", ("auto", "cpu", "cuda"))
-        check_int(p, "latency_batch", 0)
-        check_int(p, "iterations", 0)
-        check_int(p, "batch", 2, 256)
-        check_float(p, "lr", 0.0, 10.0, lo_open=True)
-        check_float(p, "sigma", 0.0, 5.0, lo_open=True)
-        check_float(p, "sigma_lr", 0.0, 1.0)
-        check_float(p, "min_sigma", 0.0, 5.0, lo_open=True)
-        check_float(p, "multiplier", 0.0)
-        check_float(p, "dual_lr", 0.0)
-        check_choice(p, "init", ("uniform", "full"))
+    param_specs = {
+        "cost": Param("budget", str, "the constrained cost: budget (the run's), flops, params, latency, or "
+                      "python:FILE.py:FUNCTION (a function of the pruned model)",
+                      choices=("budget", "flops", "params", "latency"), prefixes=("python:",)),
+        "limit": Param(0.0, float, "the cost's upper limit (fraction of the original); 0 = the run's budget target",
+                       low=0.0, high=1.0, high_open=True),
+        "cost_scale": Param("relative", str, "python costs: relative (the function returns a fraction) or absolute",
+                            choices=("relative", "absolute")),
+        "enforce_budget": Param(True, bool, "with a cost other than the run's budget, keep the run's budget as a "
+                                "constraint too"),
+        "tolerance": Param(None, float, "relative slack when judging feasibility; empty = 5% for latency, 0 otherwise",
+                           low=0.0, high=1.0, nullable=True),
+        "latency_backend": Param("torch", str, "cost=latency: torch or ort (ONNX Runtime)", choices=("torch", "ort")),
+        "latency_device": Param("auto", str, "cost=latency: auto (the run's device), cpu or cuda", choices=DEVICES),
+        "latency_batch": Param(0, int, "cost=latency: batch size (0 = the run's latency batch)", low=0, high=4096),
+        "iterations": Param(0, int, "policy updates; 0 = as many as --search-evals allows (20 without a cap)", low=0),
+        "batch": Param(6, int, "samples per iteration (mirrored pairs; rounded up to even)", low=2, high=256),
+        "lr": Param(0.1, float, "Adam step on the policy mean (logit units)", low=0.0, high=10.0, low_open=True),
+        "sigma": Param(0.5, float, "initial exploration std (logit units)", low=0.0, high=5.0, low_open=True),
+        "sigma_lr": Param(0.05, float, "Adam step on log sigma", low=0.0, high=1.0),
+        "min_sigma": Param(0.05, float, "exploration std floor (logit units)", low=0.0, high=5.0, low_open=True),
+        "multiplier": Param(1.0, float, "initial Lagrange multiplier", low=0.0),
+        "dual_lr": Param(1.0, float, "dual ascent step", low=0.0),
+        "init": Param("uniform", str, "initial policy mean: uniform (uniform pruning projected onto the budget) or "
+                      "full", choices=("uniform", "full")),
+    }
 
     # ------------------------------------------------------------------
     def search(self, ctx: SearchContext) -> Candidate:

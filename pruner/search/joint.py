@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any
 
 import numpy as np
 import torch
@@ -52,8 +51,7 @@ from ..data import batches
 from ..errors import CancelledError, PrunerError
 from ..pruning.importance import channel_scores, ranking_from_scores
 from ..pruning.space import build_graph
-from .base import SearchContext, Strategy, register
-from .constrained import check_choice, check_float, check_int
+from .base import Param, SearchContext, Strategy, register
 from .evaluator import Candidate
 
 
@@ -137,46 +135,28 @@ class GroupLasso:
 class JointPruning(Strategy):
     name = "joint"
 
-    @classmethod
-    def defaults(cls) -> dict[str, Any]:
-        return {
-            "epochs": 3,               # training epochs (one agent decision per epoch)
-            "batches_per_epoch": 20,   # cap on training batches per epoch (0 = the whole fit split)
-            "batch_size": 64,
-            "lr": 0.01,                # SGD (Nesterov, cosine) learning rate for the weights
-            "momentum": 0.9,
-            "weight_decay": 5e-4,
-            "align_weight": 0.1,       # group-lasso weight on the channels the agent removes
-            "init": "checkpoint",      # checkpoint: train the loaded weights; scratch: re-initialise them first
-            "samples": 0,              # structures scored per epoch; 0 = spread --search-evals (at most 8)
-            "hidden": 16,              # GRU / embedding / decoder width
-            "wm_steps": 50,            # Adam steps of the drift model per epoch
-            "wm_lr": 0.01,
-            "policy_steps": 5,         # Adam steps of the policy per epoch
-            "policy_lr": 0.1,
-            "sigma": 0.5,              # initial exploration std of the allocation logits
-            "min_sigma": 0.05,
-        }
-
-    def __init__(self, **params: Any):
-        super().__init__(**params)
-        p = self.params
-        check_int(p, "epochs", 1, 1000)
-        check_int(p, "batches_per_epoch", 0)
-        check_int(p, "batch_size", 1, 65536)
-        check_float(p, "lr", 0.0, 10.0, lo_open=True)
-        check_float(p, "momentum", 0.0, 1.0, hi_open=True)
-        check_float(p, "weight_decay", 0.0, 1.0)
-        check_float(p, "align_weight", 0.0)
-        check_choice(p, "init", ("checkpoint", "scratch"))
-        check_int(p, "samples", 0, 256)
-        check_int(p, "hidden", 1, 1024)
-        check_int(p, "wm_steps", 0, 100000)
-        check_float(p, "wm_lr", 0.0, 1.0, lo_open=True)
-        check_int(p, "policy_steps", 0, 10000)
-        check_float(p, "policy_lr", 0.0, 10.0, lo_open=True)
-        check_float(p, "sigma", 0.0, 5.0, lo_open=True)
-        check_float(p, "min_sigma", 0.0, 5.0, lo_open=True)
+    param_specs = {
+        "epochs": Param(3, int, "training epochs (one agent decision per epoch)", low=1, high=1000),
+        "batches_per_epoch": Param(20, int, "cap on training batches per epoch (0 = the whole fit split)", low=0),
+        "batch_size": Param(64, int, "training batch size", low=1, high=65536),
+        "lr": Param(0.01, float, "SGD (Nesterov, cosine) learning rate for the weights", low=0.0, high=10.0,
+                    low_open=True),
+        "momentum": Param(0.9, float, "SGD momentum", low=0.0, high=1.0, high_open=True),
+        "weight_decay": Param(5e-4, float, "SGD weight decay", low=0.0, high=1.0),
+        "align_weight": Param(0.1, float, "group-lasso weight on the channels the agent removes", low=0.0),
+        "init": Param("checkpoint", str, "checkpoint: train the loaded weights; scratch: re-initialise them first",
+                      choices=("checkpoint", "scratch")),
+        "samples": Param(0, int, "structures scored per epoch; 0 = spread --search-evals (at most 8)", low=0,
+                         high=256),
+        "hidden": Param(16, int, "GRU / embedding / decoder width", low=1, high=1024),
+        "wm_steps": Param(50, int, "Adam steps of the drift model per epoch", low=0, high=100000),
+        "wm_lr": Param(0.01, float, "Adam learning rate of the drift model", low=0.0, high=1.0, low_open=True),
+        "policy_steps": Param(5, int, "Adam steps of the policy per epoch", low=0, high=10000),
+        "policy_lr": Param(0.1, float, "Adam learning rate of the policy", low=0.0, high=10.0, low_open=True),
+        "sigma": Param(0.5, float, "initial exploration std of the allocation logits", low=0.0, high=5.0,
+                       low_open=True),
+        "min_sigma": Param(0.05, float, "exploration std floor", low=0.0, high=5.0, low_open=True),
+    }
 
     # ------------------------------------------------------------------
     def search(self, ctx: SearchContext) -> Candidate:

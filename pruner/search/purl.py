@@ -29,15 +29,14 @@ an episode (an intermediate one only if no episode finished).
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from ..errors import PrunerError
-from .base import SearchContext, Strategy, register
-from .constrained import check_float, check_int, logit
+from .base import Param, SearchContext, Strategy, register
+from .constrained import logit
 from .evaluator import Candidate
 
 
@@ -54,40 +53,21 @@ class _MLP(nn.Module):
 class PuRL(Strategy):
     name = "purl"
 
-    @classmethod
-    def defaults(cls) -> dict[str, Any]:
-        return {
-            "steps": 3,               # pruning steps per episode (T); the last lands on the budget
-            "episodes": 0,            # 0 = as many as --search-evals allows (20 without a cap)
-            "batch": 2,               # episodes per policy update
-            "updates": 4,             # Adam steps per update
-            "lr": 0.01,               # Adam learning rate (actor and critic)
-            "hidden": 32,             # hidden units of the actor and critic MLPs
-            "sigma": 0.4,             # initial exploration std of the action logits
-            "min_sigma": 0.05,
-            "gamma": 0.9,             # discount of the per-step returns
-            "acc_weight": 1.0,        # weight of top1/100 in the step reward
-            "sparsity_weight": 0.5,   # weight of the off-schedule penalty in the step reward
-            "entropy_bonus": 0.0,
-            "value_weight": 0.5,
-        }
-
-    def __init__(self, **params: Any):
-        super().__init__(**params)
-        p = self.params
-        check_int(p, "steps", 1, 20)
-        check_int(p, "episodes", 0)
-        check_int(p, "batch", 1, 64)
-        check_int(p, "updates", 1, 100)
-        check_float(p, "lr", 0.0, 1.0, lo_open=True)
-        check_int(p, "hidden", 1, 1024)
-        check_float(p, "sigma", 0.0, 5.0, lo_open=True)
-        check_float(p, "min_sigma", 0.0, 5.0, lo_open=True)
-        check_float(p, "gamma", 0.0, 1.0)
-        check_float(p, "acc_weight", 0.0)
-        check_float(p, "sparsity_weight", 0.0)
-        check_float(p, "entropy_bonus", 0.0)
-        check_float(p, "value_weight", 0.0)
+    param_specs = {
+        "steps": Param(3, int, "pruning steps per episode (T); the last lands on the budget", low=1, high=20),
+        "episodes": Param(0, int, "0 = as many as --search-evals allows (20 without a cap)", low=0),
+        "batch": Param(2, int, "episodes per policy update", low=1, high=64),
+        "updates": Param(4, int, "Adam steps per update", low=1, high=100),
+        "lr": Param(0.01, float, "Adam learning rate (actor and critic)", low=0.0, high=1.0, low_open=True),
+        "hidden": Param(32, int, "hidden units of the actor and critic MLPs", low=1, high=1024),
+        "sigma": Param(0.4, float, "initial exploration std of the action logits", low=0.0, high=5.0, low_open=True),
+        "min_sigma": Param(0.05, float, "exploration std floor", low=0.0, high=5.0, low_open=True),
+        "gamma": Param(0.9, float, "discount of the per-step returns", low=0.0, high=1.0),
+        "acc_weight": Param(1.0, float, "weight of top1/100 in the step reward", low=0.0),
+        "sparsity_weight": Param(0.5, float, "weight of the off-schedule penalty in the step reward", low=0.0),
+        "entropy_bonus": Param(0.0, float, "weight of the policy's entropy in the loss", low=0.0),
+        "value_weight": Param(0.5, float, "weight of the critic's loss", low=0.0),
+    }
 
     # ------------------------------------------------------------------
     def search(self, ctx: SearchContext) -> Candidate:

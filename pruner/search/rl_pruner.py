@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import PrunerError
-from .base import SearchContext, Strategy, register
+from .base import Param, SearchContext, Strategy, register
 from .evaluator import Candidate
 
 
@@ -60,22 +60,25 @@ def step_counts(ctx: SearchContext, current: list[int], policy: np.ndarray, targ
 class RLPruner(Strategy):
     name = "rl"
 
-    @classmethod
-    def defaults(cls):
-        return {
-            "steps": 1,               # pruning slices toward the budget (1 = one-shot to the budget; see docs)
-            "samples": 0,             # candidates per step; 0 = spread --search-evals over the steps
-            "inner_epochs": 3,        # policy updates per step
-            "noise": 1.5,             # std of the Gaussian exploration noise on the policy logits at the start
-            "noise_decay": 0.6,       # noise multiplier per inner epoch
-            "min_noise": 0.2,         # noise floor
-            "lr": 0.7,                # step of the logits toward the advantage-weighted samples
-            "clip": 1.0,              # largest change of any logit in one update (policy ratio <= e^clip)
-            "discount": 0.9,          # weight of the lineage's earlier rewards in the Q-value
-            "epsilon": 0.0,           # initial ε of the ε-greedy structure choice (decays to 0)
-            "temperature": 0.5,       # softmax temperature over standardised advantages
-            "prior": "uniform",       # initial policy: uniform, or cost (groups with more MACs/params first)
-        }
+    param_specs = {
+        "steps": Param(1, int, "pruning slices toward the budget (1 = one-shot to the budget; see docs)",
+                       low=1, high=100),
+        "samples": Param(0, int, "candidates per step; 0 = spread --search-evals over the steps", low=0),
+        "inner_epochs": Param(3, int, "policy updates per step", low=1),
+        "noise": Param(1.5, float, "std of the Gaussian exploration noise on the policy logits at the start", low=0.0),
+        "noise_decay": Param(0.6, float, "noise multiplier per inner epoch", low=0.0, high=1.0),
+        "min_noise": Param(0.2, float, "noise floor", low=0.0),
+        "lr": Param(0.7, float, "step of the logits toward the advantage-weighted samples", low=0.0, high=1.0,
+                    low_open=True),
+        "clip": Param(1.0, float, "largest change of any logit in one update (policy ratio <= e^clip)", low=0.0,
+                      low_open=True),
+        "discount": Param(0.9, float, "weight of the lineage's earlier rewards in the Q-value", low=0.0, high=1.0),
+        "epsilon": Param(0.0, float, "initial probability of the ε-greedy structure choice (decays to 0)",
+                         low=0.0, high=1.0),
+        "temperature": Param(0.5, float, "softmax temperature over standardised advantages", low=0.0, low_open=True),
+        "prior": Param("uniform", str, "initial policy: uniform, or cost (groups with more MACs/params first)",
+                       choices=("uniform", "cost")),
+    }
 
     def _initial_policy(self, ctx: SearchContext) -> np.ndarray:
         n = len(ctx.space)
