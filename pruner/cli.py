@@ -16,6 +16,8 @@ from .errors import PrunerError
 
 TRUST_HELP = ("accept a whole pickled model in --weights (unpickling runs arbitrary code from the file: "
               "only for files you trust)")
+CHECKPOINT_TRUST_HELP = ("allow a checkpoint whose model is a file: model: rebuilding it imports and runs that Python "
+                         "file (only for files you trust); other checkpoints load as data and need no trust")
 
 
 def _model_data_args(p: argparse.ArgumentParser) -> None:
@@ -73,6 +75,7 @@ def _config(args):
     kw = dict(model=args.model, weights=weights, trust_checkpoint=args.trust_checkpoint, data=args.data,
               data_root=args.data_root, protocol=args.protocol, val_size=args.val_size, image_size=args.image_size,
               device=args.device, seed=args.seed)
+    kw["trust_code"] = True  # file:/python: code named on the user's own command line: consent (docs/security.md)
     if hasattr(args, "budget"):
         kw.update(budget=args.budget, strategy=args.strategy, strategy_params=_parse_set(args.set),
                   importance=args.importance, search_evals=args.search_evals, search_images=args.search_images,
@@ -157,7 +160,7 @@ def cmd_eval(args) -> int:
     from .runs.job import load_checkpoint
     from .measure import count_cost
 
-    model, ckpt = load_checkpoint(args.checkpoint)
+    model, ckpt = load_checkpoint(args.checkpoint, trust_checkpoint=args.trust_checkpoint)
     data = load_data(args.data, args.data_root, protocol=args.protocol, val_size=args.val_size, seed=args.seed,
                      image_size=args.image_size)
     if data.num_classes != len(ckpt["classes"]):
@@ -173,9 +176,9 @@ def cmd_export(args) -> int:
     import torch
 
     from .export import export_onnx
-    from .runs.job import load_checkpoint
+    from .models.checkpoints import load_checkpoint
 
-    model, ckpt = load_checkpoint(args.checkpoint)
+    model, ckpt = load_checkpoint(args.checkpoint, trust_checkpoint=args.trust_checkpoint)
     sample = torch.randn(4, *ckpt["input_size"])
     rep = export_onnx(model, args.out, input_size=ckpt["input_size"], mean=ckpt["mean"], std=ckpt["std"],
                       class_names=ckpt["classes"], sample=sample)
@@ -227,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="run directory to create")
     s.set_defaults(func=cmd_sensitivity)
 
-    s = sub.add_parser("eval", help="report-split accuracy of a pruned checkpoint")
+    s = sub.add_parser("eval", help="report-split accuracy of a pruned checkpoint (--trust-checkpoint also allows "
+                                    "a checkpoint of a file: model)")
     _model_data_args(s)
     s.add_argument("--checkpoint", required=True)
     s.set_defaults(func=cmd_eval)
@@ -235,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export", help="export a pruned checkpoint to ONNX (verified in ONNX Runtime)")
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--out", required=True, help="the .onnx file to write")
+    s.add_argument("--trust-checkpoint", action="store_true", help=CHECKPOINT_TRUST_HELP)
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("strategies", help="list search strategies and their hyperparameters")
