@@ -6,8 +6,10 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ..budget import Budget
+from ..data.load import check_image_size
 from ..errors import PrunerError
 from ..finetune import FinetuneConfig
+from ..userfile import CONSENT_HINT, code_references
 
 
 @dataclass
@@ -16,6 +18,7 @@ class RunConfig:
     model: str = "resnet20"
     weights: str | None = "pretrained"     # "pretrained", a file path, or None for random init
     trust_checkpoint: bool = False
+    trust_code: bool = False               # consent to run user code (file: model, python: costs); see userfile
     # data
     data: str = "digits"
     data_root: str | None = None
@@ -55,6 +58,10 @@ class RunConfig:
                 raise PrunerError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.max_prune < 1.0:
             raise PrunerError(f"max_prune must be in (0, 1), got {self.max_prune}")
+        check_image_size(self.image_size)  # before any data loads (decoded images are held in memory)
+        refs = code_references(self.model, self.strategy_params)
+        if refs and self.trust_code is not True:
+            raise PrunerError(f"{refs[0]} names Python code that would run in the job; {CONSENT_HINT}")
 
     @property
     def budget_obj(self) -> Budget:
