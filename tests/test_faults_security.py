@@ -271,6 +271,14 @@ def test_checkpoint_naming_code_is_refused_without_trust(tmp_path):
         load_checkpoint(path)
     assert "ckpt_net.py" in str(exc.value) and "\n" not in str(exc.value)
     assert not marker.exists() and not user_modules()
+    disguised = tmp_path / "disguised.pt"                      # a file: model under the zoo source
+    disguised_ckpt = torch.load(path, weights_only=True)
+    disguised_ckpt["model_spec"] = {**disguised_ckpt["model_spec"], "source": "zoo",
+                                    "name": "file:" + disguised_ckpt["model_spec"]["name"]}
+    torch.save(disguised_ckpt, disguised)
+    with pytest.raises(PrunerError, match="does not match"):
+        load_checkpoint(disguised)
+    assert not marker.exists() and not user_modules()
     model, _ = load_checkpoint(path, trust_checkpoint=True)   # the user's explicit choice
     assert marker.exists()
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
@@ -288,6 +296,8 @@ def test_a_real_checkpoint_loads(tmp_path):
     ({"model_spec": {"source": "zoo", "name": "resnet20"}}, "model_spec must hold"),
     ({"model_spec": {"source": "pickle", "name": "x", "num_classes": 10}}, "unknown model source"),
     ({"model_spec": {"source": "zoo", "name": "resnet9000", "num_classes": 10}}, "unknown zoo model"),
+    ({"model_spec": {"source": "torchvision", "name": "nonet", "num_classes": 10}}, "unknown torchvision model"),
+    ({"model_spec": {"source": "zoo", "name": "torchvision:resnet18", "num_classes": 10}}, "does not match"),
     ({"record": {"removed": {"layer1.0.conv1": ["a"]}}}, "record must be"),
     ({"record": {"removed": {"layer1.0.conv1": [0, 99]}}}, "out of range"),
     ({"record": {"removed": {"no.such.layer": [0]}}}, "no.such.layer"),

@@ -232,7 +232,7 @@ def load_checkpoint(path: str | Path, *, trust_checkpoint: bool = False) -> tupl
     architecture is a one-line :class:`PrunerError`.
     """
     from ..pruning.space import PruningRecord, apply_record
-    from .registry import SOURCES, ModelSpec, build_model
+    from .registry import SOURCES, ModelSpec, _parse_name, build_model
 
     p = Path(path).expanduser()
     if not p.is_file():
@@ -249,12 +249,16 @@ def load_checkpoint(path: str | Path, *, trust_checkpoint: bool = False) -> tupl
     raw = ckpt["model_spec"]
     if raw["source"] not in SOURCES:
         raise _malformed(path, f"unknown model source {raw['source']!r}")
-    if raw["source"] == "file" and not trust_checkpoint:
-        file_name = raw["name"].rpartition(":")[0] or raw["name"]
+    # parsed as a --model string would be (unknown zoo/torchvision names are errors); the parsed source decides
+    source, name = _parse_name(ModelSpec(raw["source"], raw["name"], raw["num_classes"], None).to_string())
+    if source != raw["source"]:
+        raise _malformed(path, f"model_spec source {raw['source']!r} does not match its name {raw['name']!r}")
+    if source == "file" and not trust_checkpoint:
+        file_name = name.rpartition(":")[0] or name
         raise PrunerError(f"checkpoint {path} rebuilds its model by running the Python file {file_name} "
                           f"(a file: model); {CODE_TRUST_HINT}")
-    spec = ModelSpec(source=raw["source"], name=raw["name"], num_classes=raw["num_classes"], weights=None)
-    model = build_model(spec)  # PrunerError for unknown zoo/torchvision names or a missing file
+    spec = ModelSpec(source, name, raw["num_classes"], None)
+    model = build_model(spec)  # a missing file: model is a PrunerError too
     removed = {str(k): list(v) for k, v in ckpt["record"]["removed"].items()}
     _check_record(model, removed, path)
     try:
