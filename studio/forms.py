@@ -218,8 +218,11 @@ def model_data_inputs(prefix: str = "") -> ModelData:
                 factory = st.selectbox("Factory", names, key=f"{prefix}factory",
                                        help="Called as factory(num_classes=N) (or factory()) to build the model")
                 path = save_upload(data, py.name)  # stored, not imported
-                out.trust_code = st.checkbox(TRUST_CODE_LABEL, value=False, key=f"{prefix}trust_code",
-                                             help=TRUST_CODE_HELP)
+                consent_key, consent_for = f"{prefix}trust_code", f"{prefix}trust_code_for"
+                if st.session_state.get(consent_for) != str(path):  # consent is per file: a new one starts unticked
+                    st.session_state[consent_key] = False
+                    st.session_state[consent_for] = str(path)
+                out.trust_code = st.checkbox(TRUST_CODE_LABEL, key=consent_key, help=TRUST_CODE_HELP)
                 if out.trust_code:
                     out.model = f"file:{path}:{factory}"
                 else:

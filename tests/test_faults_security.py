@@ -214,6 +214,13 @@ def test_uploaded_model_runs_only_after_consent_and_never_in_the_server(runs_dir
     assert not user_modules()                                # the server never imported it
     assert not at.button(key="nr_start").disabled
 
+    other, other_marker = user_net(tmp_path, "other_net.py")    # consent was for that file, not the next one
+    at.file_uploader(key="nr_upload_py").upload("other_net.py", other.read_bytes(), "text/x-python").run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert at.checkbox(key="nr_trust_code").value is False
+    assert at.button(key="nr_start").disabled
+    assert not other_marker.exists() and pids(marker) == ran_in
+
 
 def test_the_server_never_decodes_the_dataset(runs_dir, tmp_path):
     from PIL import Image
