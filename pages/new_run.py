@@ -3,6 +3,7 @@
 import streamlit as st
 
 from pruner.errors import PrunerError
+from pruner.userfile import code_references
 from studio import forms, state
 
 st.title("New pruning run")
@@ -47,6 +48,11 @@ with left:
     with st.expander("Advanced"):
         st.markdown(f"**{strategy}** hyper-parameters")
         strategy_params = forms.strategy_param_inputs(strategy, "nr_")
+        cost_code = code_references(None, strategy_params)  # python: cost functions name code on this machine
+        trust_cost_code = False
+        if cost_code:
+            trust_cost_code = st.checkbox(f"{forms.TRUST_CODE_LABEL} ({', '.join(cost_code)})", value=False,
+                                          key="nr_trust_cost_code", help=forms.TRUST_CODE_HELP)
         st.markdown("**Search and evaluation**")
         a1, a2, a3 = st.columns(3)
         with a1:
@@ -94,6 +100,8 @@ with left:
 # ---------------------------------------------------------------------- validation
 errors = list(md.errors)
 config = None
+# consent (default off) must cover every piece of code the settings name: the uploaded model, any python: cost
+trust_code = (md.trust_code or not code_references(md.model)) and (trust_cost_code or not cost_code)
 try:
     ft = forms.finetune_config(ft_epochs, max_batches, batch_size, lr, kd_weight, kd_temperature)
 except PrunerError as exc:
@@ -101,9 +109,9 @@ except PrunerError as exc:
     ft = None
 if ft is not None and md.model and md.data:
     config, problem = forms.build_config(
-        model=md.model, weights=md.weights, trust_checkpoint=md.trust_checkpoint, data=md.data,
-        image_size=md.image_size, protocol=protocol, budget=f"{budget_kind}={budget_value:g}", strategy=strategy,
-        strategy_params=strategy_params, importance=importance, search_evals=int(search_evals),
+        model=md.model, weights=md.weights, trust_checkpoint=md.trust_checkpoint, trust_code=trust_code,
+        data=md.data, image_size=md.image_size, protocol=protocol, budget=f"{budget_kind}={budget_value:g}",
+        strategy=strategy, strategy_params=strategy_params, importance=importance, search_evals=int(search_evals),
         search_images=int(search_images), recal_images=int(recal_images), max_prune=float(max_prune),
         min_channels=int(min_channels), finetune=ft, report_images=int(report_images) or None,
         latency_repeats=int(latency_repeats), export=bool(export), device=device, seed=int(seed))
@@ -112,7 +120,7 @@ if ft is not None and md.model and md.data:
 elif ft is not None:
     # still check what can be checked without a model or dataset
     _, problem = forms.build_config(budget=f"{budget_kind}={budget_value:g}", strategy=strategy,
-                                    strategy_params=strategy_params)
+                                    strategy_params=strategy_params, trust_code=trust_code)
     if problem:
         errors.append(problem)
 device_problem = forms.check_device(device)

@@ -84,8 +84,8 @@ def new_analysis() -> None:
     config = None
     if md.model and md.data and ratios:
         config, problem = forms.build_config(
-            model=md.model, weights=md.weights, trust_checkpoint=md.trust_checkpoint, data=md.data,
-            image_size=md.image_size, protocol=protocol, importance=importance, search_evals=None,
+            model=md.model, weights=md.weights, trust_checkpoint=md.trust_checkpoint, trust_code=md.trust_code,
+            data=md.data, image_size=md.image_size, protocol=protocol, importance=importance, search_evals=None,
             search_images=int(search_images), recal_images=int(recal_images),
             max_prune=max(0.9, max(ratios)), min_channels=int(min_channels), report_images=None,
             export=False, finetune=forms.finetune_config(0, None, 64, 0.01, 0.9, 4.0), device=device, seed=int(seed))

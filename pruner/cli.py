@@ -17,6 +17,8 @@ from .errors import PrunerError
 
 TRUST_HELP = ("accept a whole pickled model in --weights (unpickling runs arbitrary code from the file: "
               "only for files you trust)")
+CHECKPOINT_TRUST_HELP = ("allow a checkpoint whose model is a file: model: rebuilding it imports and runs that Python "
+                         "file (only for files you trust); other checkpoints load as data and need no trust")
 
 
 def _defaults() -> dict:
@@ -100,6 +102,7 @@ def _config(args):
               device=args.device, seed=args.seed)
     if hasattr(args, "importance"):
         kw.update(importance=args.importance, search_images=args.search_images, recal_images=args.recal_images)
+    kw["trust_code"] = True  # file:/python: code named on the user's own command line: consent (docs/security.md)
     if hasattr(args, "budget"):
         kw.update(budget=args.budget, strategy=args.strategy, strategy_params=_parse_set(args.set),
                   search_evals=args.search_evals, max_prune=args.max_prune)
@@ -189,7 +192,7 @@ def cmd_eval(args) -> int:
     from .measure import count_cost
 
     _config(args)  # the settings are checked before any work
-    model, ckpt = load_checkpoint(args.checkpoint)
+    model, ckpt = load_checkpoint(args.checkpoint, trust_checkpoint=args.trust_checkpoint)
     data = load_data(args.data, args.data_root, protocol=args.protocol, val_size=args.val_size, seed=args.seed,
                      image_size=args.image_size)
     if data.num_classes != len(ckpt["classes"]):
@@ -205,9 +208,9 @@ def cmd_export(args) -> int:
     import torch
 
     from .export import export_onnx
-    from .runs.job import load_checkpoint
+    from .models.checkpoints import load_checkpoint
 
-    model, ckpt = load_checkpoint(args.checkpoint)
+    model, ckpt = load_checkpoint(args.checkpoint, trust_checkpoint=args.trust_checkpoint)
     sample = torch.randn(4, *ckpt["input_size"])
     rep = export_onnx(model, args.out, input_size=ckpt["input_size"], mean=ckpt["mean"], std=ckpt["std"],
                       class_names=ckpt["classes"], sample=sample)
@@ -266,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="run directory to create")
     s.set_defaults(func=cmd_sensitivity)
 
-    s = sub.add_parser("eval", help="report-split accuracy of a pruned checkpoint")
+    s = sub.add_parser("eval", help="report-split accuracy of a pruned checkpoint (--trust-checkpoint also allows "
+                                    "a checkpoint of a file: model)")
     _model_data_args(s, d)
     s.add_argument("--checkpoint", required=True)
     s.set_defaults(func=cmd_eval)
@@ -274,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export", help="export a pruned checkpoint to ONNX (verified in ONNX Runtime)")
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--out", required=True, help="the .onnx file to write")
+    s.add_argument("--trust-checkpoint", action="store_true", help=CHECKPOINT_TRUST_HELP)
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("strategies", help="list search strategies and their hyperparameters")

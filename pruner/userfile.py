@@ -1,6 +1,12 @@
-"""Importing a function from a user's Python file (``file:`` models, ``python:`` cost functions).
+"""User code: importing a function from a user's Python file (``file:`` models, ``python:`` cost
+functions), and which settings name such code.
 
-Importing runs the file's code: it is the user's own file, named on their command line.
+Importing runs the file's code, so it happens only with consent (docs/security.md): a
+:class:`~pruner.runs.config.RunConfig` that names user code must say ``trust_code=True`` (the
+CLI sets it: naming the file on one's own command line is consent; the studio sets it only
+after the "I trust this file: run its code" box is ticked), and the studio never imports
+user code in the web server process: model summaries are built in a child process
+(:mod:`pruner.model_summary`) and runs in job processes.
 """
 
 from __future__ import annotations
@@ -12,6 +18,20 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import PrunerError
+
+
+CODE_PREFIXES = ("file:", "python:")
+CONSENT_HINT = ("it runs only with your consent: in the studio tick \"I trust this file: run its code\"; in Python "
+                "pass trust_code=True (on the command line, naming the file is consent)")
+
+
+def code_references(model: str | None, strategy_params: dict | None = None) -> list[str]:
+    """The settings that name user Python code: a ``file:`` model, ``python:`` strategy parameters."""
+    refs = [model] if isinstance(model, str) and model.strip().startswith("file:") else []
+    for value in (strategy_params or {}).values():
+        if isinstance(value, str) and value.strip().startswith(CODE_PREFIXES):
+            refs.append(value.strip())
+    return refs
 
 
 def import_function(path: str | Path, name: str, *, what: str, syntax: str) -> Callable:

@@ -2,6 +2,10 @@
 
 Every user-fixable problem becomes a message (a ``PrunerError``'s text, or one written here)
 that the page shows with ``st.error``; nothing here lets a traceback reach the page.
+
+Nothing here runs user code or decodes a dataset in the web server process: an uploaded
+``.py`` is only parsed (``ast``) until the user ticks "I trust this file: run its code", and
+the model summary is built in a child process (:mod:`pruner.model_summary`) that returns JSON.
 """
 
 from __future__ import annotations
@@ -16,9 +20,8 @@ from typing import Any
 
 import streamlit as st
 
-from pruner.budget import KINDS, Budget, cost_floor
+from pruner.budget import Budget
 from pruner.data import PROTOCOLS
-from pruner.data.load import MAX_IMAGE_SIZE
 from pruner.errors import PrunerError
 from pruner.finetune import FinetuneConfig
 from pruner.pruning.importance import CRITERIA
@@ -59,6 +62,13 @@ QUICK = {
 }
 
 WEIGHT_CHOICES = {"pretrained": "pretrained", "random": "random init", "file": "upload a weights file"}
+
+TRUST_CODE_LABEL = "I trust this file: run its code"
+TRUST_CODE_HELP = ("Building the model imports the uploaded file, which runs its code with this server's rights. "
+                   "It runs in a separate process (for the model summary, then in the job), never in the web "
+                   "server, and only once this box is ticked. Tick it only for a file you wrote or trust.")
+NEEDS_CODE_CONSENT = (f"The uploaded model is Python code: tick “{TRUST_CODE_LABEL}” to build it (its code then "
+                      "runs in a separate process for the summary and in the job); until then nothing in it runs.")
 
 
 def default_dataset() -> str:
@@ -144,6 +154,7 @@ class ModelData:
     model: str | None = None
     weights: str | None = None
     trust_checkpoint: bool = False
+    trust_code: bool = False
     data: str | None = None
     image_size: int | None = None
     errors: list[str] = field(default_factory=list)
@@ -201,8 +212,16 @@ def model_data_inputs(prefix: str = "") -> ModelData:
                 names = factories_in(data, py.name)
                 factory = st.selectbox("Factory", names, key=f"{prefix}factory",
                                        help="Called as factory(num_classes=N) (or factory()) to build the model")
-                path = save_upload(data, py.name)
-                out.model = f"file:{path}:{factory}"
+                path = save_upload(data, py.name)  # stored, not imported
+                consent_key, consent_for = f"{prefix}trust_code", f"{prefix}trust_code_for"
+                if st.session_state.get(consent_for) != str(path):  # consent is per file: a new one starts unticked
+                    st.session_state[consent_key] = False
+                    st.session_state[consent_for] = str(path)
+                out.trust_code = st.checkbox(TRUST_CODE_LABEL, key=consent_key, help=TRUST_CODE_HELP)
+                if out.trust_code:
+                    out.model = f"file:{path}:{factory}"
+                else:
+                    out.errors.append(NEEDS_CODE_CONSENT)
             except PrunerError as exc:
                 out.errors.append(str(exc))
 
@@ -239,8 +258,9 @@ def model_data_inputs(prefix: str = "") -> ModelData:
         folder = st.text_input("ImageFolder path", key=f"{prefix}folder", placeholder="/data/my-images",
                                help="A folder with train/ and test/ (or val/), one sub-folder per class")
         folder = folder.strip()
-        size = st.number_input("Resize images to (px, 0 = automatic)", min_value=0, max_value=MAX_IMAGE_SIZE, value=0, step=8,
-                               key=f"{prefix}image_size")
+        size = st.number_input("Resize images to (px, 0 = automatic)", min_value=0, value=0, step=8,
+                               key=f"{prefix}image_size",
+                               help="8 to 512 px: decoded images are held in memory by the job")
         out.image_size = int(size) or None
         if not folder:
             out.errors.append("Enter the path of an ImageFolder (a folder with train/ and test/ or val/ "
@@ -353,8 +373,8 @@ def finetune_config(epochs: int, max_batches: int | None, batch_size: int, lr: f
 
 
 # ---------------------------------------------------------------------- model summary
-SUMMARY_FIELDS = ("model", "weights", "trust_checkpoint", "data", "data_root", "image_size", "protocol", "val_size",
-                  "min_channels", "max_prune", "seed")
+SUMMARY_FIELDS = ("model", "weights", "trust_checkpoint", "trust_code", "data", "data_root", "image_size", "protocol",
+                  "val_size", "min_channels", "max_prune", "seed")
 
 
 def summary_key(cfg: RunConfig) -> str:
@@ -362,32 +382,19 @@ def summary_key(cfg: RunConfig) -> str:
     return json.dumps({k: d.get(k) for k in SUMMARY_FIELDS}, sort_keys=True)
 
 
-@st.cache_resource(show_spinner=False, max_entries=8)
+@st.cache_data(show_spinner=False, max_entries=32)
 def _model_summary(key: str) -> dict:
-    """Load data, model and pruning space once per distinct setting (errors are cached too)."""
-    try:
-        from pruner.measure import latency_ms
-        from pruner.runs.job import Session
+    """The summary of one distinct setting, built in a child process (errors are cached too).
 
-        cfg = RunConfig(**json.loads(key), device="cpu", importance="l1")
-        session = Session(cfg)
-        model = session.model.cpu().eval()
-        try:
-            lat = latency_ms(model, session.data.input_size, repeats=20, warmup=3)
-        except Exception:
-            lat = None
-        space = session.space
-        result = {
-            "groups": [g.to_dict() for g in space.groups], "macs": space.base_macs, "params": space.base_params,
-            "latency_ms": lat, "data": session.data.describe(), "error": None,
-            "floors": {kind: cost_floor(space, kind) for kind in KINDS},
-        }
-        del session
-        return result
-    except PrunerError as exc:
-        return {"error": str(exc)}
-    except Exception as exc:  # a bug or an unexpected environment problem: one line, never a traceback
-        return {"error": f"could not load the model and data ({type(exc).__name__}: {exc})"}
+    Only the child's JSON answer (a few kB) is kept here: the dataset and the model live and
+    die in the child, and a user's model file is imported there, never in this server.
+    """
+    from pruner.model_summary import summary_in_child
+
+    try:
+        return summary_in_child(json.loads(key))
+    except Exception as exc:  # noqa: BLE001 - e.g. the child could not be started: one line, never a traceback
+        return {"error": f"could not build the model summary ({type(exc).__name__}: {exc})"}
 
 
 def model_summary(cfg: RunConfig) -> dict:

@@ -151,7 +151,8 @@ def test_constrained_user_python_cost(tmp_path):
     cost_file = tmp_path / "my_cost.py"
     cost_file.write_text("def param_count(model):\n    return float(sum(p.numel() for p in model.parameters()))\n")
     params = {"batch": 4, "cost": f"python:{cost_file}:param_count", "cost_scale": "absolute", "limit": 0.4}
-    summary = run_job(tiny("constrained", budget="flops=0.9", strategy_params=params), tmp_path / "run")
+    summary = run_job(tiny("constrained", budget="flops=0.9", strategy_params=params, trust_code=True),
+                      tmp_path / "run")
     assert summary["status"] == "done", summary["error"]
     assert summary["pruned"]["params"] / summary["base"]["params"] <= 0.4 + 1e-6
     assert summary["budget"]["achieved"] <= 0.9  # the run's own budget is kept as a second constraint
@@ -165,7 +166,8 @@ def test_constrained_user_cost_errors(tmp_path):
     bad.write_text("def cost(model):\n    return 'cheap'\n")
     for spec, msg in [(f"python:{tmp_path}/missing.py:f", "does not exist"), (f"python:{bad}:nope", "no function"),
                       (f"python:{bad}:cost", "not a number")]:
-        summary = run_job(tiny("constrained", strategy_params={"cost": spec}), tmp_path / spec.split(":")[-1])
+        summary = run_job(tiny("constrained", strategy_params={"cost": spec}, trust_code=True),
+                          tmp_path / spec.split(":")[-1])
         assert summary["status"] == "failed" and msg in summary["error"], summary["error"]
 
 

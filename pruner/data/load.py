@@ -11,7 +11,19 @@ from .sources import load_raw
 from .splits import check_protocol, split_protocol
 from .tensors import DataBundle
 
-MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 1024
+#: Resize limits (px). Decoded datasets are held in memory and grow with the square of the size
+#: (CIFAR-10 at 384 px is ~26 GB), so the cap stays modest.
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 512
+
+
+def check_image_size(image_size: int | None) -> None:
+    """``PrunerError`` unless ``image_size`` is None or an integer in [MIN_IMAGE_SIZE, MAX_IMAGE_SIZE]."""
+    valid_size = isinstance(image_size, int) and not isinstance(image_size, bool)
+    if image_size is not None and not (valid_size and MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE):
+        raise PrunerError(
+            f"image_size must be an integer from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}, got {image_size!r}; "
+            f"leave it unset to keep the dataset's own size"
+        )
 
 
 def load_data(
@@ -38,12 +50,7 @@ def load_data(
     problem is a ``PrunerError``.
     """
     check_protocol(protocol, val_size)
-    valid_size = isinstance(image_size, int) and not isinstance(image_size, bool)
-    if image_size is not None and not (valid_size and MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE):
-        raise PrunerError(
-            f"image_size must be an integer from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}, got {image_size!r}; "
-            f"leave it unset to keep the dataset's own size"
-        )
+    check_image_size(image_size)
     raw = load_raw(spec, root, seed=seed, image_size=image_size, cache=cache, progress=progress)
     fit, search, report = split_protocol(raw.train, raw.test, protocol, val_size=val_size, seed=seed)
     c, h, w = raw.train.x.shape[1:]

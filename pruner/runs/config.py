@@ -19,6 +19,7 @@ from ..checks import check_number
 from ..finetune import MAX_SEED, FinetuneConfig
 from ..pruning.importance import CRITERIA
 from ..settings import check_device_name
+from ..userfile import CONSENT_HINT, code_references
 
 
 @dataclass
@@ -27,6 +28,7 @@ class RunConfig:
     model: str = "resnet20"
     weights: str | None = "pretrained"     # "pretrained", a file path, or None for random init
     trust_checkpoint: bool = False
+    trust_code: bool = False               # consent to run user code (file: model, python: costs); see userfile
     # data
     data: str = "digits"
     data_root: str | None = None
@@ -80,6 +82,9 @@ class RunConfig:
         if not isinstance(self.strategy, str):
             raise PrunerError(f"strategy must be a name, got {self.strategy!r}")
         self.strategy_params = validate_strategy(self.strategy, self.strategy_params)
+        refs = code_references(self.model, self.strategy_params)
+        if refs and self.trust_code is not True:
+            raise PrunerError(f"{refs[0]} names Python code that would run in the job; {CONSENT_HINT}")
 
     @property
     def budget_obj(self) -> Budget:

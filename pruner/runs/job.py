@@ -14,7 +14,6 @@ import copy
 import csv
 import time
 import traceback
-from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -30,8 +29,9 @@ from ..export import export_onnx, ort_latency_ms, save_pruned_program
 from ..finetune import finetune
 from ..measure import count_cost, latency_ms, relative_latency
 from ..models import build_model, parse_model_spec
+from ..models.checkpoints import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint  # noqa: F401 (re-exported)
 from ..pruning.importance import channel_scores, ranking_from_scores
-from ..pruning.space import PruningRecord, PruningSpace, apply_record
+from ..pruning.space import PruningRecord, PruningSpace
 from ..search import SearchContext, make_strategy, run_search
 from ..search.evaluator import Candidate, Evaluator, EvaluatorSettings
 from ..settings import resolve_device
@@ -39,7 +39,6 @@ from .config import RunConfig
 from .rundir import RunDir, read_json, write_json_atomic
 
 StopFn = Callable[[], bool]
-CHECKPOINT_FORMAT = "pruner-checkpoint-v1"
 
 
 class Session:
@@ -133,35 +132,6 @@ def _layers(base: nn.Module, pruned: nn.Module) -> list[dict]:
             after_ch = getattr(p, "out_channels", getattr(p, "out_features", None)) if p is not None else None
             rows.append({"name": name, "before": before_ch, "after": after_ch})
     return rows
-
-
-def save_checkpoint(path: Path, session: Session, pruned: nn.Module, record: PruningRecord) -> None:
-    """A checkpoint that rebuilds the pruned model with this package (see :func:`load_checkpoint`)."""
-    state = {k: v.detach().cpu() for k, v in pruned.state_dict().items()}
-    torch.save({
-        "format": CHECKPOINT_FORMAT, "model_spec": asdict(session.spec), "record": record.to_dict(),
-        "state_dict": state, "input_size": list(session.data.input_size), "mean": list(session.data.mean),
-        "std": list(session.data.std), "classes": list(session.data.classes),
-    }, path)
-
-
-def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
-    """Rebuild a pruned model from :func:`save_checkpoint`'s file (base architecture + replayed surgery)."""
-    from ..models import ModelSpec
-
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise PrunerError(f"checkpoint {path} does not exist") from None
-    except Exception as exc:
-        raise PrunerError(f"could not read checkpoint {path}: {exc}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise PrunerError(f"{path} is not a pruned checkpoint written by this tool")
-    spec = ModelSpec(**{**ckpt["model_spec"], "weights": None})
-    model = build_model(spec)
-    model = apply_record(model, PruningRecord.from_dict(ckpt["record"]), ckpt["input_size"], inplace=True)
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval(), ckpt
 
 
 def _write_candidates_csv(path: Path, run: RunDir, names: list[str]) -> None:

@@ -1,0 +1,154 @@
+"""A model's summary (layer groups, MACs, parameters, latency, data sizes), built in a child process.
+
+The studio shows this summary before a run starts. Building it loads the dataset (decoded
+images: up to gigabytes) and builds the model (for a ``file:`` model or a pickled weights
+file: runs the user's code). Neither may happen in the web server process, so
+:func:`summary_in_child` runs :func:`summarize` in a fresh interpreter
+(``python -m pruner.model_summary``) with a timeout, and only JSON comes back: the server
+never imports user code, never unpickles anything from the child, and frees the child's
+memory when it exits.
+
+The child gets the settings as JSON on stdin and writes its answer to a file named on its
+command line (stdout and stderr are the user code's to print to). Every failure, the
+timeout included, is ``{"error": "<one line>"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import PrunerError
+
+#: Seconds a summary may take (loading and decoding a dataset the first time is the slow part).
+TIMEOUT_ENV = "PRUNER_SUMMARY_TIMEOUT"
+DEFAULT_TIMEOUT_S = 300.0
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_timeout() -> float:
+    try:
+        value = float(os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT_S)
+    except ValueError:
+        return DEFAULT_TIMEOUT_S
+    return value if value > 0 else DEFAULT_TIMEOUT_S
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    line = lines[0] if lines else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def summarize(config: dict[str, Any]) -> dict[str, Any]:
+    """The summary of ``config`` (a ``RunConfig`` dict), in this process: plain JSON-able data.
+
+    Runs the user's code when the config names it (and consents: ``RunConfig`` refuses
+    otherwise); meant for the child process of :func:`summary_in_child`.
+    """
+    import torch
+
+    from .budget import KINDS, cost_floor
+    from .measure import latency_ms
+    from .runs.config import RunConfig
+    from .runs.job import Session
+
+    cfg = RunConfig.from_dict({**config, "device": "cpu", "importance": "l1"})
+    torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
+    session = Session(cfg)
+    model = session.model.cpu().eval()
+    try:
+        lat = latency_ms(model, session.data.input_size, repeats=20, warmup=3)
+    except Exception:  # noqa: BLE001 - latency is a nicety; the summary stands without it
+        lat = None
+    space = session.space
+    return {"groups": [g.to_dict() for g in space.groups], "macs": int(space.base_macs),
+            "params": int(space.base_params), "latency_ms": lat, "data": session.data.describe(), "error": None,
+            "floors": {kind: cost_floor(space, kind) for kind in KINDS}}
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Kill the child and anything it started (it leads its own session)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError, AttributeError):
+        proc.kill()
+    proc.wait()
+
+
+def summary_in_child(config: dict[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
+    """:func:`summarize` in a fresh Python process, stopped after ``timeout`` seconds.
+
+    Returns the summary, or ``{"error": "<one line>"}`` (settings problems, a failing model
+    file, a crash, the timeout). Nothing from the child is unpickled or imported here.
+    """
+    timeout = default_timeout() if timeout is None else float(timeout)
+    try:
+        payload = json.dumps(config)
+    except (TypeError, ValueError) as exc:
+        return {"error": f"the settings are not plain data ({exc}); this is a bug, please report it"}
+    with tempfile.TemporaryDirectory(prefix="pruner-summary-") as tmp:
+        out = Path(tmp) / "summary.json"
+        err_path = Path(tmp) / "stderr.txt"
+        env = dict(os.environ)  # the same data root, weights and cache folders; this package importable
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH")) if p)
+        with open(err_path, "wb") as err:
+            proc = subprocess.Popen([sys.executable, "-m", "pruner.model_summary", str(out)],
+                                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err, env=env,
+                                    start_new_session=True)
+            try:
+                try:
+                    proc.communicate(payload.encode(), timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    _kill_group(proc)
+                    return {"error": f"building the model summary took longer than {timeout:g} s and was stopped; "
+                                     "check that the model file does not run forever (or raise "
+                                     f"{TIMEOUT_ENV} for a large dataset)"}
+            finally:
+                if proc.poll() is None:  # interrupted while waiting (e.g. the page reran): leave nothing behind
+                    _kill_group(proc)
+        try:
+            result = json.loads(out.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            result = None
+        if isinstance(result, dict) and (result.get("error") or isinstance(result.get("groups"), list)):
+            return result
+        tail = ""
+        try:
+            lines = [ln for ln in err_path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+            tail = f": {_one_line(lines[-1], 200)}" if lines else ""
+        except OSError:
+            pass
+        return {"error": f"the model summary process exited with code {proc.returncode} without a result "
+                         f"(out of memory, killed, or the model file exited?){tail}"}
+
+
+def _main(argv: list[str]) -> int:
+    """Child entry point: settings JSON on stdin, the summary JSON written to ``argv[0]``."""
+    if len(argv) != 1:
+        print("usage: python -m pruner.model_summary OUT.json < settings.json", file=sys.stderr)
+        return 2
+    out = Path(argv[0])
+    try:
+        config = json.loads(sys.stdin.read())
+        if not isinstance(config, dict):
+            raise PrunerError("the settings must be a JSON object")
+        result = summarize(config)
+    except PrunerError as exc:
+        result = {"error": _one_line(str(exc), 1000)}
+    except Exception as exc:  # noqa: BLE001 - a bug or an unexpected environment problem: one line
+        result = {"error": f"could not load the model and data ({type(exc).__name__}: {_one_line(str(exc))})"}
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(result), encoding="utf-8")
+    os.replace(tmp, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
