@@ -166,7 +166,7 @@ def test_valid_settings_are_normalised():
     assert cfg.device == "cpu" and cfg.finetune.epochs == 1 and isinstance(cfg.finetune.epochs, int)
     assert RunConfig.from_dict(cfg.to_dict()) == cfg
     cfg = RunConfig(strategy="constrained", strategy_params={"enforce_budget": "false", "tolerance": None,
-                                                             "cost": "python:/x.py:f"})
+                                                             "cost": "python:/x.py:f"}, trust_code=True)
     assert cfg.strategy_params["enforce_budget"] is False
 
 
