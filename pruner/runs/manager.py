@@ -302,8 +302,9 @@ class JobManager:
                     running[job.device] = running.get(job.device, 0) + 1
 
     def _start(self, job: Job) -> None:
-        job.process = self._ctx.Process(target=_child, args=(job.spec, job.lock), daemon=False)
-        job.process.start()      # the child receives a duplicate of the locked file
+        process = self._ctx.Process(target=_child, args=(job.spec, job.lock), daemon=False)
+        process.start()          # the child receives a duplicate of the locked file
+        job.process = process
         job.state = "running"
         if job.lock is not None:
             job.lock.hand_over()
