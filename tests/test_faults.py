@@ -323,3 +323,43 @@ def test_out_of_memory_is_a_one_line_failure_and_a_resume_may_lower_the_batch_si
     assert [e for e in rd.events("status") if e.get("overrides")][0]["overrides"] == {"finetune.batch_size": [1024, 16]}
     assert summary["search"]["evaluations"] == 3                       # the search was replayed, not redone
     assert len(rd.events("epoch")) == 1
+
+
+# ---------------------------------------------------------------------- the studio after a resume
+def test_live_page_follows_a_resumed_run_and_resume_may_lower_the_batch_size(tmp_path, monkeypatch):
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from studio import state
+
+    root = tmp_path / "runs"
+    monkeypatch.setenv("PRUNER_RUNS_DIR", str(root))
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    calls = []
+    cancelled = run_job(tiny(search_evals=4, finetune=FinetuneConfig(epochs=1, max_batches_per_epoch=1)),
+                        root / "r", should_stop=lambda: calls.append(1) or len(calls) > 2)
+    assert cancelled["status"] == "cancelled"
+    try:
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+        at.switch_page("pages/runs.py").run()
+        assert not at.exception
+        assert any("cancelled" in str(w.value) for w in at.warning)
+        at.number_input(key="runs_resume_bs").set_value(32)
+        at.button(key="runs_resume").click().run()
+        assert not at.exception and [t.value for t in at.title] == ["Live run"]
+        at.switch_page("pages/live_run.py").run()
+        assert not at.exception
+        status = {m.label: m.value for m in at.metric}["Status"]
+        assert status not in ("done", "failed", "cancelled")     # followed as going on, not as the old summary
+        assert not any("Interrupted" in str(w.value) for w in at.warning)
+        rd = RunDir(root / "r")
+        summary = wait_until(lambda: (rd.summary() or {}).get("status") in ("done", "failed") and rd.summary(),
+                             what="the resumed run's summary")
+        assert summary["status"] == "done", summary.get("error")
+        assert summary["overrides"] == {"finetune.batch_size": [128, 32]}
+        assert summary["search"]["evaluations"] == 4
+    finally:
+        state._shared().manager.shutdown(cancel=True)
+        st.cache_resource.clear()
+        st.cache_data.clear()
