@@ -109,7 +109,8 @@ class _StopOnSignal:
     def __exit__(self, *exc) -> None:
         self._armed = False
         for sig, old in self._old.items():
-            signal.signal(sig, old)
+            if old is not None:   # None: a handler installed from C, which cannot be put back
+                signal.signal(sig, old)
 
     @property
     def message(self) -> str:
