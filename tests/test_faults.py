@@ -325,6 +325,19 @@ def test_out_of_memory_is_a_one_line_failure_and_a_resume_may_lower_the_batch_si
     assert len(rd.events("epoch")) == 1
 
 
+def test_cuda_out_of_memory_names_the_gpu():
+    """No GPU here: the class and the text torch's CUDA allocator raises, formatted as a job would."""
+    import torch
+
+    from pruner.runs.job import _oom_message, _out_of_memory
+
+    exc = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79 GiB")
+    assert _out_of_memory(exc) and not _out_of_memory(RuntimeError("shape mismatch"))
+    msg = _oom_message(exc, "fine-tuning", tiny(finetune=FinetuneConfig(epochs=1, batch_size=256)), "runs/a")
+    assert msg.startswith("out of memory on the GPU while fine-tuning with batch size 256")
+    assert "--resume --out runs/a --batch-size 128" in msg and "\n" not in msg
+
+
 # ---------------------------------------------------------------------- the studio after a resume
 def test_live_page_follows_a_resumed_run_and_resume_may_lower_the_batch_size(tmp_path, monkeypatch):
     import streamlit as st

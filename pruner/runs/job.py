@@ -125,14 +125,14 @@ def _out_of_memory(exc: BaseException) -> bool:
 
 
 def _oom_message(exc: BaseException, phase: str, config: RunConfig, out: str | Path) -> str:
-    where = "the GPU" if isinstance(exc, torch.OutOfMemoryError) and "CUDA" in str(exc) else f"device {config.device}"
+    where = "the GPU" if "CUDA" in str(exc) else "the machine (RAM)"
     bs = config.finetune.batch_size
     if phase == "fine-tuning":
         return (f"out of memory on {where} while fine-tuning with batch size {bs}: resume with a smaller batch size "
                 f"(python -m pruner prune --resume --out {out} --batch-size {max(1, bs // 2)}, or Resume on the Runs "
                 "page)")
     return (f"out of memory on {where} while {phase}: the search scores --search-images images "
-            f"(now {config.search_images}) in batches of up to 250, so start a new run with fewer search images or "
+            f"(now {config.search_images}) in batches of up to {EvaluatorSettings().batch_size}, so start a new run with fewer search images or "
             f"smaller images; fine-tuning uses --batch-size (now {bs}), which a resume may lower")
 
 
