@@ -33,7 +33,9 @@ rd = RunDir(state.run_path(current))
 config = rd.config() or {}
 st.markdown(state.describe_config(config))
 uses_evals = forms.strategy_uses_evaluations(str(config.get("strategy", "rl")))
-active_at_start = not is_final(rd.status())
+# A run is followed while it is going on, including one just resumed: a resume clears the old summary
+# and writes a "queued" status before this page runs, and a job of this server counts as going on.
+active_at_start = not is_final(rd.status()) or state.job_state(current) in ("queued", "running")
 
 
 def _view(name: str) -> RunView:
@@ -198,9 +200,9 @@ def live_panel() -> None:
                  icon=":material/error:")
     elif status == "cancelled":
         st.warning(f"The run was cancelled: {(summary or {}).get('error') or ''}", icon=":material/cancel:")
-    elif not is_final(status) and state.liveness(rd, status) == "stale":
-        st.warning("No progress for a long time and no job of this server is running it: it was probably "
-                   "interrupted (server restart?). Resume it from the **Runs** page.", icon=":material/warning:")
+    elif not is_final(status) and state.liveness(rd, status) == "interrupted":
+        st.warning("Interrupted: no process is running this run any more (its job was killed, or the server "
+                   "stopped). Resume it from the **Runs** page.", icon=":material/warning:")
     if summary and status == "done":
         _results(summary)
         _downloads(summary)

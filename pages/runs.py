@@ -124,8 +124,8 @@ for rd in runs:
     row = dict(_row(str(rd.path), _stamp(rd)))
     if not is_final(row["status"]):
         live = state.liveness(rd, row["status"])
-        if live == "stale":
-            row["status"] = f"{row['status']} (interrupted?)"
+        if live == "interrupted":
+            row["status"] = f"{row['status']} (interrupted)"
     rows.append(row)
 by_name = {r["name"]: r for r in rows}
 
@@ -243,19 +243,32 @@ elif live == "active":
     if links[1].button("Cancel", key="runs_cancel", icon=":material/stop_circle:"):
         state.cancel(choice)
         st.toast("Cancel requested: the job stops after the current evaluation.")
-elif live == "stale":
-    st.warning("No progress for a long time and no job of this server is running it: it was probably "
-               "interrupted (server restart?).", icon=":material/warning:")
+elif live == "interrupted":
+    st.warning("Interrupted: no process is running this run any more (its job was killed, or the server "
+               "stopped).", icon=":material/warning:")
 
 if kind == "prune" and status != "done" and live != "active":
     exiting = job in ("queued", "running")   # its summary is written; the process is still shutting down
+    ft = cfg.get("finetune") or {}
+    with st.expander("Resume settings", icon=":material/tune:"):
+        st.caption("A resume continues the same search; only fine-tuning may change (e.g. a smaller batch size "
+                   "after running out of memory).")
+        rc = st.columns(2)
+        new_bs = rc[0].number_input("Fine-tuning batch size", min_value=1, max_value=4096,
+                                    value=int(ft.get("batch_size") or 128), step=1, key="runs_resume_bs")
+        new_ep = rc[1].number_input("Fine-tuning epochs", min_value=0, max_value=1000,
+                                    value=int(ft.get("epochs") or 0), step=1, key="runs_resume_epochs")
+    overrides = {key: int(value) for key, value, old in (("finetune.batch_size", new_bs, ft.get("batch_size")),
+                                                         ("finetune.epochs", new_ep, ft.get("epochs")))
+                 if old is None or int(value) != int(old)}
     if links[2].button("Resume", key="runs_resume", icon=":material/replay:", disabled=exiting,
                        help="The job's process is still exiting; try again in a moment" if exiting else
                        "Continue where it stopped: finished search evaluations are replayed, fine-tuning "
                        "restarts from its last epoch"):
         run_cfg = {k: v for k, v in cfg.items() if k not in ("analysis", "ratios")}
         try:
-            state.submit("prune", run_cfg, choice, resume=True)
+            state.submit("prune", run_cfg, choice, resume=True,
+                         options={"overrides": overrides} if overrides else None)
         except PrunerError as exc:
             st.error(str(exc), icon=":material/error:")
         except Exception as exc:  # never a traceback on the page

@@ -231,9 +231,9 @@ def open_analysis() -> None:
         elif status == "cancelled":
             st.warning(f"The analysis was cancelled: {(summary or {}).get('error') or ''}. The points measured "
                        "before are shown below.", icon=":material/cancel:")
-        elif not is_final(status) and state.liveness(rd, status) == "stale":
-            st.warning("No progress for a long time and no job of this server is running it: it was probably "
-                       "interrupted (server restart?). Start the analysis again.", icon=":material/warning:")
+        elif not is_final(status) and state.liveness(rd, status) == "interrupted":
+            st.warning("Interrupted: no process is running this analysis any more (its job was killed, or the "
+                       "server stopped). Start the analysis again.", icon=":material/warning:")
 
         sens = state.read_sensitivity(rd) if status == "done" else None
         final = sens is not None

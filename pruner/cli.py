@@ -132,16 +132,69 @@ def cmd_info(args) -> int:
     return 0
 
 
+# prune option (argparse dest) -> the RunConfig field it sets (dotted for the fine-tuning block)
+_PRUNE_FIELDS = {"finetune_epochs": "finetune.epochs", "lr": "finetune.lr", "batch_size": "finetune.batch_size",
+                 "kd_temperature": "finetune.kd_temperature", "kd_weight": "finetune.kd_weight",
+                 "max_batches_per_epoch": "finetune.max_batches_per_epoch", "no_export": "export",
+                 "set": "strategy_params"}
+_UNSET = object()
+
+
+def _given_options(argv: list[str]) -> set[str]:
+    """The dests of the options typed on the command line (not left at their defaults)."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for p in sub.choices.values():
+        for a in p._actions:
+            if a.dest != "help":
+                a.default = None if isinstance(a, argparse._AppendAction) else _UNSET
+    ns = parser.parse_args(argv)
+    return {k for k, v in vars(ns).items() if v is not _UNSET and v is not None}
+
+
+def _field(config: dict, dotted: str):
+    node = config
+    for part in dotted.split("."):
+        node = (node or {}).get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _resume_overrides(args, stored: dict) -> dict:
+    """Options typed with --resume, as overrides of the run's stored settings. Typing a setting
+    with its stored value is fine; changing one that defines the search is a one-line error."""
+    from .runs.job import RESUME_OVERRIDES
+
+    given = _given_options(args.argv) - {"out", "resume", "command", "func"}
+    typed = _config(args).to_dict()     # validates the typed values too
+    overrides = {}
+    for dest in sorted(given):
+        field = _PRUNE_FIELDS.get(dest, dest)
+        new, old = _field(typed, field), _field(stored, field)
+        if new == old:
+            continue
+        if field not in RESUME_OVERRIDES:
+            flag = "--" + dest.replace("_", "-")
+            raise PrunerError(f"{flag} cannot change when resuming (the run has {old!r}): it would change what the "
+                              "search means; start a new run with another --out (a resume may change --batch-size, "
+                              "--finetune-epochs, --lr, --kd-temperature, --kd-weight, --max-batches-per-epoch, "
+                              "--report-images and --no-export)")
+        overrides[field] = new
+    return overrides
+
+
 def cmd_prune(args) -> int:
     from .runs.job import run_job
     from .runs.config import RunConfig
     from .runs.rundir import RunDir
 
     if args.resume:
-        cfg = RunConfig.from_dict(RunDir(args.out).config() or {})
+        stored = RunDir(args.out).config()
+        if stored is None:
+            raise PrunerError(f"nothing to resume in {args.out}: it has no readable config.json")
+        summary = run_job(RunConfig.from_dict(stored), args.out, resume=True,
+                          overrides=_resume_overrides(args, stored))
     else:
-        cfg = _config(args)
-    summary = run_job(cfg, args.out, resume=args.resume)
+        summary = run_job(_config(args), args.out)
     _print_summary(summary, args.out)
     return 0 if summary["status"] == "done" else (3 if summary["status"] == "cancelled" else 2)
 
@@ -257,7 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--report-images", type=int, default=d["report_images"], help="cap on report images (quick runs)")
     g.add_argument("--no-export", action="store_true", help="skip the ONNX export")
     g.add_argument("--out", required=True, help="run directory to create")
-    g.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the interrupted, failed or cancelled run in --out; it keeps its settings, except "
+                        "fine-tuning and reporting options typed with it (e.g. a smaller --batch-size)")
     s.set_defaults(func=cmd_prune)
 
     s = sub.add_parser("sensitivity", help="prune each group alone at several ratios")
@@ -288,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args) or 0)
     except PrunerError as exc:

@@ -105,6 +105,7 @@ def finetune(student: nn.Module, data: DataBundle, config: FinetuneConfig, *, te
         student.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
+        sched.T_max = max(1, config.epochs * per_epoch)   # a resume may change epochs or batch size: anneal to the new end
         history = list(state.get("history", []))
 
     for epoch in range(start_epoch, config.epochs):

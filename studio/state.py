@@ -18,7 +18,7 @@ from typing import Any
 
 import streamlit as st
 
-from pruner.runs.manager import CANCEL_FILE, JobManager, JobSpec
+from pruner.runs.manager import JobManager, JobSpec
 from pruner.runs.rundir import RunDir, list_runs, read_json
 
 from .events import is_final
@@ -26,7 +26,6 @@ from .events import is_final
 RUNS_ENV = "PRUNER_RUNS_DIR"
 QUERY_KEY = "run"
 UPLOADS = "uploads"
-STALE_AFTER_S = 15 * 60      # a non-final run with no event for this long is probably interrupted
 
 PAGES = {
     "new": "pages/new_run.py",
@@ -115,10 +114,9 @@ def submit(kind: str, config: dict, name: str, options: dict | None = None, resu
     shared = _shared()
     out = runs_root() / name
     with shared.lock:
-        if resume:
-            # a cancelled run keeps its cancel request; clear it or the resumed job stops at once
-            (out / CANCEL_FILE).unlink(missing_ok=True)
-        elif out.exists() and any(out.iterdir()):
+        # (a resumed run's old cancel request and summary are cleared by the manager, which refuses a run
+        # that another process is writing)
+        if not resume and out.exists() and any(out.iterdir()):
             from pruner.errors import PrunerError
             raise PrunerError(f"a run named {name!r} already exists in {runs_root()}; choose another name")
         shared.manager.submit(JobSpec(kind=kind, config=config, out=str(out), resume=resume, options=options or {}))
@@ -168,25 +166,15 @@ def all_runs(kind: str | None = None) -> list[RunDir]:
     return runs
 
 
-def last_event_time(rd: RunDir) -> float | None:
-    try:
-        return rd.events_path.stat().st_mtime
-    except OSError:
-        return None
-
-
 def liveness(rd: RunDir, status: str | None = None) -> str:
-    """``final``, ``active`` (its job runs here, or events are recent) or ``stale`` (probably interrupted)."""
+    """``final``; ``active`` (queued or running here, or a process of any server or CLI holds the
+    run's lock); or ``interrupted`` (not finished and nobody holds its lock: its process died)."""
     status = status or rd.status()
     if is_final(status):
         return "final"
-    state = job_manager().state(rd.path)
-    if state in ("queued", "running"):
+    if job_manager().state(rd.path) in ("queued", "running"):
         return "active"
-    t = last_event_time(rd)
-    if t is not None and time.time() - t < STALE_AFTER_S:
-        return "active"
-    return "stale"
+    return "interrupted" if rd.interrupted(status) else "active"
 
 
 def default_run(kind: str) -> str | None:

@@ -54,3 +54,35 @@ def test_cancel_before_start(tmp_path):
         assert mgr.wait(first, timeout=300)
     finally:
         mgr.shutdown()
+
+
+def test_device_slots_follow_the_resolved_device():
+    import torch
+
+    from pruner.runs.manager import device_slot
+
+    gpu = torch.cuda.device_count() > 0
+    assert device_slot("auto") == device_slot(None) == ("cuda:0" if gpu else "cpu")
+    assert device_slot("cuda") == device_slot("CUDA:0") == "cuda:0"
+    assert device_slot("cpu") == "cpu" and device_slot("cuda:1") == "cuda:1"
+    assert not torch.cuda.is_initialized()   # asking created no CUDA context in this (server) process
+
+
+def test_auto_and_its_resolved_device_share_one_slot(tmp_path):
+    """On this machine ``auto`` is the CPU: an ``auto`` job and a ``cpu`` job do not run side by side."""
+    from pruner.runs.manager import device_slot
+
+    explicit = "cuda" if device_slot("auto") != "cpu" else "cpu"
+    mgr = JobManager(max_parallel=1)
+    try:
+        a = mgr.submit(JobSpec("prune", cfg(search_evals=2, device="auto"), str(tmp_path / "a")))
+        b = mgr.submit(JobSpec("prune", cfg(search_evals=2, device=explicit), str(tmp_path / "b")))
+        seen, deadline = set(), time.time() + 600
+        while not (mgr.state(a) == "finished" and mgr.state(b) == "finished"):
+            assert time.time() < deadline, seen
+            seen.add((mgr.state(a), mgr.state(b)))
+            time.sleep(0.05)
+        assert ("running", "running") not in seen and ("running", "queued") in seen
+        assert RunDir(tmp_path / "a").summary()["status"] == RunDir(tmp_path / "b").summary()["status"] == "done"
+    finally:
+        mgr.shutdown()

@@ -6,12 +6,20 @@ one candidate evaluation (or one fine-tuning batch) when ``should_stop`` says so
 ``resume=True`` continues an interrupted run: finished search evaluations are replayed
 from ``events.jsonl`` without re-evaluating, the finished search is read from
 ``state/search.json``, and fine-tuning restarts from its last epoch checkpoint.
+
+A job is the one writer of its run directory (it holds ``job.lock``; a second writer is
+refused before it writes anything). SIGTERM and SIGINT (Ctrl-C) cancel it like a cancel
+request, so it still writes a ``cancelled`` summary; running out of memory is a one-line
+``failed`` summary saying what to lower. A resume may change the fine-tuning settings and
+the reporting (:data:`RESUME_OVERRIDES`), never what the search means.
 """
 
 from __future__ import annotations
 
 import copy
 import csv
+import signal
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -36,9 +44,106 @@ from ..search import SearchContext, make_strategy, run_search
 from ..search.evaluator import Candidate, Evaluator, EvaluatorSettings
 from ..settings import resolve_device
 from .config import RunConfig
-from .rundir import RunDir, read_json, write_json_atomic
+from .rundir import RunDir, RunLock, read_json, write_json_atomic
 
 StopFn = Callable[[], bool]
+
+# Settings a resume may change: how the chosen structure is fine-tuned and reported. Everything
+# else (model, data, split, budget, strategy and its parameters, search sizes, seed, device)
+# defines the search the resumed run continues, so changing it is refused.
+RESUME_OVERRIDES = ("finetune.epochs", "finetune.lr", "finetune.momentum", "finetune.weight_decay",
+                    "finetune.batch_size", "finetune.kd_temperature", "finetune.kd_weight",
+                    "finetune.max_batches_per_epoch", "report_images", "export")
+OVERRIDES_STATE = "overrides.json"
+
+
+def apply_resume_overrides(stored: dict, overrides: dict | None) -> tuple[RunConfig, dict]:
+    """The run's stored config with ``overrides`` (dotted keys such as ``finetune.batch_size``)
+    applied and validated, and the changes made (``{key: [old, new]}``, equal values left out).
+    A key outside :data:`RESUME_OVERRIDES` is a PrunerError."""
+    new = copy.deepcopy(stored)
+    changes: dict = {}
+    for key, value in (overrides or {}).items():
+        if key not in RESUME_OVERRIDES:
+            raise PrunerError(f"a resume cannot change {key}: it would change what the search means; start a new "
+                              f"run instead (a resume may change {', '.join(RESUME_OVERRIDES)})")
+        *parents, leaf = key.split(".")
+        node = new
+        for part in parents:
+            node = node.setdefault(part, {})
+        if node.get(leaf) != value:
+            changes[key] = [node.get(leaf), value]
+            node[leaf] = value
+    return RunConfig.from_dict(new), changes
+
+
+class _StopOnSignal:
+    """SIGTERM/SIGINT while a job runs (main thread only): the first one raises CancelledError
+    where the job is, so it takes the cancel path and writes a ``cancelled`` summary; once the
+    job is writing its summary (:meth:`disarm`) signals are only noted."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.received: str | None = None
+        self._armed = False
+        self._old: dict = {}
+
+    def __enter__(self) -> "_StopOnSignal":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+            self._armed = True
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None:
+            return
+        self.received = signal.Signals(signum).name
+        if self._armed:
+            raise CancelledError(f"stopped by {self.received}")
+
+    def disarm(self) -> None:
+        self._armed = False
+
+    def __exit__(self, *exc) -> None:
+        self._armed = False
+        for sig, old in self._old.items():
+            if old is not None:   # None: a handler installed from C, which cannot be put back
+                signal.signal(sig, old)
+
+    @property
+    def message(self) -> str:
+        return f"cancelled by {self.received}; resume the run to continue it"
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text.lower() or "can't allocate memory" in text)
+
+
+def _oom_message(exc: BaseException, phase: str, config: RunConfig, out: str | Path) -> str:
+    where = "the GPU" if "CUDA" in str(exc) else "the machine (RAM)"
+    bs = config.finetune.batch_size
+    if phase == "fine-tuning":
+        return (f"out of memory on {where} while fine-tuning with batch size {bs}: resume with a smaller batch size "
+                f"(python -m pruner prune --resume --out {out} --batch-size {max(1, bs // 2)}, or Resume on the Runs "
+                "page)")
+    return (f"out of memory on {where} while {phase}: the search scores --search-images images "
+            f"(now {config.search_images}) in batches of up to {EvaluatorSettings().batch_size}, so start a new run with fewer search images or "
+            f"smaller images; fine-tuning uses --batch-size (now {bs}), which a resume may lower")
+
+
+def _record_overrides(run: RunDir, config: RunConfig, changes: dict) -> None:
+    """A resume's changed settings: into config.json (so a later resume keeps them) and the history
+    in ``state/overrides.json``."""
+    write_json_atomic(run.config_path, config.to_dict())
+    path = run.state_dir / OVERRIDES_STATE
+    history = (read_json(path) or {}).get("resumes", [])
+    history.append({"time": time.time(), "changes": changes})
+    write_json_atomic(path, {"resumes": history})
 
 
 class Session:
@@ -144,26 +249,68 @@ def _write_candidates_csv(path: Path, run: RunDir, names: list[str]) -> None:
                         e.get("macs"), e.get("params"), e.get("latency_ms"), *e.get("keep_ratios", [])])
 
 
-def run_job(config: RunConfig, out: str | Path, *, resume: bool = False, should_stop: StopFn | None = None) -> dict:
-    """Run the whole pipeline into the run directory ``out``; returns the summary (also on failure)."""
+def _take_lock(run: RunDir, lock: RunLock | None) -> RunLock:
+    """The lock handed over by a JobManager (still on this run directory), else a fresh one."""
+    if lock is not None and lock.at_path():
+        return lock
+    if lock is not None:   # the run directory was deleted or replaced while the job was queued
+        lock.release()
+    return run.lock()
+
+
+def run_job(config: RunConfig, out: str | Path, *, resume: bool = False, should_stop: StopFn | None = None,
+            overrides: dict | None = None, lock: RunLock | None = None) -> dict:
+    """Run the whole pipeline into the run directory ``out``; returns the summary (also on failure).
+
+    With ``resume=True`` the run's stored config is used, with ``overrides`` (see
+    :func:`apply_resume_overrides`). ``lock`` is the run's lock when a JobManager hands it over;
+    without it the job takes the lock itself. Refusals (another writer, a finished or non-empty
+    directory, a forbidden override) raise PrunerError before anything is written.
+    """
     run = RunDir(out)
-    if resume and not run.config_path.exists():
-        raise PrunerError(f"nothing to resume in {out}: it has no config.json")
-    if resume and run.summary() and run.summary().get("status") == "done":
-        return run.summary()
     if resume:
-        config = RunConfig.from_dict(run.config())
+        if not run.config_path.exists():
+            raise PrunerError(f"nothing to resume in {out}: it has no config.json")
+        stored = run.config()
+        if stored is None:
+            raise PrunerError(f"cannot resume {out}: its config.json is unreadable")
+        config, changes = apply_resume_overrides(stored, overrides)
+    else:
+        if overrides:
+            raise PrunerError("setting overrides apply only when resuming a run")
+        run.check_new()
+        changes = {}
+    lock = _take_lock(run, lock)
+    try:
+        if resume and run.summary() and run.summary().get("status") == "done":
+            return run.summary()
+        with _StopOnSignal() as signals:
+            return _run_job(config, run, resume=resume, should_stop=should_stop, changes=changes, signals=signals)
+    finally:
+        lock.release()
+
+
+def _run_job(config: RunConfig, run: RunDir, *, resume: bool, should_stop: StopFn | None, changes: dict,
+             signals: _StopOnSignal) -> dict:
     run.create(config.to_dict(), resume=resume)
+    if changes:
+        _record_overrides(run, config, changes)
     if resume and run.summary_path.exists():
         run.summary_path.unlink()  # an interrupted/cancelled run is being continued
-    stop = should_stop or (lambda: False)
+    user_stop = should_stop or (lambda: False)
+    stop = lambda: signals.received is not None or user_stop()  # noqa: E731
     t_start = time.time()
     summary: dict = {"status": "running", "error": None, "version": __version__, "protocol": config.protocol,
                      "budget": {"kind": config.budget_obj.kind, "target": config.budget_obj.target}}
     best: Candidate | None = None
     evaluator = None
+    if changes:
+        summary["overrides"] = changes
     try:
-        run.event("status", status="started", resume=resume)
+        run.event("status", status="started", resume=resume, **({"overrides": changes} if changes else {}))
+        if changes:
+            run.event("log", level="info", message="resumed with " + ", ".join(
+                f"{k} {old} -> {new}" for k, (old, new) in changes.items()))
         session = Session(config, run)
         config.budget_obj.check_reachable(cost_floor(session.space, config.budget_obj.kind))  # before any scoring
         data = session.data
@@ -262,9 +409,11 @@ def run_job(config: RunConfig, out: str | Path, *, resume: bool = False, should_
         artifacts["candidates"] = "artifacts/candidates.csv"
         summary["artifacts"] = artifacts
         summary["status"] = "done"
+        signals.disarm()
     except CancelledError:
+        signals.disarm()
         summary["status"] = "cancelled"
-        summary["error"] = "cancelled by the user"
+        summary["error"] = signals.message if signals.received else "cancelled by the user"
         if evaluator is not None:
             feasible = [c for c in evaluator.candidates if c.cost <= config.budget_obj.target * 1.05]
             b = max(feasible, key=lambda c: c.top1) if feasible else None
@@ -273,12 +422,20 @@ def run_job(config: RunConfig, out: str | Path, *, resume: bool = False, should_
                                  "best_candidate": b.id if b else None, "seconds": time.time() - t_start,
                                  "note": None if b else "no candidate meeting the budget was evaluated before cancel"}
     except PrunerError as exc:
+        signals.disarm()
         summary["status"] = "failed"
         summary["error"] = str(exc)
-    except Exception as exc:  # a bug: keep the traceback in the log, a one-line error in the summary
+    except Exception as exc:  # out of memory, or a bug: keep the traceback in the log, a one-line error
+        signals.disarm()
         summary["status"] = "failed"
-        summary["error"] = f"internal error: {type(exc).__name__}: {exc}"
+        if _out_of_memory(exc):
+            summary["error"] = _oom_message(exc, run.status(), config, run.path)
+        else:
+            summary["error"] = f"internal error: {type(exc).__name__}: {exc}"
         run.event("log", level="error", message=traceback.format_exc())
+    signals.disarm()
+    if summary["status"] == "failed" and signals.received:   # the signal surfaced as another error
+        summary.update(status="cancelled", error=signals.message)
     summary["seconds"] = time.time() - t_start
     run.event("status", status=summary["status"], error=summary["error"])
     run.write_summary(summary)
@@ -295,31 +452,54 @@ def _achieved(config: RunConfig, summary: dict) -> float:
     return summary["pruned"][key] / summary["base"][key]
 
 
-def run_sensitivity(config: RunConfig, out: str | Path, *, ratios=None, should_stop: StopFn | None = None) -> dict:
+def run_sensitivity(config: RunConfig, out: str | Path, *, ratios=None, should_stop: StopFn | None = None,
+                    lock: RunLock | None = None) -> dict:
     """Per-group sensitivity analysis into the run directory ``out`` (``sensitivity.json``)."""
+    run = RunDir(out)
+    run.check_new()
+    lock = _take_lock(run, lock)
+    try:
+        with _StopOnSignal() as signals:
+            return _run_sensitivity(config, run, ratios=ratios, should_stop=should_stop, signals=signals)
+    finally:
+        lock.release()
+
+
+def _run_sensitivity(config: RunConfig, run: RunDir, *, ratios, should_stop: StopFn | None,
+                     signals: _StopOnSignal) -> dict:
     from ..sensitivity import DEFAULT_RATIOS, analyse
 
-    run = RunDir(out)
     run.create({**config.to_dict(), "analysis": "sensitivity", "ratios": list(ratios or DEFAULT_RATIOS)})
+    user_stop = should_stop or (lambda: False)
+    stop = lambda: signals.received is not None or user_stop()  # noqa: E731
     t_start = time.time()
     summary: dict = {"status": "running", "error": None, "analysis": "sensitivity", "protocol": config.protocol}
     try:
         run.event("status", status="started")
         session = Session(config, run)
-        evaluator = session.evaluator(max_evals=None, should_stop=should_stop)
+        evaluator = session.evaluator(max_evals=None, should_stop=stop)
         run.event("status", status="analysing sensitivity")
         result = analyse(evaluator, ratios or DEFAULT_RATIOS,
                          progress=lambda done, total, point: run.event("sensitivity", done=done, total=total, **point))
         write_json_atomic(run.path / "sensitivity.json", result.to_dict())
         summary.update({"status": "done", "sensitivity": "sensitivity.json", "evaluations": result.evaluations,
                         "base_top1": result.base_top1, "timing": evaluator.timing})
+        signals.disarm()
     except CancelledError:
-        summary.update({"status": "cancelled", "error": "cancelled by the user"})
+        signals.disarm()
+        summary.update({"status": "cancelled", "error": signals.message if signals.received else "cancelled by the user"})
     except PrunerError as exc:
+        signals.disarm()
         summary.update({"status": "failed", "error": str(exc)})
     except Exception as exc:
-        summary.update({"status": "failed", "error": f"internal error: {type(exc).__name__}: {exc}"})
+        signals.disarm()
+        error = (_oom_message(exc, run.status(), config, run.path) if _out_of_memory(exc)
+                 else f"internal error: {type(exc).__name__}: {exc}")
+        summary.update({"status": "failed", "error": error})
         run.event("log", level="error", message=traceback.format_exc())
+    signals.disarm()
+    if summary["status"] == "failed" and signals.received:
+        summary.update(status="cancelled", error=signals.message)
     summary["seconds"] = time.time() - t_start
     run.event("status", status=summary["status"], error=summary["error"])
     run.write_summary(summary)

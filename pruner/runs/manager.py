@@ -7,21 +7,37 @@ CUDA error or out-of-memory in a child cannot take the web server down). Progres
 never passed through the manager: the child writes the run directory, which every reader
 (any browser tab, a later server) follows.
 
+Devices are slots keyed on the device a job will really use (:func:`device_slot`): ``auto``
+and ``cuda`` share the GPU's slot on a GPU machine, ``auto`` is ``cpu`` elsewhere.
+
+Each job holds its run's lock (``job.lock``, see :mod:`pruner.runs.rundir`): the manager
+takes it at :meth:`JobManager.submit` (so a run already being written, e.g. by a CLI
+``--resume``, is refused at once) and hands the same open file to the child, so a run is
+locked from the moment it is queued until its process ends, however it ends.
+
+The supervisor survives any exception: a failure while handling one job is written into
+that run when possible (a ``failed`` summary with a one-line error) and the queue goes on.
+
 Cancel is a file, ``<run>/cancel.request``, checked by the job between candidate
 evaluations and fine-tuning batches, so it works from any process and survives restarts.
 """
 
 from __future__ import annotations
 
+import functools
 import multiprocessing as mp
+import signal
+import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import PrunerError
 from .config import RunConfig
-from .rundir import RunDir
+from .rundir import RunDir, RunLock
 
 CANCEL_FILE = "cancel.request"
 
@@ -46,25 +62,88 @@ class JobSpec:
     options: dict[str, Any] = field(default_factory=dict)   # e.g. sensitivity ratios
 
 
-def _child(spec: JobSpec) -> None:
-    """Entry point of the spawned process."""
+@functools.lru_cache(maxsize=1)
+def _gpu_count() -> int:
+    import torch
+
+    # device_count asks NVML when it can and never creates a CUDA context in this process
+    return torch.cuda.device_count()
+
+
+def device_slot(device: str | None) -> str:
+    """The device a job asking for ``device`` will run on, as a slot name: ``auto`` is ``cuda:0``
+    when a GPU is visible and ``cpu`` otherwise, ``cuda`` is ``cuda:0`` (the semantics of
+    :func:`pruner.settings.resolve_device`). Names the job will refuse keep their own slot."""
+    name = (device or "auto").strip().lower()
+    if name == "auto":
+        return "cuda:0" if _gpu_count() > 0 else "cpu"
+    if name == "cuda":
+        return "cuda:0"
+    return name
+
+
+def _child(spec: JobSpec, lock: RunLock | None = None) -> None:
+    """Entry point of the spawned process (``lock``: the run's lock, handed over by the manager)."""
     from .job import run_job, run_sensitivity
 
     stop = lambda: cancel_requested(spec.out)  # noqa: E731
-    if spec.kind == "sensitivity":
-        run_sensitivity(RunConfig.from_dict(spec.config), spec.out, ratios=spec.options.get("ratios"), should_stop=stop)
+    try:
+        if spec.kind == "sensitivity":
+            run_sensitivity(RunConfig.from_dict(spec.config), spec.out, ratios=spec.options.get("ratios"),
+                            should_stop=stop, lock=lock)
+        else:
+            run_job(RunConfig.from_dict(spec.config), spec.out, resume=spec.resume, should_stop=stop,
+                    overrides=spec.options.get("overrides"), lock=lock)
+    except PrunerError as exc:   # refused before writing anything: record it unless another writer has the run
+        print(f"error: {exc}", file=sys.stderr)
+        record_failure(spec.out, str(exc))
+        sys.exit(2)
+
+
+def record_failure(run_dir: str | Path, message: str, lock: RunLock | None = None, status: str = "failed") -> bool:
+    """Write a ``failed`` (or ``status``) status and summary into a run nobody else is writing (with
+    ``lock`` when the caller holds it). False when the run directory is gone, another process
+    writes it, or writing fails; never raises."""
+    rd = RunDir(run_dir)
+    try:
+        if not rd.config_path.exists():
+            return False
+        own = lock is None
+        if own:
+            lock = RunLock.acquire(rd.lock_path, retry_s=0.5)
+        try:
+            rd.event("status", status=status, error=message)
+            rd.write_summary({"status": status, "error": message})
+        finally:
+            if own:
+                lock.release()
+        return True
+    except Exception:  # noqa: BLE001 - a missing directory, a live writer: nothing to record
+        return False
+
+
+def _exit_message(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            how = f"was killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            how = f"was killed by signal {-exitcode}"
     else:
-        run_job(RunConfig.from_dict(spec.config), spec.out, resume=spec.resume, should_stop=stop)
+        how = f"exited with code {exitcode}"
+    return (f"the job process {how} before writing its summary (out of memory or killed?); resume it from the Runs "
+            "page or with `python -m pruner prune --resume --out DIR`")
 
 
 @dataclass
 class Job:
     spec: JobSpec
-    device: str
+    device: str                    # the device slot (see device_slot)
     state: str = "queued"          # queued, running, finished
     process: Any = None
     submitted: float = field(default_factory=time.time)
     exitcode: int | None = None
+    lock: RunLock | None = None    # held while queued; handed to the child when it starts
+    error: str | None = None       # what went wrong when the manager had to end the job itself
 
 
 class JobManager:
@@ -81,34 +160,77 @@ class JobManager:
         self._thread.start()
 
     def submit(self, spec: JobSpec) -> str:
-        """Queue a job; returns its run directory (the job's id)."""
+        """Queue a job; returns its run directory (the job's id). A PrunerError (one line) when the
+        run is being written by another process, holds a finished run, or the resume is not allowed."""
         key = str(Path(spec.out).resolve())
         with self._lock:
             job = self._jobs.get(key)
             if job is not None and job.state != "finished":
                 return key
-            device = str(spec.config.get("device", "auto"))
-            self._jobs[key] = Job(spec, device)
-            if not spec.resume:
-                # make the run visible immediately, before its process starts
-                RunDir(spec.out).mark_queued({**spec.config, **({"analysis": spec.kind} if spec.kind != "prune" else {})})
+            rd = RunDir(spec.out)
+            if spec.resume:
+                self._check_resume(rd, spec)
+            else:
+                rd.check_new()
+            lock = rd.lock()   # refuses a second writer
+            try:
+                if spec.resume:
+                    # visible at once as going on again (the Live page polls), and not stopped by an old cancel
+                    (rd.path / CANCEL_FILE).unlink(missing_ok=True)
+                    rd.summary_path.unlink(missing_ok=True)
+                    rd.event("status", status="queued", resume=True)
+                else:
+                    # make the run visible immediately, before its process starts
+                    rd.mark_queued({**spec.config, **({"analysis": spec.kind} if spec.kind != "prune" else {})})
+            except BaseException:
+                lock.release()
+                raise
+            self._jobs[key] = Job(spec, device_slot(spec.config.get("device")), lock=lock)
         return key
+
+    @staticmethod
+    def _check_resume(rd: RunDir, spec: JobSpec) -> None:
+        stored = rd.config()
+        if stored is None:
+            raise PrunerError(f"nothing to resume in {rd.path}: it has no readable config.json")
+        if spec.kind != "prune":
+            raise PrunerError("only pruning runs can be resumed; start the analysis again")
+        if (rd.summary() or {}).get("status") == "done":
+            raise PrunerError(f"{rd.name} is already done; there is nothing to resume")
+        from .job import apply_resume_overrides
+
+        apply_resume_overrides(stored, spec.options.get("overrides"))   # refuses what a resume may not change
 
     def cancel(self, run_dir: str | Path) -> None:
         key = str(Path(run_dir).resolve())
-        request_cancel(run_dir)
+        try:
+            request_cancel(run_dir)
+        except OSError:
+            pass
         with self._lock:
             job = self._jobs.get(key)
             if job is not None and job.state == "queued":
                 job.state = "finished"
-                rd = RunDir(run_dir)
-                rd.event("status", status="cancelled", error="cancelled before it started")
-                rd.write_summary({"status": "cancelled", "error": "cancelled before it started"})
+                try:
+                    rd = RunDir(run_dir)
+                    rd.event("status", status="cancelled", error="cancelled before it started")
+                    rd.write_summary({"status": "cancelled", "error": "cancelled before it started"})
+                except OSError:
+                    pass
+                finally:
+                    if job.lock is not None:
+                        job.lock.release()
 
     def state(self, run_dir: str | Path) -> str | None:
         with self._lock:
             job = self._jobs.get(str(Path(run_dir).resolve()))
             return None if job is None else job.state
+
+    def error(self, run_dir: str | Path) -> str | None:
+        """Why the manager ended this job itself (e.g. its process could not start), if it did."""
+        with self._lock:
+            job = self._jobs.get(str(Path(run_dir).resolve()))
+            return None if job is None else job.error
 
     def jobs(self) -> list[tuple[str, str]]:
         with self._lock:
@@ -128,40 +250,86 @@ class JobManager:
 
     def shutdown(self, cancel: bool = True) -> None:
         self._stopping = True
+        self._thread.join(timeout=10)
         with self._lock:
             jobs = list(self._jobs.values())
         for j in jobs:
-            if cancel and j.state in ("queued", "running"):
+            if j.state == "queued":
+                if cancel:
+                    self.cancel(j.spec.out)
+                elif j.lock is not None:
+                    j.lock.release()   # it will not run here: let it show as interrupted
+            elif cancel and j.state == "running":
                 request_cancel(j.spec.out)
         for j in jobs:
             if j.process is not None:
                 j.process.join(timeout=30)
                 if j.process.is_alive():
-                    j.process.terminate()
+                    j.process.terminate()   # SIGTERM: the job writes a cancelled summary
+                    j.process.join(timeout=30)
 
     # ------------------------------------------------------------------ supervisor
     def _supervise(self) -> None:
         while not self._stopping:
-            with self._lock:
-                for job in self._jobs.values():
-                    if job.state == "running" and not job.process.is_alive():
-                        job.process.join()
-                        job.exitcode = job.process.exitcode
-                        job.state = "finished"
-                        rd = RunDir(job.spec.out)
-                        if rd.summary() is None:  # the child died without writing its summary
-                            msg = f"the job process exited with code {job.exitcode} (out of memory or killed?); " \
-                                  "resume it from the Runs page or with `python -m pruner prune --resume`"
-                            rd.event("status", status="failed", error=msg)
-                            rd.write_summary({"status": "failed", "error": msg})
-                running: dict[str, int] = {}
-                for job in self._jobs.values():
-                    if job.state == "running":
-                        running[job.device] = running.get(job.device, 0) + 1
-                for job in sorted(self._jobs.values(), key=lambda j: j.submitted):
-                    if job.state == "queued" and running.get(job.device, 0) < self.max_parallel:
-                        job.process = self._ctx.Process(target=_child, args=(job.spec,), daemon=False)
-                        job.process.start()
-                        job.state = "running"
-                        running[job.device] = running.get(job.device, 0) + 1
+            try:
+                with self._lock:
+                    self._tick()
+            except Exception:  # noqa: BLE001 - the queue must go on whatever one pass hit
+                traceback.print_exc()
             time.sleep(self.poll)
+
+    def _tick(self) -> None:
+        for job in list(self._jobs.values()):
+            if job.state == "running":
+                try:
+                    self._reap(job)
+                except Exception as exc:  # noqa: BLE001
+                    self._end(job, f"the job manager lost track of this job ({type(exc).__name__}: {exc}); "
+                                   "resume it from the Runs page")
+        running: dict[str, int] = {}
+        for job in self._jobs.values():
+            if job.state == "running":
+                running[job.device] = running.get(job.device, 0) + 1
+        for job in sorted(self._jobs.values(), key=lambda j: j.submitted):
+            if self._stopping:
+                return
+            if job.state == "queued" and running.get(job.device, 0) < self.max_parallel:
+                try:
+                    self._start(job)
+                except Exception as exc:  # noqa: BLE001
+                    self._end(job, f"could not start the job ({type(exc).__name__}: {exc})")
+                else:
+                    running[job.device] = running.get(job.device, 0) + 1
+
+    def _start(self, job: Job) -> None:
+        process = self._ctx.Process(target=_child, args=(job.spec, job.lock), daemon=False)
+        process.start()          # the child receives a duplicate of the locked file
+        job.process = process
+        job.state = "running"
+        if job.lock is not None:
+            job.lock.hand_over()
+            job.lock = None
+
+    def _reap(self, job: Job) -> None:
+        if job.process.is_alive():
+            return
+        job.process.join()
+        job.exitcode = job.process.exitcode
+        job.state = "finished"
+        if RunDir(job.spec.out).summary() is None:  # the child died without writing its summary
+            if job.exitcode in (-signal.SIGTERM, -signal.SIGINT):   # stopped before the job could take it
+                self._end(job, f"cancelled by {signal.Signals(-job.exitcode).name} before the job started working",
+                          status="cancelled")
+            else:
+                self._end(job, _exit_message(job.exitcode))
+
+    def _end(self, job: Job, message: str, status: str = "failed") -> None:
+        """Finish ``job`` with a failure, recorded into its run when that is possible."""
+        job.state = "finished"
+        job.error = message
+        lock, job.lock = job.lock, None
+        try:
+            record_failure(job.spec.out, message, lock, status=status)
+        finally:
+            if lock is not None:
+                lock.release()

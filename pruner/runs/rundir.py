@@ -5,18 +5,29 @@ Layout::
     <run>/config.json     resolved settings (written at start)
     <run>/events.jsonl    one JSON object per line, appended and flushed as the run goes
     <run>/summary.json    written atomically at the end (status done / failed / cancelled)
+    <run>/job.lock        the writer's lock (fcntl.flock) and who holds it: pid, host, start time
     <run>/state/          resumable state (search steps, fine-tune epochs)
     <run>/artifacts/      model.onnx, pruned.pt2, checkpoint.pt, candidates.csv
 
 Every event has ``kind`` (status, candidate, step, epoch, log, ...) and ``time`` (Unix
-seconds). Readers tolerate a half-written last line.
+seconds). Readers skip what is not a whole JSON object on one line (a half-written last
+line, bytes that are not UTF-8, a JSON array or number); a writer that finds a torn last
+line starts its first event on a fresh line.
+
+One writer at a time: whoever is responsible for a run (the job process, or a server's
+JobManager while the job waits in its queue) holds an exclusive ``flock`` on ``job.lock``.
+The kernel drops the lock when the holder dies, however it dies, so a run that is not
+final and whose lock is free was interrupted (:meth:`RunDir.interrupted`), and a second
+writer is refused (:meth:`RunDir.lock`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -25,6 +36,9 @@ from typing import Any, Iterator
 from ..errors import PrunerError
 
 QUEUED_MARKER = ".queued"
+LOCK_FILE = "job.lock"
+FINAL_STATUSES = ("done", "failed", "cancelled")
+LOCK_RETRY_S = 2.0      # a reader's probe holds the lock for microseconds; a writer retries this long
 EVENT_KINDS = ("status", "base", "candidate", "step", "epoch", "log", "sensitivity", "constrained", "purl", "joint")
 
 
@@ -56,11 +70,133 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def read_json(path: Path) -> dict | None:
+    """The JSON object in ``path``, or None when it is missing, unreadable or not an object."""
     try:
-        with open(path) as fh:
-            return json.load(fh)
-    except (OSError, json.JSONDecodeError):
+        with open(path, "rb") as fh:
+            data = json.loads(fh.read())
+    except (OSError, ValueError):   # ValueError: JSONDecodeError and UnicodeDecodeError
         return None
+    return data if isinstance(data, dict) else None
+
+
+def _parse_line(line: bytes) -> dict | None:
+    """One event line as a dict, or None for anything else (torn, not UTF-8, not a JSON object)."""
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``<run>/job.lock``, held by the one writer of a run.
+
+    The lock belongs to the open file, so it is released when the holder closes it or dies
+    (SIGKILL included). A JobManager takes it when it queues a job and hands the very same
+    open file to the spawned child (:meth:`__reduce__`), so the run is never unlocked between
+    the queue and the job.
+    """
+
+    def __init__(self, path: Path, fd: int):
+        self.path = Path(path)
+        self._fd: int | None = fd
+
+    @classmethod
+    def acquire(cls, path: str | Path, *, retry_s: float = LOCK_RETRY_S) -> "RunLock":
+        path = Path(path)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        end = time.monotonic() + retry_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= end:
+                    os.close(fd)
+                    raise PrunerError(f"{path.parent} is being written by another job ({_describe(_read_holder(path))}); "
+                                      "wait for it to finish or cancel it first") from None
+                time.sleep(0.05)
+        lock = cls(path, fd)
+        lock.stamp()
+        return lock
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def stamp(self) -> None:
+        """Write this process as the holder (pid, host, start time) into the lock file."""
+        if self._fd is None:
+            return
+        info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}).encode()
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, info, 0)
+
+    def at_path(self) -> bool:
+        """Whether the locked file is still ``<run>/job.lock`` (not a run directory deleted meanwhile)."""
+        if self._fd is None:
+            return False
+        try:
+            return os.fstat(self._fd).st_ino == os.stat(self.path).st_ino
+        except OSError:
+            return False
+
+    def release(self) -> None:
+        """Unlock and close (the holder info is cleared first)."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    def hand_over(self) -> None:
+        """Close this process's copy without unlocking: the child it was passed to keeps the lock."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+    def __reduce__(self):
+        # Only through multiprocessing's spawn: the child receives a duplicate of the open file
+        # (same lock), passed by the library's own fd-passing mechanism.
+        from multiprocessing import context, reduction
+
+        if self._fd is None or context.get_spawning_popen() is None:
+            raise TypeError("a RunLock can only be passed to a process being spawned")
+        return _rebuild_lock, (str(self.path), reduction.DupFd(self._fd))
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _rebuild_lock(path: str, dup) -> RunLock:
+    lock = RunLock(Path(path), dup.detach())
+    lock.stamp()   # the child is the holder now
+    return lock
+
+
+def _read_holder(path: Path) -> dict:
+    try:
+        with open(path, "rb") as fh:
+            data = json.loads(fh.read() or b"{}")
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _describe(holder: dict | None) -> str:
+    if not holder or holder.get("pid") is None:
+        return "a process starting now"
+    started = holder.get("started")
+    when = time.strftime(" since %Y-%m-%d %H:%M:%S", time.localtime(started)) if isinstance(started, (int, float)) else ""
+    return f"pid {holder.get('pid')} on {holder.get('host', '?')}{when}"
 
 
 class RunDir:
@@ -92,19 +228,61 @@ class RunDir:
         return self.path / "artifacts"
 
     @property
+    def lock_path(self) -> Path:
+        return self.path / LOCK_FILE
+
+    @property
     def name(self) -> str:
         return self.path.name
 
+    # -------------------------------------------------------------- the writer's lock
+    def lock(self) -> RunLock:
+        """Become the one writer of this run (creating the directory), or a one-line PrunerError
+        naming the process that writes it now."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        return RunLock.acquire(self.lock_path)
+
+    def holder(self) -> dict | None:
+        """Who writes this run now (``pid``, ``host``, ``started``; empty while it is being
+        stamped), or None when nobody holds its lock. Never blocks or takes the lock away."""
+        try:
+            fd = os.open(self.lock_path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return _read_holder(self.lock_path)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
+    def interrupted(self, status: str | None = None) -> bool:
+        """Not finished, and nobody holds its lock: its job died (crash, kill, server restart)."""
+        status = status or self.status()
+        return status not in FINAL_STATUSES and self.config_path.exists() and self.holder() is None
+
     # -------------------------------------------------------------- writing
+    def check_new(self) -> None:
+        """Refuse to start a new run here (before anything is written) when it holds another run or files."""
+        if self.summary_path.exists():
+            raise PrunerError(f"{self.path} already holds a finished run; choose another --out or delete it")
+        if (self.path / QUEUED_MARKER).exists():
+            return
+        if self.path.is_file():
+            raise PrunerError(f"{self.path} is a file; choose another --out")
+        if self.path.exists() and any(p.name != LOCK_FILE for p in self.path.iterdir()):
+            raise PrunerError(f"{self.path} is not empty; choose another --out, or --resume an interrupted run")
+
     def create(self, config: dict, *, resume: bool = False) -> None:
         """Start a run here. A finished run directory is never overwritten."""
-        if self.summary_path.exists() and not resume:
-            raise PrunerError(f"{self.path} already holds a finished run; choose another --out or delete it")
+        if not resume:
+            self.check_new()
         queued = self.path / QUEUED_MARKER
         if queued.exists():  # created by JobManager.submit for a job that is starting now
             queued.unlink()
-        elif self.path.exists() and not resume and any(self.path.iterdir()):
-            raise PrunerError(f"{self.path} is not empty; choose another --out, or --resume an interrupted run")
         self.path.mkdir(parents=True, exist_ok=True)
         self.state_dir.mkdir(exist_ok=True)
         self.artifacts_dir.mkdir(exist_ok=True)
@@ -118,12 +296,18 @@ class RunDir:
         self.event("status", status="queued")
 
     def event(self, kind: str, **fields: Any) -> dict:
-        """Append one event (flushed and fsynced so readers and resumes see it)."""
+        """Append one event (flushed and fsynced so readers and resumes see it). When the log
+        ends in a torn line (its writer died mid-line), the event starts on a fresh line."""
         record = {"kind": kind, "time": time.time(), **fields}
-        line = json.dumps(_clean(record))
+        line = json.dumps(_clean(record)).encode() + b"\n"
         with self._lock:
-            with open(self.events_path, "a") as fh:
-                fh.write(line + "\n")
+            with open(self.events_path, "ab+") as fh:
+                end = fh.seek(0, os.SEEK_END)
+                if end > 0:
+                    fh.seek(end - 1)
+                    if fh.read(1) != b"\n":
+                        line = b"\n" + line
+                fh.write(line)   # append mode: always at the end
                 fh.flush()
                 os.fsync(fh.fileno())
         return record
@@ -142,17 +326,18 @@ class RunDir:
         return [e for e in self.iter_events(start) if kind is None or e.get("kind") == kind]
 
     def iter_events(self, start: int = 0) -> Iterator[dict]:
-        """Events from line ``start`` on; a torn last line (still being written) is skipped."""
+        """Events from line ``start`` on. Skipped: a torn last line (still being written), and any
+        line that is not a JSON object in UTF-8 (a torn line a later writer continued after,
+        garbage bytes, a JSON array or number)."""
         try:
-            with open(self.events_path) as fh:
+            with open(self.events_path, "rb") as fh:
                 for i, line in enumerate(fh):
-                    if i < start or not line.endswith("\n"):
+                    if i < start or not line.endswith(b"\n"):
                         continue
-                    try:
-                        yield json.loads(line)
-                    except json.JSONDecodeError:
-                        continue
-        except FileNotFoundError:
+                    record = _parse_line(line)
+                    if record is not None:
+                        yield record
+        except (FileNotFoundError, NotADirectoryError):
             return
 
     def status(self) -> str:
