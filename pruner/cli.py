@@ -50,6 +50,8 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--search-images", type=int, default=1000, help="search-split images scored per candidate")
     g.add_argument("--recal-images", type=int, default=256, help="training images for BN recalibration")
     g.add_argument("--max-prune", type=float, default=0.9, help="largest fraction of any group that may go")
+    g.add_argument("--round-to", type=int, default=None, metavar="N",
+                   help="keep every pruned group's channels a multiple of N (1 = off; default 8 on CUDA, 1 on CPU)")
 
 
 def _parse_set(items: list[str]) -> dict:
@@ -76,7 +78,8 @@ def _config(args):
     if hasattr(args, "budget"):
         kw.update(budget=args.budget, strategy=args.strategy, strategy_params=_parse_set(args.set),
                   importance=args.importance, search_evals=args.search_evals, search_images=args.search_images,
-                  recal_images=args.recal_images, max_prune=args.max_prune)
+                  recal_images=args.recal_images, max_prune=args.max_prune,
+                  round_to=args.round_to)
     if hasattr(args, "finetune_epochs"):
         kw["finetune"] = FinetuneConfig(epochs=args.finetune_epochs, lr=args.lr, kd_temperature=args.kd_temperature,
                                         kd_weight=args.kd_weight, batch_size=args.batch_size,

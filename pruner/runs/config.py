@@ -8,6 +8,7 @@ from typing import Any
 from ..budget import Budget
 from ..errors import PrunerError
 from ..finetune import FinetuneConfig
+from ..pruning.space import check_round_to
 
 
 @dataclass
@@ -32,6 +33,7 @@ class RunConfig:
     recal_images: int = 256
     max_prune: float = 0.9
     min_channels: int = 1
+    round_to: int | None = None            # kept channels a multiple of this; None = auto (8 on CUDA, 1 on CPU)
     # fine-tuning and reporting
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     report_images: int | None = None        # cap on report-split images (quick runs); None = all
@@ -55,6 +57,14 @@ class RunConfig:
                 raise PrunerError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.max_prune < 1.0:
             raise PrunerError(f"max_prune must be in (0, 1), got {self.max_prune}")
+        if self.round_to is not None:
+            self.round_to = check_round_to(self.round_to)
+
+    def resolved_round_to(self, device) -> int:
+        """``round_to``, with None (auto) resolved for the run's device: 8 on CUDA, 1 elsewhere."""
+        if self.round_to is not None:
+            return self.round_to
+        return 8 if getattr(device, "type", str(device)).startswith("cuda") else 1
 
     @property
     def budget_obj(self) -> Budget:
