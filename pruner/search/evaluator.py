@@ -181,7 +181,7 @@ class Evaluator:
         t0 = time.perf_counter()
         pruned, _ = self.space.prune(self.model, self.space.align(counts), self.ranking)
         pruned.to(self.device)
-        if self.device.type == "cuda" or self.settings.channels_last:
+        if self.device.type == "cuda":
             pruned.to(memory_format=torch.channels_last)
         self.timing["surgery"] += time.perf_counter() - t0
         if recalibrate:
@@ -195,10 +195,15 @@ class Evaluator:
         represent this model."""
         if self._masker is None:
             t0 = time.perf_counter()
-            masker = ChannelMasker(self.model, self.space, device=self.device,
-                                   channels_last=self.settings.channels_last or self.device.type == "cuda")
-            probe = self.space.counts([0.5] * len(self.space))
-            masker.verify(probe, self._batch(self._search_x, 0, 8).contiguous())
+            try:
+                masker = ChannelMasker(self.model, self.space, device=self.device,
+                                       channels_last=self.settings.channels_last or self.device.type == "cuda")
+                probe = self.space.counts([0.5] * len(self.space))
+                masker.verify(probe, self._batch(self._search_x, 0, 8).contiguous())
+            except MaskingUnsupported:
+                raise
+            except Exception as exc:  # a layer the mapping does not know: surgery still works
+                raise MaskingUnsupported(f"{type(exc).__name__}: {exc}") from exc
             self._masker = masker
             self.timing["masks"] += time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -260,7 +265,11 @@ class Evaluator:
                 return self.masked(counts)
             except MaskingUnsupported as exc:
                 self.scoring, self.scoring_note = "physical", f"channel masks cannot represent this model ({exc})"
-        return self.build(counts)
+        pruned = self.build(counts, recalibrate=False)
+        if self.settings.channels_last:  # for scoring only: latency costs time the model as built
+            pruned.to(memory_format=torch.channels_last)
+        self._recalibrate(pruned)
+        return pruned
 
     def set_model(self, model: nn.Module, ranking: Sequence[torch.Tensor]) -> None:
         """Switch to a new current model (e.g. after fine-tuning between search steps)."""
