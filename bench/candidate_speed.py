@@ -38,7 +38,10 @@ def main() -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--scoring", default="auto", choices=["auto", "mask", "physical"])
     p.add_argument("--round-to", type=int, default=None, help="default: 8 on CUDA, 1 on CPU")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cfg = RunConfig(model=args.model, weights=args.weights, data=args.data, protocol="test-halves", budget=args.budget,
                     search_images=args.search_images, recal_images=args.recal_images, device=args.device,
                     round_to=args.round_to)
