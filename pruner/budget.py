@@ -5,7 +5,12 @@ strategy proposes an *allocation*: a non-negative weight per group saying how un
 to prune (0 = leave the group alone). :func:`solve` finds the global scale ``s`` such that
 pruning group ``g`` by ``s * allocation[g]`` (clipped to each group's limits) meets the
 budget, by bisection: on the exact cost model for FLOPs and params, on a measured cost
-for latency.
+for latency. Counts pass through the space's alignment (``round_to``), so every strategy's
+structures are aligned and the bisection sees the cost of what will be built.
+
+:func:`meet_measured` is the final guard: the physically pruned model's MACs or parameters
+are *measured* (:func:`pruner.measure.count_cost`) and, should they exceed the budget, the
+structure is re-solved on the measured cost, or the run fails with the floor it could reach.
 """
 
 from __future__ import annotations
@@ -14,7 +19,10 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import torch.nn as nn
+
 from .errors import PrunerError
+from .measure import count_cost
 from .pruning.space import PruningSpace
 
 KINDS = ("flops", "params", "latency")
@@ -132,3 +140,52 @@ def solve(space: PruningSpace, allocation: Sequence[float], budget: Budget, *,
             break
     _ratios, counts, achieved, scale = best
     return Solution([c / g.channels for c, g in zip(counts, space.groups)], counts, achieved, scale)
+
+
+@dataclass(frozen=True)
+class MeasuredCheck:
+    counts: list[int]    # the structure to build (the given one unless it had to be corrected)
+    achieved: float      # measured fraction of the original MACs/params of that structure
+    corrected: bool      # True when the given structure measured above the budget
+
+
+def measured_cost_fn(space: PruningSpace, model: nn.Module, kind: str) -> CostFn:
+    """Relative MACs or params *measured* on the physically pruned ``model`` (space's ranking)."""
+    if kind not in ("flops", "params"):
+        raise PrunerError(f"no measured cost for {kind!r} here: latency is measured by the evaluator")
+    base = count_cost(model, space.input_size)
+
+    def fn(counts: list[int]) -> float:
+        pruned, _ = space.prune(model, counts)
+        cost = count_cost(pruned, space.input_size)
+        return cost.macs / base.macs if kind == "flops" else cost.params / base.params
+
+    return fn
+
+
+def meet_measured(space: PruningSpace, model: nn.Module, counts: Sequence[int], budget: Budget, *,
+                  iterations: int = 14) -> MeasuredCheck:
+    """Check that the physically pruned ``model`` meets a FLOPs/params ``budget`` on measured cost.
+
+    If it does not (a cost model that missed a layer, say), re-solve with the same shape
+    (each group pruned in proportion to what ``counts`` removes from it) on the measured cost;
+    if even every group at its floor measures above the target, a :class:`PrunerError` says so
+    and what the floor is. Latency budgets are returned unchanged (measured by the search).
+    """
+    counts = space.align(counts)
+    if budget.kind not in ("flops", "params"):
+        return MeasuredCheck(counts, float("nan"), False)
+    measured = measured_cost_fn(space, model, budget.kind)
+    achieved = measured(counts)
+    if achieved <= budget.target:
+        return MeasuredCheck(counts, achieved, False)
+    alloc = [1.0 - c / g.channels + 1e-3 for c, g in zip(counts, space.groups)]
+    try:
+        sol = solve(space, alloc, budget, cost_fn=measured, iterations=iterations)
+    except PrunerError:
+        floor = measured(space.counts([0.0] * len(space.groups)))
+        raise PrunerError(
+            f"budget {budget} cannot be met: the pruned model measures {achieved:.3f} of the original {budget.kind} "
+            f"and the smallest allowed structure {floor:.3f}; raise the target above {floor:.3f} or allow more "
+            "pruning (max_prune, min_channels, round_to)") from None
+    return MeasuredCheck(sol.counts, sol.achieved, True)

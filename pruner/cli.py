@@ -75,6 +75,8 @@ def _search_args(p: argparse.ArgumentParser, d: dict) -> None:
     _scoring_args(g, d)
     g.add_argument("--search-evals", type=int, default=d["search_evals"], help="cap on candidate evaluations")
     g.add_argument("--max-prune", type=float, default=d["max_prune"], help="largest fraction of any group that may go")
+    g.add_argument("--round-to", type=int, default=None, metavar="N",
+                   help="keep every pruned group's channels a multiple of N (1 = off; default 8 on CUDA, 1 on CPU)")
 
 
 def _parse_set(items: list[str]) -> dict:
@@ -105,7 +107,8 @@ def _config(args):
     kw["trust_code"] = True  # file:/python: code named on the user's own command line: consent (docs/security.md)
     if hasattr(args, "budget"):
         kw.update(budget=args.budget, strategy=args.strategy, strategy_params=_parse_set(args.set),
-                  search_evals=args.search_evals, max_prune=args.max_prune)
+                  search_evals=args.search_evals, max_prune=args.max_prune,
+                  round_to=args.round_to)
     if hasattr(args, "finetune_epochs"):
         kw["finetune"] = FinetuneConfig(epochs=args.finetune_epochs, lr=args.lr, kd_temperature=args.kd_temperature,
                                         kd_weight=args.kd_weight, batch_size=args.batch_size,

@@ -6,13 +6,19 @@ base model and answers, without touching the model:
 
 * which groups exist (:attr:`PruningSpace.groups`) and what share of the MACs and
   parameters each one controls;
-* how many channels each group keeps for given keep ratios (:meth:`counts`);
+* how many channels each group keeps for given keep ratios (:meth:`counts`), aligned to a
+  multiple of ``round_to`` (:meth:`align`: tensor-core friendly widths on GPUs);
 * the MACs and parameters of the pruned model (:meth:`predict`), exact for conv/linear
   networks, so budget solvers can bisect without physical surgery.
 
+The space owns *one* channel ranking (:meth:`set_ranking`): predictions and surgery both
+use it, so what the cost model counts is exactly what the surgery keeps (where a group
+spans a concatenation, which channels go decides which layers shrink).
+
 :meth:`prune` builds the physically smaller copy (``nn.Module``, not masks) and returns a
 :class:`PruningRecord` that replays the same surgery on a fresh base model (used to
-rebuild pruned checkpoints).
+rebuild pruned checkpoints). Every count that reaches :meth:`predict` or :meth:`prune` is
+passed through :meth:`align` first, so no strategy can build an unaligned structure.
 """
 
 from __future__ import annotations
@@ -82,15 +88,6 @@ class _Term:
     in_total: int
 
 
-def _fraction(share: dict[int, torch.Tensor], total: int, kept: Sequence[torch.Tensor]) -> float:
-    """Kept fraction of a dimension of ``total`` channels, some of which belong to groups."""
-    if total <= 0:
-        return 1.0
-    pruned_part = sum(int(kept[g][idx].sum()) for g, idx in share.items())
-    rest = total - sum(len(idx) for idx in share.values())
-    return (pruned_part + rest) / total
-
-
 def build_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
     """Trace ``model`` with Torch-Pruning, including the project's custom layer handlers."""
     try:
@@ -144,12 +141,15 @@ class PruningSpace:
         input_size: ``(C, H, W)`` of one input image.
         min_channels: the fewest channels any group may keep.
         max_prune: the largest fraction of any group that may be removed.
+        round_to: every pruned group keeps a multiple of this many channels (1 = any count);
+            see :meth:`align`.
     """
 
     def __init__(self, model: nn.Module, input_size: Sequence[int] = (3, 32, 32), *,
-                 min_channels: int = 1, max_prune: float = 0.95):
+                 min_channels: int = 1, max_prune: float = 0.95, round_to: int = 1):
         if not 0.0 < max_prune < 1.0:
             raise PrunerError(f"max_prune must be in (0, 1), got {max_prune}")
+        self.round_to = check_round_to(round_to)
         self.input_size = tuple(int(s) for s in input_size)
         self.max_prune = float(max_prune)
         device = next(iter(model.parameters())).device
@@ -166,9 +166,39 @@ class PruningSpace:
         if not self.groups:
             raise PrunerError("this model has no prunable channel groups (only its classifier or unsupported layers)")
         self.ranking: list[torch.Tensor] | None = None
+        self._given: list[torch.Tensor] | None = None
         self.base_macs = sum(t.base for t in self._terms_macs)
         self.base_params = sum(p.numel() for p in model.parameters())
         del self._names
+        self._compile_terms()
+
+    def _compile_terms(self) -> None:
+        """The cost model as two matrices over the flat channel vector of all groups, so that
+        :meth:`predict` is a few vector operations (the solver calls it dozens of times)."""
+        self._offsets = [0]
+        for g in self.groups:
+            self._offsets.append(self._offsets[-1] + g.channels)
+        n = self._offsets[-1]
+
+        def side(terms, attr_share, attr_total):
+            rows = torch.zeros(len(terms), n, dtype=torch.float64)
+            rest = torch.zeros(len(terms), dtype=torch.float64)
+            total = torch.ones(len(terms), dtype=torch.float64)
+            for k, t in enumerate(terms):
+                share, tot = getattr(t, attr_share), getattr(t, attr_total)
+                if tot <= 0:
+                    rest[k] = 1.0
+                    continue
+                total[k] = tot
+                for g, idx in share.items():
+                    rows[k, self._offsets[g] + idx] += 1.0
+                rest[k] = tot - sum(len(idx) for idx in share.values())
+            return rows, rest, total
+
+        self._cost_tables = []
+        for terms in (self._terms_macs, self._terms_params):
+            base = torch.tensor([float(t.base) for t in terms], dtype=torch.float64)
+            self._cost_tables.append((base, side(terms, "out", "out_total"), side(terms, "inp", "in_total")))
 
     # ------------------------------------------------------------------ analysis
     def _analyse(self, model, graph, example, outputs, unsupported, min_channels):
@@ -277,25 +307,58 @@ class PruningSpace:
         return ratios
 
     def min_keep(self, group: ChannelGroup) -> int:
-        return max(group.min_channels, int(math.ceil(group.channels * (1.0 - self.max_prune))))
+        """The fewest channels ``group`` may keep: ``min_channels`` and ``max_prune`` honoured, then
+        rounded up to a multiple of ``round_to`` (the whole group when that exceeds its size)."""
+        floor = max(group.min_channels, int(math.ceil(group.channels * (1.0 - self.max_prune))))
+        n = self.round_to
+        aligned = -(-floor // n) * n
+        return group.channels if aligned >= group.channels else aligned
+
+    def align(self, counts: Sequence[int]) -> list[int]:
+        """The counts that will actually be built: each clipped to ``[min_keep, channels]`` and,
+        with ``round_to = N > 1``, rounded to the nearest multiple of N (halves up).
+
+        A group keeps either all its channels (unpruned: any size) or a multiple of N; a group
+        whose smallest allowed multiple of N is not below its size (e.g. 6 channels with N = 8)
+        is never pruned. Idempotent, so aligning twice changes nothing.
+        """
+        if len(counts) != len(self.groups):
+            raise PrunerError(f"expected {len(self.groups)} channel counts (one per group), got {len(counts)}")
+        out = []
+        n = self.round_to
+        for g, c in zip(self.groups, counts):
+            c = int(c)
+            if c >= g.channels:
+                out.append(g.channels)
+                continue
+            if n > 1:
+                c = int(math.floor(c / n + 0.5)) * n
+            c = max(c, self.min_keep(g))
+            out.append(g.channels if c >= g.channels else c)
+        return out
 
     def counts(self, keep_ratios: Sequence[float]) -> list[int]:
-        """Channels each group keeps: ``round(channels * ratio)`` clipped to the allowed range."""
+        """Channels each group keeps: ``round(channels * ratio)``, aligned (:meth:`align`)."""
         ratios = self.validate_ratios(keep_ratios)
-        return [
-            int(min(g.channels, max(self.min_keep(g), round(g.channels * r))))
-            for g, r in zip(self.groups, ratios)
-        ]
+        return self.align([round(g.channels * r) for g, r in zip(self.groups, ratios)])
 
     def set_ranking(self, ranking: Sequence[torch.Tensor]) -> None:
-        """The channel order (least important first) that :meth:`prune` will use.
+        """The channel order (least important first) that :meth:`predict` and :meth:`prune` use.
 
         Needed for exact predictions where a group spans several layers unevenly (a
-        concatenation): which channels go decides which layers shrink."""
+        concatenation): which channels go decides which layers shrink. Whoever ranks the
+        channels sets it here before any prediction (the run's session and the evaluator do)."""
         if len(ranking) != len(self.groups):
             raise PrunerError("set_ranking needs one channel order per group")
-        self._given = [torch.as_tensor(r, dtype=torch.long) for r in ranking]
-        self.ranking = [self._protect_segments(i, torch.as_tensor(r, dtype=torch.long)) for i, r in enumerate(ranking)]
+        given = [torch.as_tensor(r, dtype=torch.long).cpu() for r in ranking]
+        if self._given is not None and all(torch.equal(a, b) for a, b in zip(given, self._given)):
+            return
+        self._given = given
+        self.ranking = [self._protect_segments(i, r) for i, r in enumerate(given)]
+        position = torch.empty(self._offsets[-1], dtype=torch.long)
+        for i, order in enumerate(self.ranking):
+            position[self._offsets[i] + order] = torch.arange(len(order))
+        self._position = position  # flat: rank of each channel within its group (0 = removed first)
 
     def _protect_segments(self, gi: int, order: torch.Tensor) -> torch.Tensor:
         """Move each concatenated part's best channel to the end, so no layer loses all its outputs."""
@@ -308,38 +371,55 @@ class PruningSpace:
         rest = [int(i) for i in order if int(i) not in set(protect)]
         return torch.tensor(rest + sorted(protect, key=lambda i: int(position[i])), dtype=torch.long)
 
+    def _flat_kept(self, counts: Sequence[int]) -> torch.Tensor:
+        """Kept channels of all groups as one flat boolean vector (aligned ``counts``, the space's ranking)."""
+        counts = self.align(counts)
+        channels = torch.tensor([g.channels for g in self.groups])
+        removed = torch.repeat_interleave(channels - torch.tensor(counts), channels)
+        if self.ranking is None:
+            if any(len(s) > 1 for s in self._segments) and any(c < g.channels for c, g in zip(counts, self.groups)):
+                raise RuntimeError("PruningSpace.set_ranking must be called before predicting a structure of a model "
+                                   "whose groups span concatenations (which channels go decides the cost)")
+            # any order gives the same cost when every layer of a group loses the same channels
+            position = torch.cat([torch.arange(g.channels) for g in self.groups])
+        else:
+            position = self._position
+        return position >= removed
+
     def kept_masks(self, counts: Sequence[int]) -> list[torch.Tensor]:
-        masks = []
-        for i, (g, c) in enumerate(zip(self.groups, counts)):
-            m = torch.zeros(g.channels, dtype=torch.bool)
-            if self.ranking is not None:
-                m[self.ranking[i][g.channels - int(c):]] = True
-            else:  # no ranking yet: assume the removed channels are spread evenly
-                m[torch.linspace(0, g.channels - 1, int(c)).round().long()] = True
-            masks.append(m)
-        return masks
+        """Per group, which channels (root index space) the surgery keeps for ``counts``."""
+        flat = self._flat_kept(counts)
+        return [flat[a:b] for a, b in zip(self._offsets[:-1], self._offsets[1:])]
 
     def predict(self, keep_ratios: Sequence[float] | None = None, *, counts: Sequence[int] | None = None) -> tuple[int, int]:
-        """(MACs, params) of the model pruned to ``keep_ratios`` (or explicit ``counts``)."""
+        """(MACs, params) of the model pruned to ``keep_ratios`` (or explicit ``counts``, aligned
+        first), with the channels the surgery would remove (the space's ranking)."""
         if counts is None:
             counts = self.counts(keep_ratios if keep_ratios is not None else [1.0] * len(self.groups))
-        kept = self.kept_masks(counts)
-        macs = sum(t.base * _fraction(t.out, t.out_total, kept) * _fraction(t.inp, t.in_total, kept) for t in self._terms_macs)
-        params = sum(t.base * _fraction(t.out, t.out_total, kept) * _fraction(t.inp, t.in_total, kept) for t in self._terms_params)
-        return int(round(macs)), int(round(params))
+        kept = self._flat_kept(counts).to(torch.float64)
+        out = []
+        for base, (o_rows, o_rest, o_total), (i_rows, i_rest, i_total) in self._cost_tables:
+            frac_out = (o_rows @ kept + o_rest) / o_total
+            frac_in = (i_rows @ kept + i_rest) / i_total
+            out.append(int(round(float((base * frac_out * frac_in).sum()))))
+        return out[0], out[1]
 
     # ------------------------------------------------------------------ surgery
-    def prune(self, model: nn.Module, counts: Sequence[int], ranking: Sequence[torch.Tensor], *,
+    def prune(self, model: nn.Module, counts: Sequence[int], ranking: Sequence[torch.Tensor] | None = None, *,
               inplace: bool = False) -> tuple[nn.Module, PruningRecord]:
-        """Physically remove channels: group ``i`` keeps its ``counts[i]`` highest-ranked channels.
+        """Physically remove channels: group ``i`` keeps its ``counts[i]`` (aligned) highest-ranked channels.
 
-        ``ranking[i]`` lists the group's channel indices from least to most important.
+        ``ranking[i]`` lists the group's channel indices from least to most important; it
+        becomes the space's ranking (so later predictions match); ``None`` uses the current one.
         The base ``model`` is left untouched unless ``inplace``.
         """
-        if len(counts) != len(self.groups) or len(ranking) != len(self.groups):
-            raise PrunerError("prune needs one channel count and one ranking per group")
-        if self.ranking is None or any(not torch.equal(torch.as_tensor(a), b) for a, b in zip(ranking, self._given)):
+        if ranking is not None:
+            if len(ranking) != len(self.groups):
+                raise PrunerError("prune needs one ranking per group")
             self.set_ranking(ranking)
+        if self.ranking is None:
+            raise PrunerError("prune needs a channel ranking: pass one or call set_ranking first")
+        counts = self.align(counts)
         removed = {}
         for g, c, order in zip(self.groups, counts, self.ranking):
             n_remove = g.channels - int(c)
@@ -368,6 +448,15 @@ def apply_record(model: nn.Module, record: PruningRecord, input_size: Sequence[i
         group.prune()
     target.train(was_training)
     return target
+
+
+def check_round_to(value) -> int:
+    """``round_to`` must be a whole number >= 1 (1 = no alignment)."""
+    if isinstance(value, bool) or not isinstance(value, (int,)) and not (isinstance(value, float) and value.is_integer()):
+        raise PrunerError(f"round_to must be a whole number >= 1 (1 = off, 8 suits GPU tensor cores), got {value!r}")
+    if int(value) < 1 or int(value) > 1024:
+        raise PrunerError(f"round_to must be between 1 (off) and 1024, got {value}")
+    return int(value)
 
 
 def _out_channels(mod: nn.Module) -> int:

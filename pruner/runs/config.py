@@ -20,6 +20,7 @@ from ..finetune import MAX_SEED, FinetuneConfig
 from ..pruning.importance import CRITERIA
 from ..settings import check_device_name
 from ..userfile import CONSENT_HINT, code_references
+from ..pruning.space import check_round_to
 
 
 @dataclass
@@ -45,6 +46,7 @@ class RunConfig:
     recal_images: int = 256
     max_prune: float = 0.9
     min_channels: int = 1
+    round_to: int | None = None            # kept channels a multiple of this; None = auto (8 on CUDA, 1 on CPU)
     # fine-tuning and reporting
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     report_images: int | None = None        # cap on report-split images (quick runs); None = all
@@ -85,6 +87,14 @@ class RunConfig:
         refs = code_references(self.model, self.strategy_params)
         if refs and self.trust_code is not True:
             raise PrunerError(f"{refs[0]} names Python code that would run in the job; {CONSENT_HINT}")
+        if self.round_to is not None:
+            self.round_to = check_round_to(self.round_to)
+
+    def resolved_round_to(self, device) -> int:
+        """``round_to``, with None (auto) resolved for the run's device: 8 on CUDA, 1 elsewhere."""
+        if self.round_to is not None:
+            return self.round_to
+        return 8 if getattr(device, "type", str(device)).startswith("cuda") else 1
 
     @property
     def budget_obj(self) -> Budget:

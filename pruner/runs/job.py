@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from .. import __version__
-from ..budget import cost_floor
+from ..budget import cost_floor, meet_measured
 from ..data import DataBundle, batches, load_data
 from ..errors import CancelledError, PrunerError
 from ..evaluate import accuracy, recalibrate_bn
@@ -164,11 +164,12 @@ class Session:
         self._check_classes()
         self.log("status", status="analysing dependency graph")
         self.space = PruningSpace(self.model, self.data.input_size, min_channels=config.min_channels,
-                                  max_prune=config.max_prune)
+                                  max_prune=config.max_prune, round_to=config.resolved_round_to(self.device))
         self.model.to(self.device)
         self.scores = channel_scores(self.model, self.space, config.importance, seed=config.seed,
                                      batches=self._taylor_batches() if config.importance == "taylor" else None)
         self.ranking = ranking_from_scores(self.scores)
+        self.space.set_ranking(self.ranking)  # predictions and surgery use the same ranking
 
     def _check_classes(self) -> None:
         with torch.no_grad():
@@ -196,7 +197,12 @@ class Session:
                          max_evals=max_evals, should_stop=should_stop, on_candidate=on_candidate)
 
     def build_pruned(self, counts: list[int]) -> tuple[nn.Module, PruningRecord]:
-        pruned, record = self.space.prune(self.model, counts, self.ranking)
+        self.space.set_ranking(self.ranking)
+        check = meet_measured(self.space, self.model, counts, self.config.budget_obj)  # never above a FLOPs/params budget
+        if check.corrected:
+            self.log("log", level="warning", message=f"the chosen structure measured above {self.config.budget}; "
+                     f"re-solved on the measured cost to {check.achieved:.4f}")
+        pruned, record = self.space.prune(self.model, check.counts, self.ranking)
         recalibrate_bn(pruned, self.data.fit, mean=self.data.mean, std=self.data.std, device=self.device,
                        images=self.config.recal_images)
         return pruned, record
@@ -355,7 +361,7 @@ def _run_job(config: RunConfig, run: RunDir, *, resume: bool, should_stop: StopF
             session.ranking = list(saved["ranking"])
         summary["search"] = {"strategy": config.strategy, "evaluations": found["evaluations"],
                              "best_val_top1": found["best_val_top1"], "seconds": found["seconds"],
-                             "params": make_strategy(config.strategy, **config.strategy_params).params}
+                             "round_to": session.space.round_to, "params": make_strategy(config.strategy, **config.strategy_params).params}
         run.event("status", status="search done", **summary["search"])
 
         # ---------------------------------------------------------------- fine-tune

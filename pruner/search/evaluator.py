@@ -1,11 +1,24 @@
 """Turning a proposal into a scored candidate: the inner loop every strategy shares.
 
-``counts`` (channels kept per group) → physically pruned copy → BN recalibration on
-training images → top-1 on a fixed subset of the *search* split (never the report split)
-→ costs (MACs and params from the exact cost model; latency measured when the budget is
-latency). Results are memoised by (model version, counts), so a strategy that proposes the
-same structure twice, or a resumed run that replays its proposals, pays nothing; the cap on
-evaluations (``max_evals``) counts real evaluations only.
+``counts`` (channels kept per group, aligned to the space's ``round_to``) → the pruned
+network → BN recalibration on training images → top-1 on a fixed subset of the *search*
+split (never the report split) → costs (MACs and params from the exact cost model; latency
+measured when the budget is latency). Results are memoised by (model version, counts), so a
+strategy that proposes the same structure twice, or a resumed run that replays its
+proposals, pays nothing; the cap on evaluations (``max_evals``) counts real evaluations only.
+
+Two ways to get "the pruned network" compute the same function (``tests/test_alignment.py``):
+
+* ``mask``: channel masks on one working copy of the unpruned model
+  (:class:`~pruner.pruning.masks.ChannelMasker`): no copy, no graph work per candidate, but
+  every forward pass costs the unpruned model's MACs. Best where a forward pass is cheap
+  and launch-bound (GPUs).
+* ``physical``: Torch-Pruning surgery on a deep copy: the forward passes cost only the
+  pruned MACs. Best on CPUs, where the forward passes dominate.
+
+``auto`` picks ``mask`` on CUDA and ``physical`` on CPU. Evaluation images stay on the
+device as normalised float tensors (built once); scoring runs under bf16 autocast on CUDA
+only. Latency costs always time a physically pruned model.
 """
 
 from __future__ import annotations
@@ -19,10 +32,15 @@ import torch.nn as nn
 
 from ..budget import Budget, CostFn, Solution, model_cost_fn, solve
 from ..data import DataBundle, ImageTensors
-from ..errors import CancelledError
-from ..evaluate import accuracy, recalibrate_bn
+from ..data.batching import normalize
+from ..errors import CancelledError, PrunerError
 from ..measure import relative_latency
+from ..pruning.masks import ChannelMasker, MaskingUnsupported
 from ..pruning.space import PruningSpace
+
+SCORING_MODES = ("auto", "mask", "physical")
+#: Evaluation images are kept as ready float tensors up to this size (else uint8, normalised per batch).
+RESIDENT_FLOAT_BYTES = 1 << 30
 
 
 class EvaluationBudgetExhausted(Exception):
@@ -54,9 +72,12 @@ class Candidate:
 class EvaluatorSettings:
     search_images: int = 1000
     recal_images: int = 256
-    batch_size: int = 250
+    batch_size: int | None = None  # scoring batch; None: 1000 on CUDA (launch-bound), 250 on CPU (cache-bound)
+    recal_batch_size: int = 128    # BN recalibration batch (as the final model's recalibration)
     latency_batch: int = 1
     latency_repeats: int = 20
+    scoring: str = "auto"          # "mask", "physical", or "auto" (mask on CUDA, physical on CPU)
+    channels_last: bool = True     # convolutions channels-last while scoring (faster on CPU and GPU)
 
 
 class Evaluator:
@@ -76,15 +97,40 @@ class Evaluator:
         self.max_evals = max_evals
         self.on_candidate = on_candidate
         self.should_stop = should_stop or (lambda: False)
+        if self.settings.scoring not in SCORING_MODES:
+            raise PrunerError(f"unknown scoring mode {self.settings.scoring!r}; use one of {', '.join(SCORING_MODES)}")
+        self.space.set_ranking(self.ranking)  # one ranking for the cost model and the surgery
         self.search_set: ImageTensors = data.search.subset(min(self.settings.search_images, len(data.search))).to(self.device)
         self.recal_set: ImageTensors = data.fit.subset(min(self.settings.recal_images, len(data.fit))).to(self.device)
+        # resident, ready-to-use tensors: normalised once, in the layout the convolutions prefer
+        self._search_x = self._ready(self.search_set.x)
+        self._search_y = self.search_set.y
+        self._recal_x = self._ready(self.recal_set.x)
+        self.scoring = self.settings.scoring if self.settings.scoring != "auto" else (
+            "mask" if self.device.type == "cuda" else "physical")
+        self.scoring_note: str | None = None   # why masks were given up for surgery, if they were
+        self._masker: ChannelMasker | None = None
         self.evaluations = 0
         self.candidates: list[Candidate] = []
         self.model_version = 0
         self._memo: dict[tuple, dict] = {}
         self._logged = 0  # candidate events already in the log (a resumed run replays them silently)
         self._latency_memo: dict[tuple, tuple[float, float]] = {}  # -> (ms, relative to the unpruned model)
-        self.timing = {"surgery": 0.0, "recalibration": 0.0, "evaluation": 0.0, "latency": 0.0}
+        self.timing = {"surgery": 0.0, "masks": 0.0, "recalibration": 0.0, "evaluation": 0.0, "latency": 0.0}
+
+    def _ready(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised float images in the convolutions' preferred layout; sets above
+        :data:`RESIDENT_FLOAT_BYTES` stay uint8 and are normalised batch by batch."""
+        if x.numel() * 4 > RESIDENT_FLOAT_BYTES:
+            return x
+        return self._layout(normalize(x, self.data.mean, self.data.std))
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.settings.channels_last and x.dim() == 4 else x
+
+    def _batch(self, x: torch.Tensor, start: int, size: int) -> torch.Tensor:
+        b = x[start:start + size]
+        return self._layout(normalize(b, self.data.mean, self.data.std)) if b.dtype == torch.uint8 else b
 
     # ----------------------------------------------------------- budget helpers
     def cost_fn(self) -> CostFn:
@@ -114,7 +160,7 @@ class Evaluator:
         return self._time(counts, self.settings.latency_repeats * repeats_factor)["ratio"]
 
     def _time(self, counts: Sequence[int], repeats: int) -> dict:
-        """Time the pruned structure in pairs with the current unpruned model."""
+        """Time the (physically) pruned structure in pairs with the current unpruned model."""
         pruned = self.build(counts, recalibrate=False)
         t0 = time.perf_counter()
         m = relative_latency(pruned, self.model, self.space.input_size, batch_size=self.settings.latency_batch,
@@ -123,7 +169,7 @@ class Evaluator:
         return m
 
     def _latency(self, counts: Sequence[int]) -> tuple[float, float]:
-        key = (self.model_version, tuple(int(c) for c in counts))
+        key = (self.model_version, tuple(self.space.align(counts)))
         if key not in self._latency_memo:
             m = self._time(counts, self.settings.latency_repeats)
             self._latency_memo[key] = (m["ms"], m["ratio"])
@@ -131,24 +177,107 @@ class Evaluator:
 
     # ----------------------------------------------------------- building
     def build(self, counts: Sequence[int], *, recalibrate: bool = True) -> nn.Module:
-        """The physically pruned (and BN-recalibrated) copy of the current model."""
+        """The physically pruned (and BN-recalibrated) copy of the current model (counts aligned)."""
         t0 = time.perf_counter()
-        pruned, _ = self.space.prune(self.model, list(counts), self.ranking)
+        pruned, _ = self.space.prune(self.model, self.space.align(counts), self.ranking)
         pruned.to(self.device)
         if self.device.type == "cuda":
             pruned.to(memory_format=torch.channels_last)
         self.timing["surgery"] += time.perf_counter() - t0
         if recalibrate:
+            self._recalibrate(pruned)
+        return pruned
+
+    def masked(self, counts: Sequence[int], *, recalibrate: bool = True) -> nn.Module:
+        """The working copy of the current model with the channels ``counts`` removes masked out
+        (and BN recalibrated): the pruned network's function without surgery. It is reused by
+        the next call; :class:`~pruner.pruning.masks.MaskingUnsupported` when masks cannot
+        represent this model."""
+        if self._masker is None:
             t0 = time.perf_counter()
-            recalibrate_bn(pruned, self.recal_set, mean=self.data.mean, std=self.data.std, device=self.device,
-                           images=self.settings.recal_images)
-            self.timing["recalibration"] += time.perf_counter() - t0
+            try:
+                masker = ChannelMasker(self.model, self.space, device=self.device,
+                                       channels_last=self.settings.channels_last or self.device.type == "cuda")
+                probe = self.space.counts([0.5] * len(self.space))
+                masker.verify(probe, self._batch(self._search_x, 0, 8).contiguous())
+            except MaskingUnsupported:
+                raise
+            except Exception as exc:  # a layer the mapping does not know: surgery still works
+                raise MaskingUnsupported(f"{type(exc).__name__}: {exc}") from exc
+            self._masker = masker
+            self.timing["masks"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        model = self._masker.apply(self.space.align(counts))
+        self._sync()
+        self.timing["masks"] += time.perf_counter() - t0
+        if recalibrate:
+            self._recalibrate(model)
+        return model
+
+    @torch.no_grad()
+    def _recalibrate(self, model: nn.Module) -> None:
+        """Re-estimate every BatchNorm's running statistics on the resident recalibration images
+        (cumulative average over batches of ``recal_batch_size``, as :func:`~pruner.evaluate.recalibrate_bn`)."""
+        t0 = time.perf_counter()
+        bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if bns and len(self._recal_x):
+            saved = [m.momentum for m in bns]
+            for m in bns:
+                m.reset_running_stats()
+                m.momentum = None
+            model.eval()
+            for m in bns:
+                m.train()
+            try:
+                bs = self.settings.recal_batch_size
+                for i in range(0, len(self._recal_x), bs):
+                    model(self._batch(self._recal_x, i, bs))
+            finally:
+                for m, momentum in zip(bns, saved):
+                    m.momentum = momentum
+                model.eval()
+        self._sync()
+        self.timing["recalibration"] += time.perf_counter() - t0
+
+    def _sync(self) -> None:
+        """Wait for queued CUDA work, so each timing entry holds its own work."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @torch.inference_mode()
+    def score(self, model: nn.Module) -> float:
+        """Top-1 (%) of ``model`` on the resident search images (bf16 autocast on CUDA)."""
+        t0 = time.perf_counter()
+        model.eval()
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        bs = self.settings.batch_size or (1000 if self.device.type == "cuda" else 250)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            for i in range(0, len(self._search_y), bs):
+                correct += (model(self._batch(self._search_x, i, bs)).argmax(1) == self._search_y[i:i + bs]).sum()
+        top1 = 100.0 * int(correct) / max(1, len(self._search_y))
+        self.timing["evaluation"] += time.perf_counter() - t0
+        return top1
+
+    def scored_model(self, counts: Sequence[int]) -> nn.Module:
+        """The recalibrated network that :meth:`evaluate` scores for ``counts`` (masked or physical)."""
+        if self.scoring == "mask":
+            try:
+                return self.masked(counts)
+            except MaskingUnsupported as exc:
+                self.scoring, self.scoring_note = "physical", f"channel masks cannot represent this model ({exc})"
+        pruned = self.build(counts, recalibrate=False)
+        if self.settings.channels_last:  # for scoring only: latency costs time the model as built
+            pruned.to(memory_format=torch.channels_last)
+        self._recalibrate(pruned)
         return pruned
 
     def set_model(self, model: nn.Module, ranking: Sequence[torch.Tensor]) -> None:
         """Switch to a new current model (e.g. after fine-tuning between search steps)."""
         self.model = model
         self.ranking = list(ranking)
+        self.space.set_ranking(self.ranking)
+        if self._masker is not None:
+            self._masker.load(model)
         self.model_version += 1
 
     # ----------------------------------------------------------- evaluating
@@ -157,18 +286,14 @@ class Evaluator:
         """Score one structure; memoised, counted against ``max_evals``, reported to ``on_candidate``."""
         if self.should_stop():
             raise CancelledError("search cancelled")
-        counts = [int(c) for c in counts]
+        counts = self.space.align([int(c) for c in counts])  # what will be built (round_to, limits)
         key = (self.model_version, tuple(counts))
         cached = self._memo.get(key)
         t0 = time.perf_counter()
         if cached is None:
             if self.max_evals is not None and self.evaluations >= self.max_evals:
                 raise EvaluationBudgetExhausted(f"{self.max_evals} evaluations used")
-            pruned = self.build(counts)
-            t1 = time.perf_counter()
-            top1 = accuracy(pruned, self.search_set, mean=self.data.mean, std=self.data.std, device=self.device,
-                            batch_size=self.settings.batch_size)["top1"]
-            self.timing["evaluation"] += time.perf_counter() - t1
+            top1 = self.score(self.scored_model(counts))
             macs, params = self.space.predict(counts=counts)
             lat = self.latency_of(counts) if self.budget.kind == "latency" else None
             cached = {"top1": top1, "macs": macs, "params": params, "latency_ms": lat, "pending": False}

@@ -1,0 +1,158 @@
+"""Parallel candidate evaluation on Ray actors (``--workers N``, ``--ray-address ADDR``).
+
+A search scores many independent structures. :class:`RayPool` spreads them over Ray actors,
+each holding the data, the model and an :class:`~pruner.search.evaluator.Evaluator` once
+(built by the same :class:`~pruner.runs.job.Session` code as the job itself, so a worker
+scores a structure exactly as the job would). The job's own evaluator keeps everything
+that makes a search reproducible — the memo, the evaluation cap, candidate ids and events,
+resume and cancel — and only hands the *scoring* of a batch's new structures to the pool
+(:meth:`~pruner.search.evaluator.Evaluator.evaluate_many`), in the order proposed, so with a
+fixed seed the candidates and the answer do not depend on the number of workers.
+
+Ray is started embedded (local, stopped with the pool) unless ``address`` names an existing
+cluster (``ray start --head``; see the README). Actors get one GPU each when the run is on
+CUDA, else an equal share of the CPU threads.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from ..errors import PrunerError
+from ..settings import CACHE_DIR_ENV, DATA_ROOT_ENV, WEIGHTS_DIR_ENV
+
+#: environment a worker needs to find the same data and weights as the job
+_PASSED_ENV = (DATA_ROOT_ENV, WEIGHTS_DIR_ENV, CACHE_DIR_ENV, "OMP_WAIT_POLICY")
+
+
+class EvaluationWorker:
+    """One actor: the run's data, model and evaluator, built once; scores structures on request."""
+
+    def __init__(self, config: dict, ranking: Sequence[torch.Tensor], threads: int):
+        from .config import RunConfig
+        from .job import Session
+
+        torch.set_num_threads(max(1, int(threads)))
+        self.session = Session(RunConfig.from_dict(config))
+        self.session.ranking = [r.to(self.session.device) for r in ranking]
+        self.evaluator = self.session.evaluator(max_evals=None)
+        self.version = 0
+        self.evaluations = 0
+        self.busy = 0.0
+        self.started = time.time()
+
+    def set_model(self, version: int, state: dict, ranking: Sequence[torch.Tensor]) -> int:
+        """Switch to the job's current weights (a strategy that trains them, e.g. ``joint``)."""
+        model = self.evaluator.model
+        model.load_state_dict(state)
+        self.evaluator.set_model(model, [r.to(self.session.device) for r in ranking])
+        self.evaluator.model_version = self.version = int(version)
+        return self.version
+
+    def score(self, version: int, counts: Sequence[int]) -> dict:
+        if int(version) != self.version:
+            raise RuntimeError(f"worker holds model version {self.version}, asked to score version {version}")
+        t0 = time.perf_counter()
+        out = self.evaluator.score(list(counts))
+        self.busy += time.perf_counter() - t0
+        self.evaluations += 1
+        return out
+
+    def stats(self) -> dict:
+        return {"pid": os.getpid(), "host": os.uname().nodename, "device": str(self.session.device),
+                "threads": torch.get_num_threads(), "evaluations": self.evaluations,
+                "busy_seconds": self.busy, "alive_seconds": time.time() - self.started}
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:  # pragma: no cover - ray is in requirements.txt
+        raise PrunerError("--workers needs Ray: pip install 'ray==2.60.0'") from None
+    return ray
+
+
+class RayPool:
+    """``workers`` Ray actors that score structures for one run."""
+
+    def __init__(self, config: dict, ranking: Sequence[torch.Tensor], workers: int, *,
+                 address: str | None = None, device: torch.device | str = "cpu"):
+        if workers < 1:
+            raise PrunerError(f"--workers must be >= 1, got {workers}")
+        ray = _ray()
+        self._ray = ray
+        self._started = False
+        device = torch.device(device)
+        env = {k: os.environ[k] for k in _PASSED_ENV if k in os.environ}
+        # the workers import this package: ship it (works for a local Ray and for a cluster alike)
+        runtime_env = {"py_modules": [str(Path(__file__).resolve().parents[1])], "env_vars": env}
+        if not ray.is_initialized():
+            try:
+                if address:
+                    ray.init(address=address, runtime_env=runtime_env, log_to_driver=False,
+                             configure_logging=False)
+                else:
+                    ray.init(num_cpus=max(os.cpu_count() or 1, workers), include_dashboard=False,
+                             runtime_env=runtime_env, log_to_driver=False, configure_logging=False)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+                raise PrunerError(f"could not start or join {where}: {exc}; check --ray-address "
+                                  "(`ray start --head` prints it) or run without --workers") from None
+            self._started = True
+        if device.type == "cuda":
+            options = {"num_gpus": 1, "num_cpus": 1}
+            threads = 1
+        else:
+            cpus = int(ray.cluster_resources().get("CPU", 1)) if address else (os.cpu_count() or 1)
+            threads = max(1, cpus // workers)
+            options = {"num_cpus": 1 if address else min(threads, cpus)}
+        actor_cls = ray.remote(EvaluationWorker).options(runtime_env=runtime_env, **options)
+        ranking = [r.detach().cpu() for r in ranking]
+        self.actors = [actor_cls.remote(config, ranking, threads) for _ in range(workers)]
+        try:  # surface a worker's start-up error (bad data path on a node, ...) now, not mid-search
+            ray.get([a.stats.remote() for a in self.actors])
+        except Exception as exc:
+            self.close()
+            raise PrunerError(f"a Ray worker failed to start: {_first_line(exc)}") from None
+        self.workers = workers
+        self.threads = threads
+
+    def score_many(self, version: int, counts: Sequence[Sequence[int]]) -> list[dict]:
+        """Scores of ``counts`` in order, spread over the actors (each takes the next as it frees up)."""
+        from ray.util import ActorPool
+
+        pool = ActorPool(self.actors)
+        try:
+            return list(pool.map(lambda a, c: a.score.remote(version, [int(x) for x in c]), list(counts)))
+        except Exception as exc:
+            raise PrunerError(f"a Ray worker failed while scoring: {_first_line(exc)}") from None
+
+    def set_model(self, version: int, state: dict, ranking: Sequence[torch.Tensor]) -> None:
+        ref = self._ray.put({k: v.detach().cpu() for k, v in state.items()})
+        ranking = [r.detach().cpu() for r in ranking]
+        self._ray.get([a.set_model.remote(version, ref, ranking) for a in self.actors])
+
+    def stats(self) -> list[dict]:
+        return self._ray.get([a.stats.remote() for a in self.actors])
+
+    def close(self) -> None:
+        for a in getattr(self, "actors", []):
+            try:
+                self._ray.kill(a)
+            except Exception:  # already gone
+                pass
+        self.actors = []
+        if self._started and self._ray.is_initialized():
+            self._ray.shutdown()
+            self._started = False
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    # Ray wraps the worker's exception; its last line is the original message
+    return (text[-1] if text else type(exc).__name__)[:300]
