@@ -36,6 +36,7 @@ class RunConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     report_images: int | None = None        # cap on report-split images (quick runs); None = all
     latency_repeats: int = 30
+    latency_batch: int | None = None       # throughput batch timed besides 1 (None: 256 on CUDA); latency budgets use it
     export: bool = True
     device: str = "auto"
     seed: int = 0
@@ -53,6 +54,9 @@ class RunConfig:
         for name in ("search_images", "recal_images", "latency_repeats"):
             if getattr(self, name) < 1:
                 raise PrunerError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.latency_batch is not None and (isinstance(self.latency_batch, bool)
+                                               or not isinstance(self.latency_batch, int) or self.latency_batch < 1):
+            raise PrunerError(f"latency_batch must be a whole number >= 1 (or unset), got {self.latency_batch!r}")
         if not 0.0 < self.max_prune < 1.0:
             raise PrunerError(f"max_prune must be in (0, 1), got {self.max_prune}")
 
