@@ -235,8 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-batches-per-epoch", type=int, default=None)
     g.add_argument("--report-images", type=int, default=None, help="cap on report images (quick runs)")
     g.add_argument("--latency-batch", type=int, default=None,
-                   help="throughput batch timed besides batch 1, on the run's device (default: 256 on CUDA, "
-                        "none on the CPU); a latency budget is held at this batch")
+                   help="throughput batch timed besides batch 1 on the run's device (default: 256 on CUDA, "
+                        "none on the CPU); a latency budget is held at this batch (at 1 when there is none)")
     g.add_argument("--no-export", action="store_true", help="skip the ONNX export")
     g.add_argument("--out", required=True, help="run directory to create")
     g.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")

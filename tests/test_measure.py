@@ -318,3 +318,18 @@ def test_latency_budget_is_judged_at_its_batch():
     cfg = RunConfig(budget="latency=0.6", latency_batch=64)
     assert _achieved(cfg, summary, 64) == 0.55
     assert _achieved(cfg, summary, 1) == 0.9
+
+
+@pytest.mark.parametrize("device, latency_batch, expected", [
+    ("cpu", None, [1]), ("cpu", 16, [1, 16]), ("cuda", None, [1, 256]), ("cuda", 1, [1]), ("cuda", 64, [1, 64])])
+def test_latency_batches_and_budget_batch_by_device(device, latency_batch, expected):
+    """Batch 1 always; the throughput batch by default only on CUDA (batch 1 there is bound by kernel
+    launches); a latency budget is held at the throughput batch."""
+    from types import SimpleNamespace
+
+    from pruner.runs.job import Session
+
+    fake = SimpleNamespace(config=SimpleNamespace(latency_batch=latency_batch), device=torch.device(device))
+    assert Session.latency_batches(fake) == expected
+    fake.latency_batches = lambda: Session.latency_batches(fake)
+    assert Session.budget_batch.fget(fake) == expected[-1]

@@ -36,7 +36,7 @@ class RunConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     report_images: int | None = None        # cap on report-split images (quick runs); None = all
     latency_repeats: int = 30
-    latency_batch: int | None = None       # throughput batch timed besides 1 (None: 256 on CUDA); latency budgets use it
+    latency_batch: int | None = None       # throughput batch timed besides 1 (None: 256 on CUDA, none on CPU); a latency budget is held at it
     export: bool = True
     device: str = "auto"
     seed: int = 0

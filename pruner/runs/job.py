@@ -101,8 +101,9 @@ class Session:
 
     @property
     def budget_batch(self) -> int:
-        """The batch a latency budget is measured at: ``latency_batch`` when set, else 1."""
-        return self.config.latency_batch or 1
+        """The batch a latency budget is measured at: the throughput batch (the last of
+        :meth:`latency_batches`: 256 on CUDA, where batch 1 is bound by kernel launches, 1 on the CPU)."""
+        return self.latency_batches()[-1]
 
     def latency_batches(self) -> list[int]:
         """Batches every latency figure is timed at: 1, and the throughput batch (``latency_batch``
