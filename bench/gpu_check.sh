@@ -9,7 +9,9 @@
 #      interleaved pairs with CUDA events, with channel alignment (--round-to 8) and without (--round-to 1)
 #   4. `rl` vs `random` at 200 evaluations (search only, test-halves protocol, report-half top-1 after
 #      BN recalibration, no fine-tuning), the two searches sharing the GPU
-# Files under $OUT: gpu_check.log (everything), gpu_check.md (the results table), gpu_check.json.
+# Files under $OUT: gpu_check.log (everything), gpu_check.md (the results), gpu_check.json.
+# A step that runs out of its time shows "exit 124" in the log and FAILED in the results; the
+# whole check stays within BUDGET_S seconds (default 355; the steps' own caps add up to more).
 #
 # On the device machine, from the project root (after `../shared/device/pack` here; carry [".gpu"]):
 #     source .gpu/env.sh && bash bench/gpu_check.sh
@@ -30,12 +32,13 @@ if [ -z "${PRUNER_DATA_ROOT:-}" ] && [ -f .gpu/env.sh ]; then source .gpu/env.sh
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 
+# BUDGET_S: the whole check's time; each step gets its cap (x SCALE) or what is left of it
 if [ "$QUICK" = 1 ]; then
   DEVICE=cpu MODEL=resnet20 CANDIDATES=2 SEARCH_IMAGES=100 RECAL_IMAGES=32 FT_EPOCHS=2 FT_BATCHES=2
-  FT_BATCH=64 LAT_BATCH=8 EVALS=6 REPORT_IMAGES=200 BUDGET_S=${BUDGET_S:-1500}
+  FT_BATCH=64 LAT_BATCH=8 EVALS=6 REPORT_IMAGES=200 BUDGET_S=${BUDGET_S:-2400} SCALE=${SCALE:-6}
 else
   DEVICE=cuda MODEL=resnet56 CANDIDATES=20 SEARCH_IMAGES=1000 RECAL_IMAGES=256 FT_EPOCHS=3 FT_BATCHES=
-  FT_BATCH=128 LAT_BATCH=256 EVALS=200 REPORT_IMAGES= BUDGET_S=${BUDGET_S:-350}
+  FT_BATCH=128 LAT_BATCH=256 EVALS=200 REPORT_IMAGES= BUDGET_S=${BUDGET_S:-355} SCALE=${SCALE:-1}
 fi
 T0=$(date +%s)
 
@@ -43,7 +46,7 @@ say() { echo "$*" | tee -a "$LOG"; }
 
 # step NAME CAP_SECONDS CMD...: run CMD under timeout (its cap, or what is left of BUDGET_S), log it
 step() {
-  local name=$1 cap=$2; shift 2
+  local name=$1 cap=$(( $2 * SCALE )); shift 2
   local left=$(( BUDGET_S - ($(date +%s) - T0) ))
   [ "$left" -lt "$cap" ] && cap=$left
   if [ "$cap" -le 5 ]; then say "== $name: skipped (time budget of ${BUDGET_S}s spent)"; return 124; fi
@@ -57,8 +60,9 @@ step() {
   return $rc
 }
 
-say "gpu check: QUICK=$QUICK device=$DEVICE model=$MODEL out=$OUT work=$WORK"
+say "gpu check: QUICK=$QUICK device=$DEVICE model=$MODEL budget=${BUDGET_S}s out=$OUT work=$WORK"
 $PY -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')" 2>&1 | tee -a "$LOG"
+$PY -c "import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else f'CPU ({torch.get_num_threads()} threads)')" > "$WORK/device.txt" 2>/dev/null
 if [ "$DEVICE" = cuda ] && ! $PY -c "import torch; raise SystemExit(not torch.cuda.is_available())"; then
   say "error: no CUDA device; for a rehearsal on the CPU run QUICK=1 bash bench/gpu_check.sh"; exit 2
 fi
@@ -96,10 +100,11 @@ fi
 
 # 4. rl vs random at EVALS evaluations, side by side on the device
 left=$(( BUDGET_S - ($(date +%s) - T0) ))
+[ "$left" -lt 5 ] && left=5
 say "== search: rl and random, $EVALS evaluations each, concurrently (at most ${left}s)"
 pids=()
 for s in rl random; do
-  timeout -k 5 "$(( left > 5 ? left : 5 ))" "${PRUNE[@]}" --strategy "$s" --search-evals "$EVALS" \
+  timeout -k 5 "$left" "${PRUNE[@]}" --strategy "$s" --search-evals "$EVALS" \
     --out "$WORK/search_$s" > "$WORK/search_$s.out" 2>&1 &
   pids+=($!)
 done
@@ -121,11 +126,10 @@ def read(p):
         return None
 
 env = (work / "candidates.out").read_text() if (work / "candidates.out").exists() else ""
-m = re.search(r"device: ([^;]+);", env)
-res["device"] = m.group(1) if m else "?"
+res["device"] = (work / "device.txt").read_text().strip() if (work / "device.txt").exists() else "?"
 m = re.search(r"([\d.]+) candidates/s, (\d+) ms each", env)
 res["candidates_per_s"] = float(m.group(1)) if m else None
-lines.append(f"candidate evaluations: {res['candidates_per_s'] if m else 'FAILED (see log)'} /s")
+lines.append(f"candidate evaluations: {res['candidates_per_s']} /s" if m else "candidate evaluations: FAILED (see log)")
 res["breakdown_ms"] = dict(re.findall(r"^\s+(\S+)\s+(\d+) ms/candidate", env, re.M))
 for name in ("finetune", "finetune_compile"):
     ft = read(work / f"{name}.json")
