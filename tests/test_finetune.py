@@ -207,3 +207,50 @@ def test_finetune_options_are_recorded_in_the_config():
     cfg = FinetuneConfig(epochs=1, amp=True, channels_last=False, compile=True)
     assert {"amp": True, "channels_last": False, "compile": True}.items() <= cfg.to_dict().items()
     assert FinetuneConfig(**cfg.to_dict()) == cfg
+
+
+def test_dense_vs_pruned_fine_tunes_the_unpruned_model_like_the_run(tmp_path):
+    """bench/dense_vs_pruned.py on a finished digits run: the pruned model's after-FT top-1 is the
+    run's own figure, the dense model is fine-tuned with the run's settings, and the table lists
+    both with their costs."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from pruner.runs.config import RunConfig
+    from pruner.runs.job import run_job
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("dense_vs_pruned", root / "bench" / "dense_vs_pruned.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    out = tmp_path / "run"
+    cfg = RunConfig(model="resnet20", weights=None, data="digits", val_size=200, budget="flops=0.5", strategy="uniform",
+                    search_evals=1, search_images=64, recal_images=32, report_images=100, latency_repeats=2,
+                    finetune=FinetuneConfig(epochs=1, batch_size=32, max_batches_per_epoch=2), export=False,
+                    device="cpu")
+    summary = run_job(cfg, out)
+    assert summary["status"] == "done", summary["error"]
+    assert bench.main(["--run", str(out)]) == 0
+    result = json.loads((out / "dense_vs_pruned.json").read_text())
+    dense, pruned = result["rows"]
+    assert pruned["top1_after_ft"] == round(summary["pruned"]["top1"], 2)
+    assert dense["top1_before_ft"] == round(summary["base"]["top1"], 2)
+    assert dense["macs_M"] == round(summary["base"]["macs"] / 1e6, 2) > pruned["macs_M"]
+    assert result["finetune"]["max_batches_per_epoch"] == 2 and result["report_images"] == 100
+    assert math.isfinite(result["dense_final_loss"]) and result["dense_final_loss"] > 0
+    table = (out / "dense_vs_pruned.md").read_text()
+    assert "| dense (unpruned) |" in table and "| pruned |" in table and "test-halves" not in table
+
+
+def test_dense_vs_pruned_needs_a_finished_run(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("dense_vs_pruned", root / "bench" / "dense_vs_pruned.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--run", str(tmp_path / "nothing")]) == 2
+    assert "not a finished run" in capsys.readouterr().err
