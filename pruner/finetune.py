@@ -163,8 +163,8 @@ def finetune(student: nn.Module, data: DataBundle, config: FinetuneConfig, *, te
                 break
             if should_stop is not None and should_stop():
                 raise CancelledError("fine-tuning cancelled")
-            if config.compile and fwd is not student and (i == 0 and epoch == start_epoch):
-                try:  # compilation happens on the first call: a failure there falls back to eager
+            if fwd is not student:
+                try:  # compiling happens on a call (the first, or a recompile): a failure falls back to eager
                     loss = step(x, y)
                 except Exception as exc:  # noqa: BLE001
                     _compile_failed(exc)
