@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import statistics
 import time
@@ -105,15 +106,18 @@ def cuda_event_timer(device: torch.device, *, event_factory: Callable[[], object
     """
     make = event_factory or (lambda: torch.cuda.Event(enable_timing=True))
     sync = synchronize or torch.cuda.synchronize
+    # events record on the current stream of the current device: make that ``device``
+    on_device = (lambda: torch.cuda.device(device)) if event_factory is None else contextlib.nullcontext
 
     def timer(fn: Callable[[], object]) -> float:
-        sync(device)
-        start, end = make(), make()
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return float(start.elapsed_time(end))
+        with on_device():
+            sync(device)
+            start, end = make(), make()
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return float(start.elapsed_time(end))
     return timer
 
 
