@@ -114,6 +114,7 @@ def _config(args):
                                         kd_weight=args.kd_weight, batch_size=args.batch_size,
                                         max_batches_per_epoch=args.max_batches_per_epoch, seed=args.seed)
         kw["report_images"] = args.report_images
+        kw["latency_batch"] = args.latency_batch
         kw["export"] = not args.no_export
     return RunConfig(**kw)
 
@@ -202,19 +203,37 @@ def cmd_prune(args) -> int:
     return 0 if summary["status"] == "done" else (3 if summary["status"] == "cancelled" else 2)
 
 
+def _latency_entries(r: dict) -> list[dict]:
+    """A report's latency figures with device and batch (summaries written before they were recorded
+    were timed on the CPU at batch 1)."""
+    if r.get("latency"):
+        return r["latency"]
+    return [{"device": r.get("latency_device", "cpu"), "batch": r.get("latency_batch", 1), "ms": r["latency_ms"],
+             "vs_base": r.get("latency_vs_base")}]
+
+
 def _print_summary(summary: dict, out) -> None:
     if summary["status"] != "done":
         print(f"error: run {summary['status']}: {summary.get('error')} (run directory: {out})", file=sys.stderr)
         return
     b, p = summary["base"], summary["pruned"]
+    base_lat, pruned_lat = _latency_entries(b), _latency_entries(p)
+    device = pruned_lat[0]["device"]
     print(f"run directory: {out}  (protocol {summary['protocol']}, budget {summary['budget']})")
-    print(f"{'':10} {'top1 %':>8} {'MMACs':>9} {'params M':>9} {'torch ms':>9} {'ORT ms':>8}")
-    for name, r in (("base", b), ("pruned", p)):
+    print(f"latency: PyTorch on {device}; ONNX Runtime on {p.get('ort_latency_device', 'cpu')}, batch 1")
+    ms_cols = [f"ms b{e['batch']}" for e in pruned_lat]
+    print(f"{'':10} {'top1 %':>8} {'MMACs':>9} {'params M':>9} " + " ".join(f"{c:>9}" for c in ms_cols)
+          + f" {'ORT ms':>8}")
+    for name, r, lat in (("base", b, base_lat), ("pruned", p, pruned_lat)):
         ort = f"{r['ort_latency_ms']:.2f}" if r.get("ort_latency_ms") else "-"
-        print(f"{name:10} {r['top1']:>8.2f} {r['macs'] / 1e6:>9.2f} {r['params'] / 1e6:>9.3f} {r['latency_ms']:>9.2f} {ort:>8}")
-    if p.get("latency_vs_base") is not None:
-        print(f"pruned/base PyTorch CPU latency, timed in interleaved pairs: {p['latency_vs_base']:.3f} "
-              "(the ms columns are timed separately and drift with the machine's speed)")
+        by_batch = {e["batch"]: e["ms"] for e in lat}
+        ms = " ".join(f"{by_batch[e['batch']]:>9.2f}" if e["batch"] in by_batch else f"{'-':>9}" for e in pruned_lat)
+        print(f"{name:10} {r['top1']:>8.2f} {r['macs'] / 1e6:>9.2f} {r['params'] / 1e6:>9.3f} {ms} {ort:>8}")
+    paired = [e for e in pruned_lat if e.get("vs_base") is not None]
+    if paired:
+        ratios = ", ".join(f"batch {e['batch']}: {e['vs_base']:.3f}" for e in paired)
+        print(f"pruned/base PyTorch latency on {device}, timed in interleaved pairs: {ratios} "
+              "(the base ms columns are timed separately and drift with the machine's speed)")
     s = summary["search"]
     print(f"search: {s['strategy']}, {s['evaluations']} evaluations, best val top-1 {s['best_val_top1']:.2f}% "
           f"in {s['seconds']:.0f} s; ONNX max |diff| {summary.get('onnx_max_abs_diff')}")
@@ -311,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of the loss from distillation (0 = off)")
     g.add_argument("--max-batches-per-epoch", type=int, default=d["max_batches_per_epoch"])
     g.add_argument("--report-images", type=int, default=d["report_images"], help="cap on report images (quick runs)")
+    g.add_argument("--latency-batch", type=int, default=d["latency_batch"],
+                   help="throughput batch timed besides batch 1 on the run's device (default: 256 on CUDA, "
+                        "none on the CPU); a latency budget is held at this batch (at 1 when there is none)")
     g.add_argument("--no-export", action="store_true", help="skip the ONNX export")
     g.add_argument("--out", required=True, help="run directory to create")
     g.add_argument("--resume", action="store_true",

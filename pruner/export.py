@@ -229,12 +229,19 @@ def ort_session(path: str | Path, device: str | torch.device = "cpu", *, spinnin
         raise PrunerError(f"ONNX Runtime cannot load {path} ({_first_line(exc)}); export the model again") from None
 
 
+def ort_device_label(sess) -> str:
+    """``cuda`` when the session runs on ``CUDAExecutionProvider``, else ``cpu`` (the label an ORT latency carries)."""
+    return "cuda" if sess.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+
+
 def _ort_runner(path: str | Path, input_size: Sequence[int], batch_size: int, device: str | torch.device,
                 spinning: bool = True):
     sess = ort_session(path, device, spinning=spinning)
     feed = {sess.get_inputs()[0].name:
             np.random.default_rng(0).standard_normal((batch_size, *input_size)).astype(np.float32)}
-    return lambda: sess.run(None, feed)
+    run = lambda: sess.run(None, feed)  # noqa: E731
+    run.device = ort_device_label(sess)
+    return run
 
 
 def ort_latency_ms(path: str | Path, input_size: Sequence[int], *, batch_size: int = 1,
@@ -251,12 +258,13 @@ def ort_relative_latency(path: str | Path, reference_path: str | Path, input_siz
                          batch_size: int = 1, device: str | torch.device = "cpu", warmup: int = 3,
                          repeats: int = 30) -> dict:
     """ONNX Runtime latency of ``path`` relative to ``reference_path``, timed in interleaved pairs
-    (:func:`pruner.measure.paired_timing`)."""
+    (:func:`pruner.measure.paired_timing`); ``device`` (:func:`ort_device_label`) and ``batch`` say where."""
     check_timing_args(batch_size, repeats, warmup)
     # without spin-waiting: one session's spinning workers would steal the cores from the other's
-    return paired_timing(_ort_runner(path, input_size, batch_size, device, spinning=False),
-                         _ort_runner(reference_path, input_size, batch_size, device, spinning=False),
-                         warmup=warmup, repeats=repeats)
+    run = _ort_runner(path, input_size, batch_size, device, spinning=False)
+    out = paired_timing(run, _ort_runner(reference_path, input_size, batch_size, device, spinning=False),
+                        warmup=warmup, repeats=repeats)
+    return {**out, "device": run.device, "batch": batch_size}
 
 
 def save_pruned_program(model: nn.Module, path: str | Path, *, input_size: Sequence[int],

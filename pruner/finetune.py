@@ -1,7 +1,16 @@
-"""Fine-tuning a pruned model with knowledge distillation from the original."""
+"""Fine-tuning a pruned model with knowledge distillation from the original.
+
+On a CUDA device the training images stay on the GPU as uint8 (:func:`~pruner.data.batching.resident`),
+shuffling and augmentation (random crop with padding, flip) run there batched from a GPU
+generator, the forward passes run under bfloat16 autocast (no loss scaling needed) in
+channels-last memory format, and the loop never waits for the GPU inside an epoch (the loss is
+summed on the device). ``FinetuneConfig.compile`` adds ``torch.compile`` (falls back to eager,
+with a warning, when compiling fails). On the CPU the defaults keep the plain float32 path.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, asdict
@@ -14,8 +23,11 @@ import torch.nn.functional as F
 
 from .checks import check_number
 from .data import DataBundle, ImageTensors, batches
+from .data.batching import resident
 from .errors import CancelledError, PrunerError
 from .evaluate import accuracy
+
+log = logging.getLogger(__name__)
 
 
 #: the largest seed numpy and scikit-learn accept
@@ -33,6 +45,9 @@ class FinetuneConfig:
     kd_weight: float = 0.9          # share of the loss from distillation; 0 disables the teacher
     max_batches_per_epoch: int | None = None   # cap for quick runs (tests, search-time fine-tuning)
     seed: int = 0
+    amp: bool | None = None            # bfloat16 autocast; None = on CUDA only
+    channels_last: bool | None = None  # channels-last memory format; None = on CUDA only
+    compile: bool = False              # torch.compile student and teacher (eager with a warning if it fails)
 
     def __post_init__(self):
         """Every setting checked (and whole numbers made ints) before any work: a one-line error each."""
@@ -48,6 +63,11 @@ class FinetuneConfig:
         self.max_batches_per_epoch = check_number("batches per epoch", self.max_batches_per_epoch, int, low=1,
                                                   optional=True, flag="--max-batches-per-epoch")
         self.seed = check_number("seed", self.seed, int, low=0, high=MAX_SEED, flag="--seed")
+        for name, optional in (("amp", True), ("channels_last", True), ("compile", False)):
+            value = getattr(self, name)
+            if not (isinstance(value, bool) or (optional and value is None)):
+                raise PrunerError(f"fine-tune setting {name} must be true or false{' (or unset: CUDA only)' if optional else ''}"
+                                  f", got {value!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -67,36 +87,56 @@ def distillation_loss(student_logits, teacher_logits, labels, temperature: float
     return weight * kd + (1.0 - weight) * ce
 
 
+def _compiled(module: nn.Module | None, on: bool) -> nn.Module | None:
+    if module is None or not on:
+        return module
+    try:
+        return torch.compile(module)
+    except Exception as exc:  # noqa: BLE001 - any backend problem means: run eagerly
+        _compile_failed(exc)
+        return module
+
+
+def _compile_failed(exc: BaseException) -> None:
+    first = (str(exc).strip().splitlines() or [""])[0][:200]
+    log.warning("torch.compile failed (%s: %s); fine-tuning runs eagerly", type(exc).__name__, first)
+
+
 def finetune(student: nn.Module, data: DataBundle, config: FinetuneConfig, *, teacher: nn.Module | None = None,
              device="cpu", eval_data: ImageTensors | None = None, on_epoch: EpochCallback | None = None,
              checkpoint_dir: str | Path | None = None, start_epoch: int = 0,
              should_stop: Callable[[], bool] | None = None) -> list[dict]:
     """Train ``student`` in place: SGD + cosine schedule, distillation from ``teacher``.
 
-    AMP and channels_last are used on CUDA. After each epoch, ``on_epoch`` gets a dict
-    (epoch, loss, lr, val_top1 when ``eval_data`` is given, seconds) and, with
-    ``checkpoint_dir``, ``epoch-<n>.pt`` holds the student's state, optimizer and
-    scheduler so :func:`finetune` can resume from ``start_epoch``.
+    bfloat16 autocast and channels_last default to on for CUDA (``config.amp``,
+    ``config.channels_last``), the training images are kept on the GPU when they fit, and
+    ``config.compile`` compiles the student and teacher. After each epoch, ``on_epoch`` gets a
+    dict (epoch, loss, lr, val_top1 when ``eval_data`` is given, seconds, images_per_s) and, with
+    ``checkpoint_dir``, ``epoch-<n>.pt`` holds the student's state, optimizer and scheduler so
+    :func:`finetune` can resume from ``start_epoch``.
     """
     device = torch.device(device)
     history: list[dict] = []
     if config.epochs == 0:
         return history
+    cuda = device.type == "cuda"
+    amp = cuda if config.amp is None else bool(config.amp)
+    channels_last = cuda if config.channels_last is None else bool(config.channels_last)
     student.to(device)
     if teacher is not None and config.kd_weight > 0:
         teacher.to(device).eval()
     else:
         teacher = None
-    cuda = device.type == "cuda"
-    if cuda:
+    if channels_last:
         student.to(memory_format=torch.channels_last)
+        if teacher is not None:
+            teacher.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(student.parameters(), lr=config.lr, momentum=config.momentum,
                           weight_decay=config.weight_decay, nesterov=True)
     per_epoch = math.ceil(len(data.fit) / config.batch_size)
     if config.max_batches_per_epoch:
         per_epoch = min(per_epoch, config.max_batches_per_epoch)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, config.epochs * per_epoch))
-    scaler = torch.amp.GradScaler("cuda", enabled=cuda)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else None
     if start_epoch > 0:
         if ckpt_dir is None or not (ckpt_dir / f"epoch-{start_epoch}.pt").exists():
@@ -108,34 +148,53 @@ def finetune(student: nn.Module, data: DataBundle, config: FinetuneConfig, *, te
         sched.T_max = max(1, config.epochs * per_epoch)   # a resume may change epochs or batch size: anneal to the new end
         history = list(state.get("history", []))
 
+    fit = resident(data.fit, device)
+    # the training step's modules: compiled when asked (the student's parameters are shared)
+    fwd, t_fwd = _compiled(student, config.compile), _compiled(teacher, config.compile)
+    mean = torch.tensor(data.mean, dtype=torch.float32, device=device)
+    std = torch.tensor(data.std, dtype=torch.float32, device=device)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = fwd(x)
+            with torch.no_grad():
+                t_logits = t_fwd(x) if t_fwd is not None else None
+        loss = distillation_loss(logits.float(), None if t_logits is None else t_logits.float(), y,
+                                 config.kd_temperature, config.kd_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        return loss
+
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
-        gen = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+        # the generator lives where the images do, so shuffling and augmentation need no host round trip
+        gen = torch.Generator(device=fit.x.device).manual_seed(config.seed * 1000 + epoch)
         student.train()
-        total, n = 0.0, 0
-        for i, (x, y) in enumerate(batches(data.fit, config.batch_size, mean=data.mean, std=data.std, device=device,
-                                          shuffle=True, augment=True, generator=gen, drop_last=True)):
+        total = torch.zeros((), device=device)
+        n = 0
+        for i, (x, y) in enumerate(batches(fit, config.batch_size, mean=mean, std=std, device=device,
+                                          shuffle=True, augment=True, generator=gen, drop_last=True,
+                                          channels_last=channels_last)):
             if i >= per_epoch:
                 break
             if should_stop is not None and should_stop():
                 raise CancelledError("fine-tuning cancelled")
-            if cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
-                logits = student(x)
-                with torch.no_grad():
-                    t_logits = teacher(x) if teacher is not None else None
-                loss = distillation_loss(logits.float(), None if t_logits is None else t_logits.float(), y,
-                                         config.kd_temperature, config.kd_weight)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+            if fwd is not student:
+                try:  # compiling happens on a call (the first, or a recompile): a failure falls back to eager
+                    loss = step(x, y)
+                except Exception as exc:  # noqa: BLE001
+                    _compile_failed(exc)
+                    fwd, t_fwd = student, teacher
+                    loss = step(x, y)
+            else:
+                loss = step(x, y)
+            opt.step()
             sched.step()
-            total += float(loss.detach()) * y.numel()
+            total += loss.detach() * y.numel()  # summed on the device: no wait for the GPU per batch
             n += y.numel()
-        record = {"epoch": epoch + 1, "epochs": config.epochs, "loss": total / max(1, n),
-                  "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+        seconds = time.perf_counter() - t0 if not cuda else _synchronized_seconds(device, t0)
+        record = {"epoch": epoch + 1, "epochs": config.epochs, "loss": float(total) / max(1, n),
+                  "lr": opt.param_groups[0]["lr"], "seconds": seconds, "images_per_s": n / max(seconds, 1e-9)}
         if eval_data is not None:
             record["val_top1"] = accuracy(student, eval_data, mean=data.mean, std=data.std, device=device)["top1"]
         history.append(record)
@@ -148,4 +207,13 @@ def finetune(student: nn.Module, data: DataBundle, config: FinetuneConfig, *, te
         if on_epoch is not None:
             on_epoch(record)
     student.eval()
+    if channels_last:
+        student.to(memory_format=torch.contiguous_format)
+        if teacher is not None:
+            teacher.to(memory_format=torch.contiguous_format)
     return history
+
+
+def _synchronized_seconds(device: torch.device, t0: float) -> float:
+    torch.cuda.synchronize(device)
+    return time.perf_counter() - t0

@@ -9,7 +9,8 @@ import torch_pruning as tp
 import torchvision
 
 from pruner.errors import PrunerError
-from pruner.measure import Cost, count_cost, latency_ms, latency_stats, paired_timing, relative_latency
+from pruner.measure import (Cost, count_cost, cuda_event_timer, device_label, latency_ms, latency_stats,
+                            paired_timing, relative_latency, timer_for, wall_ms)
 from pruner.models.cifar_resnet import cifar_resnet
 from pruner.pruning.shortcut import CUSTOM_PRUNERS
 
@@ -173,3 +174,162 @@ def test_relative_latency_orders_models(resnet20):
     assert 0.2 < same["ratio"] < 5.0
     with pytest.raises(PrunerError):
         relative_latency(resnet20, resnet20, repeats=0)
+
+
+def test_latency_figures_name_device_and_batch(resnet20):
+    out = relative_latency(resnet20, resnet20, (3, 32, 32), batch_size=3, warmup=0, repeats=2)
+    assert out["device"] == "cpu" and out["batch"] == 3
+    stats = latency_stats(resnet20, batch_size=2, warmup=0, repeats=2)
+    assert stats["device"] == "cpu" and stats["batch"] == 2
+    assert device_label("cpu") == "cpu" and timer_for("cpu") is wall_ms
+
+
+class FakeCuda:
+    """Stand-ins for torch.cuda.Event / torch.cuda.synchronize over a fake GPU clock: launched work
+    runs "later" on the GPU, so only a timer that waits for the end event reads the right time."""
+
+    def __init__(self):
+        self.log: list = []
+        self.gpu_t = 0.0          # when the GPU's queue will be empty
+        self.launched = 0.0       # queued GPU work not yet waited for
+
+    def launch(self, ms: float):
+        def run():
+            self.log.append(f"launch {ms}")
+            self.gpu_t += ms
+        return run
+
+    def synchronize(self, device):
+        self.log.append(("drain", str(device)))
+
+    def event(self):
+        fake = self
+
+        class Event:
+            def record(self):
+                self.t = fake.gpu_t
+                fake.log.append("record")
+
+            def synchronize(self):
+                fake.log.append("wait")
+
+            def elapsed_time(self, other):
+                assert fake.log[-1] == "wait", "read before the end event completed"
+                return other.t - self.t
+        return Event()
+
+
+def test_cuda_event_timer_drains_records_around_launch_and_waits():
+    fake = FakeCuda()
+    timer = cuda_event_timer(torch.device("cuda", 0), event_factory=fake.event, synchronize=fake.synchronize)
+    assert timer(fake.launch(2.5)) == pytest.approx(2.5)
+    assert fake.log == [("drain", "cuda:0"), "record", "launch 2.5", "record", "wait"]
+
+
+def test_paired_timing_with_cuda_event_timer_gives_the_true_ratio():
+    """Interleaved pairs on the fake GPU: a 3 ms candidate against a 4 ms reference, while the
+    GPU slows down 2x half way (another job sharing it): the ratio stays 0.75."""
+    fake = FakeCuda()
+    calls = {"n": 0}
+
+    def work(ms):
+        def run():
+            calls["n"] += 1
+            fake.launch(ms * (1.0 if calls["n"] <= 20 else 2.0))()
+        return run
+
+    timer = cuda_event_timer(torch.device("cuda", 0), event_factory=fake.event, synchronize=fake.synchronize)
+    out = paired_timing(work(3.0), work(4.0), warmup=2, repeats=16, timer=timer)
+    assert out["ratio"] == pytest.approx(0.75)
+    assert fake.log.count("wait") == 32  # only the timed runs are waited for; warm-up is not timed
+
+
+def test_paired_timing_uses_the_given_timer():
+    seen = []
+
+    def timer(fn):
+        seen.append(fn)
+        return 2.0 if fn is a else 8.0
+
+    def a():
+        pass
+
+    def b():
+        pass
+
+    out = paired_timing(a, b, warmup=0, repeats=4, timer=timer)
+    assert out == {"ms": 2.0, "reference_ms": 8.0, "ratio": 0.25, "repeats": 4}
+    assert seen == [a, b] * 4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_latency_uses_events_and_names_the_card(resnet20):
+    before = torch.backends.cudnn.benchmark
+    out = relative_latency(resnet20, resnet20, (3, 32, 32), batch_size=4, device="cuda", warmup=2, repeats=5)
+    assert out["device"].startswith("cuda:") and torch.cuda.get_device_name() in out["device"]
+    assert out["batch"] == 4 and out["ms"] > 0 and 0.2 < out["ratio"] < 5
+    assert torch.backends.cudnn.benchmark == before  # switched on for the timing only
+
+
+def _cli(*args):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run([sys.executable, "-m", "pruner", *map(str, args)], capture_output=True, text=True,
+                          cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, timeout=600)
+
+
+def test_run_reports_device_and_batch_of_every_latency(tmp_path):
+    """A CPU run with --latency-batch 4: base and pruned latency at batch 1 and 4, each naming its
+    device; the pruned figures are paired with the base model; the CLI prints device and batches."""
+    import json
+
+    out = tmp_path / "run"
+    res = _cli("prune", "--model", "resnet20", "--weights", "none", "--data", "digits", "--val-size", "200",
+               "--strategy", "uniform", "--search-evals", "1", "--search-images", "50", "--recal-images", "32",
+               "--report-images", "50", "--no-export", "--device", "cpu", "--latency-batch", "4", "--out", out)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("base", "pruned"):
+        r = summary[key]
+        assert [(e["device"], e["batch"]) for e in r["latency"]] == [("cpu", 1), ("cpu", 4)]
+        assert r["latency_ms"] == r["latency"][0]["ms"] > 0
+        assert (r["latency_device"], r["latency_batch"]) == ("cpu", 1)
+    assert all(e["vs_base"] > 0 and e["reference_ms"] > 0 for e in summary["pruned"]["latency"])
+    assert summary["pruned"]["latency_vs_base"] == summary["pruned"]["latency"][0]["vs_base"]
+    assert "PyTorch on cpu" in res.stdout and "ms b4" in res.stdout and "batch 4:" in res.stdout
+    assert "CPU latency" not in res.stdout
+
+
+def test_bad_latency_batch_is_a_one_line_error(tmp_path):
+    res = _cli("prune", "--data", "digits", "--latency-batch", "0", "--out", tmp_path / "x")
+    assert res.returncode == 2 and "latency_batch" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_latency_budget_is_judged_at_its_batch():
+    from pruner.runs.config import RunConfig
+    from pruner.runs.job import _achieved
+
+    summary = {"pruned": {"latency": [{"device": "cpu", "batch": 1, "ms": 2.0, "vs_base": 0.9},
+                                      {"device": "cpu", "batch": 64, "ms": 50.0, "vs_base": 0.55}]}}
+    cfg = RunConfig(budget="latency=0.6", latency_batch=64)
+    assert _achieved(cfg, summary, 64) == 0.55
+    assert _achieved(cfg, summary, 1) == 0.9
+
+
+@pytest.mark.parametrize("device, latency_batch, expected", [
+    ("cpu", None, [1]), ("cpu", 16, [1, 16]), ("cuda", None, [1, 256]), ("cuda", 1, [1]), ("cuda", 64, [1, 64])])
+def test_latency_batches_and_budget_batch_by_device(device, latency_batch, expected):
+    """Batch 1 always; the throughput batch by default only on CUDA (batch 1 there is bound by kernel
+    launches); a latency budget is held at the throughput batch."""
+    from types import SimpleNamespace
+
+    from pruner.runs.job import Session
+
+    fake = SimpleNamespace(config=SimpleNamespace(latency_batch=latency_batch), device=torch.device(device))
+    assert Session.latency_batches(fake) == expected
+    fake.latency_batches = lambda: Session.latency_batches(fake)
+    assert Session.budget_batch.fget(fake) == expected[-1]

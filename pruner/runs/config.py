@@ -51,6 +51,7 @@ class RunConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     report_images: int | None = None        # cap on report-split images (quick runs); None = all
     latency_repeats: int = 30
+    latency_batch: int | None = None       # throughput batch timed besides 1 (None: 256 on CUDA, none on CPU); a latency budget is held at it
     export: bool = True
     device: str = "auto"
     seed: int = 0
@@ -89,6 +90,8 @@ class RunConfig:
             raise PrunerError(f"{refs[0]} names Python code that would run in the job; {CONSENT_HINT}")
         if self.round_to is not None:
             self.round_to = check_round_to(self.round_to)
+        self.latency_batch = check_number("latency_batch", self.latency_batch, int, low=1, optional=True,
+                                          flag="--latency-batch")
 
     def resolved_round_to(self, device) -> int:
         """``round_to``, with None (auto) resolved for the run's device: 8 on CUDA, 1 elsewhere."""

@@ -35,7 +35,7 @@ from ..errors import CancelledError, PrunerError
 from ..evaluate import accuracy, recalibrate_bn
 from ..export import export_onnx, ort_latency_ms, save_pruned_program
 from ..finetune import finetune
-from ..measure import count_cost, latency_ms, relative_latency
+from ..measure import count_cost, latency_stats, relative_latency
 from ..models import build_model, parse_model_spec
 from ..models.checkpoints import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint  # noqa: F401 (re-exported)
 from ..pruning.importance import channel_scores, ranking_from_scores
@@ -144,6 +144,8 @@ def _record_overrides(run: RunDir, config: RunConfig, changes: dict) -> None:
     history = (read_json(path) or {}).get("resumes", [])
     history.append({"time": time.time(), "changes": changes})
     write_json_atomic(path, {"resumes": history})
+#: The throughput batch reported besides batch 1 on a CUDA device when ``latency_batch`` is unset.
+GPU_THROUGHPUT_BATCH = 256
 
 
 class Session:
@@ -193,7 +195,8 @@ class Session:
         c = self.config
         return Evaluator(self.model, self.space, self.data, self.ranking, c.budget_obj, device=self.device,
                          settings=EvaluatorSettings(search_images=c.search_images, recal_images=c.recal_images,
-                                                    latency_repeats=c.latency_repeats),
+                                                    latency_repeats=c.latency_repeats,
+                                                    latency_batch=self.budget_batch),
                          max_evals=max_evals, should_stop=should_stop, on_candidate=on_candidate)
 
     def build_pruned(self, counts: list[int]) -> tuple[nn.Module, PruningRecord]:
@@ -207,10 +210,28 @@ class Session:
                        images=self.config.recal_images)
         return pruned, record
 
+    @property
+    def budget_batch(self) -> int:
+        """The batch a latency budget is measured at: the throughput batch (the last of
+        :meth:`latency_batches`: 256 on CUDA, where batch 1 is bound by kernel launches, 1 on the CPU)."""
+        return self.latency_batches()[-1]
+
+    def latency_batches(self) -> list[int]:
+        """Batches every latency figure is timed at: 1, and the throughput batch (``latency_batch``
+        when set, else :data:`GPU_THROUGHPUT_BATCH` on CUDA and none on the CPU)."""
+        extra = self.config.latency_batch or (GPU_THROUGHPUT_BATCH if self.device.type == "cuda" else 1)
+        return [1] if extra == 1 else [1, extra]
+
     def report(self, model: nn.Module, *, onnx_path: Path | None = None, reference: nn.Module | None = None) -> dict:
-        """Test-split accuracy, cost, and CPU latency (PyTorch and, with ``onnx_path``, ONNX Runtime);
-        with ``reference`` (the unpruned model) also ``latency_vs_base``, the PyTorch CPU latency
-        relative to it, timed in interleaved pairs (robust to drifting machine speed)."""
+        """Test-split accuracy, cost, and latency on the run's device at each of :meth:`latency_batches`.
+
+        ``latency`` lists ``{"device", "batch", "ms"}`` per batch (``device`` as
+        :func:`~pruner.measure.device_label` names it); with ``reference`` (the unpruned model) each
+        entry is timed in interleaved pairs with it and adds ``reference_ms`` and ``vs_base``
+        (robust to drifting machine speed). ``latency_ms`` / ``latency_vs_base`` are the batch-1
+        entry's (``latency_device``, ``latency_batch`` say where), and ``ort_latency_ms`` is ONNX
+        Runtime on the CPU at batch 1 (with ``onnx_path``).
+        """
         report_set = self.data.report
         if self.config.report_images:
             report_set = report_set.subset(min(self.config.report_images, len(report_set)))
@@ -218,19 +239,26 @@ class Session:
         cpu_model = copy.deepcopy(model).to("cpu").to(memory_format=torch.contiguous_format).eval()
         cost = count_cost(cpu_model, self.data.input_size)
         out = {"macs": cost.macs, "params": cost.params, "top1": acc["top1"], "top5": acc["top5"],
-               "report_images": len(report_set),
-               "latency_ms": latency_ms(cpu_model, self.data.input_size, batch_size=1, device="cpu",
-                                        repeats=self.config.latency_repeats)}
+               "report_images": len(report_set)}
+        entries = []
+        for batch in self.latency_batches():
+            if reference is None:
+                st = latency_stats(model, self.data.input_size, batch_size=batch, device=self.device,
+                                   repeats=self.config.latency_repeats)
+                entries.append({"device": st["device"], "batch": batch, "ms": st["median"]})
+            else:
+                m = relative_latency(model, reference, self.data.input_size, batch_size=batch, device=self.device,
+                                     repeats=self.config.latency_repeats)
+                entries.append({"device": m["device"], "batch": batch, "ms": m["ms"],
+                                "reference_ms": m["reference_ms"], "vs_base": m["ratio"]})
+        out.update(latency=entries, latency_ms=entries[0]["ms"], latency_device=entries[0]["device"],
+                   latency_batch=entries[0]["batch"])
+        if reference is not None:
+            out["latency_vs_base"] = entries[0]["vs_base"]
         out["ort_latency_ms"] = (ort_latency_ms(onnx_path, self.data.input_size, batch_size=1,
                                                 repeats=self.config.latency_repeats) if onnx_path else None)
-        if reference is not None:
-            out["latency_vs_base"] = self.relative_latency(cpu_model, reference, device="cpu")
+        out.update(ort_latency_device="cpu", ort_latency_batch=1)
         return out
-
-    def relative_latency(self, model: nn.Module, reference: nn.Module, *, device: torch.device | str) -> float:
-        """Batch-1 latency of ``model`` over ``reference`` on ``device``, timed in interleaved pairs."""
-        return relative_latency(model, reference, self.data.input_size, batch_size=1, device=device,
-                                repeats=self.config.latency_repeats)["ratio"]
 
 
 def _layers(base: nn.Module, pruned: nn.Module) -> list[dict]:
@@ -405,11 +433,9 @@ def _run_job(config: RunConfig, run: RunDir, *, resume: bool, should_stop: StopF
                                                     repeats=config.latency_repeats)
             base_onnx.unlink(missing_ok=True)
             write_json_atomic(base_state, base)
-        if config.budget_obj.kind == "latency" and session.device.type != "cpu":
-            # the budget is on the run's device (where the search measured it), not the report's CPU
-            summary["budget"]["achieved"] = session.relative_latency(pruned, session.model, device=session.device)
-        else:
-            summary["budget"]["achieved"] = _achieved(config, summary)
+        summary["budget"]["achieved"] = _achieved(config, summary, session.budget_batch)
+        if config.budget_obj.kind == "latency":  # where the budget was measured (the search's device and batch)
+            summary["budget"].update(device=summary["pruned"]["latency_device"], batch=session.budget_batch)
         summary["layers"] = _layers(session.model, pruned)
         _write_candidates_csv(art / "candidates.csv", run, session.space.names)
         artifacts["candidates"] = "artifacts/candidates.csv"
@@ -448,12 +474,13 @@ def _run_job(config: RunConfig, run: RunDir, *, resume: bool, should_stop: StopF
     return summary
 
 
-def _achieved(config: RunConfig, summary: dict) -> float:
+def _achieved(config: RunConfig, summary: dict, batch: int = 1) -> float:
     """The budget's kind, pruned over base: exact for MACs and params; for latency the paired
-    CPU measurement (two separately timed medians drift apart with the machine's speed)."""
+    measurement on the run's device at the budget's ``batch`` (two separately timed medians
+    drift apart with the machine's speed)."""
     kind = config.budget_obj.kind
     if kind == "latency":
-        return summary["pruned"]["latency_vs_base"]
+        return next(e["vs_base"] for e in summary["pruned"]["latency"] if e["batch"] == batch)
     key = {"flops": "macs", "params": "params"}[kind]
     return summary["pruned"][key] / summary["base"][key]
 
