@@ -202,6 +202,8 @@ def live_panel() -> None:
         st.warning("No progress for a long time and no job of this server is running it: it was probably "
                    "interrupted (server restart?). Resume it from the **Runs** page.", icon=":material/warning:")
     if summary and status == "done":
+        if (summary.get("search") or {}).get("note"):
+            st.info(summary["search"]["note"], icon=":material/info:")
         _results(summary)
         _downloads(summary)
 
