@@ -64,8 +64,12 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seeds", default=None, help="comma-separated seeds (overrides --seed); the table gives mean ± std")
     p.add_argument("--fast", action="store_true", help="in-process: no export/latency; evaluations cached per seed")
+    p.add_argument("--collect", nargs="+", default=None, metavar="DIR",
+                   help="no runs: merge the results.csv of earlier runs (e.g. one process per seed) into OUT's tables")
     p.add_argument("--out", default="bench/results/compare")
     args = p.parse_args()
+    if args.collect:
+        return collect(args)
     seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [args.seed]
 
     params: dict[str, dict] = {}
@@ -187,6 +191,24 @@ def run_fast(args, params, budgets, seed: int, out: Path) -> list[dict]:
         })
         print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def collect(args) -> int:
+    rows = []
+    for d in args.collect:
+        with open(Path(d) / "results.csv") as fh:
+            for r in csv.DictReader(fh):
+                for k in ("evaluations", "val_top1_before_ft", "test_top1_after_ft", "macs_frac", "seed"):
+                    r[k] = float(r[k]) if k != "seed" else int(r[k])
+                r["answer_is_start"] = r.get("answer_is_start") == "True"
+                rows.append(r)
+    if not rows:
+        return 1
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows.sort(key=lambda r: (r["seed"], r["strategy"]))
+    write_tables(args, rows, out, sorted({r["seed"] for r in rows}))
+    return 0
 
 
 def _mean_std(values: list[float]) -> str:

@@ -94,12 +94,12 @@ class RLPruner(Strategy):
             "preset": "",             # "" or "paper" (RL-Pruner's recipe: sets the keys in PRESETS["paper"] not given)
             "start": "probe",         # probe | uniform | cost | path to a Sensitivity run directory or sensitivity.json
             "probe_ratio": 0.5,       # fraction of a group's channels removed in its probe; (0, 1)
-            "max_probes": 0,          # cap on probes (adjacent groups probed together); 0 = one per group; >= 0
+            "max_probes": 0,          # cap on probes (adjacent groups probed together); 0 = 40% of the evaluations; >= 0
             "floor": 0.5,             # start allocation 1/(damage + floor)^power: noise floor in top-1 points; > 0
             "power": 1.0,             # ... and its sharpness; (0, 8]
             "steps": 1,               # pruning steps toward the budget (1 = straight to the budget); >= 1
             "samples": 0,             # candidates per step; 0 = spread the evaluations left over the steps; >= 0
-            "inner_epochs": 3,        # policy updates per step; >= 1
+            "inner_epochs": 4,        # policy updates per step; >= 1
             "noise": 0.35,            # std of the per-group Gaussian noise on the log-allocation; >= 0
             "sharpen": 0.5,           # std of the shared sharper/flatter noise along the start's direction; >= 0
             "noise_decay": 0.6,       # noise multiplier per update; (0, 1]
@@ -163,7 +163,9 @@ class RLPruner(Strategy):
         if start == "probe":
             cap = int(p["max_probes"]) or n
             left = ctx.evaluator.remaining
-            if left is not None:  # keep a fifth of the evaluations (at least two per step) for learning
+            if left is not None:
+                if not int(p["max_probes"]):  # about 40% of the evaluations probe, the rest learn
+                    cap = min(cap, max(1, (left - 1) * 2 // 5))
                 cap = min(cap, left - 1 - max(2 * int(p["steps"]), left // 5))
                 if cap < 1:
                     raise PrunerError(f"rl with start=probe needs more than {left} evaluations to probe and then learn "

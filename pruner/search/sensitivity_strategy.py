@@ -46,11 +46,41 @@ class Probes:
                 "damage": [round(float(d), 3) for d in self.damage]}
 
 
-def probe_chunks(n_groups: int, n_probes: int) -> list[list[int]]:
-    """Split group indices 0..n-1 into ``n_probes`` contiguous, near-equal chunks."""
-    n_probes = max(1, min(n_groups, n_probes))
-    edges = np.linspace(0, n_groups, n_probes + 1).round().astype(int)
-    return [list(range(a, b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+def _split(run: list[int], parts: int) -> list[list[int]]:
+    parts = max(1, min(len(run), parts))
+    edges = np.linspace(0, len(run), parts + 1).round().astype(int)
+    return [run[a:b] for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+def probe_chunks(coupled: list[bool], n_probes: int) -> list[list[int]]:
+    """Group indices in at most ``n_probes`` chunks of adjacent groups probed together.
+
+    Groups that span a residual add (``coupled``) are usually the most sensitive: they are
+    probed alone while the probes allow it, and never share a probe with an ordinary group; the
+    other probes are spread over the runs of adjacent ordinary groups in proportion to their length."""
+    n = len(coupled)
+    n_probes = max(1, min(n, n_probes))
+    if n_probes >= n:
+        return [[i] for i in range(n)]
+    runs: list[list[int]] = []
+    for i, c in enumerate(coupled):
+        if runs and coupled[runs[-1][-1]] == c and (not c or len(runs[-1]) == 0):
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    singles = [r for r in runs if coupled[r[0]]]
+    plain = [r for r in runs if not coupled[r[0]]]
+    if len(singles) + len(plain) > n_probes:  # too few probes even for one per run: contiguous chunks
+        return _split(list(range(n)), n_probes)
+    left = n_probes - len(singles)
+    total = sum(len(r) for r in plain) or 1
+    share = [max(1, int(left * len(r) / total)) for r in plain]
+    for k in sorted(range(len(plain)), key=lambda k: -len(plain[k])):  # hand out what rounding left
+        if sum(share) >= left:
+            break
+        share[k] += 1
+    chunks = singles + [c for r, m in zip(plain, share) for c in _split(r, m)]
+    return sorted(chunks, key=lambda c: c[0])
 
 
 def min_probe_evals() -> int:
@@ -74,7 +104,7 @@ def measure_probes(ctx: SearchContext, ratio: float, *, max_probes: int | None =
             raise PrunerError(f"probing sensitivity needs at least {min_probe_evals()} evaluations "
                               f"({budget_left} left); raise --search-evals")
         limit = min(limit, budget_left - 2)
-    chunks = probe_chunks(n, limit)
+    chunks = probe_chunks([bool(g.coupled) for g in space.groups], limit)
     full = [g.channels for g in space.groups]
     used0 = ev.evaluations
     base = ev.evaluate(full, step=0, meta={"strategy": tag, "probe": "base"})
