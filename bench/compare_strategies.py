@@ -140,7 +140,6 @@ def run_fast(args, params, budgets, seed: int, out: Path) -> list[dict]:
     """One session per seed, a fresh evaluator per strategy, shared (cached) evaluations."""
     import copy
 
-    from pruner.data import ImageTensors  # noqa: F401
     from pruner.evaluate import accuracy
     from pruner.finetune import finetune
     from pruner.runs.job import Session
