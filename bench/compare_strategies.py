@@ -6,10 +6,21 @@ table and writes a CSV. Protocol: test-halves by default (the shared pretrained 
 trained on all 50,000 training images, so a val split carved from train is not unseen data);
 the search scores the search half, the table's test top-1 is on the report half.
 
+With ``--seeds 0,1,2`` every strategy runs once per seed (run directories ``OUT/seed<N>/<strategy>``)
+and the table gives mean ± std over the seeds of the search top-1 and of the report top-1.
+
+``--fast`` skips the job pipeline (ONNX export, latency, checkpoints): one session per seed, a
+fresh evaluator per strategy, and the report top-1 measured on the pruned, BN-recalibrated model
+after the same fine-tuning (``--finetune-epochs`` x ``--max-batches-per-epoch``, distillation from
+the unpruned model; 0 = none). Evaluations are cached per (model, seed) in ``OUT/cache``: an
+evaluation of the same structure of the same model on the same images is the same number, so a
+structure that another strategy already scored is replayed through ``Evaluator.preload`` and
+still counts once against that strategy's ``--search-evals`` (only the compute is shared).
+
 Example (the README's table):
     python bench/compare_strategies.py --model resnet56 --weights pretrained --data cifar10-jpeg \
-        --budget flops=0.5 --search-evals 40 --strategies uniform,global,random,rl \
-        --finetune-epochs 1 --max-batches-per-epoch 60 --out bench/results/flops50
+        --budget flops=0.5 --search-evals 40 --strategies uniform,global,random,sensitivity,rl \
+        --seeds 0,1,2 --fast --finetune-epochs 0 --out bench/results/strategies/flops50
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ import csv
 import json
 import shlex
 import sys
+import statistics
 import time
 from pathlib import Path
 
@@ -50,8 +62,15 @@ def main() -> int:
                    help="a different budget for one strategy, e.g. rl=flops=0.6 (repeatable)")
     p.add_argument("--latency-repeats", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default=None, help="comma-separated seeds (overrides --seed); the table gives mean ± std")
+    p.add_argument("--fast", action="store_true", help="in-process: no export/latency; evaluations cached per seed")
+    p.add_argument("--collect", nargs="+", default=None, metavar="DIR",
+                   help="no runs: merge the results.csv of earlier runs (e.g. one process per seed) into OUT's tables")
     p.add_argument("--out", default="bench/results/compare")
     args = p.parse_args()
+    if args.collect:
+        return collect(args)
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [args.seed]
 
     params: dict[str, dict] = {}
     for item in args.set:
@@ -69,15 +88,32 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
+    for seed in seeds:
+        if args.fast:
+            rows += run_fast(args, params, budgets, seed, out)
+            continue
+        rows += run_pipeline(args, params, budgets, seed, out / f"seed{seed}" if args.seeds else out)
+    if not rows:
+        return 1
+    write_tables(args, rows, out, seeds)
+    return 0
+
+
+def config_for(args, params, budgets, strategy: str, seed: int) -> RunConfig:
+    return RunConfig(model=args.model, weights=None if args.weights == "none" else args.weights, data=args.data,
+                     protocol=args.protocol, budget=budgets.get(strategy, args.budget), strategy=strategy,
+                     latency_repeats=args.latency_repeats,
+                     strategy_params=params.get(strategy, {}), search_evals=args.search_evals,
+                     search_images=args.search_images, recal_images=args.recal_images,
+                     finetune=FinetuneConfig(epochs=args.finetune_epochs,
+                                             max_batches_per_epoch=args.max_batches_per_epoch, seed=seed),
+                     seed=seed)
+
+
+def run_pipeline(args, params, budgets, seed: int, out: Path) -> list[dict]:
+    rows = []
     for strategy in args.strategies.split(","):
-        cfg = RunConfig(model=args.model, weights=None if args.weights == "none" else args.weights, data=args.data,
-                        protocol=args.protocol, budget=budgets.get(strategy, args.budget), strategy=strategy,
-                        latency_repeats=args.latency_repeats,
-                        strategy_params=params.get(strategy, {}), search_evals=args.search_evals,
-                        search_images=args.search_images, recal_images=args.recal_images,
-                        finetune=FinetuneConfig(epochs=args.finetune_epochs,
-                                                max_batches_per_epoch=args.max_batches_per_epoch, seed=args.seed),
-                        seed=args.seed)
+        cfg = config_for(args, params, budgets, strategy, seed)
         run_dir = out / strategy
         t0 = time.time()
         summary = run_job(cfg, run_dir, resume=(run_dir / "config.json").exists())
@@ -93,30 +129,124 @@ def main() -> int:
             # paired (interleaved with the unpruned model) when the run has it: robust to drifting CPU speed
             "latency_frac": round(r.get("latency_vs_base") or r["latency_ms"] / b["latency_ms"], 3),
             "ort_ms_b1": round(r["ort_latency_ms"], 2) if r.get("ort_latency_ms") else None,
-            "search_s": round(s["seconds"]), "total_s": round(time.time() - t0),
+            "search_s": round(s["seconds"]), "total_s": round(time.time() - t0), "seed": seed,
+            "answer_is_start": s.get("answer_is_start"),
         })
         print(json.dumps(rows[-1]), flush=True)
+    return rows
 
+
+def run_fast(args, params, budgets, seed: int, out: Path) -> list[dict]:
+    """One session per seed, a fresh evaluator per strategy, shared (cached) evaluations."""
+    import copy
+
+    from pruner.evaluate import accuracy
+    from pruner.finetune import finetune
+    from pruner.runs.job import Session
+    from pruner.search import SearchContext, make_strategy, run_search
+
+    first = config_for(args, params, budgets, args.strategies.split(",")[0], seed)
+    session = Session(first)
+    data = session.data
+    cache_dir = out / "cache"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache = cache_dir / f"{args.model}-{args.weights}-{args.data}-{args.protocol}-seed{seed}-s{args.search_images}-r{args.recal_images}.jsonl"
+    known: dict[tuple, dict] = {}
+    if cache.exists():
+        for line in cache.read_text().splitlines():
+            e = json.loads(line)
+            known[tuple(e["counts"])] = e
+    base_report = accuracy(session.model, data.report, mean=data.mean, std=data.std, device=session.device)["top1"]
+    rows = []
+    for strategy in args.strategies.split(","):
+        cfg = config_for(args, params, budgets, strategy, seed)
+        session.config = cfg
+        ev = session.evaluator(max_evals=cfg.search_evals)
+        ev.preload(list(known.values()))
+        ctx = SearchContext(ev, seed=seed, scores=session.scores, emit=lambda kind, **f: None)
+        strat = make_strategy(strategy, **cfg.strategy_params)
+        t0 = time.time()
+        best = run_search(strat, ctx)
+        seconds = time.time() - t0
+        with open(cache, "a") as fh:
+            for c in ev.candidates:
+                if tuple(c.counts) not in known and c.meta.get("model_version", 0) == 0:
+                    known[tuple(c.counts)] = {"counts": c.counts, "top1": c.top1, "macs": c.macs, "params": c.params,
+                                              "latency_ms": c.latency_ms, "cost": c.cost, "meta": {"model_version": 0}}
+                    fh.write(json.dumps(known[tuple(c.counts)]) + "\n")
+        model = ev.model if ev.model_version > 0 else session.model
+        pruned, _ = session.space.prune(model, best.counts, ev.ranking)
+        from pruner.evaluate import recalibrate_bn
+        recalibrate_bn(pruned, data.fit, mean=data.mean, std=data.std, device=session.device, images=cfg.recal_images)
+        if args.finetune_epochs > 0:
+            finetune(pruned, data, cfg.finetune, teacher=copy.deepcopy(model).eval(), device=session.device)
+        report = accuracy(pruned, data.report, mean=data.mean, std=data.std, device=session.device)["top1"]
+        rows.append({
+            "strategy": strategy, "budget": cfg.budget, "evaluations": ev.evaluations,
+            "val_top1_before_ft": round(best.top1, 2), "test_top1_after_ft": round(report, 2),
+            "base_test_top1": round(base_report, 2), "macs_M": round(best.macs / 1e6, 2),
+            "macs_frac": round(best.macs / session.space.base_macs, 3), "params_M": round(best.params / 1e6, 3),
+            "search_s": round(seconds), "seed": seed, "answer_is_start": bool(best.meta.get("is_start")),
+        })
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def collect(args) -> int:
+    rows = []
+    for d in args.collect:
+        with open(Path(d) / "results.csv") as fh:
+            for r in csv.DictReader(fh):
+                for k in ("evaluations", "val_top1_before_ft", "test_top1_after_ft", "macs_frac", "seed"):
+                    r[k] = float(r[k]) if k != "seed" else int(r[k])
+                r["answer_is_start"] = r.get("answer_is_start") == "True"
+                rows.append(r)
     if not rows:
         return 1
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows.sort(key=lambda r: (r["seed"], r["strategy"]))
+    write_tables(args, rows, out, sorted({r["seed"] for r in rows}))
+    return 0
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def write_tables(args, rows: list[dict], out: Path, seeds: list[int]) -> None:
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    fields = list(dict.fromkeys(k for r in rows for k in r))
     with open(out / "results.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w = csv.DictWriter(fh, fieldnames=fields)
         w.writeheader()
         w.writerows(rows)
     tuning = (f"fine-tune {args.finetune_epochs} epoch(s) x {args.max_batches_per_epoch} batches with distillation"
               if args.finetune_epochs else "no fine-tuning (test_top1_after_ft is the pruned, BN-recalibrated model)")
+    machine = f"CPU, {torch.get_num_threads()} intra-op thread(s)" + (", GPU" if torch.cuda.is_available() else "")
     lines = [f"`{command}`", "",
              f"Protocol: {args.protocol} (search on the search half, test top-1 on the report half); "
-             f"budget {args.budget} (unless the row says otherwise); {args.search_evals} evaluations; {tuning}. "
-             "Latency: PyTorch and ONNX Runtime, batch 1, "
-             f"CPU with {torch.get_num_threads()} intra-op thread(s); *_frac columns are relative to the unpruned model "
-             "(latency_frac timed in interleaved pairs with it).", "",
-             "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    lines += ["| " + " | ".join(str(v) for v in row.values()) + " |" for row in rows]
+             f"budget {args.budget} (unless the row says otherwise); {args.search_evals} evaluations; {tuning}; "
+             f"seeds {', '.join(map(str, seeds))}; {machine}."
+             + ("" if args.fast else " Latency: PyTorch and ONNX Runtime, batch 1; *_frac columns are relative to "
+                "the unpruned model (latency_frac timed in interleaved pairs with it)."), "",
+             "| " + " | ".join(fields) + " |", "|" + "---|" * len(fields)]
+    lines += ["| " + " | ".join(str(row.get(k, "")) for k in fields) + " |" for row in rows]
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        by.setdefault(r["strategy"], []).append(r)
+    lines += ["", f"Mean ± std over seeds {', '.join(map(str, seeds))}:", "",
+              "| strategy | seeds | evaluations | search top-1 | report top-1 | MACs (frac) | answer is the start |",
+              "|---|---|---|---|---|---|---|"]
+    for strategy, rs in by.items():
+        lines.append(f"| {strategy} | {len(rs)} | {_mean_std([r['evaluations'] for r in rs])} | "
+                     f"{_mean_std([r['val_top1_before_ft'] for r in rs])} | {_mean_std([r['test_top1_after_ft'] for r in rs])} | "
+                     f"{_mean_std([r['macs_frac'] for r in rs])} | "
+                     f"{sum(bool(r.get('answer_is_start')) for r in rs)}/{len(rs)} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    return 0
 
 
 if __name__ == "__main__":

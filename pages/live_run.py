@@ -204,6 +204,8 @@ def live_panel() -> None:
         st.warning("Interrupted: no process is running this run any more (its job was killed, or the server "
                    "stopped). Resume it from the **Runs** page.", icon=":material/warning:")
     if summary and status == "done":
+        if (summary.get("search") or {}).get("note"):
+            st.info(summary["search"]["note"], icon=":material/info:")
         _results(summary)
         _downloads(summary)
 

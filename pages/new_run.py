@@ -36,6 +36,10 @@ with left:
                                        step=4, key="nr_search_evals",
                                        help="Cap on candidates scored during the search (more = better, slower)")
     st.caption(forms.STRATEGY_HELP.get(strategy, ""))
+    if forms.strategy_uses_evaluations(strategy) and int(search_evals) < 40:
+        st.caption(f"With {int(search_evals)} evaluations a search can refine a good start, not learn one: `rl` and "
+                   "`sensitivity` spend about one evaluation per layer group on probes (or `rl` starts from a finished "
+                   "Sensitivity analysis: Advanced → start), and the answer may be that start — the result says so.")
 
     st.subheader("Fine-tuning and device")
     c1, c2 = st.columns(2)

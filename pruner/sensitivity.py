@@ -60,11 +60,13 @@ class SensitivityResult:
     base_top1: float
     evaluations: int = 0
     macs_saved: list[list[float]] = field(default_factory=list)  # [group][ratio] fraction of MACs removed
+    fingerprint: dict = field(default_factory=dict)  # model, data, protocol, split: what a search must share to reuse it
 
     def to_dict(self) -> dict:
         return {
             "groups": self.groups, "channels": self.channels, "ratios": self.ratios, "top1": self.top1,
             "base_top1": self.base_top1, "evaluations": self.evaluations, "macs_saved": self.macs_saved,
+            "fingerprint": self.fingerprint,
             "drop": [[self.base_top1 - v for v in row] for row in self.top1],
         }
 
@@ -72,8 +74,11 @@ class SensitivityResult:
 def analyse(evaluator: Evaluator, ratios: Sequence[float] = DEFAULT_RATIOS, *,
             progress: Callable[[int, int, dict], None] | None = None) -> SensitivityResult:
     """Prune each group alone at each ratio; ``progress(done, total, point)`` after every point."""
+    from .search.sensitivity_strategy import fingerprint
+
     ratios = check_ratios(ratios)
     space = evaluator.space
+    fp = fingerprint(evaluator)
     full = [g.channels for g in space.groups]
     base = evaluator.evaluate(full, step=-1, meta={"analysis": "sensitivity", "group": None, "ratio": 0.0})
     total = len(space.groups) * len(ratios)
@@ -93,5 +98,5 @@ def analyse(evaluator: Evaluator, ratios: Sequence[float] = DEFAULT_RATIOS, *,
         saved_rows.append(saved)
     return SensitivityResult(
         groups=space.names, channels=full, ratios=list(ratios), top1=rows, base_top1=base.top1,
-        evaluations=evaluator.evaluations, macs_saved=saved_rows,
+        evaluations=evaluator.evaluations, macs_saved=saved_rows, fingerprint=fp,
     )

@@ -13,7 +13,7 @@ from pruner.runs.rundir import RunDir
 
 def tiny(**kw) -> RunConfig:  # three slices, so the step-wise path is exercised
     base = dict(model="resnet20", weights=None, data="digits", budget="flops=0.5", strategy="rl",
-                strategy_params={"steps": 3}, search_evals=12, search_images=120, recal_images=64,
+                strategy_params={"steps": 3, "start": "uniform"}, search_evals=12, search_images=120, recal_images=64,
                 report_images=120, latency_repeats=3, finetune=FinetuneConfig(epochs=0), export=False, seed=0)
     base.update(kw)
     return RunConfig(**base)
@@ -65,7 +65,8 @@ def test_same_seed_same_result(rl_run, tmp_path):
     assert first["best_val_top1"] == second["best_val_top1"]
 
 
-@pytest.mark.parametrize("strategy,evals", [("uniform", 1), ("global", 1), ("random", 5), ("rl", 7)])
+@pytest.mark.parametrize("strategy,evals", [("uniform", 1), ("global", 1), ("random", 5), ("rl", 7),
+                                            ("sensitivity", 5)])
 def test_strategies_respect_search_evals(tmp_path, strategy, evals):
     summary = run_job(tiny(strategy=strategy, strategy_params={"steps": 2} if strategy == "rl" else {},
                            search_evals=evals), tmp_path / strategy)

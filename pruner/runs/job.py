@@ -377,7 +377,8 @@ def _run_job(config: RunConfig, run: RunDir, *, resume: bool, should_stop: StopF
             found = {"counts": best.counts, "candidate_id": best.id, "best_val_top1": best.top1,
                      "evaluations": evaluator.evaluations, "seconds": time.perf_counter() - t0,
                      "cost": best.cost, "verified_cost": best.meta.get("verified_latency"),
-                     "timing": evaluator.timing}
+                     "timing": evaluator.timing, "answer_is_start": bool(best.meta.get("is_start")),
+                     "start_source": best.meta.get("start_source")}
             if evaluator.model_version > 0:  # the strategy trained the weights (joint): prune those
                 torch.save({"state_dict": {k: v.detach().cpu() for k, v in evaluator.model.state_dict().items()},
                             "ranking": [r.cpu() for r in evaluator.ranking]}, run.state_dir / "search_model.pt")
@@ -389,7 +390,12 @@ def _run_job(config: RunConfig, run: RunDir, *, resume: bool, should_stop: StopF
             session.ranking = list(saved["ranking"])
         summary["search"] = {"strategy": config.strategy, "evaluations": found["evaluations"],
                              "best_val_top1": found["best_val_top1"], "seconds": found["seconds"],
-                             "round_to": session.space.round_to, "params": make_strategy(config.strategy, **config.strategy_params).params}
+                             "round_to": session.space.round_to, "params": make_strategy(config.strategy, **config.strategy_params).params,
+                             "answer_is_start": bool(found.get("answer_is_start")),
+                             "start_source": found.get("start_source")}
+        if summary["search"]["answer_is_start"]:
+            summary["search"]["note"] = (f"the answer is the search's starting point ({found.get('start_source')}): no "
+                                         f"other candidate scored higher in {found['evaluations']} evaluations")
         run.event("status", status="search done", **summary["search"])
 
         # ---------------------------------------------------------------- fine-tune

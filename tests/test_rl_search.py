@@ -1,0 +1,199 @@
+"""The `sensitivity` strategy and `rl`'s starts, parameters and paper preset.
+
+Real model (resnet20, random init), real data (the offline digits set), the real evaluator;
+tiny settings. Parameter tests replay the reference run's evaluations through
+``Evaluator.preload`` (the resume path), so only structures a variant proposes anew cost time.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from pruner.errors import PrunerError
+from pruner.finetune import FinetuneConfig
+from pruner.runs.config import RunConfig
+from pruner.runs.job import Session, run_job, run_sensitivity
+from pruner.runs.rundir import RunDir
+from pruner.search import SearchContext, make_strategy, run_search
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny(**kw) -> RunConfig:
+    base = dict(model="resnet20", weights=None, data="digits", val_size=300, budget="flops=0.5", strategy="rl",
+                strategy_params={}, search_evals=10, search_images=60, recal_images=32, report_images=60,
+                latency_repeats=3, finetune=FinetuneConfig(epochs=0), export=False, seed=0)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+SHARED_DATA = Path(os.environ.get("PRUNER_DATA_ROOT", "")) / "cifar10-jpeg"
+SHARED_R20 = Path(os.environ.get("PRUNER_WEIGHTS_DIR", "")) / "resnet20-12fca82f.th"
+
+
+@pytest.fixture(scope="module")
+def session():
+    """Pretrained ResNet-20 on the CIFAR-10 copy where present (probes then measure real damage),
+    else the random-init digits set."""
+    if SHARED_DATA.is_dir() and SHARED_R20.is_file():
+        return Session(tiny(weights="pretrained", data="cifar10-jpeg", protocol="test-halves", search_images=100))
+    return Session(tiny())
+
+
+def search(session, strategy="rl", *, evals=10, seed=0, preload=(), events=None, **params):
+    ev = session.evaluator(max_evals=evals)
+    ev.preload(list(preload))
+    log = events if events is not None else []
+    ctx = SearchContext(ev, seed=seed, scores=session.scores, emit=lambda kind, **f: log.append({"kind": kind, **f}))
+    best = run_search(make_strategy(strategy, **params), ctx)
+    return best, ev
+
+
+def as_events(ev) -> list[dict]:
+    return [c.to_event() for c in ev.candidates if not c.meta["cached"]]
+
+
+def test_sensitivity_respects_the_cap_and_the_budget(session):
+    best, ev = search(session, "sensitivity", evals=6)
+    assert ev.evaluations <= 6
+    assert best.cost <= 0.5
+    probes = [c for c in ev.candidates if "probe" in c.meta]
+    assert len(probes) == 5  # the unpruned model and 4 chunks of adjacent groups (12 groups, 6 evaluations)
+    assert best.meta["allocation"] == "inverse-damage"
+    with pytest.raises(PrunerError, match="search-evals"):
+        search(session, "sensitivity", evals=2)
+
+
+@pytest.fixture(scope="module")
+def analysis(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sens") / "analysis"
+    summary = run_sensitivity(tiny(), out, ratios=(0.3, 0.6))
+    assert summary["status"] == "done", summary["error"]
+    return out
+
+
+def test_rl_starts_from_a_finished_analysis_and_records_it(analysis, tmp_path):
+    summary = run_job(tiny(strategy_params={"start": str(analysis)}, search_evals=6), tmp_path / "run")
+    assert summary["status"] == "done", summary["error"]
+    run = RunDir(tmp_path / "run")
+    prior = run.events("prior")
+    assert len(prior) == 1 and prior[0]["source"].endswith("sensitivity.json") and prior[0]["evaluations"] == 0
+    cands = run.events("candidate")
+    assert not any("probe" in c["meta"] for c in cands)  # the analysis replaced the probes
+    assert all(c["meta"]["start_source"] == prior[0]["source"] for c in cands)
+    assert summary["search"]["start_source"] == prior[0]["source"]
+    # the analysis' damages decide the first candidate: another analysis start differs from a uniform one
+    uniform = run_job(tiny(strategy_params={"start": "uniform"}, search_evals=6), tmp_path / "uniform")
+    first = [c["counts"] for c in cands][0]
+    assert first != RunDir(tmp_path / "uniform").events("candidate")[0]["counts"]
+    assert uniform["status"] == "done"
+
+
+def test_a_mismatched_analysis_is_refused(analysis, tmp_path):
+    other_weights = run_job(tiny(strategy_params={"start": str(analysis)}, seed=1), tmp_path / "seed1")
+    assert other_weights["status"] == "failed"
+    assert "different model weights" in other_weights["error"] and "\n" not in other_weights["error"]
+    missing = run_job(tiny(strategy_params={"start": str(tmp_path / "nowhere")}), tmp_path / "missing")
+    assert missing["status"] == "failed" and "no sensitivity analysis" in missing["error"]
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    data = json.loads((analysis / "sensitivity.json").read_text())
+    data.pop("fingerprint")
+    (legacy / "sensitivity.json").write_text(json.dumps(data))
+    old = run_job(tiny(strategy_params={"start": str(legacy)}), tmp_path / "old")
+    assert old["status"] == "failed" and "run the analysis again" in old["error"]
+
+
+@pytest.fixture(scope="module")
+def reference(session):
+    best, ev = search(session, max_probes=3)
+    return trace(ev), as_events(ev), [c.top1 for c in ev.candidates]
+
+
+def trace(ev) -> list[tuple]:
+    """What a search did: each structure, its score, and which weights scored it."""
+    return [(tuple(c.counts), c.top1, c.meta["model_version"]) for c in ev.candidates]
+
+
+# parameter -> (changed value, other settings that make it matter)
+CHANGES = {
+    "preset": ("paper", {"finetune_batches": 0, "samples": 3}),
+    "start": ("uniform", {}),
+    "probe_ratio": (0.8, {}),
+    "max_probes": (2, {}),
+    "floor": (0.01, {}),
+    "power": (3.0, {}),
+    "steps": (2, {}),
+    "samples": (4, {}),
+    "inner_epochs": (2, {}),
+    "noise": (1.5, {}),
+    "sharpen": (2.0, {}),
+    "noise_decay": (0.2, {}),
+    "min_noise": (0.3, {"noise_decay": 0.2}),
+    "lr": (0.1, {}),
+    "clip": (0.05, {}),
+    "temperature": (0.0, {}),
+    "epsilon": (1.0, {}),
+    "finetune_batches": (1, {"steps": 2, "samples": 2, "inner_epochs": 1}),
+    "finetune_lr": (0.5, {"steps": 2, "samples": 2, "inner_epochs": 1, "finetune_batches": 1}),
+    "importance": ("l1", {"steps": 2, "samples": 2, "inner_epochs": 1, "finetune_batches": 1}),
+}
+
+
+def test_every_rl_parameter_is_covered():
+    assert set(CHANGES) == set(make_strategy("rl").defaults())
+
+
+@pytest.mark.parametrize("param", list(CHANGES))
+def test_every_rl_parameter_changes_behaviour(session, reference, param):
+    value, context = CHANGES[param]
+    base_params = {"max_probes": 3, **context}
+    if context:  # compare against the same context with the default value
+        base_best, base_ev = search(session, preload=reference[1], **base_params)
+        before = trace(base_ev)
+    else:
+        before = reference[0]
+    best, ev = search(session, preload=reference[1], **{**base_params, param: value})
+    after = trace(ev)
+    assert after != before, f"rl {param}={value!r} proposed exactly what the default did"
+    assert best.cost <= 0.5 + 1e-9
+
+
+def test_rl_is_deterministic_for_a_seed(session, reference):
+    _, ev = search(session, max_probes=3)  # no preload: every structure evaluated again
+    assert trace(ev) == reference[0]
+    _, other = search(session, max_probes=3, seed=1, preload=reference[1])
+    assert trace(other) != reference[0]
+
+
+def test_paper_preset_distils_between_steps_and_the_job_prunes_those_weights(tmp_path):
+    params = {"preset": "paper", "steps": 2, "inner_epochs": 1, "finetune_batches": 2, "importance": "taylor"}
+    summary = run_job(tiny(strategy_params=params, search_evals=6), tmp_path / "paper")
+    assert summary["status"] == "done", summary["error"]
+    assert summary["search"]["params"]["clip"] == 0.25 and summary["search"]["params"]["epsilon"] == 0.4
+    run = RunDir(tmp_path / "paper")
+    versions = {c["meta"]["model_version"] for c in run.events("candidate")}
+    assert versions == {0, 1}  # the second step scored the distilled weights
+    saved = torch.load(tmp_path / "paper" / "state" / "search_model.pt", weights_only=True)
+    base = Session(tiny()).model.state_dict()
+    assert any(not torch.equal(saved["state_dict"][k].float(), v.float()) for k, v in base.items() if v.is_floating_point())
+    assert summary["budget"]["achieved"] <= 0.5
+
+
+def test_the_answer_is_flagged_when_it_is_the_start(tmp_path):
+    # without exploration noise every sample is the start itself
+    params = {"start": "uniform", "noise": 0.0, "sharpen": 0.0, "min_noise": 0.0}
+    summary = run_job(tiny(strategy_params=params, search_evals=4), tmp_path / "flat")
+    assert summary["status"] == "done", summary["error"]
+    assert summary["search"]["answer_is_start"] is True and "starting point" in summary["search"]["note"]
+    warnings = [e["message"] for e in RunDir(tmp_path / "flat").events("log") if e.get("level") == "warning"]
+    assert any("starting allocation" in m for m in warnings)
