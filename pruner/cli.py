@@ -61,6 +61,10 @@ def _scoring_args(g, d: dict) -> None:
     g.add_argument("--search-images", type=int, default=d["search_images"],
                    help="search-split images scored per candidate")
     g.add_argument("--recal-images", type=int, default=d["recal_images"], help="training images for BN recalibration")
+    g.add_argument("--workers", type=int, default=d["workers"], metavar="N",
+                   help="score candidates on N Ray workers in parallel (0 = in this process; one per GPU on CUDA)")
+    g.add_argument("--ray-address", default=d["ray_address"], metavar="ADDR",
+                   help="join this Ray cluster (`ray start --head` prints it) instead of starting a local Ray")
 
 
 def _search_args(p: argparse.ArgumentParser, d: dict) -> None:
@@ -103,7 +107,8 @@ def _config(args):
               data_root=args.data_root, protocol=args.protocol, val_size=args.val_size, image_size=args.image_size,
               device=args.device, seed=args.seed)
     if hasattr(args, "importance"):
-        kw.update(importance=args.importance, search_images=args.search_images, recal_images=args.recal_images)
+        kw.update(importance=args.importance, search_images=args.search_images, recal_images=args.recal_images,
+                  workers=args.workers, ray_address=args.ray_address)
     kw["trust_code"] = True  # file:/python: code named on the user's own command line: consent (docs/security.md)
     if hasattr(args, "budget"):
         kw.update(budget=args.budget, strategy=args.strategy, strategy_params=_parse_set(args.set),

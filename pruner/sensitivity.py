@@ -82,12 +82,18 @@ def analyse(evaluator: Evaluator, ratios: Sequence[float] = DEFAULT_RATIOS, *,
     full = [g.channels for g in space.groups]
     base = evaluator.evaluate(full, step=-1, meta={"analysis": "sensitivity", "group": None, "ratio": 0.0})
     total = len(space.groups) * len(ratios)
+
+    def probe(gi: int, r: float) -> list[int]:
+        counts = list(full)
+        counts[gi] = space.counts([1.0 - r if i == gi else 1.0 for i in range(len(full))])[gi]
+        return counts
+
     rows, saved_rows, done = [], [], 0
     for gi, group in enumerate(space.groups):
         row, saved = [], []
+        evaluator.prefetch([probe(gi, r) for r in ratios])  # one group's probes in parallel with --workers
         for r in ratios:
-            counts = list(full)
-            counts[gi] = space.counts([1.0 - r if i == gi else 1.0 for i in range(len(full))])[gi]
+            counts = probe(gi, r)
             cand = evaluator.evaluate(counts, step=gi, meta={"analysis": "sensitivity", "group": group.name, "ratio": r})
             row.append(cand.top1)
             saved.append(1.0 - cand.macs / space.base_macs)

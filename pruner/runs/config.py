@@ -23,6 +23,10 @@ from ..userfile import CONSENT_HINT, code_references
 from ..pruning.space import check_round_to
 
 
+#: most Ray workers one run may start
+MAX_WORKERS = 256
+
+
 @dataclass
 class RunConfig:
     # what to prune
@@ -47,6 +51,8 @@ class RunConfig:
     max_prune: float = 0.9
     min_channels: int = 1
     round_to: int | None = None            # kept channels a multiple of this; None = auto (8 on CUDA, 1 on CPU)
+    workers: int = 0                       # Ray actors scoring candidates in parallel; 0 = in the job's process
+    ray_address: str | None = None         # an existing Ray cluster to join (else an embedded local Ray)
     # fine-tuning and reporting
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     report_images: int | None = None        # cap on report-split images (quick runs); None = all
@@ -92,6 +98,14 @@ class RunConfig:
             self.round_to = check_round_to(self.round_to)
         self.latency_batch = check_number("latency_batch", self.latency_batch, int, low=1, optional=True,
                                           flag="--latency-batch")
+        self.workers = check_number("workers", self.workers, int, low=0, high=MAX_WORKERS, flag="--workers")
+        if self.ray_address is not None:
+            if not isinstance(self.ray_address, str) or not self.ray_address.strip() or " " in self.ray_address.strip():
+                raise PrunerError(f"ray_address (--ray-address) must look like HOST:PORT or ray://HOST:PORT, "
+                                  f"got {self.ray_address!r}")
+            if self.workers < 1:
+                raise PrunerError("--ray-address needs --workers N (N >= 1): the workers are what runs on the cluster")
+            self.ray_address = self.ray_address.strip()
 
     def resolved_round_to(self, device) -> int:
         """``round_to``, with None (auto) resolved for the run's device: 8 on CUDA, 1 elsewhere."""

@@ -45,6 +45,7 @@ from ..search.evaluator import Candidate, Evaluator, EvaluatorSettings
 from ..settings import resolve_device
 from .config import RunConfig
 from .rundir import RunDir, RunLock, read_json, write_json_atomic
+from .workers import attach_workers
 
 StopFn = Callable[[], bool]
 
@@ -53,7 +54,7 @@ StopFn = Callable[[], bool]
 # defines the search the resumed run continues, so changing it is refused.
 RESUME_OVERRIDES = ("finetune.epochs", "finetune.lr", "finetune.momentum", "finetune.weight_decay",
                     "finetune.batch_size", "finetune.kd_temperature", "finetune.kd_weight",
-                    "finetune.max_batches_per_epoch", "report_images", "export")
+                    "finetune.max_batches_per_epoch", "report_images", "export", "workers", "ray_address")
 OVERRIDES_STATE = "overrides.json"
 
 
@@ -373,12 +374,15 @@ def _run_job(config: RunConfig, run: RunDir, *, resume: bool, should_stop: StopF
             ctx = SearchContext(evaluator, seed=config.seed, scores=session.scores,
                                 emit=lambda kind, **f: run.event(kind, **f))
             t0 = time.perf_counter()
-            best = run_search(strategy, ctx)
+            with attach_workers(evaluator, config, emit=ctx.emit) as pool:
+                best = run_search(strategy, ctx)
+                worker_stats = pool.stats() if pool is not None else None
             found = {"counts": best.counts, "candidate_id": best.id, "best_val_top1": best.top1,
                      "evaluations": evaluator.evaluations, "seconds": time.perf_counter() - t0,
                      "cost": best.cost, "verified_cost": best.meta.get("verified_latency"),
                      "timing": evaluator.timing, "answer_is_start": bool(best.meta.get("is_start")),
-                     "start_source": best.meta.get("start_source")}
+                     "start_source": best.meta.get("start_source"),
+                     "workers": worker_stats}
             if evaluator.model_version > 0:  # the strategy trained the weights (joint): prune those
                 torch.save({"state_dict": {k: v.detach().cpu() for k, v in evaluator.model.state_dict().items()},
                             "ranking": [r.cpu() for r in evaluator.ranking]}, run.state_dir / "search_model.pt")
@@ -390,7 +394,8 @@ def _run_job(config: RunConfig, run: RunDir, *, resume: bool, should_stop: StopF
             session.ranking = list(saved["ranking"])
         summary["search"] = {"strategy": config.strategy, "evaluations": found["evaluations"],
                              "best_val_top1": found["best_val_top1"], "seconds": found["seconds"],
-                             "round_to": session.space.round_to, "params": make_strategy(config.strategy, **config.strategy_params).params,
+                             "round_to": session.space.round_to, "workers": found.get("workers"),
+                             "params": make_strategy(config.strategy, **config.strategy_params).params,
                              "answer_is_start": bool(found.get("answer_is_start")),
                              "start_source": found.get("start_source")}
         if summary["search"]["answer_is_start"]:
@@ -517,9 +522,11 @@ def _run_sensitivity(config: RunConfig, run: RunDir, *, ratios, should_stop: Sto
         run.event("status", status="started")
         session = Session(config, run)
         evaluator = session.evaluator(max_evals=None, should_stop=stop)
-        run.event("status", status="analysing sensitivity")
-        result = analyse(evaluator, ratios or DEFAULT_RATIOS,
-                         progress=lambda done, total, point: run.event("sensitivity", done=done, total=total, **point))
+        with attach_workers(evaluator, config, emit=run.event):
+            run.event("status", status="analysing sensitivity")
+            result = analyse(evaluator, ratios or DEFAULT_RATIOS,
+                             progress=lambda done, total, point: run.event("sensitivity", done=done, total=total,
+                                                                           **point))
         write_json_atomic(run.path / "sensitivity.json", result.to_dict())
         summary.update({"status": "done", "sensitivity": "sensitivity.json", "evaluations": result.evaluations,
                         "base_top1": result.base_top1, "timing": evaluator.timing})

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Callable, Sequence
 
 import torch
 
-from ..errors import PrunerError
+from ..errors import CancelledError, PrunerError
 from ..settings import CACHE_DIR_ENV, DATA_ROOT_ENV, WEIGHTS_DIR_ENV
 
 #: environment a worker needs to find the same data and weights as the job
@@ -58,7 +59,7 @@ class EvaluationWorker:
         if int(version) != self.version:
             raise RuntimeError(f"worker holds model version {self.version}, asked to score version {version}")
         t0 = time.perf_counter()
-        out = self.evaluator.score(list(counts))
+        out = self.evaluator.measure(list(counts))
         self.busy += time.perf_counter() - t0
         self.evaluations += 1
         return out
@@ -89,29 +90,36 @@ class RayPool:
         self._started = False
         device = torch.device(device)
         env = {k: os.environ[k] for k in _PASSED_ENV if k in os.environ}
-        # the workers import this package: ship it (works for a local Ray and for a cluster alike)
-        runtime_env = {"py_modules": [str(Path(__file__).resolve().parents[1])], "env_vars": env}
+        package_root = str(Path(__file__).resolve().parents[2])
+        # the workers import this package: on a machine of this one's, from where it lies here
+        # (PYTHONPATH); on a cluster joined with ``address``, Ray ships it to every node (py_modules,
+        # which Ray accepts only when it is started or joined, hence the two forms)
+        local_env = {"env_vars": {**env, "PYTHONPATH": os.pathsep.join(
+            p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}}
+        actor_env = local_env
         if not ray.is_initialized():
             try:
                 if address:
-                    ray.init(address=address, runtime_env=runtime_env, log_to_driver=False,
-                             configure_logging=False)
+                    actor_env = {"env_vars": env}
+                    ray.init(address=address, runtime_env={"py_modules": [str(Path(__file__).resolve().parents[1])],
+                                                           "env_vars": env},
+                             log_to_driver=False, configure_logging=False)
                 else:
                     ray.init(num_cpus=max(os.cpu_count() or 1, workers), include_dashboard=False,
-                             runtime_env=runtime_env, log_to_driver=False, configure_logging=False)
+                             log_to_driver=False, configure_logging=False)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-                raise PrunerError(f"could not start or join {where}: {exc}; check --ray-address "
+                raise PrunerError(f"could not start or join {where}: {_first_line(exc)}; check --ray-address "
                                   "(`ray start --head` prints it) or run without --workers") from None
             self._started = True
         if device.type == "cuda":
             options = {"num_gpus": 1, "num_cpus": 1}
             threads = 1
         else:
-            cpus = int(ray.cluster_resources().get("CPU", 1)) if address else (os.cpu_count() or 1)
-            threads = max(1, cpus // workers)
-            options = {"num_cpus": 1 if address else min(threads, cpus)}
-        actor_cls = ray.remote(EvaluationWorker).options(runtime_env=runtime_env, **options)
+            cpus = float(ray.cluster_resources().get("CPU", 1.0))
+            threads = max(1, int(cpus // workers))
+            options = {"num_cpus": round(min(float(threads), cpus / workers), 4)}   # all actors fit at once
+        actor_cls = ray.remote(EvaluationWorker).options(runtime_env=actor_env, **options)
         ranking = [r.detach().cpu() for r in ranking]
         self.actors = [actor_cls.remote(config, ranking, threads) for _ in range(workers)]
         try:  # surface a worker's start-up error (bad data path on a node, ...) now, not mid-search
@@ -121,16 +129,28 @@ class RayPool:
             raise PrunerError(f"a Ray worker failed to start: {_first_line(exc)}") from None
         self.workers = workers
         self.threads = threads
+        self.on_stats: Callable[[list[dict]], object] | None = None   # called after every batch
 
-    def score_many(self, version: int, counts: Sequence[Sequence[int]]) -> list[dict]:
-        """Scores of ``counts`` in order, spread over the actors (each takes the next as it frees up)."""
+    def score_many(self, version: int, counts: Sequence[Sequence[int]], *,
+                   should_stop: Callable[[], bool] | None = None) -> list[dict]:
+        """Scores of ``counts`` in order, spread over the actors (each takes the next as it frees
+        up); stops with :class:`CancelledError` between results when ``should_stop`` says so."""
         from ray.util import ActorPool
 
         pool = ActorPool(self.actors)
+        out = []
         try:
-            return list(pool.map(lambda a, c: a.score.remote(version, [int(x) for x in c]), list(counts)))
+            for result in pool.map(lambda a, c: a.score.remote(version, [int(x) for x in c]), list(counts)):
+                out.append(result)
+                if should_stop is not None and should_stop():
+                    raise CancelledError("search cancelled")
+        except CancelledError:
+            raise
         except Exception as exc:
             raise PrunerError(f"a Ray worker failed while scoring: {_first_line(exc)}") from None
+        if self.on_stats is not None:
+            self.on_stats(self.stats())
+        return out
 
     def set_model(self, version: int, state: dict, ranking: Sequence[torch.Tensor]) -> None:
         ref = self._ray.put({k: v.detach().cpu() for k, v in state.items()})
@@ -156,3 +176,24 @@ def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     # Ray wraps the worker's exception; its last line is the original message
     return (text[-1] if text else type(exc).__name__)[:300]
+
+
+@contextmanager
+def attach_workers(evaluator, config, emit: Callable[..., object] = lambda kind, **f: None):
+    """With ``config.workers`` >= 1: a :class:`RayPool` attached to ``evaluator`` for the duration
+    (its actors stopped afterwards, also on cancel or error); a ``workers`` event after every
+    batch gives each worker's evaluations and busy time. With 0 workers: nothing, all in-process."""
+    if config.workers < 1:
+        yield None
+        return
+    emit("status", status="starting workers", workers=config.workers, ray_address=config.ray_address)
+    pool = RayPool(config.to_dict(), evaluator.ranking, config.workers, address=config.ray_address,
+                   device=evaluator.device)
+    pool.on_stats = lambda stats: emit("workers", workers=stats)
+    evaluator.pool = pool
+    try:
+        pool.on_stats(pool.stats())
+        yield pool
+    finally:
+        evaluator.pool = None
+        pool.close()

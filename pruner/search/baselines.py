@@ -57,6 +57,11 @@ class GlobalMagnitude(Strategy):
         return cand
 
 
+#: proposals drawn (and, with --workers, scored in parallel) at a time; fixed, so that the
+#: candidates do not depend on the number of workers
+PROPOSAL_BATCH = 16
+
+
 @register
 class RandomSearch(Strategy):
     """Random allocations (how unevenly to prune), each solved to the budget; keep the best.
@@ -76,12 +81,17 @@ class RandomSearch(Strategy):
         rng = ctx.rng(1)
         n = ctx.evaluator.remaining if ctx.evaluator.remaining is not None else int(self.params["samples"])
         best = None
-        for i in range(max(1, n)):
-            alloc = rng.dirichlet([float(self.params["concentration"])] * len(ctx.space)) + 1e-6
-            sol = ctx.evaluator.solve(alloc.tolist())
-            cand = ctx.evaluator.evaluate(sol.counts, step=i, meta={"strategy": self.name, "sample": i})
-            if best is None or cand.top1 > best.top1:
-                best = cand
-            ctx.emit("step", step=i, best_top1=best.top1, best_reward=best.reward, mean_reward=cand.reward,
-                     keep_ratios=best.keep_ratios)
+        n = max(1, n)
+        for start in range(0, n, PROPOSAL_BATCH):  # proposed in batches: scored in parallel with --workers
+            batch = []
+            for _ in range(start, min(n, start + PROPOSAL_BATCH)):
+                alloc = rng.dirichlet([float(self.params["concentration"])] * len(ctx.space)) + 1e-6
+                batch.append(ctx.evaluator.solve(alloc.tolist()).counts)
+            ctx.evaluator.prefetch(batch)
+            for i, counts in enumerate(batch, start):
+                cand = ctx.evaluator.evaluate(counts, step=i, meta={"strategy": self.name, "sample": i})
+                if best is None or cand.top1 > best.top1:
+                    best = cand
+                ctx.emit("step", step=i, best_top1=best.top1, best_reward=best.reward, mean_reward=cand.reward,
+                         keep_ratios=best.keep_ratios)
         return best

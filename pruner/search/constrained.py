@@ -351,8 +351,9 @@ class ConstrainedRL(Strategy):
             eps = np.concatenate([half, -half])
             zs = mu + sigma * eps
             rewards, costs = [], [[] for _ in constraints]
-            for k, z in enumerate(zs):
-                counts = space.counts(keep_of(z).tolist())
+            proposals = [space.counts(keep_of(z).tolist()) for z in zs]
+            ev.prefetch(proposals)  # scored in parallel with --workers
+            for k, counts in enumerate(proposals):
                 values = [c.fn(counts) for c in constraints]
                 lams = [c.multiplier for c in constraints]
 

@@ -117,6 +117,8 @@ class Evaluator:
         self._logged = 0  # candidate events already in the log (a resumed run replays them silently)
         self._latency_memo: dict[tuple, tuple[float, float]] = {}  # -> (ms, relative to the unpruned model)
         self.timing = {"surgery": 0.0, "masks": 0.0, "recalibration": 0.0, "evaluation": 0.0, "latency": 0.0}
+        #: scores batches of structures elsewhere (``pruner.runs.workers.RayPool``); None: all here
+        self.pool = None
 
     def _ready(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised float images in the convolutions' preferred layout; sets above
@@ -279,6 +281,57 @@ class Evaluator:
         if self._masker is not None:
             self._masker.load(model)
         self.model_version += 1
+        if self.pool is not None:
+            self.pool.set_model(self.model_version, model.state_dict(), self.ranking)
+
+    def measure(self, counts: Sequence[int]) -> dict:
+        """Score one structure here, outside the memo, the cap and the events: search-split top-1,
+        MACs and params (what a worker of :mod:`pruner.runs.workers` computes)."""
+        counts = self.space.align([int(c) for c in counts])
+        top1 = self.score(self.scored_model(counts))
+        macs, params = self.space.predict(counts=counts)
+        return {"top1": top1, "macs": int(macs), "params": int(params)}
+
+    def prefetch(self, proposals: Sequence[Sequence[int]]) -> int:
+        """Score a batch of proposals at once on :attr:`pool` (a no-op without one).
+
+        Strategies call this with the structures they are about to :meth:`evaluate` one by one;
+        the new ones (not memoised, within the evaluation cap, in the order proposed) are
+        scored in parallel and then *consumed* by :meth:`evaluate` as fresh evaluations, so ids,
+        events, the cap and the answer are exactly those of the sequential run, whatever the
+        number of workers. Latency (for latency budgets) is still timed here, one at a time.
+        Returns how many structures were scored.
+        """
+        if self.pool is None:
+            return 0
+        if self.should_stop():
+            raise CancelledError("search cancelled")
+        todo: list[list[int]] = []
+        seen: set[tuple] = set()
+        for p in proposals:
+            counts = self.space.align([int(c) for c in p])
+            key = (self.model_version, tuple(counts))
+            if key not in self._memo and key not in seen:
+                seen.add(key)
+                todo.append(counts)
+        if self.remaining is not None:
+            todo = todo[:self.remaining]
+        if not todo:
+            return 0
+        scores = self.pool.score_many(self.model_version, todo, should_stop=self.should_stop)
+        for counts, s in zip(todo, scores):
+            lat = self.latency_of(counts) if self.budget.kind == "latency" else None
+            self._memo[(self.model_version, tuple(counts))] = {**s, "latency_ms": lat, "pending": False,
+                                                               "prefetched": True}
+        return len(todo)
+
+    def evaluate_many(self, proposals: Sequence[Sequence[int]], *, step: int = 0,
+                      metas: Sequence[dict | None] | None = None,
+                      reward_fn: Callable[[Candidate], float] | None = None) -> list[Candidate]:
+        """:meth:`prefetch` then :meth:`evaluate` each proposal in order (same candidates as a loop)."""
+        self.prefetch(proposals)
+        return [self.evaluate(c, step=step, meta=metas[i] if metas else None, reward_fn=reward_fn)
+                for i, c in enumerate(proposals)]
 
     # ----------------------------------------------------------- evaluating
     def evaluate(self, counts: Sequence[int], *, step: int = 0, meta: dict | None = None,
@@ -293,11 +346,13 @@ class Evaluator:
         if cached is None:
             if self.max_evals is not None and self.evaluations >= self.max_evals:
                 raise EvaluationBudgetExhausted(f"{self.max_evals} evaluations used")
-            top1 = self.score(self.scored_model(counts))
-            macs, params = self.space.predict(counts=counts)
             lat = self.latency_of(counts) if self.budget.kind == "latency" else None
-            cached = {"top1": top1, "macs": macs, "params": params, "latency_ms": lat, "pending": False}
+            cached = {**self.measure(counts), "latency_ms": lat, "pending": False}
             self._memo[key] = cached
+            self.evaluations += 1
+            fresh = True
+        elif cached.get("prefetched"):  # scored by the pool for this very proposal: a fresh evaluation
+            cached["prefetched"] = False
             self.evaluations += 1
             fresh = True
         else:

@@ -214,11 +214,9 @@ class JointPruning(Strategy):
             mean = head(h).detach().numpy()
             sigma = log_sigma.detach().exp().numpy()
             us = [mean] + [mean + sigma * rng.standard_normal(n) for _ in range(K - 1)]
-            cands = []
-            for k, u in enumerate(us):
-                alloc = np.exp(np.clip(u, -10, 10))
-                counts = ev.solve(alloc.tolist()).counts
-                cands.append(ev.evaluate(counts, step=epoch, meta={"strategy": self.name, "epoch": epoch, "sample": k}))
+            batch = [ev.solve(np.exp(np.clip(u, -10, 10)).tolist()).counts for u in us]
+            cands = ev.evaluate_many(batch, step=epoch, metas=[{"strategy": self.name, "epoch": epoch, "sample": k}
+                                                               for k in range(len(batch))])
             rewards = np.array([c.top1 / 100.0 for c in cands])
             best_k = int(np.argmax(rewards))
             chosen = cands[best_k]
