@@ -6,7 +6,7 @@ from pathlib import Path
 import streamlit as st
 
 from pruner.runs.rundir import RunDir, read_json
-from studio import charts, forms, state
+from studio import charts, forms, results, state
 from studio.events import RunView, best_feasible, format_seconds, is_final, progress
 
 st.title("Live run")
@@ -92,6 +92,8 @@ def _figures(view: RunView, summary: dict | None) -> dict:
         "finetune": charts.finetune_chart(list(view.epochs)),
     }
     for kind_name, events in view.other.items():
+        if kind_name == "workers":  # a table, below
+            continue
         figs[f"extra:{kind_name}"] = charts.strategy_chart(kind_name, list(events))
     for fig in figs.values():
         fig.update_layout(uirevision=current)
@@ -117,12 +119,14 @@ def _results(summary: dict) -> None:
                    delta_color="off", delta_arrow="off")
     cols[3].metric("Parameters", state.fmt((pruned.get("params") or 0) / 1e6, ",.3f", " M"), delta=ratio("params"),
                    delta_color="off", delta_arrow="off")
-    # the paired (interleaved) measurement when the run has it: robust to the machine's speed drifting
-    paired = pruned.get("latency_vs_base")
-    cols[4].metric("PyTorch latency", state.fmt(pruned.get("latency_ms"), ".2f", " ms"),
-                   delta=f"{paired:.0%} of original" if paired is not None else ratio("latency_ms"),
-                   delta_color="off", delta_arrow="off")
-    cols[5].metric("ONNX Runtime latency", state.fmt(pruned.get("ort_latency_ms"), ".2f", " ms"),
+    lat = results.latency(summary) or {}   # the paired ratio, and the ms derived from it
+    cols[4].metric(lat.get("label", "PyTorch latency"), state.fmt(lat.get("ms"), ".2f", " ms"),
+                   delta=f"{lat['ratio']:.0%} of original" if lat.get("ratio") is not None else None,
+                   delta_color="off", delta_arrow="off",
+                   help="Pruned and original timed alternately on the same device (their ratio); the ms is "
+                        "the original's ms times that ratio")
+    cols[5].metric(f"ONNX Runtime latency ({pruned.get('ort_latency_device', 'cpu')}, batch 1)",
+                   state.fmt(pruned.get("ort_latency_ms"), ".2f", " ms"),
                    delta=ratio("ort_latency_ms"), delta_color="off", delta_arrow="off")
     b = summary.get("budget") or {}
     st.caption(f"Budget {b.get('kind')}={b.get('target')}: achieved {state.fmt(b.get('achieved'), '.3f')} of the "
@@ -219,6 +223,15 @@ def live_panel() -> None:
     c1, c2 = st.columns(2)
     c1.plotly_chart(figs["macs"], key="live_macs")
     c2.plotly_chart(figs["latency"], key="live_latency")
+    worker_events = view.other.get("workers")
+    if worker_events:
+        st.markdown(f"**Ray workers** ({len(worker_events[-1].get('workers') or [])}): candidates scored and "
+                    "utilisation (busy time over each worker's life)")
+        st.dataframe(results.workers_table(worker_events[-1].get("workers")), hide_index=True,
+                     key="live_workers", column_config={
+                         "busy (s)": st.column_config.NumberColumn(format="%.1f"),
+                         "utilisation (%)": st.column_config.ProgressColumn(min_value=0, max_value=100,
+                                                                            format="%.0f%%")})
     extra = [k for k in figs if k.startswith("extra:")]
     for k in extra:
         st.plotly_chart(figs[k], key=f"live_{k}")

@@ -80,6 +80,26 @@ with left:
             latency_repeats = st.number_input("Latency repeats", min_value=1, value=forms.QUICK["latency_repeats"],
                                               step=5, key="nr_latency_repeats")
             seed = st.number_input("Seed", min_value=0, value=0, step=1, key="nr_seed")
+        st.markdown("**Hardware and scale-out**")
+        h1, h2, h3 = st.columns(3)
+        with h1:
+            round_to = st.number_input("Align channels to a multiple of (0 = auto)", min_value=0, value=0, step=1,
+                                       key="nr_round_to",
+                                       help="Kept channels per group a multiple of N, so GPU tensor-core kernels stay "
+                                            "fast; auto = 8 on CUDA, 1 (off) on the CPU")
+            latency_batch = st.number_input("Throughput batch for latency (0 = auto)", min_value=0, value=0, step=32,
+                                            key="nr_latency_batch",
+                                            help="Latency is timed at batch 1 and at this batch on the run's device; a "
+                                                 "latency budget is held at it. Auto: 256 on CUDA, none on the CPU")
+        with h2:
+            workers = st.number_input("Ray workers (0 = in the job)", min_value=0, value=0, step=1, key="nr_workers",
+                                      help="Score candidates on N Ray actors in parallel (one GPU each on CUDA); the "
+                                           "candidates and the answer do not depend on N")
+        with h3:
+            ray_address = st.text_input("Ray cluster address (optional)", key="nr_ray_address",
+                                        placeholder="embedded local Ray",
+                                        help="Join a cluster started with `ray start --head` (HOST:PORT); empty: a "
+                                             "local Ray started and stopped by the job")
         st.markdown("**Fine-tuning**")
         f1, f2, f3 = st.columns(3)
         with f1:
@@ -118,7 +138,9 @@ if ft is not None and md.model and md.data:
         strategy=strategy, strategy_params=strategy_params, importance=importance, search_evals=int(search_evals),
         search_images=int(search_images), recal_images=int(recal_images), max_prune=float(max_prune),
         min_channels=int(min_channels), finetune=ft, report_images=int(report_images) or None,
-        latency_repeats=int(latency_repeats), export=bool(export), device=device, seed=int(seed))
+        latency_repeats=int(latency_repeats), export=bool(export), device=device, seed=int(seed),
+        round_to=int(round_to) or None, latency_batch=int(latency_batch) or None, workers=int(workers),
+        ray_address=ray_address.strip() or None)
     if problem:
         errors.append(problem)
 elif ft is not None:
@@ -159,7 +181,7 @@ with right:
             m1.metric("MACs", f"{summary['macs'] / 1e6:,.1f} M")
             m2.metric("Parameters", f"{summary['params'] / 1e6:,.3f} M")
             m1, m2 = st.columns(2)
-            m1.metric("CPU latency", state.fmt(summary.get("latency_ms"), ".2f", " ms"),
+            m1.metric("CPU latency (batch 1)", state.fmt(summary.get("latency_ms"), ".2f", " ms"),
                       help="Median of 20 forward passes, batch 1, on this server's CPU")
             m2.metric("Classes", data["num_classes"])
             m1, m2 = st.columns(2)

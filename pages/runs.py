@@ -9,7 +9,7 @@ import streamlit as st
 
 from pruner.errors import PrunerError
 from pruner.runs.rundir import RunDir, read_json
-from studio import charts, state
+from studio import charts, results, state
 from studio.events import format_seconds, is_final
 
 MAX_COMPARE = 8
@@ -80,7 +80,7 @@ def _row(path: str, stamp: tuple) -> dict:
         "MACs (M)": pruned.get("macs") / 1e6 if pruned.get("macs") is not None else None,
         "MACs kept (%)": 100.0 * pruned["macs"] / base["macs"] if pruned.get("macs") and base.get("macs") else None,
         "params (M)": pruned.get("params") / 1e6 if pruned.get("params") is not None else None,
-        "latency (ms)": pruned.get("latency_ms"),
+        "latency (ms)": (results.latency(summary) or {}).get("ms"),
         "created": datetime.fromtimestamp(created) if created else None,
         "error": summary.get("error"),
     }
@@ -180,7 +180,10 @@ else:
             "Δ top-1 (points)": top1_p - top1_b if top1_p is not None and top1_b is not None else None,
             "MACs (M)": pruned["macs"] / 1e6 if pruned.get("macs") else None,
             "params (M)": pruned["params"] / 1e6 if pruned.get("params") else None,
-            "latency (ms)": pruned.get("latency_ms"), "ORT latency (ms)": pruned.get("ort_latency_ms"),
+            "latency (ms)": (results.latency(summary) or {}).get("ms"),
+            "latency vs original": (results.latency(summary) or {}).get("ratio"),
+            "timed on": (results.latency(summary) or {}).get("where"),
+            "ORT latency (ms)": pruned.get("ort_latency_ms"),
             "evaluations": search.get("evaluations"), "search time (s)": search.get("seconds"),
             "total time (s)": summary.get("seconds"),
         })
@@ -194,7 +197,9 @@ else:
         "Δ top-1 (points)": st.column_config.NumberColumn(format="%+.2f"),
         "MACs (M)": st.column_config.NumberColumn(format="%.2f"),
         "params (M)": st.column_config.NumberColumn(format="%.3f"),
-        "latency (ms)": st.column_config.NumberColumn(format="%.2f"),
+        "latency (ms)": st.column_config.NumberColumn(format="%.2f", help="The original's ms times the paired ratio"),
+        "latency vs original": st.column_config.NumberColumn(format="%.3f",
+                                                             help="Pruned over original, timed alternately"),
         "ORT latency (ms)": st.column_config.NumberColumn(format="%.2f"),
         "search time (s)": st.column_config.NumberColumn(format="%.1f"),
         "total time (s)": st.column_config.NumberColumn(format="%.1f"),
@@ -291,9 +296,16 @@ if kind == "prune":
         m[2].metric("Parameters", state.fmt((pruned.get("params") or 0) / 1e6, ",.3f", " M"),
                     delta=f"{pruned['params'] / base['params']:.0%} of original" if base.get("params") and
                     pruned.get("params") else None, delta_color="off", delta_arrow="off")
-        m[3].metric("PyTorch latency", state.fmt(pruned.get("latency_ms"), ".2f", " ms"))
+        lat = results.latency(summary) or {}
+        m[3].metric(lat.get("label", "PyTorch latency"), state.fmt(lat.get("ms"), ".2f", " ms"),
+                    delta=f"{lat['ratio']:.0%} of original" if lat.get("ratio") is not None else None,
+                    delta_color="off", delta_arrow="off")
         m[4].metric("Total time", format_seconds(summary.get("seconds")))
     st.plotly_chart(charts.layers_chart(summary.get("layers") or []), key="runs_layers")
+    worker_rows = results.workers_table((summary.get("search") or {}).get("workers"))
+    if worker_rows:
+        st.markdown(f"**Ray workers** that scored this run's candidates ({len(worker_rows)})")
+        st.dataframe(worker_rows, hide_index=True, key="runs_workers")
 
     # downloads: only files that exist inside the run directory
     arts = dict(summary.get("artifacts") or {})

@@ -50,7 +50,8 @@ PRUNE_CASES = [
     (["--set", "noise=-3"], {"strategy_params": {"noise": -3}}, "parameter noise must be a number >= 0, got -3"),
     (["--set", "steps=2.5"], {"strategy_params": {"steps": 2.5}}, "parameter steps must be an integer"),
     (["--set", "epsilon=1.5"], {"strategy_params": {"epsilon": 1.5}}, "epsilon must be a number in [0, 1]"),
-    (["--set", "prior=tallest"], {"strategy_params": {"prior": "tallest"}}, "prior must be one of uniform, cost"),
+    (["--set", "importance=tallest"], {"strategy_params": {"importance": "tallest"}},
+     "importance must be one of keep, l1, l2, taylor"),
     (["--strategy", "constrained", "--set", "cost=joules"], {"strategy": "constrained",
                                                              "strategy_params": {"cost": "joules"}}, "python:"),
     (["--strategy", "random", "--set", "concentration=0"], {"strategy": "random",
@@ -159,9 +160,9 @@ def test_config_and_form_refuse_the_same_settings(_args, kw, needle):
 
 
 def test_valid_settings_are_normalised():
-    cfg = RunConfig(strategy="rl", strategy_params={"steps": 2.0, "noise": 1, "prior": "cost"}, device="CPU",
+    cfg = RunConfig(strategy="rl", strategy_params={"steps": 2.0, "noise": 1, "importance": "l2"}, device="CPU",
                     finetune={"epochs": 1.0, "batch_size": 32})
-    assert cfg.strategy_params == {"steps": 2, "noise": 1.0, "prior": "cost"}
+    assert cfg.strategy_params == {"steps": 2, "noise": 1.0, "importance": "l2"}
     assert isinstance(cfg.strategy_params["steps"], int) and isinstance(cfg.strategy_params["noise"], float)
     assert cfg.device == "cpu" and cfg.finetune.epochs == 1 and isinstance(cfg.finetune.epochs, int)
     assert RunConfig.from_dict(cfg.to_dict()) == cfg
@@ -233,7 +234,7 @@ def test_strategies_command_prints_default_range_and_help(capsys):
         for key, spec in strategy_class(name).param_specs.items():
             line = next(l for l in out.splitlines() if l.strip().startswith(f"--set {key}=") and spec.help in l)
             assert spec.range_text() in line
-    assert "--set noise=1.5" in out and "a number >= 0" in out
+    assert "--set noise=0.35" in out and "a number >= 0" in out
 
 
 # ---------------------------------------------------------------------- sensitivity ratios

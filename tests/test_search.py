@@ -13,7 +13,7 @@ from pruner.runs.rundir import RunDir
 
 def tiny(**kw) -> RunConfig:  # three slices, so the step-wise path is exercised
     base = dict(model="resnet20", weights=None, data="digits", budget="flops=0.5", strategy="rl",
-                strategy_params={"steps": 3, "start": "uniform"}, search_evals=12, search_images=120, recal_images=64,
+                strategy_params={"steps": 3, "inner_epochs": 3, "start": "uniform"}, search_evals=12, search_images=120, recal_images=64,
                 report_images=120, latency_repeats=3, finetune=FinetuneConfig(epochs=0), export=False, seed=0)
     base.update(kw)
     return RunConfig(**base)

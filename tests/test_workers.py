@@ -114,3 +114,18 @@ def test_cancel_stops_the_workers(tmp_path):
 def test_bad_worker_settings_are_refused_before_any_work(kw, match):
     with pytest.raises(PrunerError, match=match):
         tiny(**kw)
+
+
+@pytest.mark.parametrize("strategy", ["rl", "sensitivity"])
+def test_rl_and_sensitivity_propose_in_batches(tmp_path, strategy):
+    """rl's samples of one update and sensitivity's probes are scored on the workers, with the
+    same candidates as in-process."""
+    results = {}
+    for workers in (0, 2):
+        out = tmp_path / f"{strategy}{workers}"
+        summary = run_job(tiny(strategy=strategy, search_evals=16, workers=workers), out)
+        assert summary["status"] == "done", summary["error"]
+        results[workers] = search_of(out)
+    assert results[0][0] == results[2][0]
+    stats = results[2][1]["search"]["workers"]
+    assert sum(w["evaluations"] for w in stats) >= results[2][1]["search"]["evaluations"] - 1

@@ -185,14 +185,17 @@ class RLPruner(Strategy):
             step_cands: list[tuple[Candidate, np.ndarray]] = []
             for epoch in range(inner):
                 batch: list[tuple[Candidate, np.ndarray]] = []
+                proposals = []
                 for k in range(per_epoch[epoch]):
                     if k == 0:  # the policy's own (unperturbed) action, every update
                         variant = z
                     else:
                         variant = z + sigma * rng.standard_normal(len(z)) + sharp * rng.standard_normal() * direction
                     counts = self._counts(ctx, current, variant, step_target, steps)
-                    if counts is None:
-                        continue
+                    if counts is not None:
+                        proposals.append((k, variant, counts))
+                ev.prefetch([counts for _, _, counts in proposals])  # the update's samples in parallel (--workers)
+                for k, variant, counts in proposals:
                     is_start = step == 0 and epoch == 0 and k == 0
                     cand = ev.evaluate(counts, step=update, meta={
                         "strategy": self.name, "slice": step, "inner_epoch": epoch, "sample": k, "sigma": sigma,

@@ -106,12 +106,16 @@ def measure_probes(ctx: SearchContext, ratio: float, *, max_probes: int | None =
     chunks = probe_chunks([bool(g.coupled) for g in space.groups], limit)
     full = [g.channels for g in space.groups]
     used0 = ev.evaluations
-    base = ev.evaluate(full, step=0, meta={"strategy": tag, "probe": "base"})
-    damage, saved = np.zeros(n), np.zeros(n)
-    for k, members in enumerate(chunks):
+    probes = []
+    for members in chunks:
         counts = list(full)
         for gi in members:
             counts[gi] = space.counts([1.0 - ratio if i == gi else 1.0 for i in range(n)])[gi]
+        probes.append(counts)
+    ev.prefetch([full, *probes])  # all probes at once on --workers
+    base = ev.evaluate(full, step=0, meta={"strategy": tag, "probe": "base"})
+    damage, saved = np.zeros(n), np.zeros(n)
+    for k, (members, counts) in enumerate(zip(chunks, probes)):
         cand = ev.evaluate(counts, step=0, meta={"strategy": tag, "probe": k, "groups": [space.groups[i].name for i in members],
                                                   "ratio": ratio})
         for gi in members:
