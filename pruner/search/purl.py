@@ -104,56 +104,76 @@ class PuRL(Strategy):
         max_eps = int(p["episodes"]) or (3 * max(1, ev.remaining // T) if ev.remaining is not None else 20)
         episode = 0
         while episode < max_eps and (ev.remaining is None or ev.remaining >= T):
-            last = episode == max_eps - 1 or (ev.remaining is not None and ev.remaining < 2 * T)
-            greedy = last and episode > 0
-            keep = np.ones(n)
-            cost = 1.0
-            traj: list[tuple[np.ndarray, np.ndarray, float]] = []
-            ep_return = 0.0
+            # The episodes until the next policy update run side by side, step by step: each step's
+            # structures are proposed together (scored in parallel with --workers; the order, and so
+            # the candidates, do not depend on the number of workers). The last episode is greedy
+            # and alone, once only one more episode fits the evaluation cap.
+            if ev.remaining is not None and ev.remaining < 2 * T and episode > 0 or episode == max_eps - 1:
+                group, greedy = 1, episode > 0
+            else:
+                group = max(1, int(p["batch"]) - len(buffer))
+                group = min(group, max_eps - 1 - episode) if max_eps - 1 - episode > 0 else 1
+                if ev.remaining is not None:
+                    group = max(1, min(group, ev.remaining // T - 1))
+                greedy = False
+            eps_ids = list(range(episode, episode + group))
+            keeps = [np.ones(n) for _ in eps_ids]
+            costs = [1.0 for _ in eps_ids]
+            trajs: list[list[tuple[np.ndarray, np.ndarray, float]]] = [[] for _ in eps_ids]
+            returns = [0.0 for _ in eps_ids]
+            last_cands: list[Candidate | None] = [None for _ in eps_ids]
             for t in range(T):
-                s = state(t, keep, cost)
-                with torch.no_grad():
-                    mean = actor(torch.from_numpy(s)).numpy()
-                    sigma = log_sigma.exp().numpy()
-                eps = rng.standard_normal(n)
-                u = mean if greedy else mean + sigma * eps
-                a = 1.0 / (1.0 + np.exp(-np.clip(u, -30, 30)))
-                proposal = keep * (1.0 - a)
-                if t == T - 1:
-                    alloc = np.clip(1.0 - proposal, 0.0, None) + 1e-3
-                    counts = ev.solve(alloc.tolist()).counts
-                else:
-                    counts = space.counts(np.clip(proposal, 0.0, 1.0).tolist())
-                c_now = cost_fn(counts)
                 target_t = 1.0 - (1.0 - B) * (t + 1) / T
+                proposals = []
+                for j in range(group):
+                    s = state(t, keeps[j], costs[j])
+                    with torch.no_grad():
+                        mean = actor(torch.from_numpy(s)).numpy()
+                        sigma = log_sigma.exp().numpy()
+                    u = mean if greedy else mean + sigma * rng.standard_normal(n)
+                    a = 1.0 / (1.0 + np.exp(-np.clip(u, -30, 30)))
+                    proposal = keeps[j] * (1.0 - a)
+                    if t == T - 1:
+                        counts = ev.solve((np.clip(1.0 - proposal, 0.0, None) + 1e-3).tolist()).counts
+                    else:
+                        counts = space.counts(np.clip(proposal, 0.0, 1.0).tolist())
+                    proposals.append((s, u, counts, cost_fn(counts)))
+                ev.prefetch([c for _, _, c, _ in proposals])
+                for j, (s, u, counts, c_now) in enumerate(proposals):
 
-                def reward_fn(cand: Candidate, c_now=c_now, target_t=target_t) -> float:
-                    return (float(p["acc_weight"]) * cand.top1 / 100.0
-                            - float(p["sparsity_weight"]) * abs(c_now - target_t) / max(1e-9, 1.0 - B))
+                    def reward_fn(cand: Candidate, c_now=c_now, target_t=target_t) -> float:
+                        return (float(p["acc_weight"]) * cand.top1 / 100.0
+                                - float(p["sparsity_weight"]) * abs(c_now - target_t) / max(1e-9, 1.0 - B))
 
-                cand = ev.evaluate(counts, step=episode * T + t, reward_fn=reward_fn, meta={
-                    "strategy": self.name, "episode": episode, "pruning_step": t, "greedy": greedy,
-                    "step_target": target_t})
-                traj.append((s, u, float(cand.reward)))
-                ep_return += float(cand.reward)
-                keep = np.array(cand.keep_ratios)
-                cost = c_now
-                if t == T - 1 and ctx.feasible(cand) and (best is None or (cand.top1, -cand.cost) > (best.top1, -best.cost)):
-                    best = cand
-                ctx.emit("purl", level="step", episode=episode, step=t, reward=float(cand.reward), top1=cand.top1,
-                         cost=c_now, step_target=target_t, keep_ratios=cand.keep_ratios, greedy=greedy)
-            ctx.emit("purl", level="episode", episode=episode, **{"return": ep_return},
-                     final_top1=cand.top1, final_cost=cost, greedy=greedy,
-                     sigma=float(log_sigma.detach().exp().mean()), best_feasible_top1=None if best is None else best.top1)
-            ctx.emit("step", step=episode, best_top1=None if best is None else best.top1,
-                     best_reward=max(r for _, _, r in traj), mean_reward=ep_return / T,
-                     keep_ratios=best.keep_ratios if best is not None else cand.keep_ratios)
-            if not greedy:
-                buffer.append(traj)
+                    cand = ev.evaluate(counts, step=eps_ids[j] * T + t, reward_fn=reward_fn, meta={
+                        "strategy": self.name, "episode": eps_ids[j], "pruning_step": t, "greedy": greedy,
+                        "step_target": target_t})
+                    trajs[j].append((s, u, float(cand.reward)))
+                    returns[j] += float(cand.reward)
+                    keeps[j] = np.array(cand.keep_ratios)
+                    costs[j] = c_now
+                    last_cands[j] = cand
+                    if t == T - 1 and ctx.feasible(cand) and (best is None or (cand.top1, -cand.cost) >
+                                                              (best.top1, -best.cost)):
+                        best = cand
+                    ctx.emit("purl", level="step", episode=eps_ids[j], step=t, reward=float(cand.reward),
+                             top1=cand.top1, cost=c_now, step_target=target_t, keep_ratios=cand.keep_ratios,
+                             greedy=greedy)
+            for j, ep in enumerate(eps_ids):
+                cand = last_cands[j]
+                ctx.emit("purl", level="episode", episode=ep, **{"return": returns[j]},
+                         final_top1=cand.top1, final_cost=costs[j], greedy=greedy,
+                         sigma=float(log_sigma.detach().exp().mean()),
+                         best_feasible_top1=None if best is None else best.top1)
+                ctx.emit("step", step=ep, best_top1=None if best is None else best.top1,
+                         best_reward=max(r for _, _, r in trajs[j]), mean_reward=returns[j] / T,
+                         keep_ratios=best.keep_ratios if best is not None else cand.keep_ratios)
+                if not greedy:
+                    buffer.append(trajs[j])
             if len(buffer) >= int(p["batch"]):
                 self._update(buffer, actor, critic, log_sigma, opt, min_log_sigma)
                 buffer = []
-            episode += 1
+            episode += group
             if greedy:
                 break
         if best is None:  # no episode finished on the budget: any feasible intermediate structure
