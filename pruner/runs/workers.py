@@ -105,6 +105,7 @@ class RayPool:
                                                            "env_vars": env},
                              log_to_driver=False, configure_logging=False)
                 else:
+                    # an embedded Ray serves this job alone (no dashboard); docs/security.md on its ports
                     ray.init(num_cpus=max(os.cpu_count() or 1, workers), include_dashboard=False,
                              log_to_driver=False, configure_logging=False)
             except (ConnectionError, RuntimeError, ValueError) as exc:
