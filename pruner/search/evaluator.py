@@ -217,6 +217,7 @@ class Evaluator:
         return model
 
     @torch.no_grad()
+    @torch.no_grad()
     def _recalibrate(self, model: nn.Module) -> None:
         """Re-estimate every BatchNorm's running statistics on the resident recalibration images
         (cumulative average over batches of ``recal_batch_size``, as :func:`~pruner.evaluate.recalibrate_bn`)."""
