@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 import torch.nn as nn
 
@@ -38,7 +41,30 @@ def accuracy(model: nn.Module, data: ImageTensors, *, mean, std, device="cpu", b
     return {"top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total}
 
 
-@torch.no_grad()
+@contextmanager
+def bn_recalibration(model: nn.Module) -> Iterator[bool]:
+    """Inside: every BatchNorm of ``model`` has fresh running statistics, accumulated as a
+    cumulative average over the forward passes made (train mode for BN only, no weight
+    updates); afterwards momentum and the model's mode are restored. Yields whether the model
+    has BatchNorms at all."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    was_training = model.training
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over the recalibration batches
+    model.eval()
+    for m in bns:
+        m.train()
+    try:
+        with torch.no_grad():
+            yield bool(bns)
+    finally:
+        for m, momentum in zip(bns, saved):
+            m.momentum = momentum
+        model.train(was_training)
+
+
 def recalibrate_bn(model: nn.Module, data: ImageTensors, *, mean, std, device="cpu",
                    images: int = 512, batch_size: int = 128) -> nn.Module:
     """Re-estimate every BatchNorm's running statistics on ``images`` training images.
@@ -48,9 +74,16 @@ def recalibrate_bn(model: nn.Module, data: ImageTensors, *, mean, std, device="c
     hundred images in train mode (cumulative averaging, no weight updates) restores most
     of it.
     """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns or images <= 0:
+    if images <= 0:
         return model
+    device = torch.device(device)
+    with bn_recalibration(model) as has_bn:
+        if has_bn:
+            for x, _ in batches(data.subset(min(images, len(data))), batch_size, mean=mean, std=std, device=device):
+                if device.type == "cuda":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                model(x)
+    return model
     device = torch.device(device)
     was_training = model.training
     saved = [(m.momentum,) for m in bns]

@@ -34,6 +34,7 @@ from ..budget import Budget, CostFn, Solution, model_cost_fn, solve
 from ..data import DataBundle, ImageTensors
 from ..data.batching import normalize
 from ..errors import CancelledError, PrunerError
+from ..evaluate import bn_recalibration
 from ..measure import relative_latency
 from ..pruning.masks import ChannelMasker, MaskingUnsupported
 from ..pruning.space import PruningSpace
@@ -217,28 +218,16 @@ class Evaluator:
         return model
 
     @torch.no_grad()
-    @torch.no_grad()
     def _recalibrate(self, model: nn.Module) -> None:
         """Re-estimate every BatchNorm's running statistics on the resident recalibration images
         (cumulative average over batches of ``recal_batch_size``, as :func:`~pruner.evaluate.recalibrate_bn`)."""
         t0 = time.perf_counter()
-        bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        if bns and len(self._recal_x):
-            saved = [m.momentum for m in bns]
-            for m in bns:
-                m.reset_running_stats()
-                m.momentum = None
-            model.eval()
-            for m in bns:
-                m.train()
-            try:
+        with bn_recalibration(model) as has_bn:
+            if has_bn:
                 bs = self.settings.recal_batch_size
                 for i in range(0, len(self._recal_x), bs):
                     model(self._batch(self._recal_x, i, bs))
-            finally:
-                for m, momentum in zip(bns, saved):
-                    m.momentum = momentum
-                model.eval()
+        model.eval()
         self._sync()
         self.timing["recalibration"] += time.perf_counter() - t0
 
