@@ -86,3 +86,36 @@ def test_auto_and_its_resolved_device_share_one_slot(tmp_path):
         assert RunDir(tmp_path / "a").summary()["status"] == RunDir(tmp_path / "b").summary()["status"] == "done"
     finally:
         mgr.shutdown()
+
+
+PAGE_LIKE_MAIN = '''
+import json, os, sys
+with open(sys.argv[2], "a") as fh:          # a page's top-level code: runs on every import
+    fh.write(f"{os.getpid()}\\n")
+if __name__ == "__main__":
+    from pruner.runs.manager import JobManager, JobSpec
+    mgr = JobManager()
+    out = mgr.submit(JobSpec("prune", json.loads(sys.argv[1]), sys.argv[3]))
+    assert mgr.wait(out, timeout=300)
+    mgr.shutdown()
+    print(os.getpid())
+'''
+
+
+def test_a_job_does_not_rerun_its_parents_main_module(tmp_path):
+    """In the studio the parent's __main__ is a Streamlit page; the spawned job must not import it
+    again (page code outside Streamlit: warnings in the server log, needless imports)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script, marker, out = tmp_path / "page.py", tmp_path / "imports.txt", tmp_path / "run"
+    script.write_text(PAGE_LIKE_MAIN)
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(script), json.dumps(cfg()), str(marker), str(out)], cwd=root,
+                          env={**__import__("os").environ, "PYTHONPATH": str(root)}, capture_output=True,
+                          text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert RunDir(out).summary()["status"] == "done"
+    assert marker.read_text().split() == [proc.stdout.split()[-1]]   # imported once: by the parent alone

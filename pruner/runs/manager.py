@@ -31,6 +31,8 @@ import sys
 import threading
 import time
 import traceback
+import types
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,6 +134,25 @@ def _exit_message(exitcode: int | None) -> str:
         how = f"exited with code {exitcode}"
     return (f"the job process {how} before writing its summary (out of memory or killed?); resume it from the Runs "
             "page or with `python -m pruner prune --resume --out DIR`")
+
+
+@contextmanager
+def _bare_main():
+    """Start a spawned child with a bare ``__main__``.
+
+    A spawned process re-imports its parent's main module (by its ``__file__``). In the studio
+    that is the Streamlit page being run (Streamlit executes each page as ``__main__``), so the
+    job would re-run page code outside Streamlit (warnings in the server log, widget calls that
+    do nothing, imports it does not need). The job needs only this package; only the supervisor
+    thread starts processes, and the swap lasts for the start alone.
+    """
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
 
 
 @dataclass
@@ -303,7 +324,8 @@ class JobManager:
 
     def _start(self, job: Job) -> None:
         process = self._ctx.Process(target=_child, args=(job.spec, job.lock), daemon=False)
-        process.start()          # the child receives a duplicate of the locked file
+        with _bare_main():
+            process.start()      # the child receives a duplicate of the locked file
         job.process = process
         job.state = "running"
         if job.lock is not None:
