@@ -129,3 +129,17 @@ def test_rl_and_sensitivity_propose_in_batches(tmp_path, strategy):
     assert results[0][0] == results[2][0]
     stats = results[2][1]["search"]["workers"]
     assert sum(w["evaluations"] for w in stats) >= results[2][1]["search"]["evaluations"] - 1
+
+
+def test_a_cancelled_run_resumes_on_workers_with_the_same_candidates(tmp_path):
+    """Cancel after the first batch, resume with two workers: the candidates are those of an
+    uninterrupted in-process run, none lost or duplicated."""
+    straight = tmp_path / "straight"
+    assert run_job(tiny(workers=0), straight)["status"] == "done"
+    out = tmp_path / "resumed"
+    first = run_job(tiny(workers=2), out, should_stop=lambda: bool(RunDir(out).events("candidate")))
+    assert first["status"] == "cancelled"
+    summary = run_job(tiny(workers=2), out, resume=True)
+    assert summary["status"] == "done", summary["error"]
+    assert search_of(out)[0] == search_of(straight)[0]
+    assert summary["search"]["evaluations"] == search_of(straight)[1]["search"]["evaluations"]
