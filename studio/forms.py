@@ -136,10 +136,14 @@ def factories_in(source: bytes, filename: str) -> list[str]:
     except UnicodeDecodeError:
         raise PrunerError(f"{filename} is not a UTF-8 text file; upload the Python source (.py) that defines "
                           "the model factory") from None
+    if "\x00" in text:
+        raise PrunerError(f"{filename} contains null bytes, so it is not Python source; upload the .py text file "
+                          "that defines the model factory")
     try:
         tree = ast.parse(text, filename=filename)
     except SyntaxError as exc:
-        raise PrunerError(f"{filename} is not valid Python (line {exc.lineno}: {exc.msg}); fix the file and "
+        where = f"line {exc.lineno}: " if exc.lineno else ""
+        raise PrunerError(f"{filename} is not valid Python ({where}{exc.msg}); fix the file and "
                           "upload it again") from None
     names = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and not n.name.startswith("_")]
     if not names:

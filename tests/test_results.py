@@ -42,3 +42,17 @@ def test_workers_table_rows_and_utilisation():
     assert [r["worker"] for r in rows] == [0, 1] and rows[0]["utilisation (%)"] == 75.0
     assert rows[1]["utilisation (%)"] is None and rows[1]["candidates"] == 5
     assert results.workers_table(None) == []
+
+
+def test_upload_errors_are_one_clear_line():
+    import pytest
+
+    from pruner.errors import PrunerError
+    from studio.forms import factories_in
+
+    with pytest.raises(PrunerError, match="null bytes") as exc:
+        factories_in(b"def build(n):\n    return n\n\x00", "net.py")
+    assert "None" not in str(exc.value) and "\n" not in str(exc.value)
+    with pytest.raises(PrunerError, match=r"line 1: ") as exc:
+        factories_in(b"def build(:\n", "net.py")
+    assert factories_in(b"def build(num_classes):\n    return num_classes\n", "net.py") == ["build"]
