@@ -190,6 +190,22 @@ def read_sensitivity(rd: RunDir) -> dict | None:
     return read_json(rd.path / "sensitivity.json")
 
 
+def _evaluations_text(cfg: dict) -> str:
+    """What the run's evaluation setting means: a one-shot strategy (uniform, global) evaluates
+    once whatever the cap; the others up to the cap (``None``: no cap)."""
+    from pruner.errors import PrunerError
+    from pruner.search import strategy_class
+
+    try:
+        one_shot = not strategy_class(str(cfg.get("strategy"))).uses_evaluations
+    except PrunerError:
+        one_shot = False
+    if one_shot:
+        return "1 evaluation"
+    cap = cfg.get("search_evals")
+    return "no evaluation cap" if cap is None else f"up to {cap} evaluations"
+
+
 def describe_config(cfg: dict | None) -> str:
     if not cfg:
         return ""
@@ -200,7 +216,7 @@ def describe_config(cfg: dict | None) -> str:
             parts.append(f"ratios {', '.join(f'{r:g}' for r in cfg['ratios'])}")
     else:
         parts += [f"budget {cfg.get('budget')}", f"strategy {cfg.get('strategy')}",
-                  f"{cfg.get('search_evals')} evaluations", f"{ft} fine-tune epoch(s)"]
+                  _evaluations_text(cfg), f"{ft} fine-tune epoch(s)"]
     parts.append(f"device {cfg.get('device')}")
     return " · ".join(str(p) for p in parts)
 

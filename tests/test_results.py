@@ -56,3 +56,14 @@ def test_upload_errors_are_one_clear_line():
     with pytest.raises(PrunerError, match=r"line 1: ") as exc:
         factories_in(b"def build(:\n", "net.py")
     assert factories_in(b"def build(num_classes):\n    return num_classes\n", "net.py") == ["build"]
+
+
+def test_run_description_says_what_the_evaluation_setting_means():
+    from studio.state import describe_config
+
+    base = {"model": "resnet20", "weights": None, "data": "digits", "budget": "flops=0.5", "device": "cpu",
+            "finetune": {"epochs": 0}}
+    assert "1 evaluation" in describe_config({**base, "strategy": "uniform", "search_evals": 16})
+    assert "16" not in describe_config({**base, "strategy": "uniform", "search_evals": 16})
+    assert "up to 16 evaluations" in describe_config({**base, "strategy": "rl", "search_evals": 16})
+    assert "no evaluation cap" in describe_config({**base, "strategy": "random", "search_evals": None})
