@@ -84,22 +84,3 @@ def recalibrate_bn(model: nn.Module, data: ImageTensors, *, mean, std, device="c
                     x = x.contiguous(memory_format=torch.channels_last)
                 model(x)
     return model
-    device = torch.device(device)
-    was_training = model.training
-    saved = [(m.momentum,) for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average over the recalibration batches
-    model.eval()
-    for m in bns:
-        m.train()
-    try:
-        for x, _ in batches(data.subset(min(images, len(data))), batch_size, mean=mean, std=std, device=device):
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            model(x)
-    finally:
-        for m, (momentum,) in zip(bns, saved):
-            m.momentum = momentum
-        model.train(was_training)
-    return model
