@@ -172,6 +172,7 @@ else:
         base, pruned = summary.get("base") or {}, summary.get("pruned") or {}
         search = summary.get("search") or {}
         top1_b, top1_p = base.get("top1"), pruned.get("top1")
+        lat = results.latency(summary) or {}
         cmp_rows.append({
             "name": name, "status": by_name.get(name, {}).get("status"), "strategy": cfg.get("strategy"),
             "budget": cfg.get("budget"),
@@ -180,9 +181,7 @@ else:
             "Δ top-1 (points)": top1_p - top1_b if top1_p is not None and top1_b is not None else None,
             "MACs (M)": pruned["macs"] / 1e6 if pruned.get("macs") else None,
             "params (M)": pruned["params"] / 1e6 if pruned.get("params") else None,
-            "latency (ms)": (results.latency(summary) or {}).get("ms"),
-            "latency vs original": (results.latency(summary) or {}).get("ratio"),
-            "timed on": (results.latency(summary) or {}).get("where"),
+            "latency (ms)": lat.get("ms"), "latency vs original": lat.get("ratio"), "timed on": lat.get("where"),
             "ORT latency (ms)": pruned.get("ort_latency_ms"),
             "evaluations": search.get("evaluations"), "search time (s)": search.get("seconds"),
             "total time (s)": summary.get("seconds"),

@@ -90,19 +90,17 @@ class RayPool:
         self._started = False
         device = torch.device(device)
         env = {k: os.environ[k] for k in _PASSED_ENV if k in os.environ}
-        package_root = str(Path(__file__).resolve().parents[2])
+        package = Path(__file__).resolve().parents[1]
         # the workers import this package: on a machine of this one's, from where it lies here
         # (PYTHONPATH); on a cluster joined with ``address``, Ray ships it to every node (py_modules,
         # which Ray accepts only when it is started or joined, hence the two forms)
-        local_env = {"env_vars": {**env, "PYTHONPATH": os.pathsep.join(
-            p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}}
-        actor_env = local_env
+        actor_env = {"env_vars": {**env, "PYTHONPATH": os.pathsep.join(
+            p for p in (str(package.parent), os.environ.get("PYTHONPATH")) if p)}}
         if not ray.is_initialized():
             try:
                 if address:
                     actor_env = {"env_vars": env}
-                    ray.init(address=address, runtime_env={"py_modules": [str(Path(__file__).resolve().parents[1])],
-                                                           "env_vars": env},
+                    ray.init(address=address, runtime_env={"py_modules": [str(package)], "env_vars": env},
                              log_to_driver=False, configure_logging=False)
                 else:
                     # an embedded Ray serves this job alone (no dashboard); docs/security.md on its ports
