@@ -193,14 +193,9 @@ def read_sensitivity(rd: RunDir) -> dict | None:
 def _evaluations_text(cfg: dict) -> str:
     """What the run's evaluation setting means: a one-shot strategy (uniform, global) evaluates
     once whatever the cap; the others up to the cap (``None``: no cap)."""
-    from pruner.errors import PrunerError
-    from pruner.search import strategy_class
+    from studio.forms import strategy_uses_evaluations
 
-    try:
-        one_shot = not strategy_class(str(cfg.get("strategy"))).uses_evaluations
-    except PrunerError:
-        one_shot = False
-    if one_shot:
+    if not strategy_uses_evaluations(str(cfg.get("strategy"))):
         return "1 evaluation"
     cap = cfg.get("search_evals")
     return "no evaluation cap" if cap is None else f"up to {cap} evaluations"
