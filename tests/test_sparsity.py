@@ -30,6 +30,7 @@ from pruner.runs.job import run_job
 from pruner.runs.rundir import RunDir
 
 from test_cli import assert_one_line_error, cli
+from test_studio_pages import runs_dir  # noqa: F401 (the fixture)
 
 SIZE = (3, 32, 32)
 
@@ -225,3 +226,31 @@ def test_sparse_run_resumes_in_finetuning_and_keeps_its_masks(tmp_path):
     names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     z, n = zeros_of(model, names)
     assert z == summary["sparsity"]["zeros"] and math.isfinite(summary["pruned"]["top1"])
+
+
+# ---------------------------------------------------------------------- the studio
+def test_studio_offers_sparsity_and_shows_its_figures(runs_dir):
+    from test_studio_pages import LIVE, RUNS, app, assert_clean, texts
+
+    at = app()
+    at.selectbox(key="nr_budget_kind").set_value("sparsity").run()
+    at.number_input(key="nr_budget_value").set_value(0.8).run()
+    at.selectbox(key="nr_strategy").set_value("joint").run()
+    assert not at.exception
+    assert any("prunes channels only" in m for m in texts(at.error)), texts(at.error)
+    assert at.button(key="nr_start").disabled
+    at.selectbox(key="nr_strategy").set_value("uniform").run()
+    assert not any("prunes channels only" in m for m in texts(at.error)), texts(at.error)
+
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    summary = run_job(tiny(), runs_dir / "sparse")
+    assert summary["status"] == "done", summary["error"]
+    at.switch_page(LIVE).run()
+    assert_clean(at)
+    captions = texts(at.caption)
+    assert any("Sparsity (unstructured)" in c and "conv/linear weights are zero" in c for c in captions), captions
+    assert any("of the prunable weights at zero" in c for c in captions), captions
+    at.switch_page(RUNS).run()
+    assert_clean(at)
+    row = at.dataframe[0].value.iloc[0]
+    assert row["budget"] == "sparsity=0.8" and row["status"] == "done"
