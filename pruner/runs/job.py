@@ -216,7 +216,6 @@ class Session:
         if check.corrected:
             self.log("log", level="warning", message=f"the chosen structure measured above {self.config.budget}; "
                      f"re-solved on the measured cost to {check.achieved:.4f}")
-        self.space.set_ranking(self.ranking)
         pruned, record = (apply_masks(self.model, self.space, check.counts) if self.sparse  # masks kept in training
                           else self.space.prune(self.model, check.counts, self.ranking))
         recalibrate_bn(pruned, self.data.fit, mean=self.data.mean, std=self.data.std, device=self.device,
