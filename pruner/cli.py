@@ -317,6 +317,7 @@ def cmd_strategies(args) -> int:
         cls = strategy_class(name)
         doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
         print(f"{name}: {doc}")
+        print(f"    budgets: {', '.join(cls.budget_kinds)}")
         if not cls.param_specs:
             print("    (no parameters)")
         for k, p in cls.param_specs.items():

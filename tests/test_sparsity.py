@@ -203,6 +203,16 @@ def test_bad_sparsity_settings_are_one_line_errors(tmp_path):
         assert not (out / "events.jsonl").exists()   # refused before the run directory was written
 
 
+def test_strategies_command_says_which_budgets(capsys):
+    from pruner.cli import main
+
+    assert main(["strategies"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    budgets = {lines[i - 1].split(":")[0]: l.split(": ")[1] for i, l in enumerate(lines) if l.strip().startswith("budgets:")}
+    assert budgets["rl"] == budgets["uniform"] == "flops, params, latency, sparsity"
+    assert budgets["joint"] == "flops, params, latency"
+
+
 def test_unreachable_sparsity_fails_before_any_candidate(tmp_path):
     summary = run_job(tiny(budget="sparsity=0.95", max_prune=0.9), tmp_path / "run")
     assert summary["status"] == "failed" and "at most 0.899" in summary["error"] and "\n" not in summary["error"]
