@@ -82,7 +82,9 @@ def compare(run_path: Path, *, device: str | None = None) -> dict:
     for name, model, before in (("dense (unpruned)", dense, dense_before),
                                 ("pruned", pruned_after, top1(pruned_before))):
         cost = count_cost(copy.deepcopy(model).cpu().eval(), data.input_size)
+        nonzero = sum(int((p != 0).sum()) for p in model.parameters())   # what a sparse format stores
         rows.append({"model": name, "macs_M": round(cost.macs / 1e6, 2), "params_M": round(cost.params / 1e6, 3),
+                     "nonzero_params_M": round(nonzero / 1e6, 3),
                      "top1_before_ft": round(before, 2), "top1_after_ft": round(top1(model.to(session.device)), 2)})
     ft = config.finetune
     return {"run": str(run_path), "model": config.model, "data": data.name, "protocol": config.protocol,
@@ -103,10 +105,11 @@ def markdown(result: dict, command: str) -> str:
              f"{result['model']} on {result['data']}, protocol {result['protocol']} (top-1 on {result['report_images']} "
              f"report images), run budget {result['budget']} ({result['strategy']}), seed {result['seed']}, one seed; "
              f"both fine-tuned {ft['epochs']} epoch(s), {batches}, lr {ft['lr']}, {kd}; {result['machine']}.", "",
-             "| model | MACs (M) | params (M) | report top-1 before FT | report top-1 after FT |",
-             "|---|---|---|---|---|"]
+             "| model | MACs (M) | params (M) | non-zero params (M) | report top-1 before FT | report top-1 after FT |",
+             "|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        lines.append(f"| {r['model']} | {r['macs_M']} | {r['params_M']} | {r['top1_before_ft']:.2f} | {r['top1_after_ft']:.2f} |")
+        lines.append(f"| {r['model']} | {r['macs_M']} | {r['params_M']} | {r['nonzero_params_M']} | "
+                     f"{r['top1_before_ft']:.2f} | {r['top1_after_ft']:.2f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import streamlit as st
 
+from pruner.budget import Budget
+from pruner.errors import PrunerError
 from pruner.runs.rundir import RunDir, read_json
 from studio import charts, forms, results, state
 from studio.events import RunView, best_feasible, format_seconds, is_final, progress
@@ -64,11 +66,11 @@ def _figures(view: RunView, summary: dict | None) -> dict:
     if cached and cached["name"] == current and cached["stamp"] == stamp:
         return cached["figs"]
     budget = config.get("budget", "flops=0.5")
-    kind, _, target = str(budget).partition("=")
-    try:
-        target_f = float(target)
-    except ValueError:
-        target_f = None
+    try:  # the cost limit candidates are held to (for sparsity=F: the density 1 - F)
+        parsed = Budget.parse(str(budget))
+        kind, target_f = parsed.kind, parsed.target
+    except PrunerError:
+        kind, target_f = str(budget).partition("=")[0], None
     cands = list(view.candidates)
     chosen = _chosen_id(summary, view)
     slack = 0.05 if kind == "latency" else 1e-9
@@ -129,8 +131,20 @@ def _results(summary: dict) -> None:
                    state.fmt(pruned.get("ort_latency_ms"), ".2f", " ms"),
                    delta=ratio("ort_latency_ms"), delta_color="off", delta_arrow="off")
     b = summary.get("budget") or {}
-    st.caption(f"Budget {b.get('kind')}={b.get('target')}: achieved {state.fmt(b.get('achieved'), '.3f')} of the "
-               f"original · original top-1 {state.fmt(base.get('top1'), '.2f', ' %')} · "
+    sp = summary.get("sparsity")
+    if sp:  # weight sparsity: zeros measured on the final weights, sizes dense vs compressed
+        onnx = sp.get("onnx") or {}
+        st.caption(f"Sparsity ({sp.get('pattern')}): {state.fmt(sp.get('sparsity'), '.4f')} of "
+                   f"{sp.get('prunable_weights')} conv/linear weights are zero · {sp.get('nonzero_params')} non-zero "
+                   f"parameters · {state.fmt(sp.get('dense_bytes', 0) / 1e6, '.3f', ' MB')} dense, "
+                   f"{state.fmt(sp.get('bitmask_bytes', 0) / 1e6, '.3f', ' MB')} as bitmask + values, "
+                   f"{state.fmt(sp.get('csr_bytes', 0) / 1e6, '.3f', ' MB')} as CSR"
+                   + (f" · ONNX {state.fmt(onnx['bytes'] / 1e6, '.3f', ' MB')}, zipped "
+                      f"{state.fmt(onnx['zipped_bytes'] / 1e6, '.3f', ' MB')} ({onnx['zeros']} zero weights)"
+                      if onnx else ""))
+    achieved_of = "of the prunable weights at zero" if b.get("kind") == "sparsity" else "of the original"
+    st.caption(f"Budget {b.get('kind')}={b.get('target')}: achieved {state.fmt(b.get('achieved'), '.3f')} {achieved_of} · "
+               f"original top-1 {state.fmt(base.get('top1'), '.2f', ' %')} · "
                f"ONNX max |diff| vs PyTorch {state.fmt(summary.get('onnx_max_abs_diff'), '.2e')}")
 
 

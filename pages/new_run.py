@@ -23,9 +23,12 @@ with left:
                                    help="What must shrink. Latency is measured on this machine for every candidate "
                                         "(slower search).")
     with c2:
-        budget_value = st.number_input("Fraction that remains", value=0.5, step=0.05, format="%g",
-                                       key="nr_budget_value",
-                                       help="Between 0 and 1: 0.5 keeps half of the original FLOPs/params/latency")
+        sparse = budget_kind == "sparsity"
+        budget_value = st.number_input("Fraction set to zero" if sparse else "Fraction that remains", value=0.5,
+                                       step=0.05, format="%g", key="nr_budget_value",
+                                       help="Between 0 and 1: 0.8 zeroes 80% of the conv/linear weights (shapes kept)"
+                                       if sparse else "Between 0 and 1: 0.5 keeps half of the original "
+                                       "FLOPs/params/latency")
     strategies = forms.strategy_list()
     c1, c2 = st.columns(2)
     with c1:

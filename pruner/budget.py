@@ -25,12 +25,20 @@ from .errors import PrunerError
 from .measure import count_cost
 from .pruning.space import PruningSpace
 
-KINDS = ("flops", "params", "latency")
+#: budgets on what channel pruning removes
+CHANNEL_KINDS = ("flops", "params", "latency")
+#: ``sparsity=F``: a fraction F of the prunable weights set to zero (:mod:`pruner.pruning.sparsity`)
+KINDS = CHANNEL_KINDS + ("sparsity",)
 
 
 @dataclass(frozen=True)
 class Budget:
-    """``kind`` in flops/params/latency; ``target``: fraction of the original that may remain."""
+    """``kind`` in flops/params/latency/sparsity; ``target``: fraction of the original that may remain.
+
+    For ``sparsity`` the cost is the *density* (non-zero fraction of the prunable weights), so
+    ``target`` is ``1 - F`` for the ``sparsity=F`` a user writes (:meth:`parse`, ``str`` and
+    :attr:`value` speak in ``F``); every ``cost <= target`` comparison holds for all kinds.
+    """
 
     kind: str
     target: float
@@ -38,6 +46,9 @@ class Budget:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise PrunerError(f"unknown budget kind {self.kind!r}; use one of {', '.join(KINDS)} (e.g. flops=0.5)")
+        if self.kind == "sparsity" and (not (0.0 < self.target < 1.0) or math.isnan(self.target)):
+            raise PrunerError(f"budget {self} is outside (0, 1): it is the fraction of the prunable weights set to "
+                              "zero, e.g. sparsity=0.8")
         if not (0.0 < self.target < 1.0) or math.isnan(self.target):
             raise PrunerError(
                 f"budget {self.kind}={self.target} is outside (0, 1): it is the fraction of the original "
@@ -54,14 +65,28 @@ class Budget:
             target = float(value)
         except ValueError:
             raise PrunerError(f"budget value {value!r} is not a number; e.g. flops=0.5") from None
-        return cls(kind.strip().lower(), target)
+        kind = kind.strip().lower()
+        if kind == "sparsity":
+            return cls(kind, round(1.0 - target, 12))   # stored as the density that may remain
+        return cls(kind, target)
+
+    @property
+    def value(self) -> float:
+        """The number the user wrote: ``F`` of ``sparsity=F``, else :attr:`target`."""
+        return round(1.0 - self.target, 12) if self.kind == "sparsity" else self.target
 
     def __str__(self) -> str:
-        return f"{self.kind}={self.target:g}"
+        return f"{self.kind}={self.value:g}"
 
     def check_reachable(self, floor: float | None) -> None:
         """Refuse a target below ``floor``, the fraction of this budget's cost that remains with every
         group pruned as far as allowed (:func:`cost_floor`); ``None`` (unknown, e.g. latency) passes."""
+        if floor is not None and floor > self.target and self.kind == "sparsity":
+            most = math.floor((1.0 - floor) * 1000) / 1000
+            raise PrunerError(
+                f"budget {self} cannot be reached: zeroing every allowed weight leaves {floor:.3f} of the prunable "
+                f"weights non-zero; set the sparsity to at most {most:g}, or allow more pruning (max prune fraction; "
+                "2:4 reaches at most 0.5)")
         if floor is not None and floor > self.target:
             raise PrunerError(
                 f"budget {self} cannot be reached: pruning every allowed channel still leaves {floor:.3f} of the "
@@ -87,12 +112,19 @@ def model_cost_fn(space: PruningSpace, kind: str) -> CostFn:
         return lambda counts: space.predict(counts=counts)[0] / space.base_macs
     if kind == "params":
         return lambda counts: space.predict(counts=counts)[1] / space.base_params
+    if kind == "sparsity":
+        if getattr(space, "kind", None) != "sparsity":
+            raise PrunerError("a sparsity budget needs the weight space (pruner.pruning.sparsity.SparsitySpace)")
+        return space.density
     raise PrunerError(f"no analytic cost model for {kind!r}: pass a measured cost function")
 
 
 def cost_floor(space: PruningSpace, kind: str) -> float | None:
     """The smallest fraction of the original MACs (``flops``) or params that pruning can reach:
-    every group at its floor (``max_prune``, ``min_channels``). ``None`` for latency (measured)."""
+    every group at its floor (``max_prune``, ``min_channels``); for ``sparsity`` the smallest density
+    of a :class:`~pruner.pruning.sparsity.SparsitySpace`. ``None`` for latency (measured)."""
+    if kind == "sparsity":
+        return space.floor()
     if kind not in ("flops", "params"):
         return None
     return model_cost_fn(space, kind)([space.min_keep(g) for g in space.groups])
@@ -173,6 +205,8 @@ def meet_measured(space: PruningSpace, model: nn.Module, counts: Sequence[int], 
     and what the floor is. Latency budgets are returned unchanged (measured by the search).
     """
     counts = space.align(counts)
+    if budget.kind == "sparsity":  # measured on the final weights after fine-tuning (pruner.runs.sparse)
+        return MeasuredCheck(counts, space.density(counts), False)
     if budget.kind not in ("flops", "params"):
         return MeasuredCheck(counts, float("nan"), False)
     measured = measured_cost_fn(space, model, budget.kind)

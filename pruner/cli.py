@@ -71,7 +71,11 @@ def _search_args(p: argparse.ArgumentParser, d: dict) -> None:
     from .search import strategy_names
 
     g = p.add_argument_group("search")
-    g.add_argument("--budget", default=d["budget"], help="flops=F, params=F or latency=F: fraction that remains")
+    g.add_argument("--budget", default=d["budget"], help="flops=F, params=F or latency=F: fraction that remains; "
+                   "sparsity=F: fraction of the conv/linear weights set to zero (shapes kept)")
+    g.add_argument("--sparsity-pattern", default=d["sparsity_pattern"], metavar="PATTERN",
+                   help="with a sparsity budget: unstructured (default) or 2:4 (2 of every 4 input weights zero, "
+                        "for sparse tensor cores; at most sparsity=0.5)")
     g.add_argument("--strategy", default=d["strategy"],
                    help=f"{', '.join(strategy_names())} (see `python -m pruner strategies`)")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -113,7 +117,7 @@ def _config(args):
     if hasattr(args, "budget"):
         kw.update(budget=args.budget, strategy=args.strategy, strategy_params=_parse_set(args.set),
                   search_evals=args.search_evals, max_prune=args.max_prune,
-                  round_to=args.round_to)
+                  round_to=args.round_to, sparsity_pattern=args.sparsity_pattern)
     if hasattr(args, "finetune_epochs"):
         kw["finetune"] = FinetuneConfig(epochs=args.finetune_epochs, lr=args.lr, kd_temperature=args.kd_temperature,
                                         kd_weight=args.kd_weight, batch_size=args.batch_size,
@@ -239,6 +243,14 @@ def _print_summary(summary: dict, out) -> None:
         ratios = ", ".join(f"batch {e['batch']}: {e['vs_base']:.3f}" for e in paired)
         print(f"pruned/base PyTorch latency on {device}, timed in interleaved pairs: {ratios} "
               "(the base ms columns are timed separately and drift with the machine's speed)")
+    sp = summary.get("sparsity")
+    if sp:
+        onnx = sp.get("onnx") or {}
+        print(f"sparsity ({sp['pattern']}): {sp['sparsity']:.4f} of {sp['prunable_weights']} prunable weights zero, "
+              f"{sp['nonzero_params']} non-zero params; {sp['dense_bytes'] / 1e6:.3f} MB dense, "
+              f"{sp['bitmask_bytes'] / 1e6:.3f} MB bitmask+values, {sp['csr_bytes'] / 1e6:.3f} MB CSR"
+              + (f"; ONNX {onnx['zeros']} zero weights, {onnx['bytes'] / 1e6:.3f} MB, "
+                 f"{onnx['zipped_bytes'] / 1e6:.3f} MB zipped" if onnx else ""))
     s = summary["search"]
     print(f"search: {s['strategy']}, {s['evaluations']} evaluations, best val top-1 {s['best_val_top1']:.2f}% "
           f"in {s['seconds']:.0f} s; ONNX max |diff| {summary.get('onnx_max_abs_diff')}")
@@ -305,6 +317,7 @@ def cmd_strategies(args) -> int:
         cls = strategy_class(name)
         doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
         print(f"{name}: {doc}")
+        print(f"    budgets: {', '.join(cls.budget_kinds)}")
         if not cls.param_specs:
             print("    (no parameters)")
         for k, p in cls.param_specs.items():

@@ -54,7 +54,8 @@ def summarize(config: dict[str, Any]) -> dict[str, Any]:
     """
     import torch
 
-    from .budget import KINDS, cost_floor
+    from .budget import CHANNEL_KINDS, cost_floor
+    from .pruning.sparsity import SparsitySpace
     from .measure import latency_ms
     from .runs.config import RunConfig
     from .runs.job import Session
@@ -70,7 +71,9 @@ def summarize(config: dict[str, Any]) -> dict[str, Any]:
     space = session.space
     return {"groups": [g.to_dict() for g in space.groups], "macs": int(space.base_macs),
             "params": int(space.base_params), "latency_ms": lat, "data": session.data.describe(), "error": None,
-            "floors": {kind: cost_floor(space, kind) for kind in KINDS}}
+            "floors": {**{kind: cost_floor(space, kind) for kind in CHANNEL_KINDS},
+                       # the unstructured pattern's floor (a 2:4 budget is checked by the job)
+                       "sparsity": SparsitySpace(model, session.data.input_size, max_prune=cfg.max_prune).floor()}}
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

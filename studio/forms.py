@@ -20,7 +20,7 @@ from typing import Any
 
 import streamlit as st
 
-from pruner.budget import Budget
+from pruner.budget import KINDS, Budget
 from pruner.data import PROTOCOLS
 from pruner.errors import PrunerError
 from pruner.finetune import FinetuneConfig
@@ -43,7 +43,10 @@ DATASETS = {
     "folder": "ImageFolder path…",
 }
 
-BUDGETS = {"flops": "FLOPs (MACs)", "params": "Parameters", "latency": "Latency (measured on this machine)"}
+_BUDGET_LABELS = {"flops": "FLOPs (MACs)", "params": "Parameters", "latency": "Latency (measured on this machine)",
+                  "sparsity": "Weight sparsity (zeros in conv/linear weights)"}
+#: the engine's budget kinds (pruner.budget.KINDS), labelled
+BUDGETS = {kind: _BUDGET_LABELS.get(kind, kind) for kind in KINDS}
 
 STRATEGY_HELP = {
     "rl": "RL-Pruner: a policy over layer groups learned from the rewards of sampled candidates",

@@ -21,6 +21,7 @@ from ..pruning.importance import CRITERIA
 from ..settings import check_device_name
 from ..userfile import CONSENT_HINT, code_references
 from ..pruning.space import check_round_to
+from ..pruning.sparsity import check_pattern
 
 
 #: most Ray workers one run may start
@@ -42,6 +43,7 @@ class RunConfig:
     image_size: int | None = None
     # search
     budget: str = "flops=0.5"
+    sparsity_pattern: str = "unstructured"  # sparsity budgets: "unstructured" or "2:4" (pruner.pruning.sparsity)
     strategy: str = "rl"
     strategy_params: dict[str, Any] = field(default_factory=dict)
     importance: str = CRITERIA[0]          # see pruner.pruning.importance.CRITERIA
@@ -90,7 +92,14 @@ class RunConfig:
 
         if not isinstance(self.strategy, str):
             raise PrunerError(f"strategy must be a name, got {self.strategy!r}")
-        self.strategy_params = validate_strategy(self.strategy, self.strategy_params)
+        self.strategy_params = validate_strategy(self.strategy, self.strategy_params, self.budget_obj.kind)
+        check_pattern(self.sparsity_pattern)
+        if self.sparsity_pattern != "unstructured" and self.budget_obj.kind != "sparsity":
+            raise PrunerError(f"sparsity pattern {self.sparsity_pattern} needs a sparsity budget (e.g. sparsity=0.5), "
+                              f"not {self.budget}")
+        if self.sparsity_pattern == "2:4" and self.budget_obj.value > 0.5:
+            raise PrunerError(f"budget {self.budget_obj} cannot be reached with 2:4 sparsity, which zeroes at most "
+                              "half of the weights; set sparsity to at most 0.5 or use the unstructured pattern")
         refs = code_references(self.model, self.strategy_params)
         if refs and self.trust_code is not True:
             raise PrunerError(f"{refs[0]} names Python code that would run in the job; {CONSENT_HINT}")

@@ -40,6 +40,7 @@ from ..models import build_model, parse_model_spec
 from ..models.checkpoints import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint  # noqa: F401 (re-exported)
 from ..pruning.importance import channel_scores, ranking_from_scores
 from ..pruning.space import PruningRecord, PruningSpace
+from ..pruning.sparsity import SparsitySpace, apply_masks, make_permanent, measure_sparsity, onnx_sparsity, weight_scores
 from ..search import SearchContext, make_strategy, run_search
 from ..search.evaluator import Candidate, Evaluator, EvaluatorSettings
 from ..settings import resolve_device
@@ -165,12 +166,19 @@ class Session:
                                      trust_checkpoint=config.trust_checkpoint)
         self.model: nn.Module = build_model(self.spec).eval()
         self._check_classes()
-        self.log("status", status="analysing dependency graph")
-        self.space = PruningSpace(self.model, self.data.input_size, min_channels=config.min_channels,
-                                  max_prune=config.max_prune, round_to=config.resolved_round_to(self.device))
+        #: a sparsity budget: the search's unit groups are each layer's weights (pruner.pruning.sparsity)
+        self.sparse = config.budget_obj.kind == "sparsity"
+        if self.sparse:
+            self.space = SparsitySpace(self.model, self.data.input_size, max_prune=config.max_prune,
+                                       pattern=config.sparsity_pattern)
+        else:
+            self.log("status", status="analysing dependency graph")
+            self.space = PruningSpace(self.model, self.data.input_size, min_channels=config.min_channels,
+                                      max_prune=config.max_prune, round_to=config.resolved_round_to(self.device))
         self.model.to(self.device)
-        self.scores = channel_scores(self.model, self.space, config.importance, seed=config.seed,
-                                     batches=self._taylor_batches() if config.importance == "taylor" else None)
+        self.scores = (weight_scores if self.sparse else channel_scores)(
+            self.model, self.space, config.importance, seed=config.seed,
+            batches=self._taylor_batches() if config.importance == "taylor" else None)
         self.ranking = ranking_from_scores(self.scores)
         self.space.set_ranking(self.ranking)  # predictions and surgery use the same ranking
 
@@ -197,7 +205,9 @@ class Session:
         return Evaluator(self.model, self.space, self.data, self.ranking, c.budget_obj, device=self.device,
                          settings=EvaluatorSettings(search_images=c.search_images, recal_images=c.recal_images,
                                                     latency_repeats=c.latency_repeats,
-                                                    latency_batch=self.budget_batch),
+                                                    latency_batch=self.budget_batch,
+                                                    # sparsity: masked copies (channel masks do not apply)
+                                                    scoring="physical" if self.sparse else "auto"),
                          max_evals=max_evals, should_stop=should_stop, on_candidate=on_candidate)
 
     def build_pruned(self, counts: list[int]) -> tuple[nn.Module, PruningRecord]:
@@ -206,7 +216,8 @@ class Session:
         if check.corrected:
             self.log("log", level="warning", message=f"the chosen structure measured above {self.config.budget}; "
                      f"re-solved on the measured cost to {check.achieved:.4f}")
-        pruned, record = self.space.prune(self.model, check.counts, self.ranking)
+        pruned, record = (apply_masks(self.model, self.space, check.counts) if self.sparse  # masks kept in training
+                          else self.space.prune(self.model, check.counts, self.ranking))
         recalibrate_bn(pruned, self.data.fit, mean=self.data.mean, std=self.data.std, device=self.device,
                        images=self.config.recal_images)
         return pruned, record
@@ -336,7 +347,7 @@ def _run_job(config: RunConfig, run: RunDir, *, resume: bool, should_stop: StopF
     stop = lambda: signals.received is not None or user_stop()  # noqa: E731
     t_start = time.time()
     summary: dict = {"status": "running", "error": None, "version": __version__, "protocol": config.protocol,
-                     "budget": {"kind": config.budget_obj.kind, "target": config.budget_obj.target}}
+                     "budget": {"kind": config.budget_obj.kind, "target": config.budget_obj.value}}
     best: Candidate | None = None
     evaluator = None
     if changes:
@@ -416,6 +427,8 @@ def _run_job(config: RunConfig, run: RunDir, *, resume: bool, should_stop: StopF
                 on_epoch=lambda rec: run.event("epoch", **rec), checkpoint_dir=ft_dir,
                 start_epoch=done_epochs[-1] if done_epochs else 0, should_stop=stop)
         pruned.eval()
+        if session.sparse:  # masks folded into the weights, the budget checked on the zeros they hold
+            summary["sparsity"] = measure_sparsity(make_permanent(pruned), session.space, config.budget_obj)
 
         # ---------------------------------------------------------------- export and report
         run.event("status", status="exporting")
@@ -428,6 +441,8 @@ def _run_job(config: RunConfig, run: RunDir, *, resume: bool, should_stop: StopF
                               class_names=data.classes, sample=sample_x,
                               metadata={"model": config.model, "budget": config.budget, "strategy": config.strategy})
             summary["onnx_max_abs_diff"] = rep.max_abs_diff
+            if session.sparse:
+                summary["sparsity"]["onnx"] = onnx_sparsity(onnx_path)
             save_pruned_program(pruned, art / "pruned.pt2", input_size=data.input_size)
             artifacts.update({"onnx": "artifacts/model.onnx", "program": "artifacts/pruned.pt2"})
         save_checkpoint(art / "checkpoint.pt", session, pruned, record)
@@ -490,6 +505,8 @@ def _achieved(config: RunConfig, summary: dict, batch: int = 1) -> float:
     measurement on the run's device at the budget's ``batch`` (two separately timed medians
     drift apart with the machine's speed)."""
     kind = config.budget_obj.kind
+    if kind == "sparsity":  # zeros measured on the final weights (at least the target)
+        return summary["sparsity"]["sparsity"]
     if kind == "latency":
         return next(e["vs_base"] for e in summary["pruned"]["latency"] if e["batch"] == batch)
     key = {"flops": "macs", "params": "params"}[kind]

@@ -14,6 +14,7 @@ from typing import Any, Callable, ClassVar, Mapping
 import numpy as np
 import torch
 
+from ..budget import CHANNEL_KINDS
 from ..checks import check_number, range_text
 from ..errors import PrunerError
 from .evaluator import Candidate, EvaluationBudgetExhausted, Evaluator
@@ -134,6 +135,17 @@ class Strategy(ABC):
     #: the hyperparameters, declared once: validation, ``python -m pruner strategies`` and the
     #: studio's widgets all read this
     param_specs: ClassVar[dict[str, Param]] = {}
+    #: the budget kinds it can search; a strategy that works on any unit group (the channels of a
+    #: PruningSpace or the weights of a SparsitySpace) adds "sparsity"
+    budget_kinds: ClassVar[tuple[str, ...]] = CHANNEL_KINDS
+
+    @classmethod
+    def check_budget(cls, kind: str, params: Mapping[str, Any]) -> None:
+        """Refuse a budget kind this strategy cannot search (``params``: the parameters set, checked)."""
+        if kind not in cls.budget_kinds:
+            able = [n for n in strategy_names() if kind in _REGISTRY[n].budget_kinds]
+            raise PrunerError(f"strategy {cls.name!r} prunes channels only and cannot search a {kind} budget; "
+                              f"use one of {', '.join(able)}, or a {'/'.join(CHANNEL_KINDS)} budget")
 
     def __init__(self, **params: Any):
         self.params = {**self.defaults(), **check_params(self.name, self.param_specs, params)}
@@ -223,8 +235,13 @@ def strategy_class(name: str) -> type[Strategy]:
     return _REGISTRY[name]
 
 
-def validate_strategy(name: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Check a strategy name and its hyperparameters without any data or model (used by
-    ``RunConfig``, the CLI and the studio's form); returns the set parameters, type-converted."""
+def validate_strategy(name: str, params: Mapping[str, Any] | None = None, budget_kind: str | None = None
+                      ) -> dict[str, Any]:
+    """Check a strategy name and its hyperparameters (and, with ``budget_kind``, that it can search
+    that kind of budget) without any data or model (used by ``RunConfig``, the CLI and the studio's
+    form); returns the set parameters, type-converted."""
     cls = strategy_class(name)
-    return check_params(name, cls.param_specs, params or {})
+    checked = check_params(name, cls.param_specs, params or {})
+    if budget_kind is not None:
+        cls.check_budget(budget_kind, checked)
+    return checked

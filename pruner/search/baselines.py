@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 
+from ..budget import KINDS
 from ..errors import PrunerError
 from .base import Param, SearchContext, Strategy, register
 from .evaluator import Candidate
@@ -13,6 +14,7 @@ class Uniform(Strategy):
     """Every group loses the same fraction of its channels (one evaluation)."""
 
     name = "uniform"
+    budget_kinds = KINDS
     uses_evaluations = False
 
     def search(self, ctx: SearchContext) -> Candidate:
@@ -29,6 +31,7 @@ class GlobalMagnitude(Strategy):
     (as Torch-Pruning's global pruning does) and drop the weakest until the budget is met."""
 
     name = "global"
+    budget_kinds = KINDS
     uses_evaluations = False
 
     def search(self, ctx: SearchContext) -> Candidate:
@@ -70,6 +73,7 @@ class RandomSearch(Strategy):
     already explore the useful space."""
 
     name = "random"
+    budget_kinds = KINDS
 
     param_specs = {
         "samples": Param(50, int, "allocations tried when --search-evals sets no cap", low=1),

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..budget import KINDS
 from ..errors import PrunerError
 from .base import Param, SearchContext, Strategy, register
 from .evaluator import Candidate
@@ -87,6 +88,15 @@ def step_counts(ctx: SearchContext, current: list[int], policy: np.ndarray, targ
 @register
 class RLPruner(Strategy):
     name = "rl"
+    budget_kinds = KINDS
+
+    @classmethod
+    def check_budget(cls, kind, params) -> None:
+        super().check_budget(kind, params)
+        p = {**cls.defaults(), **PRESETS.get(params.get("preset") or "", {}), **params}
+        if kind == "sparsity" and int(p["steps"]) > 1 and int(p["finetune_batches"]) > 0:
+            raise PrunerError("rl's distillation between steps (finetune_batches > 0 with steps > 1) prunes channels "
+                              "only; for a sparsity budget set finetune_batches=0 (or steps=1)")
 
     param_specs = {
         "preset": Param("", str, "RL-Pruner's own recipe: 'paper' sets the keys of PRESETS['paper'] that are not given",

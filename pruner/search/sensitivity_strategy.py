@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..budget import KINDS
 from ..errors import PrunerError
 from .base import Param, SearchContext, Strategy, register
 from .evaluator import Candidate, Evaluator
@@ -199,6 +200,7 @@ class SensitivityAllocation(Strategy):
     """Probe each group, prune in inverse proportion to its measured damage, solve onto the budget."""
 
     name = "sensitivity"
+    budget_kinds = KINDS   # probes any unit group: channels, or a layer's weights (sparsity)
 
     param_specs = {
         "probe_ratio": Param(0.5, float, "fraction of a group's channels removed in its probe", low=0.0, high=1.0,
