@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from pruner.export import export_onnx, ort_relative_latency  # noqa: E402
-from pruner.measure import count_cost, relative_latency  # noqa: E402
+from pruner.export import export_onnx  # noqa: E402
+from pruner.measure import count_cost, ort_relative_latency, relative_latency  # noqa: E402
 from pruner.models import ModelSpec, build_model  # noqa: E402
 from pruner.runs.job import load_checkpoint  # noqa: E402
 from pruner.runs.rundir import read_json  # noqa: E402
