@@ -27,7 +27,7 @@ MAX_OTHER = 5_000          # per unknown event kind
 MAX_SENSITIVITY = 20_000
 
 __all__ = ["RunView", "best_feasible", "budget_of", "finetune_note", "format_seconds", "is_final", "progress",
-           "sensitivity_from_events"]
+           "sensitivity_from_events", "status_changed"]
 
 
 class RunView:
@@ -183,6 +183,12 @@ class RunView:
 def _better(a: dict, b: dict) -> bool:
     """Candidate ``a`` beats ``b``: higher search top-1, then lower cost."""
     return (a.get("top1") or 0, -(a.get("cost") or 0)) > (b.get("top1") or 0, -(b.get("cost") or 0))
+
+
+def status_changed(shown: str | None, status: str) -> bool:
+    """Whether a run's status moved on from ``shown``, the status a page rendered outside its polling
+    fragment (the run picker's label): the page then reruns so the two agree. ``None`` (not shown) never."""
+    return shown is not None and shown != status
 
 
 def budget_of(config: dict | None) -> Budget | None:
