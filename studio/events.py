@@ -277,21 +277,22 @@ def progress(view: RunView, config: dict | None = None, summary: dict | None = N
         frac = 0.97
         if view.base_seconds is not None and view.status_time is not None:
             eta = max(0.0, view.base_seconds - max(0.0, now - view.status_time))
-    elif status in PRUNE_PHASES:
-        frac = 0.01 * (PRUNE_PHASES.index(status) + 1)
+    elif status in PRUNE_PHASES:   # the stages before the search share its first 5 %
+        frac = _SEARCH_START * PRUNE_PHASES.index(status) / PRUNE_PHASES.index(Status.SEARCHING)
     else:
         frac = 0.0
 
     parts = [status]
-    if view.current_step is not None and not is_final(status):
+    if view.current_step is not None and status == Status.SEARCHING:
         parts.append(f"step {view.current_step}")
     if expected and view.candidates:
         parts.append(f"{evals}/{expected} evaluations" if uses_evaluations else f"{evals} evaluations")
     elif view.candidates:
         parts.append(f"{evals} evaluations")
     if status == Status.FINE_TUNING and ft_epochs:
-        running = min(ft_epochs, int(ft_position) + 1)
         p = view.stage_progress
+        completed = int(view.epochs[-1].get("epoch") or 0) if view.epochs else 0
+        running = min(ft_epochs, max(completed + 1, int((p or {}).get("epoch") or 0)))
         batch = f", batch {p.get('batch')}/{p.get('batches')}" if p and p.get("epoch") == running else ""
         parts.append(f"epoch {running}/{ft_epochs}{batch}")
     if eta is not None and not is_final(status):
