@@ -37,7 +37,7 @@ from pruner.finetune import finetune  # noqa: E402
 from pruner.measure import count_cost  # noqa: E402
 from pruner.runs.config import RunConfig  # noqa: E402
 from pruner.runs.job import Session, load_checkpoint  # noqa: E402
-from pruner.runs.rundir import RunDir  # noqa: E402
+from pruner.runs.rundir import RunDir, Status  # noqa: E402
 
 
 def _machine(device: torch.device) -> str:
@@ -50,7 +50,7 @@ def compare(run_path: Path, *, device: str | None = None) -> dict:
     """Re-score the run's pruned model before/after fine-tuning and fine-tune the dense one the same way."""
     run = RunDir(run_path)
     summary = run.summary()
-    if not summary or summary.get("status") != "done":
+    if not summary or summary.get("status") != Status.DONE:
         raise PrunerError(f"{run_path} is not a finished run (no summary.json with status done); "
                           "finish it first or pass the prune arguments after --")
     config = RunConfig.from_dict(run.config())

@@ -130,7 +130,7 @@ def _out_of_memory(exc: BaseException) -> bool:
 def _oom_message(exc: BaseException, phase: str, config: RunConfig, out: str | Path) -> str:
     where = "the GPU" if "CUDA" in str(exc) else "the machine (RAM)"
     bs = config.finetune.batch_size
-    if phase == "fine-tuning":
+    if phase == Status.FINE_TUNING:
         return (f"out of memory on {where} while fine-tuning with batch size {bs}: resume with a smaller batch size "
                 f"(python -m pruner prune --resume --out {out} --batch-size {max(1, bs // 2)}, or Resume on the Runs "
                 "page)")

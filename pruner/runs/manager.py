@@ -341,7 +341,7 @@ class JobManager:
         if RunDir(job.spec.out).summary() is None:  # the child died without writing its summary
             if job.exitcode in (-signal.SIGTERM, -signal.SIGINT):   # stopped before the job could take it
                 self._end(job, f"cancelled by {signal.Signals(-job.exitcode).name} before the job started working",
-                          status="cancelled")
+                          status=Status.CANCELLED)
             else:
                 self._end(job, _exit_message(job.exitcode))
 
