@@ -37,7 +37,7 @@ from pruner.finetune import finetune  # noqa: E402
 from pruner.measure import count_cost  # noqa: E402
 from pruner.runs.config import RunConfig  # noqa: E402
 from pruner.runs.job import Session, load_checkpoint  # noqa: E402
-from pruner.runs.rundir import RunDir, read_json  # noqa: E402
+from pruner.runs.rundir import RunDir, Status  # noqa: E402
 
 
 def _machine(device: torch.device) -> str:
@@ -50,7 +50,7 @@ def compare(run_path: Path, *, device: str | None = None) -> dict:
     """Re-score the run's pruned model before/after fine-tuning and fine-tune the dense one the same way."""
     run = RunDir(run_path)
     summary = run.summary()
-    if not summary or summary.get("status") != "done":
+    if not summary or summary.get("status") != Status.DONE:
         raise PrunerError(f"{run_path} is not a finished run (no summary.json with status done); "
                           "finish it first or pass the prune arguments after --")
     config = RunConfig.from_dict(run.config())
@@ -65,7 +65,7 @@ def compare(run_path: Path, *, device: str | None = None) -> dict:
     def top1(model) -> float:
         return accuracy(model, report, mean=data.mean, std=data.std, device=session.device)["top1"]
 
-    found = read_json(run.state_dir / "search.json")
+    found = run.search_result()
     dense = copy.deepcopy(session.model)                 # the original weights
     if found.get("model"):                               # a strategy that trained the weights (joint): as the run did
         saved = torch.load(run.path / found["model"], map_location=session.device, weights_only=True)
@@ -73,7 +73,7 @@ def compare(run_path: Path, *, device: str | None = None) -> dict:
         session.ranking = list(saved["ranking"])
     teacher = copy.deepcopy(session.model).eval()        # what the run distilled from
     pruned_before, _ = session.build_pruned(found["counts"])
-    pruned_after, _ = load_checkpoint(run.artifacts_dir / "checkpoint.pt")
+    pruned_after, _ = load_checkpoint(run.artifact_path("checkpoint"))
     dense_before = top1(dense)
     t0 = time.perf_counter()
     history = finetune(dense, data, config.finetune, teacher=teacher, device=session.device)

@@ -27,22 +27,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from pruner.export import export_onnx, ort_relative_latency  # noqa: E402
-from pruner.measure import count_cost, relative_latency  # noqa: E402
+from pruner.export import export_onnx  # noqa: E402
+from pruner.measure import count_cost, ort_relative_latency, relative_latency  # noqa: E402
 from pruner.models import ModelSpec, build_model  # noqa: E402
 from pruner.runs.job import load_checkpoint  # noqa: E402
-from pruner.runs.rundir import read_json  # noqa: E402
+from pruner.runs.rundir import RunDir, Status  # noqa: E402
 
 
 def _entries(run_dirs: list[Path], tmp: Path) -> list[dict]:
     entries = []
     for i, d in enumerate(run_dirs):
-        summary = read_json(d / "summary.json")
-        if not summary or summary.get("status") != "done":
+        rd = RunDir(d)
+        summary = rd.summary()
+        if not summary or summary.get("status") != Status.DONE:
             print(f"skipping {d}: not a finished run", file=sys.stderr)
             continue
-        model, ckpt = load_checkpoint(d / summary["artifacts"]["checkpoint"])
-        config = read_json(d / "config.json") or {}
+        model, ckpt = load_checkpoint(rd.artifact("checkpoint", summary))
+        config = rd.config() or {}
         input_size = tuple(ckpt["input_size"])
         if not entries:  # the unpruned architecture, once
             base = build_model(ModelSpec(**{**ckpt["model_spec"], "weights": None})).eval()
@@ -51,7 +52,7 @@ def _entries(run_dirs: list[Path], tmp: Path) -> list[dict]:
                         class_names=ckpt["classes"], sample=torch.randn(2, *input_size))
             entries.append({"name": "unpruned", "budget": "-", "model": base, "onnx": base_onnx,
                             "input_size": input_size, "top1": (summary.get("base") or {}).get("top1")})
-        onnx = d / summary["artifacts"]["onnx"] if summary["artifacts"].get("onnx") else None
+        onnx = rd.artifact("onnx", summary)
         entries.append({"name": config.get("strategy", d.name), "budget": config.get("budget", "?"), "model": model,
                         "onnx": onnx, "input_size": input_size, "top1": summary["pruned"]["top1"],
                         "run": str(d)})

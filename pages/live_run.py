@@ -1,25 +1,23 @@
 """Live run: progress, cancel, and charts that follow the run directory while the job runs."""
 
 import time
-from pathlib import Path
 
 import streamlit as st
 
-from pruner.budget import Budget
-from pruner.errors import PrunerError
-from pruner.runs.rundir import RunDir, read_json
+from pruner.runs.rundir import PRUNE, RunDir
 from studio import charts, forms, results, state
-from studio.events import RunView, best_feasible, format_seconds, is_final, progress
+from studio.events import (RunView, best_feasible, budget_of, finetune_note, format_seconds, is_final, progress,
+                           status_changed)
 
 st.title("Live run")
 
-runs = state.all_runs("prune")
+runs = state.all_runs(PRUNE)
 if not runs:
     st.info("No pruning runs yet. Start one on the **New run** page.")
     st.page_link(state.PAGES["new"], label="New run", icon=":material/add_circle:")
     st.stop()
 
-current = state.requested_run("prune") or state.default_run("prune")
+current = state.requested_run(PRUNE) or state.default_run(PRUNE)
 names = [rd.name for rd in runs]
 if current not in names:
     current = names[0]
@@ -50,32 +48,17 @@ def _view(name: str) -> RunView:
     return cached[1]
 
 
-def _chosen_id(summary: dict | None, view: RunView) -> object:
-    found = read_json(rd.path / "state" / "search.json")
-    if found and found.get("candidate_id") is not None:
-        return found["candidate_id"]
-    if summary and (summary.get("search") or {}).get("best_candidate") is not None:
-        return summary["search"]["best_candidate"]
-    return None
-
-
 def _figures(view: RunView, summary: dict | None) -> dict:
     """Build the charts only when new events arrived (or the run finished); reuse them otherwise."""
     stamp = (view.count, (summary or {}).get("status"))
     cached = st.session_state.get("live_figs")
     if cached and cached["name"] == current and cached["stamp"] == stamp:
         return cached["figs"]
-    budget = config.get("budget", "flops=0.5")
-    try:  # the cost limit candidates are held to (for sparsity=F: the density 1 - F)
-        parsed = Budget.parse(str(budget))
-        kind, target_f = parsed.kind, parsed.target
-    except PrunerError:
-        kind, target_f = str(budget).partition("=")[0], None
+    budget = budget_of(config)
+    kind, target_f = (budget.kind, budget.target) if budget else (None, None)
     cands = list(view.candidates)
-    chosen = _chosen_id(summary, view)
-    slack = 0.05 if kind == "latency" else 1e-9
-    best = next((c for c in cands if c.get("candidate_id") == chosen), None) or \
-        best_feasible(cands, target_f, slack) or view.best
+    chosen = rd.chosen_candidate(summary)
+    best = next((c for c in cands if c.get("candidate_id") == chosen), None) or best_feasible(cands, budget)
     base = (summary or {}).get("base") or view.base
     final = (summary or {}).get("pruned")
     figs = {
@@ -91,7 +74,7 @@ def _figures(view: RunView, summary: dict | None) -> dict:
         "latency": charts.tradeoff_chart(cands, "latency_ms", chosen_id=best.get("candidate_id") if best else None,
                                          base=base, budget={"kind": kind, "target": target_f}, final=final,
                                          title="Accuracy vs latency (all candidates)"),
-        "finetune": charts.finetune_chart(list(view.epochs)),
+        "finetune": charts.finetune_chart(list(view.epochs), empty_text=finetune_note(view, config, summary)),
     }
     for kind_name, events in view.other.items():
         if kind_name == "workers":  # a table, below
@@ -157,21 +140,10 @@ DOWNLOADS = (  # (summary["artifacts"] key, label, mime); "summary" is summary.j
 )
 
 
-def _artifact_path(rel: object) -> Path | None:
-    """An existing file of this run named by a path relative to the run directory (nothing outside it)."""
-    if not isinstance(rel, str) or not rel:
-        return None
-    root = rd.path.resolve()
-    path = (root / rel).resolve()
-    return path if path.is_relative_to(root) and path.is_file() else None
-
-
 def _downloads(summary: dict) -> None:
     """Download buttons for the run's artifacts that exist (read only when clicked)."""
-    arts = dict(summary.get("artifacts") or {})
-    arts["summary"] = rd.summary_path.name
     found = [(key, label, mime, path) for key, label, mime in DOWNLOADS
-             if (path := _artifact_path(arts.get(key))) is not None]
+             if (path := rd.artifact(key, summary)) is not None]
     if not found:
         return
     st.markdown("**Downloads**")
@@ -190,6 +162,8 @@ def live_panel() -> None:
     view.refresh()
     summary = rd.summary()
     status = (summary or {}).get("status") or view.status
+    if status_changed(statuses.get(current), status):
+        st.rerun()   # the run picker above (outside this fragment) shows the new status too
     p = progress(view, config, summary, uses_evaluations=uses_evals)
 
     top = st.columns([5, 1])

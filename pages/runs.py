@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from pruner.errors import PrunerError
-from pruner.runs.rundir import RunDir, read_json
+from pruner.runs.rundir import PRUNE, RunDir, run_config
 from studio import charts, results, state
 from studio.events import format_seconds, is_final
 
@@ -66,16 +66,16 @@ def _row(path: str, stamp: tuple) -> dict:
     rd = RunDir(path)
     cfg = rd.config() or {}
     summary = rd.summary() or {}
-    kind = "sensitivity" if cfg.get("analysis") == "sensitivity" else "prune"
+    kind = rd.kind()
     status = summary.get("status") or rd.status()
     base, pruned = summary.get("base") or {}, summary.get("pruned") or {}
     created = stamp[0]
     row = {
         "name": rd.name, "kind": kind, "status": status, "model": _short_model(cfg.get("model")),
         "data": _short_data(cfg.get("data")),
-        "strategy": cfg.get("strategy") if kind == "prune" else "—",
-        "budget": cfg.get("budget") if kind == "prune" else "—",
-        "base top-1 (%)": base.get("top1") if kind == "prune" else summary.get("base_top1"),
+        "strategy": cfg.get("strategy") if kind == PRUNE else "—",
+        "budget": cfg.get("budget") if kind == PRUNE else "—",
+        "base top-1 (%)": base.get("top1") if kind == PRUNE else summary.get("base_top1"),
         "pruned top-1 (%)": pruned.get("top1"),
         "MACs (M)": pruned.get("macs") / 1e6 if pruned.get("macs") is not None else None,
         "MACs kept (%)": 100.0 * pruned["macs"] / base["macs"] if pruned.get("macs") and base.get("macs") else None,
@@ -102,13 +102,6 @@ def _base_macs(rd: RunDir, summary: dict) -> float | None:
         if e.get("kind") == "base":
             return e.get("macs")
     return None
-
-
-def _chosen_id(rd: RunDir, summary: dict):
-    found = read_json(rd.state_dir / "search.json")
-    if found and found.get("candidate_id") is not None:
-        return found["candidate_id"]
-    return (summary.get("search") or {}).get("best_candidate")
 
 
 runs = state.all_runs()
@@ -187,7 +180,7 @@ else:
             "total time (s)": summary.get("seconds"),
         })
         fronts.append({"name": name, "candidates": _candidates(str(rd.path), _size(rd.events_path)),
-                       "base_macs": _base_macs(rd, summary), "chosen_id": _chosen_id(rd, summary)})
+                       "base_macs": _base_macs(rd, summary), "chosen_id": rd.chosen_candidate(summary)})
     st.dataframe(pd.DataFrame(cmp_rows), hide_index=True, key="runs_compare_table", placeholder="—", column_config={
         "achieved": st.column_config.NumberColumn("achieved", format="%.3f",
                                                   help="Pruned cost as a fraction of the original"),
@@ -269,7 +262,7 @@ if kind == "prune" and status != "done" and live != "active":
                        help="The job's process is still exiting; try again in a moment" if exiting else
                        "Continue where it stopped: finished search evaluations are replayed, fine-tuning "
                        "restarts from its last epoch"):
-        run_cfg = {k: v for k, v in cfg.items() if k not in ("analysis", "ratios")}
+        run_cfg = run_config(cfg)
         try:
             state.submit("prune", run_cfg, choice, resume=True,
                          options={"overrides": overrides} if overrides else None)
@@ -307,18 +300,9 @@ if kind == "prune":
         st.dataframe(worker_rows, hide_index=True, key="runs_workers")
 
     # downloads: only files that exist inside the run directory
-    arts = dict(summary.get("artifacts") or {})
-    if summary:
-        arts["summary"] = rd.summary_path.name
     root = rd.path.resolve()
-    found = []
-    for key, label, mime in DOWNLOADS:
-        rel = arts.get(key)
-        if not isinstance(rel, str) or not rel:
-            continue
-        p = (root / rel).resolve()
-        if p.is_relative_to(root) and p.is_file():
-            found.append((key, label, mime, p))
+    found = [(key, label, mime, p) for key, label, mime in DOWNLOADS
+             if summary and (p := rd.artifact(key, summary)) is not None]
     if found:
         st.markdown("**Downloads**")
         cols = st.columns(len(found))
@@ -327,6 +311,6 @@ if kind == "prune":
                                 key=f"runs_dl_{key}", on_click="ignore", icon=":material/download:",
                                 help=f"{p.relative_to(root)} · {p.stat().st_size / 1e6:,.2f} MB", width="stretch")
 else:
-    sens = state.read_sensitivity(rd)
+    sens = rd.sensitivity_result()
     if sens:
         st.plotly_chart(charts.sensitivity_heatmap(sens), key="runs_sens_heatmap")

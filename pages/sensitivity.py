@@ -14,7 +14,7 @@ from pruner.errors import PrunerError
 from pruner.runs.rundir import RunDir
 from pruner.sensitivity import parse_ratios as sensitivity_ratios
 from studio import charts, forms, state
-from studio.events import RunView, format_seconds, is_final, progress, sensitivity_from_events
+from studio.events import RunView, format_seconds, is_final, progress, sensitivity_from_events, status_changed
 
 KIND = "sensitivity"
 DEFAULT_RATIOS = "0.2, 0.4, 0.6, 0.8"
@@ -211,6 +211,8 @@ def open_analysis() -> None:
         view.refresh()
         summary = rd.summary()
         status = (summary or {}).get("status") or view.status
+        if status_changed(statuses.get(choice), status):
+            st.rerun()   # the analysis picker above (outside this fragment) shows the new status too
         p = progress(view, config, summary)
 
         top = st.columns([5, 1])
@@ -235,7 +237,7 @@ def open_analysis() -> None:
             st.warning("Interrupted: no process is running this analysis any more (its job was killed, or the "
                        "server stopped). Start the analysis again.", icon=":material/warning:")
 
-        sens = state.read_sensitivity(rd) if status == "done" else None
+        sens = rd.sensitivity_result() if status == "done" else None
         final = sens is not None
         if sens is None:
             sens = sensitivity_from_events(view.sensitivity)

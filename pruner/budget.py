@@ -29,6 +29,18 @@ from .pruning.space import PruningSpace
 CHANNEL_KINDS = ("flops", "params", "latency")
 #: ``sparsity=F``: a fraction F of the prunable weights set to zero (:mod:`pruner.pruning.sparsity`)
 KINDS = CHANNEL_KINDS + ("sparsity",)
+#: Relative slack when a *measured* latency is judged against its budget: the same structure
+#: times a few percent apart from one measurement to the next, so a budget ``latency=0.6`` accepts
+#: a measured ratio up to ``0.6 * 1.05``. MACs and parameters are exact and get no slack.
+LATENCY_TOLERANCE = 0.05
+#: Relative float rounding allowed on top of any tolerance (an exact cost equal to its target passes).
+ROUNDING = 1e-9
+
+
+def within(cost: float, limit: float, tolerance: float = 0.0) -> bool:
+    """The one feasibility rule: ``cost <= limit * (1 + tolerance)`` (plus float rounding).
+    :meth:`Budget.feasible` applies it to a run's budget; constrained RL to its own constraints."""
+    return cost is not None and cost <= limit * (1.0 + tolerance + ROUNDING)
 
 
 @dataclass(frozen=True)
@@ -77,6 +89,18 @@ class Budget:
 
     def __str__(self) -> str:
         return f"{self.kind}={self.value:g}"
+
+    @property
+    def tolerance(self) -> float:
+        """The relative slack this budget's cost is judged with: :data:`LATENCY_TOLERANCE` for a
+        measured latency, 0 for the exact MACs and params."""
+        return LATENCY_TOLERANCE if self.kind == "latency" else 0.0
+
+    def feasible(self, cost: float | None) -> bool:
+        """Whether a candidate whose cost (fraction of the original ``kind``) is ``cost`` meets this
+        budget: ``cost <= target * (1 + tolerance)`` (:func:`within`). The search, the job's summary
+        and the studio all judge candidates with this; ``None`` (no cost) never meets it."""
+        return cost is not None and within(cost, self.target, self.tolerance)
 
     def check_reachable(self, floor: float | None) -> None:
         """Refuse a target below ``floor``, the fraction of this budget's cost that remains with every

@@ -198,7 +198,7 @@ def _resume_overrides(args, stored: dict) -> dict:
 def cmd_prune(args) -> int:
     from .runs.job import run_job
     from .runs.config import RunConfig
-    from .runs.rundir import RunDir
+    from .runs.rundir import RunDir, Status
 
     if args.resume:
         stored = RunDir(args.out).config()
@@ -209,7 +209,7 @@ def cmd_prune(args) -> int:
     else:
         summary = run_job(_config(args), args.out)
     _print_summary(summary, args.out)
-    return 0 if summary["status"] == "done" else (3 if summary["status"] == "cancelled" else 2)
+    return 0 if summary["status"] == Status.DONE else (3 if summary["status"] == Status.CANCELLED else 2)
 
 
 def _latency_entries(r: dict) -> list[dict]:
@@ -222,7 +222,9 @@ def _latency_entries(r: dict) -> list[dict]:
 
 
 def _print_summary(summary: dict, out) -> None:
-    if summary["status"] != "done":
+    from .runs.rundir import Status
+
+    if summary["status"] != Status.DONE:
         print(f"error: run {summary['status']}: {summary.get('error')} (run directory: {out})", file=sys.stderr)
         return
     b, p = summary["base"], summary["pruned"]
@@ -260,16 +262,17 @@ def cmd_sensitivity(args) -> int:
     from dataclasses import replace
 
     from .runs.job import run_sensitivity
+    from .runs.rundir import RunDir, Status
     from .sensitivity import DEFAULT_RATIOS, parse_ratios
 
     ratios = parse_ratios(args.ratios) if args.ratios is not None else list(DEFAULT_RATIOS)
     # every ratio must be reachable: a group may lose up to the largest ratio of its channels
     config = replace(_config(args), max_prune=max(_defaults()["max_prune"], max(ratios)), search_evals=None)
     summary = run_sensitivity(config, args.out, ratios=ratios)
-    if summary["status"] != "done":
+    if summary["status"] != Status.DONE:
         print(f"error: {summary.get('error')}", file=sys.stderr)
         return 2
-    data = json.loads((Path(args.out) / "sensitivity.json").read_text())
+    data = RunDir(args.out).sensitivity_result()
     print(f"base top-1 {data['base_top1']:.2f}%  ({summary['evaluations']} evaluations)")
     print(f"{'group':<28}" + "".join(f"{r:>7.1f}" for r in data["ratios"]))
     for name, row in zip(data["groups"], data["top1"]):

@@ -1,4 +1,6 @@
-"""ONNX export verified in ONNX Runtime, ONNX Runtime latency, and code-free pruned programs.
+"""ONNX export verified in ONNX Runtime, ONNX Runtime sessions, and code-free pruned programs.
+
+ONNX Runtime *timing* lives with the other latency measurements in :mod:`pruner.measure`.
 
 Exporter choice: the TorchScript-based exporter (``torch.onnx.export(dynamo=False)``) at opset 17.
 Both exporters give correct models for the zoo in torch 2.14 (CIFAR ResNets with the
@@ -24,7 +26,6 @@ import copy
 import io
 import json
 import os
-import statistics
 import warnings
 from contextlib import redirect_stdout
 from dataclasses import dataclass
@@ -36,7 +37,6 @@ import torch
 import torch.nn as nn
 
 from .errors import PrunerError
-from .measure import check_timing_args, paired_timing, wall_ms
 
 #: Default ONNX opset (see the module docstring for why not the dynamo exporter's 18).
 OPSET = 17
@@ -227,44 +227,6 @@ def ort_session(path: str | Path, device: str | torch.device = "cpu", *, spinnin
         return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own error types
         raise PrunerError(f"ONNX Runtime cannot load {path} ({_first_line(exc)}); export the model again") from None
-
-
-def ort_device_label(sess) -> str:
-    """``cuda`` when the session runs on ``CUDAExecutionProvider``, else ``cpu`` (the label an ORT latency carries)."""
-    return "cuda" if sess.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
-
-
-def _ort_runner(path: str | Path, input_size: Sequence[int], batch_size: int, device: str | torch.device,
-                spinning: bool = True):
-    sess = ort_session(path, device, spinning=spinning)
-    feed = {sess.get_inputs()[0].name:
-            np.random.default_rng(0).standard_normal((batch_size, *input_size)).astype(np.float32)}
-    run = lambda: sess.run(None, feed)  # noqa: E731
-    run.device = ort_device_label(sess)
-    return run
-
-
-def ort_latency_ms(path: str | Path, input_size: Sequence[int], *, batch_size: int = 1,
-                   device: str | torch.device = "cpu", warmup: int = 10, repeats: int = 50) -> float:
-    """Median ``session.run`` wall time in ms on a random batch (host-side inputs and outputs)."""
-    check_timing_args(batch_size, repeats, warmup)
-    run = _ort_runner(path, input_size, batch_size, device)
-    for _ in range(warmup):
-        run()
-    return float(statistics.median(wall_ms(run) for _ in range(repeats)))
-
-
-def ort_relative_latency(path: str | Path, reference_path: str | Path, input_size: Sequence[int], *,
-                         batch_size: int = 1, device: str | torch.device = "cpu", warmup: int = 3,
-                         repeats: int = 30) -> dict:
-    """ONNX Runtime latency of ``path`` relative to ``reference_path``, timed in interleaved pairs
-    (:func:`pruner.measure.paired_timing`); ``device`` (:func:`ort_device_label`) and ``batch`` say where."""
-    check_timing_args(batch_size, repeats, warmup)
-    # without spin-waiting: one session's spinning workers would steal the cores from the other's
-    run = _ort_runner(path, input_size, batch_size, device, spinning=False)
-    out = paired_timing(run, _ort_runner(reference_path, input_size, batch_size, device, spinning=False),
-                        warmup=warmup, repeats=repeats)
-    return {**out, "device": run.device, "batch": batch_size}
 
 
 def save_pruned_program(model: nn.Module, path: str | Path, *, input_size: Sequence[int],

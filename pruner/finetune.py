@@ -74,6 +74,7 @@ class FinetuneConfig:
 
 
 EpochCallback = Callable[[dict], None]
+BatchCallback = Callable[[int, int, int], None]   # (epoch running, 1-based; batches done in it; batches per epoch)
 
 
 def distillation_loss(student_logits, teacher_logits, labels, temperature: float, weight: float) -> torch.Tensor:
@@ -105,7 +106,7 @@ def _compile_failed(exc: BaseException) -> None:
 def finetune(student: nn.Module, data: DataBundle, config: FinetuneConfig, *, teacher: nn.Module | None = None,
              device="cpu", eval_data: ImageTensors | None = None, on_epoch: EpochCallback | None = None,
              checkpoint_dir: str | Path | None = None, start_epoch: int = 0,
-             should_stop: Callable[[], bool] | None = None) -> list[dict]:
+             should_stop: Callable[[], bool] | None = None, on_batch: BatchCallback | None = None) -> list[dict]:
     """Train ``student`` in place: SGD + cosine schedule, distillation from ``teacher``.
 
     bfloat16 autocast and channels_last default to on for CUDA (``config.amp``,
@@ -113,7 +114,8 @@ def finetune(student: nn.Module, data: DataBundle, config: FinetuneConfig, *, te
     ``config.compile`` compiles the student and teacher. After each epoch, ``on_epoch`` gets a
     dict (epoch, loss, lr, val_top1 when ``eval_data`` is given, seconds, images_per_s) and, with
     ``checkpoint_dir``, ``epoch-<n>.pt`` holds the student's state, optimizer and scheduler so
-    :func:`finetune` can resume from ``start_epoch``.
+    :func:`finetune` can resume from ``start_epoch``. ``on_batch(epoch, batch, batches)`` is called
+    after every optimiser step (the job turns it into throttled ``progress`` events for the ETA).
     """
     device = torch.device(device)
     history: list[dict] = []
@@ -192,6 +194,8 @@ def finetune(student: nn.Module, data: DataBundle, config: FinetuneConfig, *, te
             sched.step()
             total += loss.detach() * y.numel()  # summed on the device: no wait for the GPU per batch
             n += y.numel()
+            if on_batch is not None:
+                on_batch(epoch + 1, i + 1, per_epoch)
         seconds = time.perf_counter() - t0 if not cuda else _synchronized_seconds(device, t0)
         record = {"epoch": epoch + 1, "epochs": config.epochs, "loss": float(total) / max(1, n),
                   "lr": opt.param_groups[0]["lr"], "seconds": seconds, "images_per_s": n / max(seconds, 1e-9)}

@@ -11,6 +11,9 @@
   ``torch.cuda.Event(enable_timing=True)`` around the launches, after the GPU is drained, read
   once the end event has completed (:func:`cuda_event_timer`).
 * :func:`device_label` — the name every latency figure carries (``cpu`` or ``cuda:0 (NVIDIA H100 ...)``).
+* :func:`ort_latency_ms` / :func:`ort_relative_latency` — the same for an exported ONNX file in
+  ONNX Runtime (sessions from :func:`pruner.export.ort_session`), labelled with the provider's
+  device (:func:`ort_device_label`).
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ import copy
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -231,3 +236,44 @@ def relative_latency(model: nn.Module, reference: nn.Module, input_size: Sequenc
     with _CudnnBenchmark(device):
         out = paired_timing(run, ref, warmup=warmup, repeats=repeats, timer=timer_for(device))
     return {**out, "device": device_label(device), "batch": batch_size}
+
+
+# ---------------------------------------------------------------------- ONNX Runtime
+def ort_device_label(sess) -> str:
+    """``cuda`` when the session runs on ``CUDAExecutionProvider``, else ``cpu`` (the label an ORT latency carries)."""
+    return "cuda" if sess.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+
+
+def _ort_runner(path: str | Path, input_size: Sequence[int], batch_size: int, device: str | torch.device,
+                spinning: bool = True):
+    from .export import ort_session  # export verifies files with the same sessions
+
+    sess = ort_session(path, device, spinning=spinning)
+    feed = {sess.get_inputs()[0].name:
+            np.random.default_rng(0).standard_normal((batch_size, *input_size)).astype(np.float32)}
+    run = lambda: sess.run(None, feed)  # noqa: E731
+    run.device = ort_device_label(sess)
+    return run
+
+
+def ort_latency_ms(path: str | Path, input_size: Sequence[int], *, batch_size: int = 1,
+                   device: str | torch.device = "cpu", warmup: int = 10, repeats: int = 50) -> float:
+    """Median ``session.run`` wall time in ms on a random batch (host-side inputs and outputs)."""
+    check_timing_args(batch_size, repeats, warmup)
+    run = _ort_runner(path, input_size, batch_size, device)
+    for _ in range(warmup):
+        run()
+    return float(statistics.median(wall_ms(run) for _ in range(repeats)))
+
+
+def ort_relative_latency(path: str | Path, reference_path: str | Path, input_size: Sequence[int], *,
+                         batch_size: int = 1, device: str | torch.device = "cpu", warmup: int = 3,
+                         repeats: int = 30) -> dict:
+    """ONNX Runtime latency of ``path`` relative to ``reference_path``, timed in interleaved pairs
+    (:func:`paired_timing`); ``device`` (:func:`ort_device_label`) and ``batch`` say where."""
+    check_timing_args(batch_size, repeats, warmup)
+    # without spin-waiting: one session's spinning workers would steal the cores from the other's
+    run = _ort_runner(path, input_size, batch_size, device, spinning=False)
+    out = paired_timing(run, _ort_runner(reference_path, input_size, batch_size, device, spinning=False),
+                        warmup=warmup, repeats=repeats)
+    return {**out, "device": run.device, "batch": batch_size}

@@ -14,8 +14,9 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Iterable
 
-FINAL_STATUSES = ("done", "failed", "cancelled")
-KNOWN_KINDS = ("status", "base", "candidate", "step", "epoch", "log", "sensitivity")
+from pruner.budget import Budget
+from pruner.errors import PrunerError
+from pruner.runs.rundir import PRUNE_PHASES, SENSITIVITY, Event, RunDir, Status, config_kind, is_final
 
 MAX_CANDIDATES = 20_000
 MAX_STEPS = 5_000
@@ -25,16 +26,18 @@ MAX_STATUS = 300
 MAX_OTHER = 5_000          # per unknown event kind
 MAX_SENSITIVITY = 20_000
 
-
-def is_final(status: str | None) -> bool:
-    return status in FINAL_STATUSES
+__all__ = ["RunView", "best_feasible", "budget_of", "finetune_note", "format_seconds", "is_final", "progress",
+           "sensitivity_from_events", "status_changed"]
 
 
 class RunView:
     """Bounded, incrementally updated view of one run's events."""
 
-    def __init__(self, path: str | Path | None = None):
+    def __init__(self, path: str | Path | None = None, budget: Budget | None = None):
         self.path = Path(path) if path is not None else None
+        if budget is None and self.path is not None:
+            budget = budget_of(RunDir(self.path).config())
+        self.budget = budget                  # judges which candidates count as the best (Budget.feasible)
         self.offset = 0                       # bytes of events.jsonl consumed
         self.count = 0                        # events seen so far (all kinds)
         self.status: str = "unknown"
@@ -51,13 +54,17 @@ class RunView:
         self.last_time: float | None = None
         self.search_started: float | None = None
         self.finetune_started: float | None = None
+        self.status_time: float | None = None     # when the current status began
+        self.stage_progress: dict | None = None   # the last progress event of the current status
+        self.stage_epochs: list[dict] = []        # epoch events since the current fine-tuning status
+        self.base_seconds: float | None = None    # how long the unpruned model's report took (measured)
         self.evaluations = 0                  # non-cached candidate evaluations
-        self.best: dict | None = None         # best candidate so far (highest top1 among feasible ones)
+        self.best: dict | None = None         # best candidate so far meeting the budget (any without one)
 
     # ------------------------------------------------------------------ feeding
     @classmethod
-    def from_events(cls, events: Iterable[dict]) -> "RunView":
-        view = cls()
+    def from_events(cls, events: Iterable[dict], budget: Budget | None = None) -> "RunView":
+        view = cls(budget=budget)
         for e in events:
             view.add(e)
         return view
@@ -97,30 +104,41 @@ class RunView:
             self.first_time = t if self.first_time is None else self.first_time
             self.last_time = t
         self.count += 1
-        if kind == "status":
+        if kind == Event.STATUS:
             self.statuses.append(e)
             self.status = str(e.get("status", self.status))
+            self.status_time = t if isinstance(t, (int, float)) else self.status_time
+            self.stage_progress = None
+            self.stage_epochs = []
             if e.get("error"):
                 self.error = str(e["error"])
-            if self.status == "searching" and self.search_started is None:
+            if self.status == Status.SEARCHING and self.search_started is None:
                 self.search_started = t
-            if self.status == "fine-tuning" and self.finetune_started is None:
+            if self.status == Status.FINE_TUNING and self.finetune_started is None:
                 self.finetune_started = t
-        elif kind == "base":
+        elif kind == Event.BASE:
             self.base = e
-        elif kind == "candidate":
+            if isinstance(e.get("report_seconds"), (int, float)):
+                self.base_seconds = float(e["report_seconds"])
+        elif kind == Event.PROGRESS:
+            if e.get("stage") == self.status:
+                self.stage_progress = e
+        elif kind == Event.CANDIDATE:
             self.candidates.append(e)
             if not (e.get("meta") or {}).get("cached"):
                 self.evaluations += 1
-            if e.get("top1") is not None and (self.best is None or _better(e, self.best)):
+            if e.get("top1") is not None and (self.budget is None or self.budget.feasible(e.get("cost"))) \
+                    and (self.best is None or _better(e, self.best)):
                 self.best = e
-        elif kind == "step":
+        elif kind == Event.STEP:
             self.steps.append(e)
-        elif kind == "epoch":
+        elif kind == Event.EPOCH:
             self.epochs.append(e)
-        elif kind == "log":
+            if self.status == Status.FINE_TUNING:
+                self.stage_epochs.append(e)
+        elif kind == Event.LOG:
             self.logs.append(e)
-        elif kind == "sensitivity":
+        elif kind == Event.SENSITIVITY:
             self.sensitivity.append(e)
         else:
             self.other.setdefault(kind, deque(maxlen=MAX_OTHER)).append(e)
@@ -152,7 +170,7 @@ class RunView:
         lines = []
         for e in merged[-n:]:
             stamp = time.strftime("%H:%M:%S", time.localtime(e.get("time") or 0))
-            if e.get("kind") == "status":
+            if e.get("kind") == Event.STATUS:
                 extra = f" — {e['error']}" if e.get("error") else ""
                 lines.append(f"{stamp}  status   {e.get('status')}{extra}")
             else:
@@ -167,13 +185,31 @@ def _better(a: dict, b: dict) -> bool:
     return (a.get("top1") or 0, -(a.get("cost") or 0)) > (b.get("top1") or 0, -(b.get("cost") or 0))
 
 
-def best_feasible(candidates: Iterable[dict], target: float | None, slack: float = 1e-9) -> dict | None:
-    """The best candidate meeting ``cost <= target`` (any candidate when ``target`` is None)."""
+def status_changed(shown: str | None, status: str) -> bool:
+    """Whether a run's status moved on from ``shown``, the status a page rendered outside its polling
+    fragment (the run picker's label): the page then reruns so the two agree. ``None`` (not shown) never."""
+    return shown is not None and shown != status
+
+
+def budget_of(config: dict | None) -> Budget | None:
+    """The run's :class:`~pruner.budget.Budget` from its config.json (None when it has none or a bad one)."""
+    text = (config or {}).get("budget")
+    if not text:
+        return None
+    try:
+        return Budget.parse(str(text))
+    except PrunerError:
+        return None
+
+
+def best_feasible(candidates: Iterable[dict], budget: Budget | None) -> dict | None:
+    """The best candidate meeting ``budget`` (:meth:`Budget.feasible`, the engine's own rule);
+    any scored candidate when ``budget`` is None."""
     best = None
     for c in candidates:
         if c.get("top1") is None:
             continue
-        if target is not None and c.get("cost") is not None and c["cost"] > target * (1 + slack):
+        if budget is not None and not budget.feasible(c.get("cost")):
             continue
         if best is None or _better(c, best):
             best = c
@@ -181,14 +217,20 @@ def best_feasible(candidates: Iterable[dict], target: float | None, slack: float
 
 
 # ---------------------------------------------------------------------- progress
-_PHASE_ORDER = ["queued", "started", "loading data", "loading model", "analysing dependency graph",
-                "measuring base model", "searching", "search done", "fine-tuning", "exporting",
-                "evaluating on the report split"]
+# Where each stage of a pruning run starts and ends on the progress bar (fractions of the run).
+_SEARCH_START = 0.05
+_FINETUNE_SHARE = 0.22
 
 
 def progress(view: RunView, config: dict | None = None, summary: dict | None = None,
              now: float | None = None, uses_evaluations: bool = True) -> dict[str, Any]:
-    """Phase, fraction done (0..1), ETA of the current phase (seconds or None) and a one-line text."""
+    """Phase, fraction done (0..1), ETA of the current stage (seconds or None) and a one-line text.
+
+    The ETA comes from what the run has measured so far: seconds per evaluation while searching,
+    seconds per fine-tuning batch (``progress`` events) and then per epoch while fine-tuning, and
+    the unpruned model's report time (the ``base`` event's ``report_seconds``) for exporting and the
+    final report, which repeat that work on the pruned model.
+    """
     config = config or {}
     now = time.time() if now is None else now
     status = (summary or {}).get("status") or view.status
@@ -198,62 +240,112 @@ def progress(view: RunView, config: dict | None = None, summary: dict | None = N
     evals = view.evaluations
     eta: float | None = None
     search_share = 0.65 if ft_epochs > 0 else 0.87
-    search_end = 0.05 + search_share
+    search_end = _SEARCH_START + search_share
 
-    if config.get("analysis") == "sensitivity" or view.sensitivity:
+    if config_kind(config) == SENSITIVITY or view.sensitivity:
         last = view.sensitivity[-1] if view.sensitivity else None
         done, total = (last.get("done", 0), last.get("total", 0)) if last else (0, 0)
-        frac = 1.0 if status == "done" else (0.05 + 0.95 * done / total if total else 0.02)
+        frac = 1.0 if status == Status.DONE else (0.05 + 0.95 * done / total if total else 0.02)
         if last and total and view.first_time and done:
-            t0 = view.search_started or _status_time(view, "analysing sensitivity") or view.first_time
+            t0 = view.search_started or _status_time(view, Status.ANALYSING_SENSITIVITY) or view.first_time
             rate = max(0.0, (last.get("time", now) - t0)) / done
             eta = rate * (total - done)
         text = f"{status}: {done}/{total} points" if total else status
         return _result(status, frac, eta, text, done=done, total=total)
 
+    ft_position = _finetune_position(view, ft_epochs)   # epochs done, as a fraction (0..ft_epochs)
     if is_final(status):
-        frac = 1.0 if status == "done" else _fraction_before(view, ft_epochs, expected, search_end)
-    elif status == "searching":
+        frac = 1.0 if status == Status.DONE else _fraction_before(view, ft_epochs, expected, search_end)
+    elif status == Status.SEARCHING:
         if expected:
-            frac = 0.05 + search_share * min(1.0, evals / expected)
+            frac = _SEARCH_START + search_share * min(1.0, evals / expected)
             if evals and view.search_started:
                 last_t = view.candidates[-1].get("time", now) if view.candidates else now
                 rate = max(0.0, last_t - view.search_started) / evals
                 eta = max(0.0, rate * max(0, expected - evals) - max(0.0, now - last_t))
         else:
-            frac = 0.05
-    elif status in ("search done",):
+            frac = _SEARCH_START
+    elif status == Status.SEARCH_DONE:
         frac = search_end
-    elif status == "fine-tuning":
-        done = len(view.epochs)
-        frac = search_end + 0.22 * (done / ft_epochs if ft_epochs else 1.0)
-        if done and view.finetune_started:
-            rate = max(0.0, view.epochs[-1].get("time", now) - view.finetune_started) / done
-            eta = max(0.0, rate * max(0, ft_epochs - done) - max(0.0, now - view.epochs[-1].get("time", now)))
-    elif status == "exporting":
+    elif status == Status.FINE_TUNING:
+        frac = search_end + _FINETUNE_SHARE * (ft_position / ft_epochs if ft_epochs else 1.0)
+        eta = _finetune_eta(view, ft_epochs, now)
+    elif status == Status.EXPORTING:
         frac = 0.94
-    elif status == "evaluating on the report split":
+        eta = view.base_seconds   # the report that follows repeats the base model's measured report
+    elif status == Status.REPORTING:
         frac = 0.97
-    elif status in _PHASE_ORDER:
-        frac = 0.01 * (_PHASE_ORDER.index(status) + 1)
+        if view.base_seconds is not None and view.status_time is not None:
+            eta = max(0.0, view.base_seconds - max(0.0, now - view.status_time))
+    elif status in PRUNE_PHASES:   # the stages before the search share its first 5 %
+        frac = _SEARCH_START * PRUNE_PHASES.index(status) / PRUNE_PHASES.index(Status.SEARCHING)
     else:
         frac = 0.0
 
     parts = [status]
-    if view.current_step is not None and not is_final(status):
+    if view.current_step is not None and status == Status.SEARCHING:
         parts.append(f"step {view.current_step}")
     if expected and view.candidates:
         parts.append(f"{evals}/{expected} evaluations" if uses_evaluations else f"{evals} evaluations")
     elif view.candidates:
         parts.append(f"{evals} evaluations")
-    if status == "fine-tuning" and ft_epochs:
-        parts.append(f"epoch {len(view.epochs)}/{ft_epochs}")
+    if status == Status.FINE_TUNING and ft_epochs:
+        p = view.stage_progress
+        completed = int(view.epochs[-1].get("epoch") or 0) if view.epochs else 0
+        running = min(ft_epochs, max(completed + 1, int((p or {}).get("epoch") or 0)))
+        batch = f", batch {p.get('batch')}/{p.get('batches')}" if p and p.get("epoch") == running else ""
+        parts.append(f"epoch {running}/{ft_epochs}{batch}")
     if eta is not None and not is_final(status):
         parts.append(f"ETA {format_seconds(eta)}")
     return _result(status, frac, eta, " · ".join(parts), evaluations=evals, expected=expected)
 
 
+def _finetune_position(view: RunView, ft_epochs: int) -> float:
+    """Epochs of fine-tuning done, counting the running epoch's finished batches as a fraction."""
+    done = float(view.epochs[-1].get("epoch") or len(view.epochs)) if view.epochs else 0.0
+    p = view.stage_progress
+    if p and p.get("batches") and p.get("epoch") == int(done) + 1:
+        done += min(1.0, float(p.get("batch") or 0) / float(p["batches"]))
+    return min(float(ft_epochs), done) if ft_epochs else done
+
+
+def _finetune_eta(view: RunView, ft_epochs: int, now: float) -> float | None:
+    """Seconds of fine-tuning left: from the epochs finished since the stage began (training and
+    validation), else from the running epoch's measured seconds per batch; None before either."""
+    t0 = view.status_time
+    if t0 is None or not ft_epochs:
+        return None
+    if view.stage_epochs:
+        last = view.stage_epochs[-1]
+        per_epoch = max(0.0, float(last.get("time", now)) - t0) / len(view.stage_epochs)
+        left = max(0, ft_epochs - int(last.get("epoch") or 0))
+        return max(0.0, per_epoch * left - max(0.0, now - float(last.get("time", now))))
+    p = view.stage_progress
+    if p and p.get("batch") and p.get("batches"):
+        per_batch = max(0.0, float(p.get("time", now)) - t0) / float(p["batch"])
+        epoch = int(p.get("epoch") or 1)
+        left = (float(p["batches"]) - float(p["batch"])) + float(p["batches"]) * max(0, ft_epochs - epoch)
+        return max(0.0, per_batch * left - max(0.0, now - float(p.get("time", now))))
+    return None
+
+
+def finetune_note(view: RunView, config: dict | None, summary: dict | None = None) -> str:
+    """What the fine-tuning chart says while it has no epoch to plot, from the run's status."""
+    epochs = int((((config or {}).get("finetune") or {}).get("epochs")) or 0)
+    status = (summary or {}).get("status") or view.status
+    if epochs == 0:
+        return "fine-tuning is off (0 epochs)"
+    if status == Status.FINE_TUNING:
+        p = view.stage_progress
+        where = f": batch {p.get('batch')}/{p.get('batches')}" if p else ""
+        return f"fine-tuning epoch 1/{epochs} is running{where}"
+    if is_final(status) or status in (Status.EXPORTING, Status.REPORTING):
+        return "no fine-tuning epoch finished"
+    return f"fine-tuning ({epochs} epoch{'s' if epochs != 1 else ''}) starts after the search"
+
+
 def _status_time(view: RunView, status: str) -> float | None:
+    """When ``status`` first began (None when the view has not seen it)."""
     for e in view.statuses:
         if e.get("status") == status:
             return e.get("time")
@@ -263,9 +355,9 @@ def _status_time(view: RunView, status: str) -> float | None:
 def _fraction_before(view: RunView, ft_epochs: int, expected: int | None, search_end: float) -> float:
     """Where a failed or cancelled run had got to."""
     if view.epochs and ft_epochs:
-        return search_end + 0.22 * len(view.epochs) / ft_epochs
+        return search_end + _FINETUNE_SHARE * len(view.epochs) / ft_epochs
     if expected and view.candidates:
-        return 0.05 + (search_end - 0.05) * min(1.0, view.evaluations / expected)
+        return _SEARCH_START + (search_end - _SEARCH_START) * min(1.0, view.evaluations / expected)
     return 0.0
 
 

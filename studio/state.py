@@ -19,9 +19,7 @@ from typing import Any
 import streamlit as st
 
 from pruner.runs.manager import JobManager, JobSpec
-from pruner.runs.rundir import RunDir, list_runs, read_json
-
-from .events import is_final
+from pruner.runs.rundir import SENSITIVITY, RunDir, config_kind, is_final, list_runs
 
 RUNS_ENV = "PRUNER_RUNS_DIR"
 QUERY_KEY = "run"
@@ -154,8 +152,7 @@ def requested_run(kind: str | None = None) -> str | None:
 # ---------------------------------------------------------------------- listing
 def run_kind(name_or_rd: str | RunDir) -> str:
     rd = name_or_rd if isinstance(name_or_rd, RunDir) else RunDir(runs_root() / name_or_rd)
-    cfg = rd.config() or {}
-    return "sensitivity" if cfg.get("analysis") == "sensitivity" else "prune"
+    return rd.kind()
 
 
 def all_runs(kind: str | None = None) -> list[RunDir]:
@@ -187,7 +184,7 @@ def default_run(kind: str) -> str | None:
 
 
 def read_sensitivity(rd: RunDir) -> dict | None:
-    return read_json(rd.path / "sensitivity.json")
+    return rd.sensitivity_result()
 
 
 def _evaluations_text(cfg: dict) -> str:
@@ -206,7 +203,7 @@ def describe_config(cfg: dict | None) -> str:
         return ""
     ft = (cfg.get("finetune") or {}).get("epochs", 0)
     parts = [f"**{cfg.get('model')}**", f"weights {cfg.get('weights') or 'random init'}", f"data {cfg.get('data')}"]
-    if cfg.get("analysis") == "sensitivity":
+    if config_kind(cfg) == SENSITIVITY:
         if cfg.get("ratios"):   # a queued analysis's config does not list them yet
             parts.append(f"ratios {', '.join(f'{r:g}' for r in cfg['ratios'])}")
     else:

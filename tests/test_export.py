@@ -16,7 +16,8 @@ import torchvision
 
 from pruner.errors import PrunerError
 from pruner.export import (OPSET, RELATIVE_TOLERANCE, OnnxReport, export_onnx, load_pruned_program,
-                           ort_latency_ms, ort_session, read_onnx_metadata, save_pruned_program)
+                           ort_session, read_onnx_metadata, save_pruned_program)
+from pruner.measure import ort_latency_ms
 from pruner.models.cifar_resnet import cifar_resnet
 from pruner.pruning.shortcut import CUSTOM_PRUNERS
 

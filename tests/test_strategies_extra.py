@@ -186,7 +186,7 @@ def test_constrained_meets_a_latency_budget(tmp_path, monkeypatch):
     0.62 of them may remain): the constraint is on the latency cost itself, through the evaluator's
     latency path (memo, cost function, final re-timing). The cost is deterministic, so the bounds
     are exact."""
-    from pruner.search.base import LATENCY_TOLERANCE
+    from pruner.budget import LATENCY_TOLERANCE
     from pruner.search.evaluator import Evaluator
 
     monkeypatch.setattr(Evaluator, "_time", overhead_latency)

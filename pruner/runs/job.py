@@ -33,19 +33,21 @@ from ..budget import cost_floor, meet_measured
 from ..data import DataBundle, batches, load_data
 from ..errors import CancelledError, PrunerError
 from ..evaluate import accuracy, recalibrate_bn
-from ..export import export_onnx, ort_latency_ms, save_pruned_program
+from ..export import export_onnx, save_pruned_program
 from ..finetune import finetune
-from ..measure import count_cost, latency_stats, relative_latency
+from ..measure import count_cost, latency_stats, ort_latency_ms, relative_latency
 from ..models import build_model, parse_model_spec
 from ..models.checkpoints import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint  # noqa: F401 (re-exported)
 from ..pruning.importance import channel_scores, ranking_from_scores
 from ..pruning.space import PruningRecord, PruningSpace
 from ..pruning.sparsity import SparsitySpace, apply_masks, make_permanent, measure_sparsity, onnx_sparsity, weight_scores
 from ..search import SearchContext, make_strategy, run_search
+from ..search.base import best_meeting
 from ..search.evaluator import Candidate, Evaluator, EvaluatorSettings
 from ..settings import resolve_device
 from .config import RunConfig
-from .rundir import RunDir, RunLock, read_json, write_json_atomic
+from .rundir import (BASE_STATE, SENSITIVITY, SENSITIVITY_RESULT, Event, RunDir, RunLock, Status, config_with_kind,
+                     read_json, write_json_atomic)
 from .workers import attach_workers
 
 StopFn = Callable[[], bool]
@@ -129,7 +131,7 @@ def _out_of_memory(exc: BaseException) -> bool:
 def _oom_message(exc: BaseException, phase: str, config: RunConfig, out: str | Path) -> str:
     where = "the GPU" if "CUDA" in str(exc) else "the machine (RAM)"
     bs = config.finetune.batch_size
-    if phase == "fine-tuning":
+    if phase == Status.FINE_TUNING:
         return (f"out of memory on {where} while fine-tuning with batch size {bs}: resume with a smaller batch size "
                 f"(python -m pruner prune --resume --out {out} --batch-size {max(1, bs // 2)}, or Resume on the Runs "
                 "page)")
@@ -158,10 +160,10 @@ class Session:
         self.run = run
         self.device = resolve_device(config.device)
         torch.manual_seed(config.seed)
-        self.log("status", status="loading data")
+        self.log(Event.STATUS, status=Status.LOADING_DATA)
         self.data: DataBundle = load_data(config.data, config.data_root, protocol=config.protocol,
                                           val_size=config.val_size, seed=config.seed, image_size=config.image_size)
-        self.log("status", status="loading model")
+        self.log(Event.STATUS, status=Status.LOADING_MODEL)
         self.spec = parse_model_spec(config.model, num_classes=self.data.num_classes, weights=config.weights,
                                      trust_checkpoint=config.trust_checkpoint)
         self.model: nn.Module = build_model(self.spec).eval()
@@ -172,7 +174,7 @@ class Session:
             self.space = SparsitySpace(self.model, self.data.input_size, max_prune=config.max_prune,
                                        pattern=config.sparsity_pattern)
         else:
-            self.log("status", status="analysing dependency graph")
+            self.log(Event.STATUS, status=Status.ANALYSING_GRAPH)
             self.space = PruningSpace(self.model, self.data.input_size, min_channels=config.min_channels,
                                       max_prune=config.max_prune, round_to=config.resolved_round_to(self.device))
         self.model.to(self.device)
@@ -214,7 +216,7 @@ class Session:
         self.space.set_ranking(self.ranking)
         check = meet_measured(self.space, self.model, counts, self.config.budget_obj)  # never above a FLOPs/params budget
         if check.corrected:
-            self.log("log", level="warning", message=f"the chosen structure measured above {self.config.budget}; "
+            self.log(Event.LOG, level="warning", message=f"the chosen structure measured above {self.config.budget}; "
                      f"re-solved on the measured cost to {check.achieved:.4f}")
         pruned, record = (apply_masks(self.model, self.space, check.counts) if self.sparse  # masks kept in training
                           else self.space.prune(self.model, check.counts, self.ranking))
@@ -286,7 +288,7 @@ def _layers(base: nn.Module, pruned: nn.Module) -> list[dict]:
 
 
 def _write_candidates_csv(path: Path, run: RunDir, names: list[str]) -> None:
-    rows = run.events("candidate")
+    rows = run.events(Event.CANDIDATE)
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["candidate_id", "step", "top1", "reward", "cost", "macs", "params", "latency_ms", *names])
@@ -328,7 +330,7 @@ def run_job(config: RunConfig, out: str | Path, *, resume: bool = False, should_
         changes = {}
     lock = _take_lock(run, lock)
     try:
-        if resume and run.summary() and run.summary().get("status") == "done":
+        if resume and run.summary() and run.summary().get("status") == Status.DONE:
             return run.summary()
         with _StopOnSignal() as signals:
             return _run_job(config, run, resume=resume, should_stop=should_stop, changes=changes, signals=signals)
@@ -344,160 +346,240 @@ def _run_job(config: RunConfig, run: RunDir, *, resume: bool, should_stop: StopF
     if resume and run.summary_path.exists():
         run.summary_path.unlink()  # an interrupted/cancelled run is being continued
     user_stop = should_stop or (lambda: False)
-    stop = lambda: signals.received is not None or user_stop()  # noqa: E731
-    t_start = time.time()
-    summary: dict = {"status": "running", "error": None, "version": __version__, "protocol": config.protocol,
-                     "budget": {"kind": config.budget_obj.kind, "target": config.budget_obj.value}}
-    best: Candidate | None = None
-    evaluator = None
+    pipeline = _Pipeline(config, run, resume=resume, stop=lambda: signals.received is not None or user_stop())
+    summary = pipeline.summary
     if changes:
         summary["overrides"] = changes
     try:
-        run.event("status", status="started", resume=resume, **({"overrides": changes} if changes else {}))
+        run.event(Event.STATUS, status=Status.STARTED, resume=resume, **({"overrides": changes} if changes else {}))
         if changes:
-            run.event("log", level="info", message="resumed with " + ", ".join(
+            run.event(Event.LOG, level="info", message="resumed with " + ", ".join(
                 f"{k} {old} -> {new}" for k, (old, new) in changes.items()))
-        session = Session(config, run)
+        pipeline.prepare()
+        found = pipeline.search()
+        pruned, record = pipeline.finetune(found)
+        onnx_path = pipeline.export(pruned, record)
+        pipeline.report(pruned, onnx_path)
+        summary["status"] = Status.DONE
+        signals.disarm()
+    except CancelledError:
+        signals.disarm()
+        summary["status"] = Status.CANCELLED
+        summary["error"] = signals.message if signals.received else "cancelled by the user"
+        pipeline.cancelled_search()
+    except PrunerError as exc:
+        signals.disarm()
+        summary["status"] = Status.FAILED
+        summary["error"] = str(exc)
+    except Exception as exc:  # out of memory, or a bug: keep the traceback in the log, a one-line error
+        signals.disarm()
+        summary["status"] = Status.FAILED
+        if _out_of_memory(exc):
+            summary["error"] = _oom_message(exc, run.status(), config, run.path)
+        else:
+            summary["error"] = f"internal error: {type(exc).__name__}: {exc}"
+        run.event(Event.LOG, level="error", message=traceback.format_exc())
+    signals.disarm()
+    if summary["status"] == Status.FAILED and signals.received:   # the signal surfaced as another error
+        summary.update(status=Status.CANCELLED, error=signals.message)
+    summary["seconds"] = time.time() - pipeline.t_start
+    run.event(Event.STATUS, status=summary["status"], error=summary["error"])
+    run.write_summary(summary)
+    return summary
+
+
+class _BatchProgress:
+    """``finetune``'s per-batch callback as ``progress`` events: at most one every ``every_s``
+    seconds, and the last batch of each epoch (what the studio's fine-tuning ETA is measured from)."""
+
+    def __init__(self, run: RunDir, epochs: int, every_s: float = 1.0):
+        self.run, self.epochs, self.every_s = run, epochs, every_s
+        self._last = time.monotonic()
+
+    def __call__(self, epoch: int, batch: int, batches: int) -> None:
+        now = time.monotonic()
+        if batch >= batches or now - self._last >= self.every_s:
+            self._last = now
+            self.run.event(Event.PROGRESS, stage=Status.FINE_TUNING, epoch=epoch, epochs=self.epochs, batch=batch,
+                           batches=batches)
+
+
+class _Pipeline:
+    """The stages of one pruning run, in order: :meth:`prepare` (data, model, pruning space, the
+    unpruned model's report), :meth:`search`, :meth:`finetune`, :meth:`export`, :meth:`report`.
+    Each writes its status event first and its part of ``summary``; each resumes from the run
+    directory's state where the interrupted run left it."""
+
+    def __init__(self, config: RunConfig, run: RunDir, *, resume: bool, stop: StopFn):
+        self.config, self.run, self.resume, self.stop = config, run, resume, stop
+        self.t_start = time.time()
+        self.summary: dict = {"status": Status.RUNNING, "error": None, "version": __version__,
+                              "protocol": config.protocol,
+                              "budget": {"kind": config.budget_obj.kind, "target": config.budget_obj.value}}
+        self.session: Session | None = None
+        self.evaluator: Evaluator | None = None
+        self.base: dict = {}
+        self.artifacts: dict = {}   # into the summary once the run is done
+
+    @property
+    def base_state(self) -> Path:
+        return self.run.state_dir / BASE_STATE
+
+    # ------------------------------------------------------------------ prepare
+    def prepare(self) -> None:
+        config, run, summary = self.config, self.run, self.summary
+        session = self.session = Session(config, run)
         config.budget_obj.check_reachable(cost_floor(session.space, config.budget_obj.kind))  # before any scoring
         data = session.data
         summary["data"] = data.describe()
         summary["preprocess"] = {"mean": list(data.mean), "std": list(data.std), "input_size": list(data.input_size)}
         summary["groups"] = [g.to_dict() for g in session.space.groups]
-        run.event("status", status="measuring base model")
-        base_state = run.state_dir / "base.json"
-        base = read_json(base_state) if resume else None
+        run.event(Event.STATUS, status=Status.MEASURING_BASE)
+        base = read_json(self.base_state) if self.resume else None
         if base is None:
-            base = session.report(session.model)
-            write_json_atomic(base_state, base)
-        summary["base"] = base
-        run.event("base", groups=[g.to_dict() for g in session.space.groups], **base)
-
-        # ---------------------------------------------------------------- search
-        search_state = run.state_dir / "search.json"
-        found = read_json(search_state) if resume else None
-        if found is None:
-            run.event("status", status="searching", strategy=config.strategy)
-            evaluator = session.evaluator(max_evals=config.search_evals, should_stop=stop,
-                                          on_candidate=lambda c: run.event("candidate", **c.to_event()))
-            if resume:
-                evaluator.preload(run.events("candidate"))
-            strategy = make_strategy(config.strategy, **config.strategy_params)
-            ctx = SearchContext(evaluator, seed=config.seed, scores=session.scores,
-                                emit=lambda kind, **f: run.event(kind, **f))
             t0 = time.perf_counter()
-            with attach_workers(evaluator, config, emit=ctx.emit) as pool:
-                best = run_search(strategy, ctx)
-                worker_stats = pool.stats() if pool is not None else None
-            found = {"counts": best.counts, "candidate_id": best.id, "best_val_top1": best.top1,
-                     "evaluations": evaluator.evaluations, "seconds": time.perf_counter() - t0,
-                     "cost": best.cost, "verified_cost": best.meta.get("verified_latency"),
-                     "timing": evaluator.timing, "answer_is_start": bool(best.meta.get("is_start")),
-                     "start_source": best.meta.get("start_source"),
-                     "workers": worker_stats}
-            if evaluator.model_version > 0:  # the strategy trained the weights (joint): prune those
-                torch.save({"state_dict": {k: v.detach().cpu() for k, v in evaluator.model.state_dict().items()},
-                            "ranking": [r.cpu() for r in evaluator.ranking]}, run.state_dir / "search_model.pt")
-                found["model"] = "state/search_model.pt"
-            write_json_atomic(search_state, found)
+            base = session.report(session.model)
+            base["report_seconds"] = time.perf_counter() - t0   # what the final report's ETA is measured from
+            write_json_atomic(self.base_state, base)
+        self.base = summary["base"] = base
+        run.event(Event.BASE, groups=[g.to_dict() for g in session.space.groups], **base)
+
+    # ------------------------------------------------------------------ search
+    def search(self) -> dict:
+        """The chosen structure (``state/search.json``): searched now, or read back on a resume."""
+        config, run, session = self.config, self.run, self.session
+        found = run.search_result() if self.resume else None
+        if found is None:
+            found = self._search()
         if found.get("model"):
             saved = torch.load(run.path / found["model"], map_location=session.device, weights_only=True)
             session.model.load_state_dict(saved["state_dict"])
             session.ranking = list(saved["ranking"])
-        summary["search"] = {"strategy": config.strategy, "evaluations": found["evaluations"],
-                             "best_val_top1": found["best_val_top1"], "seconds": found["seconds"],
-                             "round_to": session.space.round_to, "workers": found.get("workers"),
-                             "params": make_strategy(config.strategy, **config.strategy_params).params,
-                             "answer_is_start": bool(found.get("answer_is_start")),
-                             "start_source": found.get("start_source")}
-        if summary["search"]["answer_is_start"]:
-            summary["search"]["note"] = (f"the answer is the search's starting point ({found.get('start_source')}): no "
-                                         f"other candidate scored higher in {found['evaluations']} evaluations")
-        run.event("status", status="search done", **summary["search"])
+        search = {"strategy": config.strategy, "evaluations": found["evaluations"],
+                  "best_val_top1": found["best_val_top1"], "seconds": found["seconds"],
+                  "round_to": session.space.round_to, "workers": found.get("workers"),
+                  "params": make_strategy(config.strategy, **config.strategy_params).params,
+                  "answer_is_start": bool(found.get("answer_is_start")),
+                  "start_source": found.get("start_source")}
+        if search["answer_is_start"]:
+            search["note"] = (f"the answer is the search's starting point ({found.get('start_source')}): no "
+                              f"other candidate scored higher in {found['evaluations']} evaluations")
+        self.summary["search"] = search
+        run.event(Event.STATUS, status=Status.SEARCH_DONE, **search)
+        return found
 
-        # ---------------------------------------------------------------- fine-tune
+    def _search(self) -> dict:
+        config, run, session = self.config, self.run, self.session
+        run.event(Event.STATUS, status=Status.SEARCHING, strategy=config.strategy)
+        evaluator = self.evaluator = session.evaluator(
+            max_evals=config.search_evals, should_stop=self.stop,
+            on_candidate=lambda c: run.event(Event.CANDIDATE, **c.to_event()))
+        if self.resume:
+            evaluator.preload(run.events(Event.CANDIDATE))
+        strategy = make_strategy(config.strategy, **config.strategy_params)
+        ctx = SearchContext(evaluator, seed=config.seed, scores=session.scores,
+                            emit=lambda kind, **f: run.event(kind, **f))
+        t0 = time.perf_counter()
+        with attach_workers(evaluator, config, emit=ctx.emit) as pool:
+            if pool is not None:   # the workers' start-up ("starting workers") is over: searching again
+                run.event(Event.STATUS, status=Status.SEARCHING, strategy=config.strategy, workers=config.workers)
+            best = run_search(strategy, ctx)
+            worker_stats = pool.stats() if pool is not None else None
+        found = {"counts": best.counts, "candidate_id": best.id, "best_val_top1": best.top1,
+                 "evaluations": evaluator.evaluations, "seconds": time.perf_counter() - t0,
+                 "cost": best.cost, "verified_cost": best.meta.get("verified_latency"),
+                 "timing": evaluator.timing, "answer_is_start": bool(best.meta.get("is_start")),
+                 "start_source": best.meta.get("start_source"),
+                 "workers": worker_stats}
+        if evaluator.model_version > 0:  # the strategy trained the weights (joint): prune those
+            torch.save({"state_dict": {k: v.detach().cpu() for k, v in evaluator.model.state_dict().items()},
+                        "ranking": [r.cpu() for r in evaluator.ranking]}, run.state_dir / "search_model.pt")
+            found["model"] = "state/search_model.pt"
+        write_json_atomic(run.search_state_path, found)
+        return found
+
+    def cancelled_search(self) -> None:
+        """A cancelled search's summary: the best candidate meeting the budget so far (Budget.feasible)."""
+        if self.evaluator is None:
+            return
+        b = best_meeting(self.evaluator.candidates, self.config.budget_obj)
+        self.summary["search"] = {
+            "strategy": self.config.strategy, "evaluations": self.evaluator.evaluations,
+            "best_val_top1": b.top1 if b else None, "best_counts": b.counts if b else None,
+            "best_candidate": b.id if b else None, "seconds": time.time() - self.t_start,
+            "note": None if b else "no candidate meeting the budget was evaluated before cancel"}
+
+    # ------------------------------------------------------------------ fine-tune
+    def finetune(self, found: dict) -> tuple[nn.Module, PruningRecord]:
+        """The chosen structure built, recalibrated and (with epochs) fine-tuned from the last checkpoint."""
+        config, run, session = self.config, self.run, self.session
         pruned, record = session.build_pruned(found["counts"])
         ft_dir = run.state_dir / "finetune"
-        done_epochs = sorted(int(p.stem.split("-")[1]) for p in ft_dir.glob("epoch-*.pt")) if resume else []
+        done_epochs = sorted(int(p.stem.split("-")[1]) for p in ft_dir.glob("epoch-*.pt")) if self.resume else []
         if config.finetune.epochs > 0:
-            run.event("status", status="fine-tuning", epochs=config.finetune.epochs)
+            run.event(Event.STATUS, status=Status.FINE_TUNING, epochs=config.finetune.epochs)
             teacher = copy.deepcopy(session.model)
-            val = data.search.subset(min(config.search_images, len(data.search)))
-            summary["finetune"] = finetune(
-                pruned, data, config.finetune, teacher=teacher, device=session.device, eval_data=val,
-                on_epoch=lambda rec: run.event("epoch", **rec), checkpoint_dir=ft_dir,
-                start_epoch=done_epochs[-1] if done_epochs else 0, should_stop=stop)
+            val = session.data.search.subset(min(config.search_images, len(session.data.search)))
+            self.summary["finetune"] = finetune(
+                pruned, session.data, config.finetune, teacher=teacher, device=session.device, eval_data=val,
+                on_epoch=lambda rec: run.event(Event.EPOCH, **rec), checkpoint_dir=ft_dir,
+                start_epoch=done_epochs[-1] if done_epochs else 0, should_stop=self.stop,
+                on_batch=_BatchProgress(run, config.finetune.epochs))
         pruned.eval()
         if session.sparse:  # masks folded into the weights, the budget checked on the zeros they hold
-            summary["sparsity"] = measure_sparsity(make_permanent(pruned), session.space, config.budget_obj)
+            self.summary["sparsity"] = measure_sparsity(make_permanent(pruned), session.space, config.budget_obj)
+        return pruned, record
 
-        # ---------------------------------------------------------------- export and report
-        run.event("status", status="exporting")
-        art = run.artifacts_dir
-        onnx_path = art / "model.onnx"
-        artifacts: dict = {}
+    # ------------------------------------------------------------------ export
+    def export(self, pruned: nn.Module, record: PruningRecord) -> Path | None:
+        """ONNX (verified in ONNX Runtime) and ``.pt2`` when ``export`` is on, and the checkpoint;
+        returns the ONNX file (None without export)."""
+        config, run, session, data = self.config, self.run, self.session, self.session.data
+        run.event(Event.STATUS, status=Status.EXPORTING)
+        artifacts = self.artifacts
+        onnx_path = None
         if config.export:
-            sample_x, _ = next(batches(data.report.subset(8), 8, mean=data.mean, std=data.std))
+            onnx_path = run.artifact_path("onnx")
             rep = export_onnx(pruned, onnx_path, input_size=data.input_size, mean=data.mean, std=data.std,
-                              class_names=data.classes, sample=sample_x,
+                              class_names=data.classes, sample=self._sample(),
                               metadata={"model": config.model, "budget": config.budget, "strategy": config.strategy})
-            summary["onnx_max_abs_diff"] = rep.max_abs_diff
+            self.summary["onnx_max_abs_diff"] = rep.max_abs_diff
             if session.sparse:
-                summary["sparsity"]["onnx"] = onnx_sparsity(onnx_path)
-            save_pruned_program(pruned, art / "pruned.pt2", input_size=data.input_size)
-            artifacts.update({"onnx": "artifacts/model.onnx", "program": "artifacts/pruned.pt2"})
-        save_checkpoint(art / "checkpoint.pt", session, pruned, record)
-        artifacts["checkpoint"] = "artifacts/checkpoint.pt"
-        run.event("status", status="evaluating on the report split")
-        summary["pruned"] = session.report(pruned, onnx_path=onnx_path if config.export else None,
-                                           reference=session.model)
+                self.summary["sparsity"]["onnx"] = onnx_sparsity(onnx_path)
+            save_pruned_program(pruned, run.artifact_path("program"), input_size=data.input_size)
+            artifacts.update({"onnx": run.artifact_ref("onnx"), "program": run.artifact_ref("program")})
+        save_checkpoint(run.artifact_path("checkpoint"), session, pruned, record)
+        artifacts["checkpoint"] = run.artifact_ref("checkpoint")
+        return onnx_path
+
+    def _sample(self) -> torch.Tensor:
+        data = self.session.data
+        sample_x, _ = next(batches(data.report.subset(8), 8, mean=data.mean, std=data.std))
+        return sample_x
+
+    # ------------------------------------------------------------------ report
+    def report(self, pruned: nn.Module, onnx_path: Path | None) -> None:
+        """The pruned model on the report split (accuracy, cost, latency paired with the original),
+        the original's ONNX Runtime latency when missing, the budget achieved, layers, candidates.csv."""
+        config, run, session, summary, base = self.config, self.run, self.session, self.summary, self.base
+        data = session.data
+        run.event(Event.STATUS, status=Status.REPORTING)
+        summary["pruned"] = session.report(pruned, onnx_path=onnx_path, reference=session.model)
         if base.get("ort_latency_ms") is None and config.export:
             base_onnx = run.state_dir / "base.onnx"
-            sample_x, _ = next(batches(data.report.subset(8), 8, mean=data.mean, std=data.std))
             export_onnx(session.model, base_onnx, input_size=data.input_size, mean=data.mean, std=data.std,
-                        class_names=data.classes, sample=sample_x)
+                        class_names=data.classes, sample=self._sample())
             base["ort_latency_ms"] = ort_latency_ms(base_onnx, data.input_size, batch_size=1,
                                                     repeats=config.latency_repeats)
             base_onnx.unlink(missing_ok=True)
-            write_json_atomic(base_state, base)
+            write_json_atomic(self.base_state, base)
         summary["budget"]["achieved"] = _achieved(config, summary, session.budget_batch)
         if config.budget_obj.kind == "latency":  # where the budget was measured (the search's device and batch)
             summary["budget"].update(device=summary["pruned"]["latency_device"], batch=session.budget_batch)
         summary["layers"] = _layers(session.model, pruned)
-        _write_candidates_csv(art / "candidates.csv", run, session.space.names)
-        artifacts["candidates"] = "artifacts/candidates.csv"
-        summary["artifacts"] = artifacts
-        summary["status"] = "done"
-        signals.disarm()
-    except CancelledError:
-        signals.disarm()
-        summary["status"] = "cancelled"
-        summary["error"] = signals.message if signals.received else "cancelled by the user"
-        if evaluator is not None:
-            feasible = [c for c in evaluator.candidates if c.cost <= config.budget_obj.target * 1.05]
-            b = max(feasible, key=lambda c: c.top1) if feasible else None
-            summary["search"] = {"strategy": config.strategy, "evaluations": evaluator.evaluations,
-                                 "best_val_top1": b.top1 if b else None, "best_counts": b.counts if b else None,
-                                 "best_candidate": b.id if b else None, "seconds": time.time() - t_start,
-                                 "note": None if b else "no candidate meeting the budget was evaluated before cancel"}
-    except PrunerError as exc:
-        signals.disarm()
-        summary["status"] = "failed"
-        summary["error"] = str(exc)
-    except Exception as exc:  # out of memory, or a bug: keep the traceback in the log, a one-line error
-        signals.disarm()
-        summary["status"] = "failed"
-        if _out_of_memory(exc):
-            summary["error"] = _oom_message(exc, run.status(), config, run.path)
-        else:
-            summary["error"] = f"internal error: {type(exc).__name__}: {exc}"
-        run.event("log", level="error", message=traceback.format_exc())
-    signals.disarm()
-    if summary["status"] == "failed" and signals.received:   # the signal surfaced as another error
-        summary.update(status="cancelled", error=signals.message)
-    summary["seconds"] = time.time() - t_start
-    run.event("status", status=summary["status"], error=summary["error"])
-    run.write_summary(summary)
-    return summary
+        _write_candidates_csv(run.artifact_path("candidates"), run, session.space.names)
+        self.artifacts["candidates"] = run.artifact_ref("candidates")
+        summary["artifacts"] = self.artifacts
 
 
 def _achieved(config: RunConfig, summary: dict, batch: int = 1) -> float:
@@ -530,40 +612,41 @@ def _run_sensitivity(config: RunConfig, run: RunDir, *, ratios, should_stop: Sto
                      signals: _StopOnSignal) -> dict:
     from ..sensitivity import DEFAULT_RATIOS, analyse
 
-    run.create({**config.to_dict(), "analysis": "sensitivity", "ratios": list(ratios or DEFAULT_RATIOS)})
+    run.create(config_with_kind(config.to_dict(), SENSITIVITY, ratios=list(ratios or DEFAULT_RATIOS)))
     user_stop = should_stop or (lambda: False)
     stop = lambda: signals.received is not None or user_stop()  # noqa: E731
     t_start = time.time()
-    summary: dict = {"status": "running", "error": None, "analysis": "sensitivity", "protocol": config.protocol}
+    summary: dict = {"status": Status.RUNNING, "error": None, "analysis": SENSITIVITY, "protocol": config.protocol}
     try:
-        run.event("status", status="started")
+        run.event(Event.STATUS, status=Status.STARTED)
         session = Session(config, run)
         evaluator = session.evaluator(max_evals=None, should_stop=stop)
         with attach_workers(evaluator, config, emit=run.event):
-            run.event("status", status="analysing sensitivity")
+            run.event(Event.STATUS, status=Status.ANALYSING_SENSITIVITY)
             result = analyse(evaluator, ratios or DEFAULT_RATIOS,
-                             progress=lambda done, total, point: run.event("sensitivity", done=done, total=total,
+                             progress=lambda done, total, point: run.event(Event.SENSITIVITY, done=done, total=total,
                                                                            **point))
-        write_json_atomic(run.path / "sensitivity.json", result.to_dict())
-        summary.update({"status": "done", "sensitivity": "sensitivity.json", "evaluations": result.evaluations,
+        write_json_atomic(run.path / SENSITIVITY_RESULT, result.to_dict())
+        summary.update({"status": Status.DONE, "sensitivity": SENSITIVITY_RESULT, "evaluations": result.evaluations,
                         "base_top1": result.base_top1, "timing": evaluator.timing})
         signals.disarm()
     except CancelledError:
         signals.disarm()
-        summary.update({"status": "cancelled", "error": signals.message if signals.received else "cancelled by the user"})
+        summary.update({"status": Status.CANCELLED,
+                        "error": signals.message if signals.received else "cancelled by the user"})
     except PrunerError as exc:
         signals.disarm()
-        summary.update({"status": "failed", "error": str(exc)})
+        summary.update({"status": Status.FAILED, "error": str(exc)})
     except Exception as exc:
         signals.disarm()
         error = (_oom_message(exc, run.status(), config, run.path) if _out_of_memory(exc)
                  else f"internal error: {type(exc).__name__}: {exc}")
-        summary.update({"status": "failed", "error": error})
-        run.event("log", level="error", message=traceback.format_exc())
+        summary.update({"status": Status.FAILED, "error": error})
+        run.event(Event.LOG, level="error", message=traceback.format_exc())
     signals.disarm()
-    if summary["status"] == "failed" and signals.received:
-        summary.update(status="cancelled", error=signals.message)
+    if summary["status"] == Status.FAILED and signals.received:
+        summary.update(status=Status.CANCELLED, error=signals.message)
     summary["seconds"] = time.time() - t_start
-    run.event("status", status=summary["status"], error=summary["error"])
+    run.event(Event.STATUS, status=summary["status"], error=summary["error"])
     run.write_summary(summary)
     return summary

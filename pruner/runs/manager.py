@@ -39,7 +39,7 @@ from typing import Any
 
 from ..errors import PrunerError
 from .config import RunConfig
-from .rundir import RunDir, RunLock
+from .rundir import PRUNE, SENSITIVITY, Event, RunDir, RunLock, Status, config_with_kind
 
 CANCEL_FILE = "cancel.request"
 
@@ -57,7 +57,7 @@ def request_cancel(run_dir: str | Path) -> None:
 
 @dataclass
 class JobSpec:
-    kind: str                      # "prune" or "sensitivity"
+    kind: str                      # a run kind: rundir.PRUNE or rundir.SENSITIVITY
     config: dict                   # RunConfig.to_dict()
     out: str
     resume: bool = False
@@ -90,7 +90,7 @@ def _child(spec: JobSpec, lock: RunLock | None = None) -> None:
 
     stop = lambda: cancel_requested(spec.out)  # noqa: E731
     try:
-        if spec.kind == "sensitivity":
+        if spec.kind == SENSITIVITY:
             run_sensitivity(RunConfig.from_dict(spec.config), spec.out, ratios=spec.options.get("ratios"),
                             should_stop=stop, lock=lock)
         else:
@@ -102,7 +102,7 @@ def _child(spec: JobSpec, lock: RunLock | None = None) -> None:
         sys.exit(2)
 
 
-def record_failure(run_dir: str | Path, message: str, lock: RunLock | None = None, status: str = "failed") -> bool:
+def record_failure(run_dir: str | Path, message: str, lock: RunLock | None = None, status: str = Status.FAILED) -> bool:
     """Write a ``failed`` (or ``status``) status and summary into a run nobody else is writing (with
     ``lock`` when the caller holds it). False when the run directory is gone, another process
     writes it, or writing fails; never raises."""
@@ -114,7 +114,7 @@ def record_failure(run_dir: str | Path, message: str, lock: RunLock | None = Non
         if own:
             lock = RunLock.acquire(rd.lock_path, retry_s=0.5)
         try:
-            rd.event("status", status=status, error=message)
+            rd.event(Event.STATUS, status=status, error=message)
             rd.write_summary({"status": status, "error": message})
         finally:
             if own:
@@ -199,10 +199,10 @@ class JobManager:
                     # visible at once as going on again (the Live page polls), and not stopped by an old cancel
                     (rd.path / CANCEL_FILE).unlink(missing_ok=True)
                     rd.summary_path.unlink(missing_ok=True)
-                    rd.event("status", status="queued", resume=True)
+                    rd.event(Event.STATUS, status=Status.QUEUED, resume=True)
                 else:
                     # make the run visible immediately, before its process starts
-                    rd.mark_queued({**spec.config, **({"analysis": spec.kind} if spec.kind != "prune" else {})})
+                    rd.mark_queued(config_with_kind(spec.config, spec.kind))
             except BaseException:
                 lock.release()
                 raise
@@ -214,9 +214,9 @@ class JobManager:
         stored = rd.config()
         if stored is None:
             raise PrunerError(f"nothing to resume in {rd.path}: it has no readable config.json")
-        if spec.kind != "prune":
+        if spec.kind != PRUNE:
             raise PrunerError("only pruning runs can be resumed; start the analysis again")
-        if (rd.summary() or {}).get("status") == "done":
+        if (rd.summary() or {}).get("status") == Status.DONE:
             raise PrunerError(f"{rd.name} is already done; there is nothing to resume")
         from .job import apply_resume_overrides
 
@@ -234,8 +234,8 @@ class JobManager:
                 job.state = "finished"
                 try:
                     rd = RunDir(run_dir)
-                    rd.event("status", status="cancelled", error="cancelled before it started")
-                    rd.write_summary({"status": "cancelled", "error": "cancelled before it started"})
+                    rd.event(Event.STATUS, status=Status.CANCELLED, error="cancelled before it started")
+                    rd.write_summary({"status": Status.CANCELLED, "error": "cancelled before it started"})
                 except OSError:
                     pass
                 finally:
@@ -341,11 +341,11 @@ class JobManager:
         if RunDir(job.spec.out).summary() is None:  # the child died without writing its summary
             if job.exitcode in (-signal.SIGTERM, -signal.SIGINT):   # stopped before the job could take it
                 self._end(job, f"cancelled by {signal.Signals(-job.exitcode).name} before the job started working",
-                          status="cancelled")
+                          status=Status.CANCELLED)
             else:
                 self._end(job, _exit_message(job.exitcode))
 
-    def _end(self, job: Job, message: str, status: str = "failed") -> None:
+    def _end(self, job: Job, message: str, status: str = Status.FAILED) -> None:
         """Finish ``job`` with a failure, recorded into its run when that is possible."""
         job.state = "finished"
         job.error = message

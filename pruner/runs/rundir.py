@@ -19,6 +19,12 @@ JobManager while the job waits in its queue) holds an exclusive ``flock`` on ``j
 The kernel drops the lock when the holder dies, however it dies, so a run that is not
 final and whose lock is free was interrupted (:meth:`RunDir.interrupted`), and a second
 writer is refused (:meth:`RunDir.lock`).
+
+This module is the whole contract between the engine and its readers (CLI, studio, bench):
+the status values a job writes (:class:`Status`, in the order a run passes them), the event
+kinds (:class:`Event`), the run kinds (:data:`KINDS`, :meth:`RunDir.kind`), the chosen
+candidate (:meth:`RunDir.chosen_candidate`) and the artifacts (:meth:`RunDir.artifact`).
+Nobody else spells these strings or paths.
 """
 
 from __future__ import annotations
@@ -37,9 +43,89 @@ from ..errors import PrunerError
 
 QUEUED_MARKER = ".queued"
 LOCK_FILE = "job.lock"
-FINAL_STATUSES = ("done", "failed", "cancelled")
 LOCK_RETRY_S = 2.0      # a reader's probe holds the lock for microseconds; a writer retries this long
-EVENT_KINDS = ("status", "base", "candidate", "step", "epoch", "log", "sensitivity", "constrained", "purl", "joint")
+SEARCH_STATE = "search.json"       # state/search.json: the finished search (the chosen structure)
+BASE_STATE = "base.json"           # state/base.json: the unpruned model's report
+SENSITIVITY_RESULT = "sensitivity.json"
+#: The artifacts a finished pruning run leaves in ``<run>/artifacts/`` (summary key -> file name).
+ARTIFACTS = {"onnx": "model.onnx", "program": "pruned.pt2", "checkpoint": "checkpoint.pt",
+             "candidates": "candidates.csv"}
+
+
+class Status:
+    """The ``status`` values of status events (and ``done``/``failed``/``cancelled`` of the summary)."""
+
+    QUEUED = "queued"
+    STARTED = "started"
+    LOADING_DATA = "loading data"
+    LOADING_MODEL = "loading model"
+    ANALYSING_GRAPH = "analysing dependency graph"
+    MEASURING_BASE = "measuring base model"
+    STARTING_WORKERS = "starting workers"
+    SEARCHING = "searching"
+    SEARCH_DONE = "search done"
+    FINE_TUNING = "fine-tuning"
+    EXPORTING = "exporting"
+    REPORTING = "evaluating on the report split"
+    ANALYSING_SENSITIVITY = "analysing sensitivity"
+    RUNNING = "running"          # a summary's status while it is being built (never written as final)
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+#: A pruning run's statuses in the order it passes them (``starting workers`` only with --workers).
+PRUNE_PHASES = (Status.QUEUED, Status.STARTED, Status.LOADING_DATA, Status.LOADING_MODEL, Status.ANALYSING_GRAPH,
+                Status.MEASURING_BASE, Status.STARTING_WORKERS, Status.SEARCHING, Status.SEARCH_DONE,
+                Status.FINE_TUNING, Status.EXPORTING, Status.REPORTING)
+#: A sensitivity analysis's statuses, in order.
+SENSITIVITY_PHASES = (Status.QUEUED, Status.STARTED, Status.LOADING_DATA, Status.LOADING_MODEL,
+                      Status.ANALYSING_GRAPH, Status.STARTING_WORKERS, Status.ANALYSING_SENSITIVITY)
+FINAL_STATUSES = (Status.DONE, Status.FAILED, Status.CANCELLED)
+
+
+def is_final(status: str | None) -> bool:
+    """Whether ``status`` ends a run (done, failed, cancelled)."""
+    return status in FINAL_STATUSES
+
+
+class Event:
+    """The ``kind`` of the events the engine writes. A strategy may add kinds of its own (named
+    after it: ``constrained``, ``purl``, ``joint``, ``prior``); readers keep unknown kinds apart."""
+
+    STATUS = "status"            # status=<Status>, error on a final one
+    BASE = "base"                # the unpruned model's report and its layer groups
+    CANDIDATE = "candidate"      # one scored structure (Candidate.to_event)
+    STEP = "step"                # one strategy update
+    EPOCH = "epoch"              # one fine-tuning epoch (finetune's record)
+    PROGRESS = "progress"        # within a stage: stage=<Status>, done, total (batches), at most one a second
+    LOG = "log"                  # level, message
+    SENSITIVITY = "sensitivity"  # one sensitivity point (done, total, group, ratio, top1)
+    WORKERS = "workers"          # the Ray workers' statistics
+
+
+#: Run kinds: a pruning run, or a per-group sensitivity analysis (config key ``analysis``).
+PRUNE, SENSITIVITY = "prune", "sensitivity"
+KINDS = (PRUNE, SENSITIVITY)
+_KIND_KEY = "analysis"            # how config.json records a run that is not a pruning run
+_KIND_KEYS = (_KIND_KEY, "ratios")   # the config keys that are about the run kind, not a RunConfig
+
+
+def config_kind(config: dict | None) -> str:
+    """The kind (:data:`KINDS`) of a run with this config.json."""
+    return SENSITIVITY if (config or {}).get(_KIND_KEY) == SENSITIVITY else PRUNE
+
+
+def config_with_kind(config: dict, kind: str, **extra: Any) -> dict:
+    """``config`` as written to config.json for a run of ``kind`` (with ``extra`` keys such as ``ratios``)."""
+    if kind not in KINDS:
+        raise PrunerError(f"unknown run kind {kind!r}; use one of {', '.join(KINDS)}")
+    return {**config, **({_KIND_KEY: kind} if kind != PRUNE else {}), **extra}
+
+
+def run_config(config: dict) -> dict:
+    """A config.json without the run-kind keys: the settings a :class:`~pruner.runs.config.RunConfig` takes."""
+    return {k: v for k, v in config.items() if k not in _KIND_KEYS}
 
 
 def _clean(value: Any) -> Any:
@@ -293,7 +379,7 @@ class RunDir:
         """Make a submitted job visible (config + a queued status) before its process starts."""
         self.create(config)
         (self.path / QUEUED_MARKER).touch()
-        self.event("status", status="queued")
+        self.event(Event.STATUS, status=Status.QUEUED)
 
     def event(self, kind: str, **fields: Any) -> dict:
         """Append one event (flushed and fsynced so readers and resumes see it). When the log
@@ -347,9 +433,57 @@ class RunDir:
             return str(summary.get("status", "unknown"))
         last = "unknown"
         for e in self.iter_events():
-            if e.get("kind") == "status":
+            if e.get("kind") == Event.STATUS:
                 last = str(e.get("status", last))
         return last
+
+    def kind(self) -> str:
+        """``prune`` or ``sensitivity`` (:data:`KINDS`), from config.json."""
+        return config_kind(self.config())
+
+    @property
+    def search_state_path(self) -> Path:
+        return self.state_dir / SEARCH_STATE
+
+    def search_result(self) -> dict | None:
+        """The finished search (``state/search.json``: counts, candidate_id, evaluations, ...), or None."""
+        return read_json(self.search_state_path)
+
+    def chosen_candidate(self, summary: dict | None = None) -> Any:
+        """The id of the candidate the run chose: the finished search's answer, else (a cancelled
+        run) the best candidate meeting the budget that its summary names, else None."""
+        found = self.search_result()
+        if found and found.get("candidate_id") is not None:
+            return found["candidate_id"]
+        summary = self.summary() if summary is None else summary
+        return ((summary or {}).get("search") or {}).get("best_candidate")
+
+    def artifact_path(self, key: str) -> Path:
+        """Where the job writes artifact ``key`` (:data:`ARTIFACTS`)."""
+        return self.artifacts_dir / ARTIFACTS[key]
+
+    def artifact_ref(self, key: str) -> str:
+        """Artifact ``key`` as the summary lists it: relative to the run directory."""
+        return f"{self.artifacts_dir.name}/{ARTIFACTS[key]}"
+
+    def artifact(self, key: str, summary: dict | None = None) -> Path | None:
+        """The existing file of artifact ``key`` (``onnx``, ``program``, ``checkpoint``, ``candidates``,
+        and ``summary`` for summary.json itself) as the summary lists it; None when it is missing
+        or would lie outside the run directory."""
+        if key == "summary":
+            rel: Any = self.summary_path.name
+        else:
+            summary = self.summary() if summary is None else summary
+            rel = ((summary or {}).get("artifacts") or {}).get(key)
+        if not isinstance(rel, str) or not rel:
+            return None
+        root = self.path.resolve()
+        path = (root / rel).resolve()
+        return path if path.is_relative_to(root) and path.is_file() else None
+
+    def sensitivity_result(self) -> dict | None:
+        """A finished sensitivity analysis's table (``sensitivity.json``), or None."""
+        return read_json(self.path / SENSITIVITY_RESULT)
 
 
 def list_runs(root: str | Path) -> list[RunDir]:

@@ -26,6 +26,7 @@ import torch
 
 from ..errors import CancelledError, PrunerError
 from ..settings import CACHE_DIR_ENV, DATA_ROOT_ENV, WEIGHTS_DIR_ENV
+from .rundir import Event, Status
 
 #: environment a worker needs to find the same data and weights as the job
 _PASSED_ENV = (DATA_ROOT_ENV, WEIGHTS_DIR_ENV, CACHE_DIR_ENV, "OMP_WAIT_POLICY")
@@ -185,10 +186,10 @@ def attach_workers(evaluator, config, emit: Callable[..., object] = lambda kind,
     if config.workers < 1:
         yield None
         return
-    emit("status", status="starting workers", workers=config.workers, ray_address=config.ray_address)
+    emit(Event.STATUS, status=Status.STARTING_WORKERS, workers=config.workers, ray_address=config.ray_address)
     pool = RayPool(config.to_dict(), evaluator.ranking, config.workers, address=config.ray_address,
                    device=evaluator.device)
-    pool.on_stats = lambda stats: emit("workers", workers=stats)
+    pool.on_stats = lambda stats: emit(Event.WORKERS, workers=stats)
     evaluator.pool = pool
     try:
         pool.on_stats(pool.stats())

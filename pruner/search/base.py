@@ -19,8 +19,6 @@ from ..checks import check_number, range_text
 from ..errors import PrunerError
 from .evaluator import Candidate, EvaluationBudgetExhausted, Evaluator
 
-#: Relative slack when checking a measured (noisy) latency against its budget.
-LATENCY_TOLERANCE = 0.05
 #: After a latency-budget search, the most accurate feasible candidates re-timed (at most this many).
 VERIFY_CANDIDATES = 5
 
@@ -45,8 +43,8 @@ class SearchContext:
         return np.random.default_rng([self.seed, salt])
 
     def feasible(self, cand: Candidate) -> bool:
-        slack = LATENCY_TOLERANCE if self.budget.kind == "latency" else 1e-9
-        return cand.cost <= self.budget.target * (1 + slack)
+        """Whether ``cand`` meets the run's budget (:meth:`pruner.budget.Budget.feasible`)."""
+        return self.budget.feasible(cand.cost)
 
 
 _TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
@@ -159,9 +157,15 @@ class Strategy(ABC):
         """Return the chosen candidate (it must meet the budget)."""
 
 
-def best_feasible(ctx: SearchContext) -> Candidate | None:
-    feasible = [c for c in ctx.evaluator.candidates if ctx.feasible(c)]
+def best_meeting(candidates, budget) -> Candidate | None:
+    """The most accurate of ``candidates`` meeting ``budget`` (:meth:`~pruner.budget.Budget.feasible`;
+    ties: the cheaper), or None."""
+    feasible = [c for c in candidates if budget.feasible(c.cost)]
     return max(feasible, key=lambda c: (c.top1, -c.cost)) if feasible else None
+
+
+def best_feasible(ctx: SearchContext) -> Candidate | None:
+    return best_meeting(ctx.evaluator.candidates, ctx.budget)
 
 
 def run_search(strategy: Strategy, ctx: SearchContext) -> Candidate:
@@ -191,18 +195,17 @@ def verify_latency(ctx: SearchContext, chosen: Candidate) -> Candidate:
     if ctx.budget.kind != "latency":
         return chosen
     ev = ctx.evaluator
-    limit = ctx.budget.target * (1 + LATENCY_TOLERANCE)
     ranked: dict[tuple, Candidate] = {tuple(chosen.counts): chosen}
     for c in sorted(ev.candidates, key=lambda c: -c.top1):
         if ctx.feasible(c) and c.meta.get("model_version", 0) == ev.model_version:
             ranked.setdefault(tuple(c.counts), c)
     for cand in list(ranked.values())[:VERIFY_CANDIDATES]:
         ratio = ev.remeasure_latency(cand.counts, repeats_factor=3)
-        ok = ratio <= limit
+        ok = ctx.budget.feasible(ratio)
         ctx.emit("log", level="info" if ok else "warning",
                  message=f"latency check: candidate {cand.id} (search top-1 {cand.top1:.2f}%) timed at {cand.cost:.3f} "
                          f"of the original during the search, {ratio:.3f} now ({'meets' if ok else 'misses'} "
-                         f"{ctx.budget.target:g} + {LATENCY_TOLERANCE:.0%})")
+                         f"{ctx.budget.target:g} + {ctx.budget.tolerance:.0%})")
         if ok:
             cand.meta["verified_latency"] = ratio
             return cand

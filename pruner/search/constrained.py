@@ -22,7 +22,7 @@ of constrained-RL methods the paper builds on):
   ``lambda_k <- max(0, lambda_k + dual_lr * (mean_k c - t_k) / t_k)``.
 
 The returned candidate meets every constraint (measured latencies within
-``LATENCY_TOLERANCE``): the best feasible sample; at the end the policy mean is projected
+``pruner.budget.LATENCY_TOLERANCE``): the best feasible sample; at the end the policy mean is projected
 onto the constraints along its own pruning direction (``evaluator.solve`` with allocation
 ``1 - keep(mu)``) and scored too, which also guarantees a feasible answer when no sample was.
 
@@ -47,64 +47,18 @@ constraint with its own multiplier, so the job's budget is met too.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Callable
 
 import numpy as np
-import torch
 
-from ..budget import Budget, model_cost_fn, solve
+from ..budget import LATENCY_TOLERANCE, Budget, model_cost_fn, solve, within
 from ..errors import PrunerError
-from ..userfile import import_function
 from ..settings import DEVICES
-from .base import LATENCY_TOLERANCE, Param, SearchContext, Strategy, register
+from .base import Param, SearchContext, Strategy, register
+from .common import Adam, floors, logit, sigmoid
+from .costs import latency_cost, python_cost
 from .evaluator import Candidate
-
-# --------------------------------------------------------------------------- shared helpers
-# (also used by purl.py and joint.py)
-
-
-class Adam:
-    """Plain Adam on a numpy vector (ascent), deterministic and dependency-free."""
-
-    def __init__(self, size: int, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
-        self.lr, self.b1, self.b2, self.eps = lr, betas[0], betas[1], eps
-        self.m = np.zeros(size)
-        self.v = np.zeros(size)
-        self.t = 0
-
-    def step(self, grad: np.ndarray) -> np.ndarray:
-        self.t += 1
-        self.m = self.b1 * self.m + (1 - self.b1) * grad
-        self.v = self.b2 * self.v + (1 - self.b2) * grad * grad
-        mhat = self.m / (1 - self.b1 ** self.t)
-        vhat = self.v / (1 - self.b2 ** self.t)
-        return self.lr * mhat / (np.sqrt(vhat) + self.eps)
-
-
-def floors(ctx: SearchContext) -> np.ndarray:
-    """Smallest keep ratio each group may have."""
-    return np.array([ctx.space.min_keep(g) / g.channels for g in ctx.space.groups], dtype=float)
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(x, -30, 30)))
-
-
-def logit(p: np.ndarray, eps: float = 1e-3) -> np.ndarray:
-    p = np.clip(p, eps, 1 - eps)
-    return np.log(p / (1 - p))
-
-
-def load_python_function(spec: str, what: str = "cost") -> Callable:
-    """``python:path/file.py:function`` -> the function (imported the way ``file:`` models are)."""
-    body = spec[len("python:"):] if spec.startswith("python:") else spec
-    path_str, sep, func = body.rpartition(":")
-    if not sep or not path_str or not func:
-        raise PrunerError(f"{what} {spec!r} must look like python:path/to/file.py:function")
-    return import_function(path_str, func, what=f"{what} file", syntax="python:PATH.py:FUNCTION")
 
 
 # --------------------------------------------------------------------------- constraints
@@ -120,107 +74,7 @@ class Constraint:
     is_budget: bool = False               # exactly the run's budget (cost kind and target)
 
     def feasible(self, value: float) -> bool:
-        return value <= self.limit * (1 + self.tolerance) + 1e-12
-
-
-def _memoised(ctx: SearchContext, measure: Callable[[list[int]], float]) -> Callable[[list[int]], float]:
-    memo: dict[tuple, float] = {}
-
-    def fn(counts: Sequence[int]) -> float:
-        key = (ctx.evaluator.model_version, tuple(int(c) for c in counts))
-        if key not in memo:
-            memo[key] = float(measure(list(key[1])))
-        return memo[key]
-
-    return fn
-
-
-def _check_value(value: Any, spec: str) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise PrunerError(f"cost function {spec} returned {value!r}, not a number") from None
-    if not math.isfinite(v) or v < 0:
-        raise PrunerError(f"cost function {spec} returned {v}, which is not a finite non-negative number")
-    return v
-
-
-def python_cost(ctx: SearchContext, spec: str, scale: str) -> Callable[[list[int]], float]:
-    user_fn = load_python_function(spec)
-    ev = ctx.evaluator
-    base: list[float] = []
-
-    def call(model) -> float:
-        model.eval()
-        try:
-            with torch.no_grad():
-                value = user_fn(model)
-        except PrunerError:
-            raise
-        except Exception as exc:
-            raise PrunerError(f"cost function {spec} raised {type(exc).__name__}: {exc}; fix the function") from None
-        return _check_value(value, spec)
-
-    def measure(counts: list[int]) -> float:
-        value = call(ev.build(counts, recalibrate=False))
-        if scale == "relative":
-            return value
-        if not base:
-            import copy
-            b = call(copy.deepcopy(ev.model).to(ev.device))
-            if b <= 0:
-                raise PrunerError(f"cost function {spec} returned {b} for the unpruned model; with "
-                                  "cost_scale=absolute it must be positive")
-            base.append(b)
-        return value / base[0]
-
-    return _memoised(ctx, measure)
-
-
-def latency_cost(ctx: SearchContext, backend: str, device: str, batch: int) -> tuple[Callable[[list[int]], float], bool]:
-    """Relative measured latency; the flag says whether it is the evaluator's own (the run's) measurement."""
-    ev = ctx.evaluator
-    dev = ev.device if device == "auto" else torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise PrunerError("latency_device=cuda was requested but no CUDA GPU is available; use cpu or auto")
-    batch = batch or ev.settings.latency_batch
-    if backend == "torch" and dev == ev.device and batch == ev.settings.latency_batch:
-        return ev.relative_latency, True  # shared, memoised
-    repeats = max(1, ev.settings.latency_repeats)
-    reference: dict = {}  # ORT: the unpruned model's ONNX file, exported once per model version
-
-    def measure(counts: list[int]) -> float:
-        pruned = ev.build(counts, recalibrate=False)
-        if backend == "torch":  # relative_latency runs private copies of both on ``dev``
-            from ..measure import relative_latency
-            return relative_latency(pruned, ev.model, ctx.space.input_size, batch_size=batch, device=dev,
-                                    repeats=repeats, warmup=3)["ratio"]
-        import copy
-
-        from ..export import ort_relative_latency
-        if reference.get("version") != ev.model_version:  # first call, or the unpruned model changed
-            reference["dir"] = tempfile.TemporaryDirectory()  # removed when replaced or no longer referenced
-            reference["onnx"] = _export_for_latency(copy.deepcopy(ev.model), ctx, reference["dir"].name, "base")
-            reference["version"] = ev.model_version
-        with tempfile.TemporaryDirectory() as tmp:
-            path = _export_for_latency(pruned, ctx, tmp, "candidate")
-            return ort_relative_latency(path, reference["onnx"], ctx.space.input_size, batch_size=batch,
-                                        device=str(dev), warmup=3, repeats=repeats)["ratio"]
-
-    return _memoised(ctx, measure), False
-
-
-def _export_for_latency(model, ctx: SearchContext, folder: str, name: str) -> str:
-    """Export ``model`` to ``folder/name.onnx`` the way the job exports (``pruner.export``)."""
-    from ..export import export_onnx
-
-    data = ctx.evaluator.data
-    size = ctx.space.input_size
-    gen = torch.Generator().manual_seed(0)
-    path = os.path.join(folder, f"{name}.onnx")
-    export_onnx(model.cpu(), path, input_size=size, mean=data.mean, std=data.std,
-                class_names=list(getattr(data, "classes", [])), sample=torch.randn(2, *size, generator=gen))
-    return path
+        return within(value, self.limit, self.tolerance)
 
 
 def build_constraints(ctx: SearchContext, params: dict) -> list[Constraint]:
@@ -229,7 +83,7 @@ def build_constraints(ctx: SearchContext, params: dict) -> list[Constraint]:
     ev = ctx.evaluator
     spec = params["cost"]
     limit = float(params["limit"]) or budget.target
-    run_tol = LATENCY_TOLERANCE if budget.kind == "latency" else 0.0
+    run_tol = budget.tolerance
     if spec == "budget" or (spec == budget.kind and spec in ("flops", "params")):
         fn, tol, name, is_budget = ev.cost_fn(), run_tol, budget.kind, True
     elif spec in ("flops", "params"):

@@ -36,7 +36,7 @@ import torch.nn as nn
 
 from ..errors import PrunerError
 from .base import Param, SearchContext, Strategy, register
-from .constrained import logit
+from .common import logit
 from .evaluator import Candidate
 
 

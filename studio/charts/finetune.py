@@ -10,11 +10,13 @@ from plotly.subplots import make_subplots
 from ._common import ACCENT, BASE_COLOR, num, style, empty_figure
 
 
-def finetune_chart(epochs: Sequence[dict], title: str = "Fine-tuning with distillation") -> go.Figure:
-    """Training loss (left axis) and validation top-1 (right axis) per epoch."""
+def finetune_chart(epochs: Sequence[dict], title: str = "Fine-tuning with distillation",
+                   empty_text: str = "fine-tuning has not started (or is off)") -> go.Figure:
+    """Training loss (left axis) and validation top-1 (right axis) per epoch; ``empty_text`` says
+    why there is none yet (:func:`studio.events.finetune_note` derives it from the run's status)."""
     rows = [e for e in epochs if num(e.get("epoch")) is not None]
     if not rows:
-        return empty_figure(title, "fine-tuning has not started (or is off)", x="epoch", y="loss")
+        return empty_figure(title, empty_text, x="epoch", y="loss")
     xs = [e["epoch"] for e in rows]
     fig = make_subplots(specs=[[{"secondary_y": True}]])
     fig.add_trace(go.Scatter(x=xs, y=[num(e.get("loss")) for e in rows], mode="lines+markers", name="train loss",

@@ -1,0 +1,124 @@
+"""The run-directory contract (pruner/runs/rundir.py) as the engine writes it and the studio reads it:
+one feasibility rule (Budget.feasible) on both sides, the statuses and event kinds a real job
+writes, and progress/ETA derived from them through every stage of a real run."""
+
+from __future__ import annotations
+
+import pytest
+
+from pruner.budget import LATENCY_TOLERANCE, Budget
+from pruner.finetune import FinetuneConfig
+from pruner.runs.config import RunConfig
+from pruner.runs.job import run_job
+from pruner.runs.rundir import PRUNE, PRUNE_PHASES, SENSITIVITY, Event, RunDir, Status, config_with_kind, run_config
+from pruner.search.base import best_meeting
+from pruner.search.evaluator import Candidate
+from studio.events import RunView, best_feasible, finetune_note, progress
+
+FT_EPOCHS = 2
+
+
+def _cand(i: int, top1: float, cost: float) -> Candidate:
+    return Candidate(id=i, step=0, counts=[1], keep_ratios=[1.0], top1=top1, macs=1, params=1, cost=cost)
+
+
+# ---------------------------------------------------------------------- one feasibility rule
+def test_budget_feasible_gives_only_measured_latency_a_tolerance():
+    assert Budget("flops", 0.5).feasible(0.5) and not Budget("flops", 0.5).feasible(0.51)
+    assert not Budget("params", 0.4).feasible(0.4 * 1.04)
+    assert Budget("latency", 0.6).feasible(0.6 * (1 + LATENCY_TOLERANCE))
+    assert not Budget("latency", 0.6).feasible(0.6 * (1 + LATENCY_TOLERANCE) + 1e-6)
+    assert not Budget("flops", 0.5).feasible(None)
+
+
+@pytest.mark.parametrize("kind", ["flops", "params", "latency"])
+def test_engine_and_studio_pick_the_same_best_candidate(kind):
+    """A candidate 3 % over a FLOPs budget is not the best one, neither for the job (a cancelled run's
+    summary) nor for the Live page; with a measured latency budget it is, for both."""
+    budget = Budget(kind, 0.5)
+    cands = [_cand(0, 70.0, 0.45), _cand(1, 75.0, 0.515), _cand(2, 90.0, 0.8)]
+    engine = best_meeting(cands, budget)
+    events = [c.to_event() for c in cands]
+    studio = best_feasible(events, budget)
+    view = RunView.from_events([{"kind": Event.CANDIDATE, "time": 1.0, **e} for e in events], budget=budget)
+    assert engine.id == studio["candidate_id"] == view.best["candidate_id"] == (1 if kind == "latency" else 0)
+
+
+def test_run_kinds_round_trip_through_config_json(tmp_path):
+    rd = RunDir(tmp_path / "a")
+    rd.create(config_with_kind({"model": "resnet20"}, SENSITIVITY, ratios=[0.5]))
+    assert rd.kind() == SENSITIVITY and run_config(rd.config()) == {"model": "resnet20"}
+    rd2 = RunDir(tmp_path / "b")
+    rd2.create(config_with_kind({"model": "resnet20"}, PRUNE))
+    assert rd2.kind() == PRUNE and rd2.chosen_candidate() is None and rd2.artifact("onnx") is None
+
+
+# ---------------------------------------------------------------------- a real run, replayed
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A tiny real run with two fine-tuning epochs (digits, random init, CPU)."""
+    out = tmp_path_factory.mktemp("contract") / "run"
+    config = RunConfig(model="resnet20", weights=None, data="digits", strategy="random", search_evals=3,
+                       search_images=50, recal_images=32, report_images=50, latency_repeats=2, export=False,
+                       device="cpu", seed=3,
+                       finetune=FinetuneConfig(epochs=FT_EPOCHS, batch_size=16, max_batches_per_epoch=6))
+    summary = run_job(config, out)
+    assert summary["status"] == Status.DONE, summary["error"]
+    return RunDir(out)
+
+
+def _replay(rd: RunDir):
+    """(view after each event, that event) for the run's events in order."""
+    config = rd.config()
+    view = RunView(budget=Budget.parse(config["budget"]))
+    for e in rd.iter_events():
+        view.add(e)
+        yield view, e
+
+
+def test_the_job_writes_only_the_contracts_statuses_and_kinds(finished_run):
+    events = list(finished_run.iter_events())
+    statuses = [e["status"] for e in events if e["kind"] == Event.STATUS]
+    assert set(statuses) <= set(PRUNE_PHASES) | {Status.DONE}
+    assert [s for s in statuses if s in PRUNE_PHASES] == sorted((s for s in statuses if s in PRUNE_PHASES),
+                                                                 key=PRUNE_PHASES.index)
+    kinds = {e["kind"] for e in events}
+    assert {Event.STATUS, Event.BASE, Event.CANDIDATE, Event.EPOCH, Event.PROGRESS} <= kinds
+    assert kinds <= {v for k, v in vars(Event).items() if k.isupper()}
+    # the chosen candidate is the finished search's answer, and it is one the run scored
+    chosen = finished_run.chosen_candidate()
+    assert chosen == finished_run.search_result()["candidate_id"]
+    assert chosen in {e["candidate_id"] for e in events if e["kind"] == Event.CANDIDATE}
+    assert finished_run.artifact("checkpoint") == finished_run.artifact_path("checkpoint").resolve()
+
+
+def test_eta_through_fine_tuning_export_and_report(finished_run):
+    """Once fine-tuning has measured a batch, and all through exporting and the final report, the
+    progress has an ETA; the fraction never goes back; the fine-tuning text names the running epoch."""
+    config = finished_run.config()
+    seen: dict[str, int] = {}
+    last_fraction = 0.0
+    for view, e in _replay(finished_run):
+        p = progress(view, config, now=e["time"])
+        assert p["fraction"] >= last_fraction - 1e-9, (e, p)
+        last_fraction = p["fraction"]
+        if view.status == Status.FINE_TUNING and view.stage_progress is not None:
+            assert p["eta_s"] is not None, (e, p)
+            running = min(FT_EPOCHS, (view.epochs[-1]["epoch"] if view.epochs else 0) + 1)
+            assert f"epoch {running}/{FT_EPOCHS}" in p["text"]
+            seen["fine-tuning"] = seen.get("fine-tuning", 0) + 1
+        if view.status in (Status.EXPORTING, Status.REPORTING):
+            assert p["eta_s"] is not None, (e, p)
+            seen[view.status] = seen.get(view.status, 0) + 1
+    assert seen.get("fine-tuning", 0) >= FT_EPOCHS and seen.get(Status.EXPORTING) and seen.get(Status.REPORTING)
+
+
+def test_fine_tuning_chart_note_follows_the_status(finished_run):
+    config = finished_run.config()
+    notes = {}
+    for view, e in _replay(finished_run):
+        if not view.epochs:
+            notes.setdefault(view.status, finetune_note(view, config))
+    assert "starts after the search" in notes[Status.SEARCHING]
+    assert "has not started" not in notes[Status.FINE_TUNING] and "running" in notes[Status.FINE_TUNING]
+    assert finetune_note(RunView(), {"finetune": {"epochs": 0}}) == "fine-tuning is off (0 epochs)"
