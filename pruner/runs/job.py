@@ -1,7 +1,8 @@
-"""The pipeline of one run: search → fine-tune with distillation → test → ONNX export and check.
+"""The pipeline of one run: search → fine-tune with distillation → ONNX export and check → report.
 
 :func:`run_job` is the single code path behind ``python -m pruner prune``, the Python API
-and the studio's background jobs. It writes the run directory as it goes, stops within
+and the studio's background jobs; its stages are the methods of :class:`_Pipeline`, each
+writing its status (:class:`~pruner.runs.rundir.Status`) first. It writes the run directory as it goes, stops within
 one candidate evaluation (or one fine-tuning batch) when ``should_stop`` says so, and with
 ``resume=True`` continues an interrupted run: finished search evaluations are replayed
 from ``events.jsonl`` without re-evaluating, the finished search is read from
