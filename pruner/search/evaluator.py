@@ -34,7 +34,7 @@ from ..budget import Budget, CostFn, Solution, model_cost_fn, solve
 from ..data import DataBundle, ImageTensors
 from ..data.batching import normalize
 from ..errors import CancelledError, PrunerError
-from ..evaluate import bn_recalibration
+from ..evaluate import GraphUnsupported, LeanGraph, bn_recalibration
 from ..measure import relative_latency
 from ..pruning.masks import ChannelMasker, MaskingUnsupported
 from ..pruning.space import PruningSpace
@@ -79,6 +79,7 @@ class EvaluatorSettings:
     latency_repeats: int = 20
     scoring: str = "auto"          # "mask", "physical", or "auto" (mask on CUDA, physical on CPU)
     channels_last: bool = True     # convolutions channels-last while scoring (faster on CPU and GPU)
+    lean: bool = True              # CPU surgery: recalibrate and score through a LeanGraph (in-place ops, BN folded)
 
 
 class Evaluator:
@@ -110,6 +111,9 @@ class Evaluator:
         self.scoring = self.settings.scoring if self.settings.scoring != "auto" else (
             "mask" if self.device.type == "cuda" else "physical")
         self.scoring_note: str | None = None   # why masks were given up for surgery, if they were
+        self.lean = self.settings.lean and self.device.type == "cpu"
+        self.lean_note: str | None = None      # why the lean graph was given up, if it was
+        self._lean_checked = False
         self._masker: ChannelMasker | None = None
         self.evaluations = 0
         self.candidates: list[Candidate] = []
@@ -117,7 +121,8 @@ class Evaluator:
         self._memo: dict[tuple, dict] = {}
         self._logged = 0  # candidate events already in the log (a resumed run replays them silently)
         self._latency_memo: dict[tuple, tuple[float, float]] = {}  # -> (ms, relative to the unpruned model)
-        self.timing = {"surgery": 0.0, "masks": 0.0, "recalibration": 0.0, "evaluation": 0.0, "latency": 0.0}
+        self.timing = {"surgery": 0.0, "masks": 0.0, "graph": 0.0, "recalibration": 0.0, "evaluation": 0.0,
+                       "latency": 0.0}
         #: scores batches of structures elsewhere (``pruner.runs.workers.RayPool``); None: all here
         self.pool = None
 
@@ -260,8 +265,39 @@ class Evaluator:
         pruned = self.build(counts, recalibrate=False)
         if self.settings.channels_last:  # for scoring only: latency costs time the model as built
             pruned.to(memory_format=torch.channels_last)
-        self._recalibrate(pruned)
-        return pruned
+        graph = self._lean_graph(pruned)
+        self._recalibrate(graph.module if graph is not None else pruned)  # shared batch norms: pruned's too
+        if graph is None:
+            return pruned
+        t0 = time.perf_counter()
+        lean = graph.fold().module.eval()
+        if self.settings.channels_last:
+            lean.to(memory_format=torch.channels_last)
+        self.timing["graph"] += time.perf_counter() - t0
+        if not self._lean_checked:  # once: the lean graph must score what the pruned model scores
+            self._lean_checked = True
+            with torch.inference_mode():
+                x = self._batch(self._search_x, 0, 16)
+                a, b = lean(x).float(), pruned.eval()(x).float()
+            diff, scale = float((a - b).abs().max()), float(b.abs().max()) + 1.0
+            if diff > 1e-4 * scale or not torch.equal(a.argmax(1), b.argmax(1)):
+                self.lean, self.lean_note = False, f"the lean graph's logits differ by {diff:.3g}"
+                return pruned
+        return lean
+
+    def _lean_graph(self, pruned: nn.Module) -> LeanGraph | None:
+        """The pruned model as a :class:`~pruner.evaluate.LeanGraph` (None: lean scoring is off or
+        the model cannot be traced, which turns it off for the rest of the search)."""
+        if not self.lean:
+            return None
+        t0 = time.perf_counter()
+        try:
+            return LeanGraph(pruned)
+        except GraphUnsupported as exc:
+            self.lean, self.lean_note = False, f"torch.fx cannot trace this model ({exc})"
+            return None
+        finally:
+            self.timing["graph"] += time.perf_counter() - t0
 
     def set_model(self, model: nn.Module, ranking: Sequence[torch.Tensor]) -> None:
         """Switch to a new current model (e.g. after fine-tuning between search steps)."""
