@@ -21,6 +21,7 @@ from pruner.models.cifar_mobilenetv2 import cifar_mobilenetv2
 from pruner.models.cifar_resnet import cifar_resnet
 from pruner.models.cifar_vgg import cifar_vgg
 from pruner.pruning.importance import channel_scores, ranking_from_scores
+from pruner.pruning.masks import ChannelSlicer
 from pruner.pruning.space import PruningSpace
 from pruner.runs.config import RunConfig
 from pruner.runs.job import Session
@@ -150,7 +151,7 @@ def test_evaluator_lean_and_eager_give_the_same_candidates(cifar):
         tops[lean] = [ev.evaluate(ev.solve([rng.uniform(0.1, 1) for _ in s.space.groups]).counts).top1
                       for _ in range(3)]
         assert ev.lean is lean and ev.lean_note is None
-        assert (ev.timing["graph"] > 0) is lean
+        assert (ev.timing["graph"] > 0) is lean and bool(ev._slicer) is lean
     assert tops[True] == tops[False]
 
 
@@ -167,3 +168,23 @@ def test_evaluator_falls_back_to_eager_for_an_untraceable_model(cifar):
         tops[lean] = ev.evaluate(space.counts([0.5] * len(space))).top1
     assert ev.lean is False and "torch.fx cannot trace" in ev.lean_note
     assert tops[True] == tops[False]
+
+
+@pytest.mark.parametrize("name", ["resnet20", "concat_residual", "mobilenetv2", "googlenet"])
+def test_sliced_model_is_torch_pruning_surgery(name):
+    """The cached surgery plan replays Torch-Pruning's surgery exactly (every tensor, every width)."""
+    from test_alignment import MODELS as ALIGNMENT_MODELS, _setup
+
+    model, space = _setup(name)
+    assert name in ALIGNMENT_MODELS
+    slicer = ChannelSlicer(model, space)
+    rng = random.Random(5)
+    for _ in range(1 if name == "googlenet" else 3):
+        counts = space.counts([rng.uniform(0.1, 1.0) for _ in space.groups])
+        slicer.verify(counts)  # raises where any tensor or width differs
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pruned = slicer.prune(counts)
+    with torch.no_grad():
+        for p in pruned.parameters():
+            p.add_(1.0)  # the base model shares nothing with the pruned copy
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

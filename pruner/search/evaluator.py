@@ -36,7 +36,7 @@ from ..data.batching import normalize
 from ..errors import CancelledError, PrunerError
 from ..evaluate import GraphUnsupported, LeanGraph, bn_recalibration
 from ..measure import relative_latency
-from ..pruning.masks import ChannelMasker, MaskingUnsupported
+from ..pruning.masks import ChannelMasker, ChannelSlicer, MaskingUnsupported
 from ..pruning.space import PruningSpace
 
 SCORING_MODES = ("auto", "mask", "physical")
@@ -114,6 +114,7 @@ class Evaluator:
         self.lean = self.settings.lean and self.device.type == "cpu"
         self.lean_note: str | None = None      # why the lean graph was given up, if it was
         self._lean_checked = False
+        self._slicer: ChannelSlicer | None | bool = None  # False: slicing given up for Torch-Pruning's surgery
         self._masker: ChannelMasker | None = None
         self.evaluations = 0
         self.candidates: list[Candidate] = []
@@ -187,7 +188,12 @@ class Evaluator:
     def build(self, counts: Sequence[int], *, recalibrate: bool = True) -> nn.Module:
         """The physically pruned (and BN-recalibrated) copy of the current model (counts aligned)."""
         t0 = time.perf_counter()
-        pruned, _ = self.space.prune(self.model, self.space.align(counts), self.ranking)
+        slicer = self._slicer_for_model()
+        if slicer:
+            self.space.set_ranking(self.ranking)
+            pruned = slicer.prune(self.space.align(counts))
+        else:
+            pruned, _ = self.space.prune(self.model, self.space.align(counts), self.ranking)
         pruned.to(self.device)
         if self.device.type == "cuda":
             pruned.to(memory_format=torch.channels_last)
@@ -195,6 +201,23 @@ class Evaluator:
         if recalibrate:
             self._recalibrate(pruned)
         return pruned
+
+    def _slicer_for_model(self) -> ChannelSlicer | None:
+        """The cached surgery plan (:class:`~pruner.pruning.masks.ChannelSlicer`) on the lean path,
+        verified once against Torch-Pruning's surgery; None where it is off or was given up."""
+        if not self.lean or self._slicer is False:
+            return None
+        if self._slicer is None:
+            try:
+                slicer = ChannelSlicer(self.model, self.space)
+                self.space.set_ranking(self.ranking)
+                slicer.verify(self.space.counts([0.5] * len(self.space)))
+                slicer.verify(self.space.counts([0.3 + 0.6 * ((7 * i) % 10) / 10 for i in range(len(self.space))]))
+                self._slicer = slicer
+            except Exception as exc:  # noqa: BLE001 - a layer the plan cannot replay: the surgery still works
+                self._slicer, self.lean_note = False, f"surgery plan given up ({type(exc).__name__}: {exc})"
+                return None
+        return self._slicer
 
     def masked(self, counts: Sequence[int], *, recalibrate: bool = True) -> nn.Module:
         """The working copy of the current model with the channels ``counts`` removes masked out
@@ -306,6 +329,8 @@ class Evaluator:
         self.space.set_ranking(self.ranking)
         if self._masker is not None:
             self._masker.load(model)
+        if self._slicer:
+            self._slicer = None  # planned (and verified) again on the new model
         self.model_version += 1
         if self.pool is not None:
             self.pool.set_model(self.model_version, model.state_dict(), self.ranking)
