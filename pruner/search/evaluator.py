@@ -14,7 +14,11 @@ Two ways to get "the pruned network" compute the same function (``tests/test_ali
   every forward pass costs the unpruned model's MACs. Best where a forward pass is cheap
   and launch-bound (GPUs).
 * ``physical``: Torch-Pruning surgery on a deep copy: the forward passes cost only the
-  pruned MACs. Best on CPUs, where the forward passes dominate.
+  pruned MACs. Best on CPUs, where the forward passes dominate. On the CPU (``lean``, the
+  default there) the surgery replays a plan of Torch-Pruning's handlers walked once
+  (:class:`~pruner.pruning.masks.ChannelSlicer`), recalibration runs through a
+  :class:`~pruner.evaluate.LeanGraph` (in-place ReLU and residual adds) and scoring through
+  its BN-folded form; each is checked against the plain path once and falls back to it.
 
 ``auto`` picks ``mask`` on CUDA and ``physical`` on CPU. Evaluation images stay on the
 device as normalised float tensors (built once); scoring runs under bf16 autocast on CUDA
