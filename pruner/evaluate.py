@@ -105,11 +105,10 @@ class GraphUnsupported(Exception):
 
 def _add_into(target: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     """``target + other``, written into ``target`` when that gives the same tensor (shape, dtype)."""
-    if (isinstance(other, torch.Tensor) and other.dtype == target.dtype
+    if (isinstance(target, torch.Tensor) and isinstance(other, torch.Tensor) and other.dtype == target.dtype
             and torch.broadcast_shapes(target.shape, other.shape) == target.shape):
         return target.add_(other)
     return target + other
-
 
 
 class LeanGraph:
