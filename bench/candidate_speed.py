@@ -6,7 +6,18 @@ Each candidate is a random allocation solved onto the budget, then: the pruned n
 (channel masks on the unpruned model, or physical surgery: --scoring, default auto = masks on
 CUDA, surgery on CPU), BN recalibration on --recal-images training images, top-1 on
 --search-images search images. Runs on CUDA when available (or --device). Prints where the
-time goes: solver (cost-model bisection), surgery or masks, recalibration, scoring.
+time goes: solver (cost-model bisection), surgery or masks, graph (the CPU's lean graph),
+recalibration, scoring.
+
+``--compare old,new`` scores the same candidates with two evaluator set-ups in one process,
+interleaved (A B, B A, A B, ...: each candidate is scored by both, the order alternating), and
+prints each one's candidates/s, process CPU time, the median of the per-candidate time ratios and
+whether the two gave the same top-1 for every candidate. On a shared machine the absolute
+figures drift with the other load; the ratio of interleaved pairs is what to compare. Set-ups:
+
+* ``old``: physical surgery scored eagerly (``lean=False``), scoring batch 250 — the previous CPU path;
+* ``new``: the current defaults (lean graph: in-place element-wise ops, BN folded after recalibration);
+* ``lean-bN``: the lean graph with scoring batch N; ``eager-bN``: eager with scoring batch N.
 """
 
 from __future__ import annotations
@@ -26,6 +37,24 @@ from pruner.runs.job import Session  # noqa: E402
 from pruner.search.evaluator import Evaluator, EvaluatorSettings  # noqa: E402
 
 
+def setup_settings(name: str, base: dict) -> EvaluatorSettings:
+    if name == "new":
+        return EvaluatorSettings(**base)
+    if name == "old":
+        return EvaluatorSettings(**base, lean=False, batch_size=250)
+    for prefix, lean in (("lean-b", True), ("eager-b", False)):
+        if name.startswith(prefix) and name[len(prefix):].isdigit():
+            return EvaluatorSettings(**base, lean=lean, batch_size=int(name[len(prefix):]))
+    raise SystemExit(f"unknown set-up {name!r}: use old, new, lean-bN or eager-bN")
+
+
+def breakdown(ev: Evaluator, n: int, total: float) -> None:
+    for k, v in ev.timing.items():
+        print(f"  {k:<14} {1000 * v / n:8.0f} ms/candidate  ({100 * v / total:4.1f} %)")
+    rest = total - sum(ev.timing.values())
+    print(f"  {'other':<14} {1000 * rest / n:8.0f} ms/candidate  ({100 * rest / total:4.1f} %)")
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="resnet56")
@@ -39,6 +68,8 @@ def main() -> int:
     p.add_argument("--scoring", default="auto", choices=["auto", "mask", "physical"])
     p.add_argument("--round-to", type=int, default=None, help="default: 8 on CUDA, 1 on CPU")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--compare", default=None, metavar="A,B",
+                   help="two evaluator set-ups scored interleaved on the same candidates (e.g. old,new)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -48,38 +79,55 @@ def main() -> int:
     t0 = time.perf_counter()
     s = Session(cfg)
     setup = time.perf_counter() - t0
-    ev = Evaluator(s.model, s.space, s.data, s.ranking, cfg.budget_obj, device=s.device,
-                   settings=EvaluatorSettings(search_images=cfg.search_images, recal_images=cfg.recal_images,
-                                              scoring=args.scoring))
+    base = dict(search_images=cfg.search_images, recal_images=cfg.recal_images, scoring=args.scoring)
+    names = args.compare.split(",") if args.compare else ["new"]
+    if len(names) not in (1, 2):
+        raise SystemExit("--compare takes two set-ups, e.g. old,new")
+    evs = [Evaluator(s.model, s.space, s.data, s.ranking, cfg.budget_obj, device=s.device,
+                     settings=setup_settings(n, base)) for n in names]
     rng = np.random.default_rng(0)
-    ev.evaluate(ev.solve([1.0] * len(s.space)).counts)  # warm-up (not timed)
-    for k in ev.timing:
-        ev.timing[k] = 0.0
-    solver = 0.0
-    c0 = time.process_time()
-    t0 = time.perf_counter()
-    for _ in range(args.candidates):
-        t1 = time.perf_counter()
-        counts = ev.solve(rng.dirichlet([1.0] * len(s.space)).tolist()).counts
-        solver += time.perf_counter() - t1
-        ev.evaluate(counts)
-    if s.device.type == "cuda":
-        torch.cuda.synchronize()
-    total = time.perf_counter() - t0
-    cpu = time.process_time() - c0
-    ev.timing["solver"] = solver
+    allocations = [rng.dirichlet([1.0] * len(s.space)).tolist() for _ in range(args.candidates)]
+    for ev in evs:
+        ev.evaluate(ev.solve([1.0] * len(s.space)).counts)  # warm-up (not timed)
+        for k in ev.timing:
+            ev.timing[k] = 0.0
+    wall = [[0.0] * args.candidates for _ in evs]
+    cpu = [[0.0] * args.candidates for _ in evs]
+    top1 = [[0.0] * args.candidates for _ in evs]
+    solver = [0.0 for _ in evs]
+    for i, allocation in enumerate(allocations):
+        order = range(len(evs)) if i % 2 == 0 else reversed(range(len(evs)))
+        for j in order:
+            ev = evs[j]
+            c0, t0 = time.process_time(), time.perf_counter()
+            counts = ev.solve(allocation).counts
+            solver[j] += time.perf_counter() - t0
+            top1[j][i] = ev.evaluate(counts).top1
+            if s.device.type == "cuda":
+                torch.cuda.synchronize()
+            wall[j][i], cpu[j][i] = time.perf_counter() - t0, time.process_time() - c0
     dev = torch.cuda.get_device_name() if s.device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {dev}; torch {torch.__version__}; model {args.model}, {args.search_images} search images, "
-          f"{args.recal_images} recal images; scoring: {ev.scoring}; round_to: {s.space.round_to}"
-          + (f" ({ev.scoring_note})" if ev.scoring_note else ""))
+          f"{args.recal_images} recal images; round_to: {s.space.round_to}")
     print(f"setup (data, model, graph, importance): {setup:.1f} s")
-    print(f"{args.candidates} candidates in {total:.1f} s: {args.candidates / total:.3f} candidates/s, "
-          f"{1000 * total / args.candidates:.0f} ms each; process CPU time {1000 * cpu / args.candidates:.0f} ms each "
-          "(on a shared machine, CPU time / threads is closer to the quiet-machine wall time)")
-    for k, v in ev.timing.items():
-        print(f"  {k:<14} {1000 * v / args.candidates:8.0f} ms/candidate  ({100 * v / total:4.1f} %)")
-    rest = total - sum(ev.timing.values())
-    print(f"  {'other':<14} {1000 * rest / args.candidates:8.0f} ms/candidate  ({100 * rest / total:4.1f} %)")
+    n = args.candidates
+    for j, (name, ev) in enumerate(zip(names, evs)):
+        total = sum(wall[j])
+        ev.timing["solver"] = solver[j]
+        notes = "; ".join(x for x in (ev.scoring_note, ev.lean_note) if x)
+        print(f"[{name}] scoring: {ev.scoring}{', lean graph' if ev.lean and ev.scoring == 'physical' else ''}; "
+              f"batch {ev.settings.batch_size or 'default'}" + (f" ({notes})" if notes else ""))
+        print(f"{n} candidates in {total:.1f} s: {n / total:.3f} candidates/s, {1000 * total / n:.0f} ms each; "
+              f"process CPU time {1000 * sum(cpu[j]) / n:.0f} ms each")
+        breakdown(ev, n, total)
+    if len(evs) == 2:
+        ratios = np.array(wall[1]) / np.array(wall[0])
+        cpu_ratios = np.array(cpu[1]) / np.array(cpu[0])
+        same = top1[0] == top1[1]
+        print(f"{names[1]} / {names[0]} time per candidate, interleaved pairs: median {np.median(ratios):.3f} "
+              f"(range {ratios.min():.3f}-{ratios.max():.3f}); CPU time median {np.median(cpu_ratios):.3f}; "
+              f"speed-up {1 / np.median(ratios):.2f}x")
+        print(f"same top-1 for every candidate: {same}" + ("" if same else f" ({top1[0]} vs {top1[1]})"))
     return 0
 
 

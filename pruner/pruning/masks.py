@@ -165,3 +165,71 @@ def _producing_tensors(mod: nn.Module) -> list[torch.Tensor]:
     if isinstance(mod, ZeroPadShortcut):
         return [mod.mask]
     return [t for t in (mod.weight, getattr(mod, "bias", None)) if t is not None]
+
+
+class ChannelSlicer:
+    """Physical pruning without per-structure graph work: a cached plan of Torch-Pruning's handlers.
+
+    Torch-Pruning's surgery (:meth:`~pruner.pruning.space.PruningSpace.prune`) copies the model,
+    traces its dependency graph and walks every group for every structure. The groups and the
+    channel indices they touch in each module do not depend on the structure, so this class
+    walks them once: per (module, handler) it keeps the local channel indices and the flat root
+    channel each one belongs to. :meth:`prune` then copies the model and calls each handler once
+    with the channels the structure removes (all in the unpruned model's index space), which is
+    the same surgery (:meth:`verify` compares every tensor with Torch-Pruning's result and raises
+    :class:`MaskingUnsupported` where it differs; unwrapped ``nn.Parameter`` groups are refused).
+    """
+
+    def __init__(self, model: nn.Module, space: PruningSpace):
+        self.space = space
+        self.model = model
+        offsets = [0]
+        for g in space.groups:
+            offsets.append(offsets[-1] + g.channels)
+        device = next(iter(model.parameters())).device
+        graph = build_graph(model, torch.randn(1, *space.input_size, device=device))
+        names = {m: n for n, m in model.named_modules()}
+        plan: dict[tuple, tuple[list, list]] = {}
+        for gi, g in enumerate(space.groups):
+            root = dict(model.named_modules())[g.name]
+            group = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels,
+                                            list(range(g.channels)))
+            for item in group.items:
+                dep, mod = item.dep, item.dep.target.module
+                if not isinstance(mod, nn.Module):
+                    raise MaskingUnsupported(f"a group prunes a bare {type(mod).__name__}")
+                if mod not in names:
+                    continue  # graph-internal ops (concat, split, element-wise): nothing to slice
+                local, roots = plan.setdefault((names[mod], dep.handler, dep.target.pruning_dim), ([], []))
+                local += [int(i) for i in item.idxs]
+                roots += [offsets[gi] + int(i) for i in item.root_idxs]
+        self._plan = [(name, handler, dim, torch.as_tensor(local, dtype=torch.long), torch.as_tensor(roots, dtype=torch.long))
+                      for (name, handler, dim), (local, roots) in plan.items()]
+
+    def prune(self, counts: Sequence[int]) -> nn.Module:
+        """A physically pruned copy of the model for ``counts`` (aligned; the space's ranking)."""
+        removed = ~torch.cat(self.space.kept_masks(counts))
+        target = copy.deepcopy(self.model)
+        modules = dict(target.named_modules())
+        for name, handler, dim, local, roots in self._plan:
+            idxs = torch.unique(local[removed[roots]])
+            if len(idxs):
+                handler.__self__.pruning_dim = dim  # as Torch-Pruning's Dependency.__call__ does
+                handler(modules[name], idxs.tolist())
+        return target
+
+    def verify(self, counts: Sequence[int]) -> None:
+        """Raise :class:`MaskingUnsupported` unless :meth:`prune` equals Torch-Pruning's surgery."""
+        mine = self.prune(counts)
+        theirs, _ = self.space.prune(self.model, list(counts))
+        a, b = mine.state_dict(), theirs.state_dict()
+        if a.keys() != b.keys() or any(a[k].shape != b[k].shape or not torch.equal(a[k], b[k]) for k in a):
+            raise MaskingUnsupported("the sliced model differs from Torch-Pruning's surgery")
+        for (n, ma), mb in zip(mine.named_modules(), theirs.modules()):
+            if type(ma) is not type(mb) or any(getattr(ma, k, None) != getattr(mb, k, None) for k in
+                                               ("in_channels", "out_channels", "groups", "in_features",
+                                                "out_features", "num_features")):
+                raise MaskingUnsupported(f"the sliced {n or 'model'} differs from Torch-Pruning's surgery")
+        for (n, ta), tb in zip(mine.named_buffers(), theirs.buffers()):  # non-persistent ones too (routing)
+            if ta.shape != tb.shape or not torch.equal(ta, tb):
+                raise MaskingUnsupported(f"the sliced buffer {n} differs from Torch-Pruning's surgery")

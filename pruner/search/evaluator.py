@@ -14,7 +14,11 @@ Two ways to get "the pruned network" compute the same function (``tests/test_ali
   every forward pass costs the unpruned model's MACs. Best where a forward pass is cheap
   and launch-bound (GPUs).
 * ``physical``: Torch-Pruning surgery on a deep copy: the forward passes cost only the
-  pruned MACs. Best on CPUs, where the forward passes dominate.
+  pruned MACs. Best on CPUs, where the forward passes dominate. On the CPU (``lean``, the
+  default there) the surgery replays a plan of Torch-Pruning's handlers walked once
+  (:class:`~pruner.pruning.masks.ChannelSlicer`), recalibration runs through a
+  :class:`~pruner.evaluate.LeanGraph` (in-place ReLU and residual adds) and scoring through
+  its BN-folded form; each is checked against the plain path once and falls back to it.
 
 ``auto`` picks ``mask`` on CUDA and ``physical`` on CPU. Evaluation images stay on the
 device as normalised float tensors (built once); scoring runs under bf16 autocast on CUDA
@@ -34,9 +38,9 @@ from ..budget import Budget, CostFn, Solution, model_cost_fn, solve
 from ..data import DataBundle, ImageTensors
 from ..data.batching import normalize
 from ..errors import CancelledError, PrunerError
-from ..evaluate import bn_recalibration
+from ..evaluate import GraphUnsupported, LeanGraph, bn_recalibration
 from ..measure import relative_latency
-from ..pruning.masks import ChannelMasker, MaskingUnsupported
+from ..pruning.masks import ChannelMasker, ChannelSlicer, MaskingUnsupported
 from ..pruning.space import PruningSpace
 
 SCORING_MODES = ("auto", "mask", "physical")
@@ -79,6 +83,7 @@ class EvaluatorSettings:
     latency_repeats: int = 20
     scoring: str = "auto"          # "mask", "physical", or "auto" (mask on CUDA, physical on CPU)
     channels_last: bool = True     # convolutions channels-last while scoring (faster on CPU and GPU)
+    lean: bool = True              # CPU surgery: recalibrate and score through a LeanGraph (in-place ops, BN folded)
 
 
 class Evaluator:
@@ -110,6 +115,10 @@ class Evaluator:
         self.scoring = self.settings.scoring if self.settings.scoring != "auto" else (
             "mask" if self.device.type == "cuda" else "physical")
         self.scoring_note: str | None = None   # why masks were given up for surgery, if they were
+        self.lean = self.settings.lean and self.device.type == "cpu"
+        self.lean_note: str | None = None      # why the lean graph was given up, if it was
+        self._lean_checked = False
+        self._slicer: ChannelSlicer | None | bool = None  # False: slicing given up for Torch-Pruning's surgery
         self._masker: ChannelMasker | None = None
         self.evaluations = 0
         self.candidates: list[Candidate] = []
@@ -117,7 +126,8 @@ class Evaluator:
         self._memo: dict[tuple, dict] = {}
         self._logged = 0  # candidate events already in the log (a resumed run replays them silently)
         self._latency_memo: dict[tuple, tuple[float, float]] = {}  # -> (ms, relative to the unpruned model)
-        self.timing = {"surgery": 0.0, "masks": 0.0, "recalibration": 0.0, "evaluation": 0.0, "latency": 0.0}
+        self.timing = {"surgery": 0.0, "masks": 0.0, "graph": 0.0, "recalibration": 0.0, "evaluation": 0.0,
+                       "latency": 0.0}
         #: scores batches of structures elsewhere (``pruner.runs.workers.RayPool``); None: all here
         self.pool = None
 
@@ -182,7 +192,12 @@ class Evaluator:
     def build(self, counts: Sequence[int], *, recalibrate: bool = True) -> nn.Module:
         """The physically pruned (and BN-recalibrated) copy of the current model (counts aligned)."""
         t0 = time.perf_counter()
-        pruned, _ = self.space.prune(self.model, self.space.align(counts), self.ranking)
+        slicer = self._slicer_for_model()
+        if slicer:
+            self.space.set_ranking(self.ranking)
+            pruned = slicer.prune(self.space.align(counts))
+        else:
+            pruned, _ = self.space.prune(self.model, self.space.align(counts), self.ranking)
         pruned.to(self.device)
         if self.device.type == "cuda":
             pruned.to(memory_format=torch.channels_last)
@@ -190,6 +205,26 @@ class Evaluator:
         if recalibrate:
             self._recalibrate(pruned)
         return pruned
+
+    def _slicer_for_model(self) -> ChannelSlicer | None:
+        """The cached surgery plan (:class:`~pruner.pruning.masks.ChannelSlicer`) on the lean path,
+        verified once against Torch-Pruning's surgery; None where it is off or was given up."""
+        if not self.lean or self._slicer is False:
+            return None
+        if not isinstance(self.space, PruningSpace):  # weight sparsity: masks on a copy, no channel surgery
+            self._slicer = False
+            return None
+        if self._slicer is None:
+            try:
+                slicer = ChannelSlicer(self.model, self.space)
+                self.space.set_ranking(self.ranking)
+                slicer.verify(self.space.counts([0.5] * len(self.space)))
+                slicer.verify(self.space.counts([0.3 + 0.6 * ((7 * i) % 10) / 10 for i in range(len(self.space))]))
+                self._slicer = slicer
+            except Exception as exc:  # noqa: BLE001 - a layer the plan cannot replay: the surgery still works
+                self._slicer, self.lean_note = False, f"surgery plan given up ({type(exc).__name__}: {exc})"
+                return None
+        return self._slicer
 
     def masked(self, counts: Sequence[int], *, recalibrate: bool = True) -> nn.Module:
         """The working copy of the current model with the channels ``counts`` removes masked out
@@ -260,8 +295,39 @@ class Evaluator:
         pruned = self.build(counts, recalibrate=False)
         if self.settings.channels_last:  # for scoring only: latency costs time the model as built
             pruned.to(memory_format=torch.channels_last)
-        self._recalibrate(pruned)
-        return pruned
+        graph = self._lean_graph(pruned)
+        self._recalibrate(graph.module if graph is not None else pruned)  # shared batch norms: pruned's too
+        if graph is None:
+            return pruned
+        t0 = time.perf_counter()
+        lean = graph.fold().module.eval()
+        if self.settings.channels_last:
+            lean.to(memory_format=torch.channels_last)
+        self.timing["graph"] += time.perf_counter() - t0
+        if not self._lean_checked:  # once: the lean graph must score what the pruned model scores
+            self._lean_checked = True
+            with torch.inference_mode():
+                x = self._batch(self._search_x, 0, 16)
+                a, b = lean(x).float(), pruned.eval()(x).float()
+            diff, scale = float((a - b).abs().max()), float(b.abs().max()) + 1.0
+            if diff > 1e-4 * scale or not torch.equal(a.argmax(1), b.argmax(1)):
+                self.lean, self.lean_note = False, f"the lean graph's logits differ by {diff:.3g}"
+                return pruned
+        return lean
+
+    def _lean_graph(self, pruned: nn.Module) -> LeanGraph | None:
+        """The pruned model as a :class:`~pruner.evaluate.LeanGraph` (None: lean scoring is off or
+        the model cannot be traced, which turns it off for the rest of the search)."""
+        if not self.lean:
+            return None
+        t0 = time.perf_counter()
+        try:
+            return LeanGraph(pruned)
+        except GraphUnsupported as exc:
+            self.lean, self.lean_note = False, f"torch.fx cannot trace this model ({exc})"
+            return None
+        finally:
+            self.timing["graph"] += time.perf_counter() - t0
 
     def set_model(self, model: nn.Module, ranking: Sequence[torch.Tensor]) -> None:
         """Switch to a new current model (e.g. after fine-tuning between search steps)."""
@@ -270,6 +336,8 @@ class Evaluator:
         self.space.set_ranking(self.ranking)
         if self._masker is not None:
             self._masker.load(model)
+        if self._slicer:
+            self._slicer = None  # planned (and verified) again on the new model
         self.model_version += 1
         if self.pool is not None:
             self.pool.set_model(self.model_version, model.state_dict(), self.ranking)

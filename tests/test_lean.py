@@ -1,0 +1,190 @@
+"""The CPU's lean scoring path computes what the physically pruned model computes.
+
+``LeanGraph`` (pruner/evaluate.py) rewrites an FX trace: element-wise ops in place, batch norm
+folded into the convolution before it. These tests hold it to the eager model: same logits to a
+tight tolerance, same predictions, same candidate scores on real images; a model torch.fx cannot
+trace, or one whose tensors are shared, falls back or is left alone.
+"""
+
+import copy
+import random
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pruner.data.batching import normalize
+from pruner.evaluate import GraphUnsupported, LeanGraph, bn_recalibration
+from pruner.models.cifar_googlenet import cifar_googlenet
+from pruner.models.cifar_mobilenetv2 import cifar_mobilenetv2
+from pruner.models.cifar_resnet import cifar_resnet
+from pruner.models.cifar_vgg import cifar_vgg
+from pruner.pruning.importance import channel_scores, ranking_from_scores
+from pruner.pruning.masks import ChannelSlicer
+from pruner.pruning.space import PruningSpace
+from pruner.runs.config import RunConfig
+from pruner.runs.job import Session
+from pruner.search.evaluator import Evaluator, EvaluatorSettings
+
+torch.set_num_threads(1)
+
+
+def _recalibrate(model, x, bs=16):
+    with bn_recalibration(model):
+        for i in range(0, len(x), bs):
+            model(x[i:i + bs])
+    model.eval()
+
+
+@pytest.fixture(scope="module")
+def cifar():
+    """Real CIFAR-10 test images (the shared JPEG copy), normalised."""
+    s = Session(RunConfig(model="resnet20", weights="pretrained", data="cifar10-jpeg", protocol="test-halves",
+                          search_images=64, recal_images=64, device="cpu"))
+    x = normalize(s.data.search.subset(96).x, s.data.mean, s.data.std)
+    return s, x[:64].contiguous(memory_format=torch.channels_last), x[64:].contiguous(memory_format=torch.channels_last)
+
+
+MODELS = {
+    "resnet20": lambda: cifar_resnet("resnet20"),
+    "vgg16": lambda: cifar_vgg("vgg16"),
+    "mobilenetv2": cifar_mobilenetv2,
+    "googlenet": cifar_googlenet,
+}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_lean_graph_equals_the_pruned_model_after_recalibration(name, cifar):
+    """Recalibrated through the lean graph and scored folded == recalibrated and scored eagerly."""
+    _, x, x_recal = cifar
+    torch.manual_seed(0)
+    model = MODELS[name]().eval()
+    space = PruningSpace(model, (3, 32, 32), max_prune=0.9)
+    space.set_ranking(ranking_from_scores(channel_scores(model, space, "l1")))
+    heavy = name in ("googlenet", "vgg16")
+    x, x_recal = (x[:8], x_recal[:16]) if heavy else (x, x_recal)
+    counts = space.counts([random.Random(1).uniform(0.2, 1.0) for _ in space.groups])
+    pruned, _ = space.prune(model, counts)
+    eager = pruned.to(memory_format=torch.channels_last)
+    lean_src = copy.deepcopy(eager)
+    _recalibrate(eager, x_recal)
+    graph = LeanGraph(lean_src)
+    _recalibrate(graph.module, x_recal)  # shares the batch norms with lean_src
+    for a, b in zip(lean_src.modules(), eager.modules()):  # same statistics, in the model itself
+        if isinstance(a, nn.BatchNorm2d):
+            torch.testing.assert_close(a.running_mean, b.running_mean, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(a.running_var, b.running_var, rtol=1e-5, atol=1e-6)
+    lean = graph.fold().module.eval()
+    assert graph.folded > 0
+    if name == "resnet20":  # every batch norm follows a convolution
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in lean.modules())
+        assert "relu_" in lean.code and "_add_into" in lean.code
+    with torch.inference_mode():
+        a, b = lean(x), eager(x)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert torch.equal(a.argmax(1), b.argmax(1))
+    with torch.inference_mode():  # the model the graph came from is unchanged by folding
+        torch.testing.assert_close(lean_src.eval()(x), b, rtol=1e-5, atol=1e-5)
+
+
+class SharedOutput(nn.Module):
+    """A conv output used twice, and a ReLU whose input is a graph input: neither may be overwritten."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        y = self.bn(self.conv(F.relu(x)))
+        z = F.relu(y) + y
+        return self.head(z.mean((2, 3)))
+
+
+def test_shared_tensors_are_not_overwritten():
+    torch.manual_seed(0)
+    model = SharedOutput().eval()
+    x = torch.randn(4, 3, 8, 8)
+    x0 = x.clone()
+    graph = LeanGraph(model).fold()
+    nodes = list(graph.module.graph.nodes)
+    assert not any(n.op == "call_method" and n.target == "relu_" for n in nodes)  # x is the input; y has two users
+    adds = [n for n in nodes if n.op == "call_function" and n.target.__name__ == "_add_into"]
+    assert len(adds) == 1 and adds[0].args[0].target is F.relu  # written into relu(y), which nothing else reads
+    with torch.inference_mode():
+        torch.testing.assert_close(graph.module(x), model(x), rtol=1e-5, atol=1e-5)
+    assert torch.equal(x, x0)
+
+
+class DataDependent(nn.Module):
+    """Control flow on a tensor's value: torch.fx cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = F.relu(self.bn(self.conv(x)))
+        if x.mean() > -1.0:
+            x = F.relu(self.conv2(x))
+        return self.head(x.mean((2, 3)))
+
+
+def test_untraceable_model_is_refused():
+    with pytest.raises(GraphUnsupported):
+        LeanGraph(DataDependent())
+
+
+def test_evaluator_lean_and_eager_give_the_same_candidates(cifar):
+    """Pretrained ResNet-20 on real CIFAR-10 images: lean scoring == the previous eager scoring."""
+    s = cifar[0]
+    tops = {}
+    for lean in (False, True):
+        ev = Evaluator(s.model, s.space, s.data, s.ranking, s.config.budget_obj,
+                       settings=EvaluatorSettings(search_images=200, recal_images=64, lean=lean))
+        rng = random.Random(3)
+        tops[lean] = [ev.evaluate(ev.solve([rng.uniform(0.1, 1) for _ in s.space.groups]).counts).top1
+                      for _ in range(3)]
+        assert ev.lean is lean and ev.lean_note is None
+        assert (ev.timing["graph"] > 0) is lean and bool(ev._slicer) is lean
+    assert tops[True] == tops[False]
+
+
+def test_evaluator_falls_back_to_eager_for_an_untraceable_model(cifar):
+    s = cifar[0]
+    torch.manual_seed(0)
+    model = DataDependent().eval()
+    space = PruningSpace(model, (3, 32, 32), max_prune=0.9)
+    ranking = ranking_from_scores(channel_scores(model, space, "l1"))
+    tops = {}
+    for lean in (False, True):
+        ev = Evaluator(model, space, s.data, ranking, s.config.budget_obj,
+                       settings=EvaluatorSettings(search_images=100, recal_images=32, lean=lean))
+        tops[lean] = ev.evaluate(space.counts([0.5] * len(space))).top1
+    assert ev.lean is False and "torch.fx cannot trace" in ev.lean_note
+    assert tops[True] == tops[False]
+
+
+@pytest.mark.parametrize("name", ["resnet20", "concat_residual", "mobilenetv2", "googlenet"])
+def test_sliced_model_is_torch_pruning_surgery(name):
+    """The cached surgery plan replays Torch-Pruning's surgery exactly (every tensor, every width)."""
+    from test_alignment import MODELS as ALIGNMENT_MODELS, _setup
+
+    model, space = _setup(name)
+    assert name in ALIGNMENT_MODELS
+    slicer = ChannelSlicer(model, space)
+    rng = random.Random(5)
+    for _ in range(1 if name == "googlenet" else 3):
+        counts = space.counts([rng.uniform(0.1, 1.0) for _ in space.groups])
+        slicer.verify(counts)  # raises where any tensor or width differs
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pruned = slicer.prune(counts)
+    with torch.no_grad():
+        for p in pruned.parameters():
+            p.add_(1.0)  # the base model shares nothing with the pruned copy
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
