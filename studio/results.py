@@ -52,3 +52,77 @@ def workers_table(stats: list[dict] | None) -> list[dict[str, Any]]:
                      "busy (s)": busy,
                      "utilisation (%)": 100.0 * busy / alive if busy is not None and alive else None})
     return rows
+
+
+def _share(pruned: dict, base: dict, key: str) -> str | None:
+    return f"{pruned[key] / base[key]:.0%} of original" if base.get(key) and pruned.get(key) is not None else None
+
+
+def _fmt(value: Any, spec: str, suffix: str = "") -> str:
+    if value is None:
+        return "—"
+    try:
+        return f"{value:{spec}}{suffix}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def metrics(summary: dict | None, *, top5: bool = True, ort: bool = True) -> list[dict[str, Any]]:
+    """The result metrics of a finished run, one dict per metric (``label``, ``value``, ``delta``,
+    ``neutral``: a delta that is a share, not better/worse, and ``help``): the same figures, told the
+    same way, on the Live run and Runs pages. Empty when the run has no pruned model."""
+    summary = summary or {}
+    base, pruned = summary.get("base") or {}, summary.get("pruned") or {}
+    if not pruned:
+        return []
+    top1, base_top1 = pruned.get("top1"), base.get("top1")
+    out = [{"label": "Top-1 (report split)", "value": _fmt(top1, ".2f", " %"), "neutral": False,
+            "delta": None if top1 is None or base_top1 is None else f"{top1 - base_top1:+.2f} pts",
+            "help": f"Original: {_fmt(base_top1, '.2f', ' %')}"}]
+    if top5:
+        out.append({"label": "Top-5", "value": _fmt(pruned.get("top5"), ".2f", " %"), "delta": None, "neutral": True})
+    out.append({"label": "MACs", "value": _fmt((pruned.get("macs") or 0) / 1e6, ",.2f", " M"),
+                "delta": _share(pruned, base, "macs"), "neutral": True})
+    out.append({"label": "Parameters", "value": _fmt((pruned.get("params") or 0) / 1e6, ",.3f", " M"),
+                "delta": _share(pruned, base, "params"), "neutral": True})
+    lat = latency(summary) or {}
+    out.append({"label": lat.get("label", "PyTorch latency"), "value": _fmt(lat.get("ms"), ".2f", " ms"),
+                "delta": f"{lat['ratio']:.0%} of original" if lat.get("ratio") is not None else None, "neutral": True,
+                "help": "Pruned and original timed alternately on the same device (their ratio); the ms is the "
+                        "original's ms times that ratio"})
+    if ort:
+        out.append({"label": f"ONNX Runtime latency ({pruned.get('ort_latency_device', 'cpu')}, batch "
+                             f"{pruned.get('ort_latency_batch', 1)})",
+                    "value": _fmt(pruned.get("ort_latency_ms"), ".2f", " ms"),
+                    "delta": _share(pruned, base, "ort_latency_ms"), "neutral": True})
+    return out
+
+
+def budget_target(budget: object) -> tuple[str, float | None]:
+    """A run's budget setting (``"flops=0.5"``) as its kind and target; an unreadable one (an old or
+    hand-edited config) as ``("flops", None)``, so the charts draw no budget line rather than fail."""
+    kind, _, target = str(budget or "").partition("=")
+    try:
+        value = float(target)
+    except ValueError:
+        return (kind.strip().lower() or "flops"), None
+    return kind.strip().lower() or "flops", value
+
+
+def status_banner(status: str | None, *, liveness: str, error: str | None = None, noun: str = "run",
+                  hint: str = "") -> tuple[str, str] | None:
+    """What a page says about a run that is not simply going on or done: ``(level, text)`` with level
+    ``error`` / ``warning``, or ``None``. ``liveness`` is :func:`studio.state.liveness`'s answer."""
+    if status == "failed":
+        return "error", f"The {noun} failed: {error or 'unknown error'}"
+    if status == "cancelled":
+        return "warning", _sentences(f"The {noun} was cancelled: {error or 'cancelled by the user'}", hint)
+    if status != "done" and liveness == "interrupted":
+        return "warning", _sentences(f"Interrupted: no process is running this {noun} any more (its job was killed, "
+                                     "or the server stopped)", hint)
+    return None
+
+
+def _sentences(*parts: str) -> str:
+    """Parts joined as sentences, each ending in one full stop."""
+    return " ".join(p.rstrip().rstrip(".") + "." for p in parts if p and p.strip())

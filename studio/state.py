@@ -223,3 +223,27 @@ def fmt(value: Any, spec: str = ".2f", suffix: str = "") -> str:
         return f"{value:{spec}}{suffix}"
     except (TypeError, ValueError):
         return str(value)
+
+
+def try_submit(kind: str, config: dict, name: str, *, options: dict | None = None, resume: bool = False,
+               what: str = "start the job") -> tuple[str | None, str | None]:
+    """:func:`submit`, with any failure as a one-line message for the page (never a traceback):
+    ``(run name, None)`` or ``(None, message)``."""
+    from pruner.errors import PrunerError
+
+    try:
+        return submit(kind, config, name, options=options, resume=resume), None
+    except PrunerError as exc:
+        return None, str(exc)
+    except Exception as exc:  # noqa: BLE001 - e.g. the runs folder is not writable
+        return None, f"Could not {what}: {type(exc).__name__}: {exc}"
+
+
+def resume_config(cfg: dict) -> dict:
+    """A pruning run's config as a resume submits it (without the analysis-only keys)."""
+    return {k: v for k, v in (cfg or {}).items() if k not in ("analysis", "ratios")}
+
+
+def short_model_name(model: str) -> str:
+    """The model part of a new run's automatic name (``file:x/net.py:build`` → ``build``)."""
+    return model.rsplit(":", 1)[-1] if model.startswith("file:") else model
