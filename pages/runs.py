@@ -26,7 +26,7 @@ by_name = {r["name"]: r for r in rows}
 all_tags = sorted({t for r in rows for t in r["tags"].split(", ") if t})
 
 # ---------------------------------------------------------------------- all runs
-f1, f2 = st.columns([1, 2])
+f1, f2 = st.columns([1, 1])
 with f1:
     kinds = st.pills("Show", ["prune", "sensitivity"], selection_mode="multi", default=["prune", "sensitivity"],
                      key="runs_kinds", format_func={"prune": "pruning runs", "sensitivity": "sensitivity analyses"}.get)

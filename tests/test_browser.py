@@ -132,6 +132,30 @@ def _screenshot(page, name: str) -> None:
     page.set_viewport_size(VIEWPORT)
 
 
+def _cut_off(page) -> list[str]:
+    """What the page shows cut off: text that ends in an ellipsis because its box is too narrow (a
+    metric value, a select box's value, a label, a pill), and tables wider than the page that need
+    scrolling to the right to be read."""
+    return page.evaluate("""() => {
+        const main = document.querySelector('[data-testid="stMain"]');
+        if (!main) return [];
+        const found = [];
+        for (const el of main.querySelectorAll('*')) {
+            if (!el.offsetParent || el.closest('[data-testid="stDataFrame"]') || el.closest('.js-plotly-plot')) continue;
+            const css = getComputedStyle(el);
+            if (css.textOverflow === 'ellipsis' && el.scrollWidth > el.clientWidth + 1 && el.innerText.trim())
+                found.push('text: ' + el.innerText.trim().slice(0, 60));
+        }
+        for (const grid of main.querySelectorAll('[data-testid="stDataFrame"]')) {
+            const scroller = grid.querySelector('.dvn-scroller');
+            if (scroller && scroller.scrollWidth > scroller.clientWidth + 1)
+                found.push(`table wider than the page (${scroller.scrollWidth} > ${scroller.clientWidth} px): ` +
+                           grid.innerText.split('\\n')[0].slice(0, 60));
+        }
+        return found;
+    }""")
+
+
 def _set_number(page, label: str, value: int) -> None:
     box = page.locator(f'input[aria-label="{label}"]')
     box.fill(str(value))
