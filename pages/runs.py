@@ -23,7 +23,7 @@ if not runs:
 
 rows = [widgets.table_row(rd) for rd in runs]
 by_name = {r["name"]: r for r in rows}
-all_tags = sorted({t for r in rows for t in r["tags"].split(", ") if t})
+all_tags = history.all_tags(rows)
 
 # ---------------------------------------------------------------------- all runs
 f1, f2 = st.columns([1, 1])
@@ -33,11 +33,8 @@ with f1:
 with f2:
     tag_filter = st.multiselect("Tagged", all_tags, key="runs_tag_filter", placeholder="any tag",
                                 help="Only runs with all of these tags") if all_tags else []
-table = pd.DataFrame(rows).drop(columns=["error"])
-if kinds is not None and len(kinds) < 2:
-    table = table[table["kind"].isin(kinds or [])]
-for tag in tag_filter:
-    table = table[table["tags"].str.split(", ").apply(lambda ts, tag=tag: tag in ts)]
+shown = history.filter_rows(rows, kinds, tag_filter)
+table = pd.DataFrame(shown, columns=list(rows[0])).drop(columns=["error"])
 st.dataframe(table, hide_index=True, key="runs_table", height=min(520, 38 + 35 * max(1, len(table))),
              placeholder="—", column_config=widgets.RUNS_TABLE_COLUMNS)
 

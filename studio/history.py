@@ -190,3 +190,18 @@ def resume_overrides(finetune: dict | None, batch_size: int, epochs: int) -> dic
     return {key: int(value) for key, value, old in (("finetune.batch_size", batch_size, ft.get("batch_size")),
                                                     ("finetune.epochs", epochs, ft.get("epochs")))
             if old is None or int(value) != int(old)}
+
+
+# ---------------------------------------------------------------------- the Runs table's filters
+def tags_of(row: dict) -> list[str]:
+    return [t for t in str(row.get("tags") or "").split(", ") if t]
+
+
+def all_tags(rows: list[dict]) -> list[str]:
+    """Every tag used on the listed runs, sorted."""
+    return sorted({t for r in rows for t in tags_of(r)})
+
+
+def filter_rows(rows: list[dict], kinds: list[str] | None = None, tags: list[str] | None = None) -> list[dict]:
+    """The rows of the ``kinds`` shown (``None``: all) that carry every tag in ``tags``."""
+    return [r for r in rows if (kinds is None or r.get("kind") in kinds) and set(tags or ()) <= set(tags_of(r))]

@@ -293,3 +293,14 @@ def test_assets_are_there_and_the_example_model_builds():
     summary = summary_in_child(json.loads(forms.summary_key(cfg)))
     assert not summary.get("error"), summary.get("error")
     assert len(summary["groups"]) == 6 and summary["data"]["num_classes"] == 10
+
+
+def test_runs_table_filters():
+    rows = [{"name": "a", "kind": "prune", "tags": "baseline, gpu"}, {"name": "b", "kind": "sensitivity", "tags": ""},
+            {"name": "c", "kind": "prune", "tags": "gpu"}]
+    assert history.all_tags(rows) == ["baseline", "gpu"]
+    assert [r["name"] for r in history.filter_rows(rows)] == ["a", "b", "c"]
+    assert [r["name"] for r in history.filter_rows(rows, ["prune"])] == ["a", "c"]
+    assert [r["name"] for r in history.filter_rows(rows, None, ["gpu"])] == ["a", "c"]
+    assert [r["name"] for r in history.filter_rows(rows, ["prune"], ["gpu", "baseline"])] == ["a"]
+    assert history.filter_rows(rows, []) == []
