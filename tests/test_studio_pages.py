@@ -230,7 +230,7 @@ def test_prune_run_from_new_run_to_live_and_runs_pages(runs_dir):
     assert_clean(at)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Status"] == "done"
-    assert metrics["Top-1"].endswith("%")
+    assert metrics["Top-1 (report split)"].endswith("%")
     assert at.get("progress")[0].value == 100
     assert len(at.get("plotly_chart")) >= 6
     assert {"ONNX model", "Checkpoint", "Summary JSON", "Candidates CSV"} <= set(labels(at, "download_button"))
@@ -244,7 +244,9 @@ def test_prune_run_from_new_run_to_live_and_runs_pages(runs_dir):
     assert row["pruned top-1 (%)"] is not None and row["MACs (M)"] > 0
     # the selected run: layers before/after, downloads of the files that exist, a link to Live run
     assert at.selectbox[0].value == "e2e-prune"
-    assert {"ONNX model", "Checkpoint", "Summary JSON", "Candidates CSV"} == set(labels(at, "download_button"))
+    # one list of downloads for both pages: the Runs page offers the .pt2 program too
+    assert {"ONNX model", "Checkpoint", "Program (.pt2)", "Summary JSON", "Candidates CSV"} == set(
+        labels(at, "download_button"))
     assert any(p.proto.page.endswith("live_run") or "live" in p.proto.page.lower() for p in at.get("page_link"))
     at.multiselect(key="runs_compare").set_value(["e2e-prune"]).run()
     assert_clean(at)
