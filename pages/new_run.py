@@ -3,14 +3,14 @@
 import streamlit as st
 
 from pruner.userfile import code_references
-from studio import charts, forms, state
+from studio import charts, forms, state, widgets
 
 st.title("New pruning run")
 st.caption("The defaults (ResNet-20 pretrained on CIFAR-10 when the CIFAR-10 copy and its weights are on this "
            "machine, else the offline digits demo; a short RL search) finish in about a minute on a laptop CPU: "
            "press **Start pruning** to try it.")
 
-left, right = st.columns([3, 2], gap="large")
+left, right = st.columns([5, 4], gap="large")  # the right column fits the groups table
 
 with left:
     md = forms.model_data_inputs("nr_")
@@ -167,7 +167,8 @@ with right:
                        f"{sizes.get('report', 0):,} report ({data.get('protocol')})")
             st.plotly_chart(charts.group_cost_chart(summary["groups"]), key="nr_cost_chart")
             rows = forms.groups_table(summary)
-            st.dataframe(rows, hide_index=True, height=min(420, 38 + 35 * len(rows)))
+            st.dataframe(rows, hide_index=True, height=min(420, 38 + 35 * len(rows)),
+                         column_config=widgets.GROUPS_COLUMNS)
 
 # ---------------------------------------------------------------------- start
 with left:

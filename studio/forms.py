@@ -467,5 +467,5 @@ def check_analysis(md: ModelData, *, ratios_text: str, device: str, name: str,
 def groups_table(summary: dict) -> list[dict[str, Any]]:
     """The model summary's prunable groups as table rows."""
     return [{"group": g["name"], "channels": g["channels"], "layers": len(g["layers"]),
-             "MMACs": round(g["macs"] / 1e6, 2), "params": g["params"], "coupled": "yes" if g["coupled"] else ""}
+             "MMACs": round(g["macs"] / 1e6, 2), "params": g["params"], "coupled": bool(g["coupled"])}
             for g in summary.get("groups") or []]

@@ -184,3 +184,12 @@ COMPARE_COLUMNS = {
     "search time (s)": _N("search (s)", format="%.1f"),
     "total time (s)": _N("total (s)", format="%.1f"),
 }
+
+GROUPS_COLUMNS = {   # the model summary's groups, in the New run page's narrow right column
+    "group": _T("group"),
+    "channels": _N("ch.", help="Output channels of the group"),
+    "layers": _N("layers", help="Layers whose output channels the group prunes together"),
+    "MMACs": _N("MMACs", format="%.2f", help="MACs touched by the group, millions"),
+    "params": _N("params", help="Parameters touched by the group"),
+    "coupled": st.column_config.CheckboxColumn("coupled", help="Several layers coupled (e.g. by a residual add)"),
+}
