@@ -36,7 +36,7 @@ with f2:
 shown = history.filter_rows(rows, kinds, tag_filter)
 table = pd.DataFrame(shown, columns=list(rows[0])).drop(columns=["error"])
 st.dataframe(table, hide_index=True, key="runs_table", height=min(520, 38 + 35 * max(1, len(table))),
-             placeholder="—", column_config=widgets.RUNS_TABLE_COLUMNS)
+             placeholder="—", column_config=widgets.runs_table_columns(bool(all_tags)))
 
 # ---------------------------------------------------------------------- comparison
 st.subheader("Compare runs")

@@ -38,6 +38,11 @@ def _series(path: str, stamp: tuple) -> dict:
     return history.run_series(RunDir(path))
 
 
+def runs_table_columns(any_tags: bool) -> dict:
+    """The Runs table's columns; the tags column only when some run has tags."""
+    return {**RUNS_TABLE_COLUMNS, **({} if any_tags else {"tags": None})}
+
+
 def table_row(rd: RunDir) -> dict:
     """The Runs table's row of ``rd`` (read again only when its files change), with a dead run marked."""
     row = dict(_table_row(str(rd.path), history.stamp(rd)))
@@ -153,7 +158,7 @@ _T = st.column_config.TextColumn
 
 RUNS_TABLE_COLUMNS = {
     "name": _T("name"),
-    "kind": _T("kind"),
+    "kind": None,        # in the data (the Show filter and the run picker say it), not a column: the table must fit
     "status": _T("status"),
     "model": _T("model"),
     "data": _T("data"),
