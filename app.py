@@ -7,7 +7,9 @@ their own processes, recorded in run directories under ``$PRUNER_RUNS_DIR`` (def
 
 import streamlit as st
 
-st.set_page_config(page_title="Pruning studio", page_icon=":material/content_cut:", layout="wide")
+from studio.widgets import page_setup
+
+page_setup()  # title, the local icon (assets/icon.png), the studio's stylesheet (assets/studio.css)
 
 pages = [
     st.Page("pages/new_run.py", title="New run", icon=":material/add_circle:", default=True),

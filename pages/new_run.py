@@ -2,16 +2,16 @@
 
 import streamlit as st
 
-from pruner.errors import PrunerError
+from pruner.runs.rundir import PRUNE
 from pruner.userfile import code_references
-from studio import forms, state
+from studio import charts, forms, state, widgets
 
 st.title("New pruning run")
 st.caption("The defaults (ResNet-20 pretrained on CIFAR-10 when the CIFAR-10 copy and its weights are on this "
            "machine, else the offline digits demo; a short RL search) finish in about a minute on a laptop CPU: "
            "press **Start pruning** to try it.")
 
-left, right = st.columns([3, 2], gap="large")
+left, right = st.columns([5, 4], gap="large")  # the right column fits the groups table
 
 with left:
     md = forms.model_data_inputs("nr_")
@@ -125,40 +125,17 @@ with left:
     run_name = st.text_input("Run name (optional)", key="nr_run_name", placeholder="automatic: date-model-strategy")
 
 # ---------------------------------------------------------------------- validation
-errors = list(md.errors)
-config = None
-# consent (default off) must cover every piece of code the settings name: the uploaded model, any python: cost
-trust_code = (md.trust_code or not code_references(md.model)) and (trust_cost_code or not cost_code)
-try:
-    ft = forms.finetune_config(ft_epochs, max_batches, batch_size, lr, kd_weight, kd_temperature)
-except PrunerError as exc:
-    errors.append(str(exc))
-    ft = None
-if ft is not None and md.model and md.data:
-    config, problem = forms.build_config(
-        model=md.model, weights=md.weights, trust_checkpoint=md.trust_checkpoint, trust_code=trust_code,
-        data=md.data, image_size=md.image_size, protocol=protocol, budget=f"{budget_kind}={budget_value:g}",
-        strategy=strategy, strategy_params=strategy_params, importance=importance, search_evals=int(search_evals),
-        search_images=int(search_images), recal_images=int(recal_images), max_prune=float(max_prune),
-        min_channels=int(min_channels), finetune=ft, report_images=int(report_images) or None,
-        latency_repeats=int(latency_repeats), export=bool(export), device=device, seed=int(seed),
-        round_to=int(round_to) or None, latency_batch=int(latency_batch) or None, workers=int(workers),
-        ray_address=ray_address.strip() or None)
-    if problem:
-        errors.append(problem)
-elif ft is not None:
-    # still check what can be checked without a model or dataset
-    _, problem = forms.build_config(budget=f"{budget_kind}={budget_value:g}", strategy=strategy,
-                                    strategy_params=strategy_params, trust_code=trust_code)
-    if problem:
-        errors.append(problem)
-device_problem = forms.check_device(device)
-if device_problem:
-    errors.append(device_problem)
 name = run_name.strip()
-name_problem = state.run_name_problem(name)
-if name_problem:
-    errors.append(name_problem)
+config, errors = forms.check_new_run(
+    md, ft=dict(epochs=ft_epochs, max_batches=max_batches, batch_size=batch_size, lr=lr, kd_weight=kd_weight,
+                kd_temperature=kd_temperature),
+    budget=f"{budget_kind}={budget_value:g}", strategy=strategy, strategy_params=strategy_params,
+    trust_cost_code=trust_cost_code, cost_code=cost_code, device=device, name=name,
+    protocol=protocol, importance=importance, search_evals=int(search_evals), search_images=int(search_images),
+    recal_images=int(recal_images), max_prune=float(max_prune), min_channels=int(min_channels),
+    report_images=int(report_images) or None, latency_repeats=int(latency_repeats), export=bool(export),
+    seed=int(seed), round_to=int(round_to) or None, latency_batch=int(latency_batch) or None, workers=int(workers),
+    ray_address=ray_address.strip() or None)
 
 # ---------------------------------------------------------------------- model summary
 shown_in_summary = []
@@ -176,8 +153,6 @@ with right:
         elif forms.budget_problem(config, summary):
             errors.append(forms.budget_problem(config, summary))
         if not summary.get("error"):
-            from studio import charts
-
             data = summary["data"]
             # two metrics a row: three do not fit this column at laptop width
             m1, m2 = st.columns(2)
@@ -195,12 +170,9 @@ with right:
                        f"{sizes.get('fit', 0):,} fine-tune, {sizes.get('search', 0):,} search, "
                        f"{sizes.get('report', 0):,} report ({data.get('protocol')})")
             st.plotly_chart(charts.group_cost_chart(summary["groups"]), key="nr_cost_chart")
-            import pandas as pd
-
-            df = pd.DataFrame([{"group": g["name"], "channels": g["channels"], "layers": len(g["layers"]),
-                                "MMACs": round(g["macs"] / 1e6, 2), "params": g["params"],
-                                "coupled": "yes" if g["coupled"] else ""} for g in summary["groups"]])
-            st.dataframe(df, hide_index=True, height=min(420, 38 + 35 * len(df)))
+            rows = forms.groups_table(summary)
+            st.dataframe(rows, hide_index=True, height=min(420, 38 + 35 * len(rows)),
+                         column_config=widgets.GROUPS_COLUMNS)
 
 # ---------------------------------------------------------------------- start
 with left:
@@ -212,13 +184,10 @@ with left:
     start = st.button("Start pruning", type="primary", key="nr_start", icon=":material/play_arrow:",
                       disabled=bool(errors))
     if start and config is not None and not errors:
-        short = config.model.rsplit(":", 1)[-1] if config.model.startswith("file:") else config.model
-        try:
-            run_id = state.submit("prune", config.to_dict(), name or state.new_run_name(short, config.strategy))
-        except PrunerError as exc:
-            st.error(str(exc), icon=":material/error:")
-        except Exception as exc:  # never a traceback on the page
-            st.error(f"Could not start the job: {type(exc).__name__}: {exc}", icon=":material/error:")
+        run_id, problem = state.try_submit(PRUNE, config.to_dict(), name or state.new_run_name(
+            state.short_model_name(config.model), config.strategy))
+        if problem:
+            st.error(problem, icon=":material/error:")
         else:
             st.session_state["run_id"] = run_id
             st.switch_page(state.PAGES["live"], query_params={state.QUERY_KEY: run_id})

@@ -5,18 +5,15 @@ its run directory (``sensitivity`` events while it goes, ``sensitivity.json`` at
 this page polls; a refresh, another tab or a restarted server shows the same analysis.
 """
 
-import csv
-import io
-
+import pandas as pd
 import streamlit as st
 
-from pruner.errors import PrunerError
-from pruner.runs.rundir import RunDir
-from pruner.sensitivity import parse_ratios as sensitivity_ratios
-from studio import charts, forms, state
+from pruner.runs.rundir import SENSITIVITY, RunDir, Status
+from studio import charts, forms, state, widgets
+from studio import sensitivity_table as sens_table
 from studio.events import RunView, format_seconds, is_final, progress, sensitivity_from_events, status_changed
 
-KIND = "sensitivity"
+KIND = SENSITIVITY
 DEFAULT_RATIOS = "0.2, 0.4, 0.6, 0.8"
 MODES = {"new": "Start a new analysis", "open": "Open an analysis"}
 
@@ -33,14 +30,6 @@ if st.session_state.pop("sens_switch_to_open", False):
 st.session_state.setdefault("sens_mode", "open" if (requested or runs) else "new")
 mode = st.radio("Mode", list(MODES), format_func=MODES.get, key="sens_mode", horizontal=True,
                 label_visibility="collapsed")
-
-
-def parse_ratios(text: str) -> tuple[list[float], str | None]:
-    """``"0.2, 0.4"`` → sorted distinct fractions in (0, 1), or the reason the text is not that."""
-    try:
-        return sensitivity_ratios(text), None
-    except PrunerError as exc:
-        return [], str(exc)
 
 
 # ---------------------------------------------------------------------- new analysis
@@ -77,27 +66,11 @@ def new_analysis() -> None:
                                  placeholder="automatic: date-model-sensitivity")
 
     # ------------------------------------------------------------------ validation
-    errors = list(md.errors)
-    ratios, problem = parse_ratios(ratios_text)
-    if problem:
-        errors.append(problem)
-    config = None
-    if md.model and md.data and ratios:
-        config, problem = forms.build_config(
-            model=md.model, weights=md.weights, trust_checkpoint=md.trust_checkpoint, trust_code=md.trust_code,
-            data=md.data, image_size=md.image_size, protocol=protocol, importance=importance, search_evals=None,
-            search_images=int(search_images), recal_images=int(recal_images),
-            max_prune=max(0.9, max(ratios)), min_channels=int(min_channels), report_images=None,
-            export=False, finetune=forms.finetune_config(0, None, 64, 0.01, 0.9, 4.0), device=device, seed=int(seed))
-        if problem:
-            errors.append(problem)
-    device_problem = forms.check_device(device)
-    if device_problem:
-        errors.append(device_problem)
     name = run_name.strip()
-    name_problem = state.run_name_problem(name)
-    if name_problem:
-        errors.append(name_problem)
+    config, ratios, errors = forms.check_analysis(
+        md, ratios_text=ratios_text, device=device, name=name, protocol=protocol, importance=importance,
+        search_images=int(search_images), recal_images=int(recal_images), min_channels=int(min_channels),
+        seed=int(seed))
 
     shown_in_summary = []
     with right:
@@ -133,14 +106,11 @@ def new_analysis() -> None:
         start = st.button("Start analysis", type="primary", key="sens_start", icon=":material/play_arrow:",
                           disabled=bool(errors))
         if start and config is not None and not errors:
-            short = config.model.rsplit(":", 1)[-1] if config.model.startswith("file:") else config.model
-            try:
-                run_id = state.submit(KIND, config.to_dict(), name or state.new_run_name(short, KIND),
-                                      options={"ratios": ratios})
-            except PrunerError as exc:
-                st.error(str(exc), icon=":material/error:")
-            except Exception as exc:  # never a traceback on the page
-                st.error(f"Could not start the analysis: {type(exc).__name__}: {exc}", icon=":material/error:")
+            run_id, problem = state.try_submit(KIND, config.to_dict(),
+                                               name or state.new_run_name(state.short_model_name(config.model), KIND),
+                                               options={"ratios": ratios}, what="start the analysis")
+            if problem:
+                st.error(problem, icon=":material/error:")
             else:
                 state.attach(run_id)
                 st.session_state["sens_switch_to_open"] = True
@@ -148,50 +118,13 @@ def new_analysis() -> None:
 
 
 # ---------------------------------------------------------------------- results
-def _sens_table(sens: dict, value: str) -> "object":
-    """One row per layer group, one column per ratio: the top-1 drop (points) or top-1 (%)."""
-    import pandas as pd
-
-    matrix = sens.get(value) or []
-    rows = []
-    for gi, g in enumerate(sens.get("groups") or []):
-        row = {"group": g}
-        if sens.get("channels"):
-            row["channels"] = sens["channels"][gi]
-        for ri, r in enumerate(sens.get("ratios") or []):
-            v = matrix[gi][ri] if gi < len(matrix) and ri < len(matrix[gi]) else None
-            row[f"{r:.0%} removed"] = None if v is None else round(v, 2)
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def _csv(sens: dict) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["group", "channels", "ratio", "top1", "drop", "macs_saved"])
-    for gi, g in enumerate(sens.get("groups") or []):
-        for ri, r in enumerate(sens.get("ratios") or []):
-            def at(key):
-                m = sens.get(key) or []
-                return m[gi][ri] if gi < len(m) and ri < len(m[gi]) else None
-            w.writerow([g, (sens.get("channels") or [None] * (gi + 1))[gi], r, at("top1"), at("drop"),
-                        at("macs_saved")])
-    return buf.getvalue()
-
-
 def open_analysis() -> None:
     if not runs:
         st.info("No sensitivity analyses yet: start one with **Start a new analysis** above.")
         return
-    names = [rd.name for rd in runs]
-    current = requested if requested in names else state.default_run(KIND)
-    if current not in names:
-        current = names[0]
-    statuses = {rd.name: rd.status() for rd in runs[:200]}
-    choice = st.selectbox("Analysis", names, index=names.index(current),
-                          format_func=lambda n: f"{n}  ·  {statuses.get(n, '')}",
-                          help="Every sensitivity analysis under the runs folder, newest first")
-    state.attach(choice)
+    current = requested if requested in [rd.name for rd in runs] else state.default_run(KIND)
+    choice = widgets.run_picker([rd.name for rd in runs], current, label="Analysis", details=widgets.statuses(runs),
+                                help="Every sensitivity analysis under the runs folder, newest first")
     path = state.run_path(choice)
     if path is None:
         st.error(f"The run directory of {choice} has disappeared; pick another analysis.", icon=":material/error:")
@@ -199,7 +132,8 @@ def open_analysis() -> None:
     rd = RunDir(path)
     config = rd.config() or {}
     st.markdown(state.describe_config(config))
-    active_at_start = not is_final(rd.status())
+    shown_status = rd.status()   # what the picker above says of this analysis
+    active_at_start = not is_final(shown_status)
 
     @st.fragment(run_every=1.0 if active_at_start else None)
     def panel() -> None:
@@ -211,7 +145,7 @@ def open_analysis() -> None:
         view.refresh()
         summary = rd.summary()
         status = (summary or {}).get("status") or view.status
-        if status_changed(statuses.get(choice), status):
+        if status_changed(shown_status, status):
             st.rerun()   # the analysis picker above (outside this fragment) shows the new status too
         p = progress(view, config, summary)
 
@@ -227,32 +161,21 @@ def open_analysis() -> None:
                     state.cancel(choice)
                     st.toast("Cancel requested: the analysis stops after the current point.")
 
-        if status == "failed":
-            st.error(f"The analysis failed: {(summary or {}).get('error') or view.error or 'unknown error'}",
-                     icon=":material/error:")
-        elif status == "cancelled":
-            st.warning(f"The analysis was cancelled: {(summary or {}).get('error') or ''}. The points measured "
-                       "before are shown below.", icon=":material/cancel:")
-        elif not is_final(status) and state.liveness(rd, status) == "interrupted":
-            st.warning("Interrupted: no process is running this analysis any more (its job was killed, or the "
-                       "server stopped). Start the analysis again.", icon=":material/warning:")
+        widgets.status_banner(rd, status, (summary or {}).get("error") or view.error, noun="analysis",
+                              hint=("The points measured before are shown below." if status == Status.CANCELLED else
+                                    "Start the analysis again."))
 
-        sens = rd.sensitivity_result() if status == "done" else None
+        sens = rd.sensitivity_result() if status == Status.DONE else None
         final = sens is not None
-        if sens is None:
-            sens = sensitivity_from_events(view.sensitivity)
-            if (summary or {}).get("base_top1") is not None:
-                sens["base_top1"] = summary["base_top1"]
-        if sens.get("drop") is None and sens.get("base_top1") is not None:
-            sens["drop"] = [[None if v is None else sens["base_top1"] - v for v in row] for row in sens.get("top1") or []]
-        value = "drop" if sens.get("drop") is not None else "top1"
+        sens, value = sens_table.complete(sens if final else sensitivity_from_events(view.sensitivity),
+                                          (summary or {}).get("base_top1"))
         if final:
             m = st.columns(4)
             m[0].metric("Unpruned top-1 (search split)", state.fmt(sens.get("base_top1"), ".2f", " %"))
             m[1].metric("Layer groups", len(sens.get("groups") or []))
             m[2].metric("Evaluations", (summary or {}).get("evaluations", "—"))
             m[3].metric("Time", format_seconds((summary or {}).get("seconds")))
-        elif status not in ("failed", "cancelled") and not sens.get("groups"):
+        elif status not in (Status.FAILED, Status.CANCELLED) and not sens.get("groups"):
             st.caption("Waiting for the first points (the data and model load first)…")
 
         heat = charts.sensitivity_heatmap(
@@ -268,13 +191,13 @@ def open_analysis() -> None:
         if sens.get("groups"):
             with st.expander("Table: top-1 drop (points) per group and ratio" if value == "drop"
                              else "Table: top-1 (%) per group and ratio"):
-                st.dataframe(_sens_table(sens, value), hide_index=True, key="sens_table")
+                st.dataframe(pd.DataFrame(sens_table.table(sens, value)), hide_index=True, key="sens_table")
         if final:
             c1, c2 = st.columns(2)
             c1.download_button("Sensitivity JSON", data=lambda: (rd.path / "sensitivity.json").read_bytes(),
                                file_name=f"{choice}-sensitivity.json", mime="application/json", key="sens_dl_json",
                                on_click="ignore", icon=":material/download:")
-            c2.download_button("Sensitivity CSV", data=_csv(sens), file_name=f"{choice}-sensitivity.csv",
+            c2.download_button("Sensitivity CSV", data=sens_table.to_csv(sens), file_name=f"{choice}-sensitivity.csv",
                                mime="text/csv", key="sens_dl_csv", on_click="ignore", icon=":material/download:")
 
         if active_at_start and is_final(status):

@@ -211,6 +211,8 @@ def model_data_inputs(prefix: str = "") -> ModelData:
             out.errors.append("Enter a torchvision model name such as resnet18.")
     else:
         py = st.file_uploader("Model file (.py with a factory function)", type=["py"], key=f"{prefix}upload_py")
+        from .widgets import example_model_download
+        example_model_download(f"{prefix}example_model")
         if py is None:
             out.errors.append("Upload the model's .py file (a factory such as `def build(num_classes): ...`), "
                               "or pick a zoo model.")
@@ -407,3 +409,66 @@ def _model_summary(key: str) -> dict:
 
 def model_summary(cfg: RunConfig) -> dict:
     return _model_summary(summary_key(cfg))
+
+
+# ---------------------------------------------------------------------- a whole form checked
+def check_new_run(md: ModelData, *, ft: dict[str, Any], budget: str, strategy: str, strategy_params: dict,
+                  trust_cost_code: bool, cost_code: list[str], device: str, name: str,
+                  **fields: Any) -> tuple[RunConfig | None, list[str]]:
+    """The New run form's settings as a :class:`RunConfig`, or the messages that say what to fix.
+
+    ``ft``: :func:`finetune_config`'s arguments; ``fields``: the other ``RunConfig`` fields. What can
+    be checked without a model or a dataset (budget, strategy parameters) is checked even while the
+    model or dataset is still missing; the device and the run name always are.
+    """
+    from pruner.userfile import code_references
+
+    from .state import run_name_problem
+
+    errors = list(md.errors)
+    config = None
+    # consent (default off) must cover every piece of code the settings name: the uploaded model, any python: cost
+    trust_code = (md.trust_code or not code_references(md.model)) and (trust_cost_code or not cost_code)
+    try:
+        finetune = finetune_config(**ft)
+    except PrunerError as exc:
+        errors.append(str(exc))
+        finetune = None
+    if finetune is not None and md.model and md.data:
+        config, problem = build_config(model=md.model, weights=md.weights, trust_checkpoint=md.trust_checkpoint,
+                                       trust_code=trust_code, data=md.data, image_size=md.image_size, budget=budget,
+                                       strategy=strategy, strategy_params=strategy_params, finetune=finetune,
+                                       device=device, **fields)
+    elif finetune is not None:
+        _, problem = build_config(budget=budget, strategy=strategy, strategy_params=strategy_params,
+                                  trust_code=trust_code)
+    else:
+        problem = None
+    errors += [p for p in (problem, check_device(device), run_name_problem(name)) if p]
+    return config, errors
+
+
+def check_analysis(md: ModelData, *, ratios_text: str, device: str, name: str,
+                   **fields: Any) -> tuple[RunConfig | None, list[float], list[str]]:
+    """The Sensitivity form's settings as a :class:`RunConfig` and its ratios, or what to fix."""
+    from .sensitivity_table import parse_ratios
+    from .state import run_name_problem
+
+    errors = list(md.errors)
+    ratios, problem = parse_ratios(ratios_text)
+    config = None
+    if md.model and md.data and ratios:
+        config, problem = build_config(
+            model=md.model, weights=md.weights, trust_checkpoint=md.trust_checkpoint, trust_code=md.trust_code,
+            data=md.data, image_size=md.image_size, search_evals=None, max_prune=max(0.9, max(ratios)),
+            report_images=None, export=False, finetune=finetune_config(0, None, 64, 0.01, 0.9, 4.0), device=device,
+            **fields)
+    errors += [p for p in (problem, check_device(device), run_name_problem(name)) if p]
+    return config, ratios, errors
+
+
+def groups_table(summary: dict) -> list[dict[str, Any]]:
+    """The model summary's prunable groups as table rows."""
+    return [{"group": g["name"], "channels": g["channels"], "layers": len(g["layers"]),
+             "MMACs": round(g["macs"] / 1e6, 2), "params": g["params"], "coupled": bool(g["coupled"])}
+            for g in summary.get("groups") or []]

@@ -19,7 +19,7 @@ from typing import Any
 import streamlit as st
 
 from pruner.runs.manager import JobManager, JobSpec
-from pruner.runs.rundir import SENSITIVITY, RunDir, config_kind, is_final, list_runs
+from pruner.runs.rundir import SENSITIVITY, RunDir, config_kind, is_final, list_runs, run_config
 
 RUNS_ENV = "PRUNER_RUNS_DIR"
 QUERY_KEY = "run"
@@ -183,10 +183,6 @@ def default_run(kind: str) -> str | None:
     return runs[0].name if runs else None
 
 
-def read_sensitivity(rd: RunDir) -> dict | None:
-    return rd.sensitivity_result()
-
-
 def _evaluations_text(cfg: dict) -> str:
     """What the run's evaluation setting means: a one-shot strategy (uniform, global) evaluates
     once whatever the cap; the others up to the cap (``None``: no cap)."""
@@ -220,3 +216,27 @@ def fmt(value: Any, spec: str = ".2f", suffix: str = "") -> str:
         return f"{value:{spec}}{suffix}"
     except (TypeError, ValueError):
         return str(value)
+
+
+def try_submit(kind: str, config: dict, name: str, *, options: dict | None = None, resume: bool = False,
+               what: str = "start the job") -> tuple[str | None, str | None]:
+    """:func:`submit`, with any failure as a one-line message for the page (never a traceback):
+    ``(run name, None)`` or ``(None, message)``."""
+    from pruner.errors import PrunerError
+
+    try:
+        return submit(kind, config, name, options=options, resume=resume), None
+    except PrunerError as exc:
+        return None, str(exc)
+    except Exception as exc:  # noqa: BLE001 - e.g. the runs folder is not writable
+        return None, f"Could not {what}: {type(exc).__name__}: {exc}"
+
+
+def resume_config(cfg: dict) -> dict:
+    """A pruning run's config as a resume submits it (without the analysis-only keys)."""
+    return run_config(cfg or {})
+
+
+def short_model_name(model: str) -> str:
+    """The model part of a new run's automatic name (``file:x/net.py:build`` → ``build``)."""
+    return model.rsplit(":", 1)[-1] if model.startswith("file:") else model

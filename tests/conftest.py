@@ -12,3 +12,27 @@ if (_shared / "data").is_dir():
     os.environ.setdefault("PRUNER_DATA_ROOT", str(_shared / "data"))
 if (_shared / "models").is_dir():
     os.environ.setdefault("PRUNER_WEIGHTS_DIR", str(_shared / "models"))
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def finished_runs(tmp_path_factory):
+    """Two real, finished pruning runs on the digits demo (``rl`` and ``random``, a short search and two
+    fine-tuning epochs of one batch each): run directories the studio's tables and charts are tested on."""
+    from pruner.finetune import FinetuneConfig
+    from pruner.runs.config import RunConfig
+    from pruner.runs.job import run_job
+
+    root = tmp_path_factory.mktemp("studio-runs")
+    out = {}
+    for strategy in ("rl", "random"):
+        cfg = RunConfig(model="resnet20", weights=None, data="digits", strategy=strategy, search_evals=5,
+                        search_images=60, recal_images=32, report_images=60, latency_repeats=2,
+                        finetune=FinetuneConfig(epochs=2, max_batches_per_epoch=1, batch_size=32), export=True,
+                        device="cpu")
+        summary = run_job(cfg, root / strategy)
+        assert summary["status"] == "done", summary.get("error")
+        out[strategy] = root / strategy
+    return out

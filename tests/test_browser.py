@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -35,7 +36,7 @@ VIEWPORT = {"width": 1400, "height": 900}
 
 SEARCH_EVALS = 8
 FINETUNE_EPOCHS = 1
-JOB_TIMEOUT_S = 150
+JOB_TIMEOUT_S = 300   # the quick job; a loaded machine (several test runs sharing two cores) needs the margin
 
 APP = '[data-testid="stApp"]'
 CONNECTED = '[data-testid="stApp"][data-test-connection-state="CONNECTED"]'
@@ -132,6 +133,32 @@ def _screenshot(page, name: str) -> None:
     page.set_viewport_size(VIEWPORT)
 
 
+def _cut_off(page) -> list[str]:
+    """What the page shows cut off: text that ends in an ellipsis because its box is too narrow (a
+    metric value, a select box's value, a label, a pill), and tables wider than the page that need
+    scrolling to the right to be read."""
+    return page.evaluate("""() => {
+        const main = document.querySelector('[data-testid="stMain"]');
+        if (!main) return [];
+        const found = [];
+        for (const el of main.querySelectorAll('*')) {
+            if (!el.offsetParent || el.closest('[data-testid="stDataFrame"]') || el.closest('.js-plotly-plot')) continue;
+            const css = getComputedStyle(el);
+            const text = (el.tagName === 'INPUT' ? el.value : el.innerText || '').trim();
+            if ((css.textOverflow === 'ellipsis' || el.tagName === 'INPUT') && el.scrollWidth > el.clientWidth + 1
+                    && text)
+                found.push('text: ' + text.slice(0, 60));
+        }
+        for (const grid of main.querySelectorAll('[data-testid="stDataFrame"]')) {
+            const scroller = grid.querySelector('.dvn-scroller');
+            if (scroller && scroller.scrollWidth > scroller.clientWidth + 1)
+                found.push(`table wider than the page (${scroller.scrollWidth} > ${scroller.clientWidth} px): ` +
+                           grid.innerText.split('\\n')[0].slice(0, 60));
+        }
+        return found;
+    }""")
+
+
 def _set_number(page, label: str, value: int) -> None:
     box = page.locator(f'input[aria-label="{label}"]')
     box.fill(str(value))
@@ -150,6 +177,30 @@ def _metric(page, label: str) -> str:
 def _points(page) -> int:
     """Candidate markers drawn in the live charts (scatter points)."""
     return page.locator('[data-testid="stPlotlyChart"] .scatterlayer .point').count()
+
+
+def _local_icon(page, url: str) -> list[str]:
+    """The page icons the browser was given that are not served by the studio itself."""
+    hrefs = page.evaluate("() => [...document.querySelectorAll('link[rel~=icon]')].map(l => l.href)")
+    assert hrefs, "the page has no icon"
+    return [h for h in hrefs if not (h.startswith(url) or h.startswith("data:"))]
+
+
+def _interrupted_copy(finished: Path, dest: Path) -> None:
+    """``finished`` as its job would have left it had it died while fine-tuning: no summary, nobody
+    holding its lock, the events up to the start of fine-tuning."""
+    shutil.copytree(finished, dest)
+    (dest / "summary.json").unlink()
+    lines = (dest / "events.jsonl").read_text().splitlines()
+    cut = next(i for i, line in enumerate(lines) if json.loads(line).get("status") == "fine-tuning")
+    (dest / "events.jsonl").write_text("\n".join(lines[:cut + 1]) + "\n")
+
+
+def _pick(page, label: str, option: str) -> None:
+    page.get_by_role("combobox", name=label, exact=True).click()
+    page.get_by_role("option", name=option, exact=True).click()
+    page.wait_for_timeout(300)
+    _settle(page)
 
 
 def _go(page, title: str) -> None:
@@ -191,6 +242,8 @@ def test_studio_end_to_end(studio, tmp_path):
             page.get_by_text("Prunable groups").wait_for()
             _settle(page)
             _no_exception(page, "New run", log)
+            assert _cut_off(page) == [], _cut_off(page)
+            assert _local_icon(page, studio["url"]) == [], "the page icon needs the internet"
             _screenshot(page, "new_run")
 
             start = page.get_by_role("button", name="Start pruning")
@@ -232,6 +285,7 @@ def test_studio_end_to_end(studio, tmp_path):
             assert n_points >= evaluated, f"only {n_points} candidate markers in the live charts"
             for label in ("ONNX model", "Checkpoint", "Summary JSON", "Candidates CSV"):
                 assert page.locator('[data-testid="stDownloadButton"]').filter(has_text=label).count() == 1, label
+            assert _cut_off(page) == [], _cut_off(page)      # no metric, label or button ending in "…"
             _screenshot(page, "live_run")
 
             # the ONNX model, downloaded through the page, runs in ONNX Runtime
@@ -253,6 +307,29 @@ def test_studio_end_to_end(studio, tmp_path):
             assert np.isfinite(out).all()
             _no_exception(page, "Live run (after download)", log)
 
+            # ---------------------------------------------------------------- an interrupted run, a second run
+            # a run whose job died while fine-tuning: its status is shown whole (not "fine-tu…"), here and in the
+            # picker; a second real run (another strategy) to compare with
+            first = run_dirs[0]
+            dead = studio["runs"] / f"{first.name}-died"
+            _interrupted_copy(first, dead)
+            from pruner.runs.config import RunConfig
+            from pruner.runs.job import run_job
+
+            cfg = json.loads((first / "config.json").read_text())
+            cfg.update(strategy="random", strategy_params={}, finetune={**cfg["finetune"], "epochs": 2})
+            second = run_job(RunConfig.from_dict(cfg), studio["runs"] / f"{first.name}-random")
+            assert second["status"] == "done", second.get("error")
+            page.goto(f"{studio['url']}live_run?run={dead.name}")
+            _settle(page, 90_000)
+            page.get_by_role("heading", name="Live run").wait_for()
+            page.get_by_text("Interrupted: no process").first.wait_for(timeout=30_000)
+            assert _metric(page, "Status") == "fine-tuning"
+            picked = page.get_by_role("combobox", name="Run", exact=True).input_value()
+            assert picked == f"{dead.name}  ·  fine-tuning (interrupted)", picked
+            _no_exception(page, "Live run (interrupted)", log)
+            assert _cut_off(page) == [], _cut_off(page)
+
             # ---------------------------------------------------------------- the other pages
             _go(page, "Sensitivity")
             page.get_by_role("heading", name="Layer sensitivity").wait_for()
@@ -265,9 +342,22 @@ def test_studio_end_to_end(studio, tmp_path):
             run_name = run_dirs[0].name
             page.get_by_text(run_name).first.wait_for(state="attached", timeout=30_000)  # the runs table
             assert page.get_by_role("combobox", name="Run", exact=True).input_value().startswith(run_name)
-            page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=30_000)  # its layers
+            page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=30_000)  # its network
             _settle(page)
             _no_exception(page, "Runs", log)
+            # compare the two finished runs: results, curves, the settings that differ
+            _pick(page, "Runs to compare", run_name)
+            _pick(page, "Runs to compare", f"{run_name}-random")
+            page.keyboard.press("Escape")
+            _settle(page)
+            for tab in ("Search curves", "Fine-tuning curves", "Settings that differ", "Pareto fronts"):
+                page.get_by_role("tab", name=tab).click()
+                page.wait_for_timeout(400)
+            assert page.locator('[data-testid="stDataFrame"]').count() == 4   # runs, results, speed, settings
+            page.get_by_text("The network before and after pruning").first.wait_for(timeout=30_000)
+            page.wait_for_timeout(800)
+            _no_exception(page, "Runs (compared)", log)
+            assert _cut_off(page) == [], _cut_off(page)      # the tables fit: nothing hidden on the right
             _screenshot(page, "runs")
         finally:
             browser.close()

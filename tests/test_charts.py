@@ -60,3 +60,72 @@ def test_toolbar_does_not_cover_titles():
     for fig in (charts.reward_chart([]), charts.finetune_chart([{"epoch": 1, "loss": 1.0}]),
                 charts.sensitivity_curves({})):
         assert fig.layout.modebar.orientation == "v"
+
+
+# ---------------------------------------------------------------------- on real runs (tests/conftest.py)
+def _series(finished_runs):
+    from pruner.runs.rundir import RunDir
+    from studio import history
+
+    return [history.run_series(RunDir(p)) for p in finished_runs.values()]
+
+
+def test_network_chart_shows_every_layer_kept_and_removed_by_group(finished_runs):
+    import json
+
+    summary = json.loads((finished_runs["rl"] / "summary.json").read_text())
+    layers, groups = summary["layers"], summary["groups"]
+    fig = charts.network_chart(layers, groups)
+    removed = next(t for t in fig.data if t.name == "removed")
+    assert list(removed.y) == [l["name"] for l in layers]
+    assert list(removed.x) == [l["before"] - l["after"] for l in layers]
+    assert list(removed.base) == [l["after"] for l in layers]
+    kept = {y: x for t in fig.data if t.name != "removed" for y, x in zip(t.y, t.x)}
+    assert kept == {l["name"]: l["after"] for l in layers}      # every layer once, at its kept channels
+    owner = charts.layer_groups(groups)
+    for t in fig.data:
+        if t.name == "removed":
+            continue
+        gname = t.legendgroup or "not pruned (no group)"
+        assert all(owner.get(y, "not pruned (no group)") == gname for y in t.y)
+    # resnet20's first group couples conv1 with the three residual convs of stage 1: the legend says so
+    first = groups[0]
+    assert len(first["layers"]) == 4 and f"{first['name']} (+3 coupled)" in {t.name for t in fig.data}
+    assert len({t.marker.color for t in fig.data if t.name != "removed"}) == len(fig.data) - 1
+    assert list(fig.layout.yaxis.categoryarray) == [l["name"] for l in layers][::-1]   # input at the top
+    empty = charts.network_chart([], [])
+    assert not empty.data and "has not finished" in empty.layout.annotations[0].text
+
+
+def test_compare_search_chart_overlays_each_runs_best_so_far(finished_runs):
+    series = _series(finished_runs)
+    fig = charts.compare_search_chart(series)
+    for run in series:
+        rewards = [c["reward"] for c in run["candidates"] if c.get("reward") is not None]
+        line = next(t for t in fig.data if t.name == run["name"])
+        best = [max(rewards[:i + 1]) for i in range(len(rewards))]
+        assert list(line.y) == best and line.xaxis == "x"
+        top1 = next(t for t in fig.data if t.name == f"{run['name']} top-1")
+        assert top1.xaxis == "x2" and list(top1.y)[-1] == max(c["top1"] for c in run["candidates"])
+    lines = [t for t in fig.data if t.name in {r["name"] for r in series}]
+    assert len({t.line.color for t in lines}) == len(series)
+    assert "no evaluated candidates" in charts.compare_search_chart([]).layout.annotations[0].text
+
+
+def test_compare_finetune_chart_overlays_epochs(finished_runs):
+    series = _series(finished_runs)
+    fig = charts.compare_finetune_chart(series)
+    for run in series:
+        val = next(t for t in fig.data if t.name == run["name"])
+        loss = next(t for t in fig.data if t.name == f"{run['name']} loss")
+        assert list(val.x) == [1, 2] and list(val.y) == [e["val_top1"] for e in run["epochs"]]
+        assert list(loss.y) == [e["loss"] for e in run["epochs"]] and loss.xaxis == "x2"
+    no_ft = [{**s, "epochs": []} for s in series]
+    assert "fine-tuning was off" in charts.compare_finetune_chart(no_ft).layout.annotations[0].text
+
+
+def test_compared_fronts_of_real_runs_mark_the_chosen_candidate(finished_runs):
+    series = _series(finished_runs)
+    fig = charts.compare_fronts_chart(series)
+    stars = [t for t in fig.data if t.name.endswith(" chosen")]
+    assert {t.name for t in stars} == {f"{s['name']} chosen" for s in series}

@@ -6,6 +6,8 @@ Every test gets its own runs folder (``$PRUNER_RUNS_DIR``) and a fresh ``st.cach
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from pathlib import Path
 
@@ -228,7 +230,7 @@ def test_prune_run_from_new_run_to_live_and_runs_pages(runs_dir):
     assert_clean(at)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Status"] == "done"
-    assert metrics["Top-1"].endswith("%")
+    assert metrics["Top-1 (report split)"].endswith("%")
     assert at.get("progress")[0].value == 100
     assert len(at.get("plotly_chart")) >= 6
     assert {"ONNX model", "Checkpoint", "Summary JSON", "Candidates CSV"} <= set(labels(at, "download_button"))
@@ -242,13 +244,26 @@ def test_prune_run_from_new_run_to_live_and_runs_pages(runs_dir):
     assert row["pruned top-1 (%)"] is not None and row["MACs (M)"] > 0
     # the selected run: layers before/after, downloads of the files that exist, a link to Live run
     assert at.selectbox[0].value == "e2e-prune"
-    assert {"ONNX model", "Checkpoint", "Summary JSON", "Candidates CSV"} == set(labels(at, "download_button"))
+    # one list of downloads for both pages: the Runs page offers the .pt2 program too
+    assert {"ONNX model", "Checkpoint", "Program (.pt2)", "Summary JSON", "Candidates CSV"} == set(
+        labels(at, "download_button"))
     assert any(p.proto.page.endswith("live_run") or "live" in p.proto.page.lower() for p in at.get("page_link"))
     at.multiselect(key="runs_compare").set_value(["e2e-prune"]).run()
     assert_clean(at)
     cmp = at.dataframe[1].value
     assert list(cmp["name"]) == ["e2e-prune"]
-    assert len(at.get("plotly_chart")) == 2      # compared fronts + layers
+    # compared fronts, search curves, fine-tuning curves (tabs), the selected run's network
+    assert len(at.get("plotly_chart")) == 4
+    assert "Pick a second run" in " ".join(texts(at.caption))
+
+    # tags and a note, saved into the run directory and shown in the table
+    at.multiselect(key="runs_notes_tags_e2e-prune").set_value(["baseline"])
+    at.text_area(key="runs_notes_note_e2e-prune").set_value("the first run")
+    at.button(key="FormSubmitter:runs_notes_form-Save tags and note").click().run()
+    assert_clean(at)
+    assert json.loads((run / "notes.json").read_text())["tags"] == ["baseline"]
+    table = at.dataframe[0].value
+    assert table[table["name"] == "e2e-prune"].iloc[0]["tags"] == "baseline"
 
 
 def test_sensitivity_analysis_start_to_heatmap(runs_dir):
@@ -377,3 +392,38 @@ def test_failed_runs_show_their_error(runs_dir):
     at.selectbox[0].set_value("bad-sens").run()
     assert not at.exception
     assert any("The run failed" in m for m in texts(at.error)), texts(at.error)
+
+
+# ---------------------------------------------------------------------- interrupted runs, compared runs
+def test_interrupted_and_compared_runs(runs_dir):
+    """A run whose job died while fine-tuning (no summary, nobody holds its lock) is shown as interrupted
+    everywhere; two runs compared show the settings that differ."""
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    assert run_job(tiny(), runs_dir / "a")["status"] == "done"
+    assert run_job(tiny(strategy="uniform"), runs_dir / "b")["status"] == "done"
+    dead = runs_dir / "c-died-fine-tuning"
+    shutil.copytree(runs_dir / "a", dead)
+    (dead / "summary.json").unlink()
+    lines = (dead / "events.jsonl").read_text().splitlines()
+    cut = next(i for i, l in enumerate(lines) if json.loads(l).get("status") == "search done")
+    (dead / "events.jsonl").write_text("\n".join(lines[:cut + 1] + [json.dumps(
+        {"kind": "status", "time": time.time(), "status": "fine-tuning"})]) + "\n")
+
+    at = app(LIVE)
+    assert not at.exception and not at.error
+    at.selectbox[0].set_value("c-died-fine-tuning").run()
+    assert not at.exception
+    assert {m.label: m.value for m in at.metric}["Status"] == "fine-tuning"
+    assert any(m.startswith("Interrupted") for m in texts(at.warning)), texts(at.warning)
+    assert "fine-tuning (interrupted)" in at.selectbox[0].format_func("c-died-fine-tuning")
+
+    at.switch_page(RUNS).run()
+    assert not at.exception and not at.error
+    table = at.dataframe[0].value
+    assert table[table["name"] == "c-died-fine-tuning"].iloc[0]["status"] == "fine-tuning (interrupted)"
+    at.multiselect(key="runs_compare").set_value(["a", "b"]).run()
+    assert not at.exception and not at.error
+    diff = at.dataframe[3].value
+    assert "strategy" in list(diff["setting"])
+    row = diff[diff["setting"] == "strategy"].iloc[0]
+    assert (row["a"], row["b"]) == ("random", "uniform")

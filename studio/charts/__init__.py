@@ -10,18 +10,22 @@ chart redrawn with new data keeps the user's zoom.
 | ``finetune`` | loss and validation top-1 per epoch |
 | ``strategies`` | the strategies' own events (constrained, purl, joint, any other kind) |
 | ``sensitivity`` | sensitivity heatmap and curves |
-| ``runs`` | channels per layer before/after, compared fronts, MACs per group |
+| ``runs`` | MACs per layer group (the model summary) |
+| ``compare`` | runs compared: overlaid Pareto fronts, search (reward, top-1) and fine-tuning curves |
+| ``network`` | the network before and after pruning: kept and removed channels per layer, by layer group |
 """
 
 from ._common import PALETTE, empty_figure, palette, pareto_front
 from .finetune import finetune_chart
-from .runs import compare_fronts_chart, group_cost_chart, layers_chart
+from .compare import compare_finetune_chart, compare_fronts_chart, compare_search_chart
+from .network import layer_groups, network_chart
+from .runs import group_cost_chart
 from .search import keep_ratio_chart, policy_heatmap, reward_chart, tradeoff_chart
 from .sensitivity import sensitivity_curves, sensitivity_heatmap
 from .strategies import (STRATEGY_CHARTS, constrained_chart, event_series_chart, joint_chart, purl_chart,
                          strategy_chart)
 
-__all__ = ["PALETTE", "STRATEGY_CHARTS", "compare_fronts_chart", "constrained_chart", "empty_figure",
+__all__ = ["PALETTE", "STRATEGY_CHARTS", "compare_finetune_chart", "compare_fronts_chart", "compare_search_chart", "constrained_chart", "empty_figure",
            "event_series_chart", "finetune_chart", "group_cost_chart", "joint_chart", "keep_ratio_chart",
-           "layers_chart", "palette", "pareto_front", "policy_heatmap", "purl_chart", "reward_chart",
+           "layer_groups", "network_chart", "palette", "pareto_front", "policy_heatmap", "purl_chart", "reward_chart",
            "sensitivity_curves", "sensitivity_heatmap", "strategy_chart", "tradeoff_chart"]

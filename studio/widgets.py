@@ -1,0 +1,200 @@
+"""Widgets the pages share: page set-up, the run picker, status banners, result metrics, downloads, notes.
+
+Each widget is one call on a page; the logic behind it lives in the pure modules (``results``,
+``history``, ``artifacts``, ``notes``), which are unit-tested without Streamlit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import streamlit as st
+
+from pruner.errors import PrunerError
+from pruner.runs.rundir import RunDir, is_final
+
+from . import artifacts, assets, history, notes, results, state
+
+LEVEL_ICONS = {"error": ":material/error:", "warning": ":material/warning:", "info": ":material/info:"}
+
+
+def page_setup() -> None:
+    """Page title, the local page icon and the studio's stylesheet (``assets/``)."""
+    st.set_page_config(page_title="Pruning studio", page_icon=str(assets.ICON), layout="wide")
+    css = assets.css()
+    if css:
+        st.html(f"<style>{css}</style>")
+
+
+# ---------------------------------------------------------------------- cached reads (keyed on the files' stamps)
+@st.cache_data(show_spinner=False, max_entries=5000)
+def _table_row(path: str, stamp: tuple) -> dict:
+    return history.table_row(RunDir(path), created=stamp[0])
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _series(path: str, stamp: tuple) -> dict:
+    return history.run_series(RunDir(path))
+
+
+def runs_table_columns(any_tags: bool) -> dict:
+    """The Runs table's columns; the tags column only when some run has tags."""
+    return {**RUNS_TABLE_COLUMNS, **({} if any_tags else {"tags": None})}
+
+
+def table_row(rd: RunDir) -> dict:
+    """The Runs table's row of ``rd`` (read again only when its files change), with a dead run marked."""
+    row = dict(_table_row(str(rd.path), history.stamp(rd)))
+    if state.liveness(rd, row["status"]) == "interrupted":
+        row["status"] = f"{row['status']} (interrupted)"
+    return row
+
+
+def run_series(rd: RunDir) -> dict:
+    return _series(str(rd.path), history.stamp(rd))
+
+
+# ---------------------------------------------------------------------- the run picker
+def run_picker(names: Sequence[str], current: str | None, *, label: str, help: str,
+               details: dict[str, str] | None = None) -> str:
+    """A select box of runs (newest first) showing each run's status (``details``: name → text),
+    attached to the URL, so a refresh or a shared link opens the same run. (No widget key: the box
+    follows ``current`` when a link or a finished job names another run.)"""
+    names = list(names)
+    if current not in names:
+        current = names[0]
+    details = details or {}
+    choice = st.selectbox(label, names, index=names.index(current), help=help,
+                          format_func=lambda n: f"{n}  ·  {details[n]}" if details.get(n) else n)
+    state.attach(choice)
+    return choice
+
+
+def statuses(runs: Sequence[RunDir], limit: int = 200) -> dict[str, str]:
+    """Run name → its status for the picker (the newest ``limit`` runs; a dead run says so)."""
+    out = {}
+    for rd in runs[:limit]:
+        status = rd.status()
+        out[rd.name] = f"{status} (interrupted)" if state.liveness(rd, status) == "interrupted" else status
+    return out
+
+
+# ---------------------------------------------------------------------- banners and results
+def status_banner(rd: RunDir, status: str | None, error: str | None, *, noun: str = "run", hint: str = "") -> bool:
+    """An error or warning for a failed, cancelled or interrupted run; returns whether one was shown."""
+    live = "final" if is_final(status) else state.liveness(rd, status)
+    banner = results.status_banner(status, liveness=live, error=error, noun=noun, hint=hint)
+    if banner is None:
+        return False
+    level, text = banner
+    (st.error if level == "error" else st.warning)(text, icon=LEVEL_ICONS[level])
+    return True
+
+
+def result_metrics(summary: dict | None, *, per_row: int = 3, top5: bool = True, ort: bool = True) -> None:
+    """The result metrics of a finished run, ``per_row`` to a row (so no label or value is cut off)."""
+    items = results.metrics(summary, top5=top5, ort=ort)
+    for start in range(0, len(items), per_row):
+        cols = st.columns(per_row)
+        for col, m in zip(cols, items[start:start + per_row]):
+            kw = {"delta_color": "off", "delta_arrow": "off"} if m["neutral"] else {}
+            col.metric(m["label"], m["value"], delta=m["delta"], help=m.get("help"), **kw)
+
+
+def download_buttons(rd: RunDir, summary: dict | None, run_name: str, *, key: str) -> None:
+    """Download buttons for the run's artifacts that exist inside its directory (read only when clicked)."""
+    found = artifacts.downloads(rd.path, summary)
+    if not found:
+        return
+    st.markdown("**Downloads**")
+    cols = st.columns(len(found))
+    for col, d in zip(cols, found):
+        col.download_button(d.label, data=lambda p=d.path: p.read_bytes(), file_name=f"{run_name}-{d.path.name}",
+                            mime=d.mime, key=f"{key}_{d.key}", on_click="ignore", icon=":material/download:",
+                            help=d.help, width="stretch")
+
+
+# ---------------------------------------------------------------------- tags and notes
+def notes_editor(rd: RunDir, *, key: str, known_tags: Sequence[str] = ()) -> None:
+    """Tags and a free-text note on the run, saved to ``<run>/notes.json``."""
+    current = notes.read_notes(rd.path)
+    with st.form(key=f"{key}_form", border=False):
+        options = sorted(set(known_tags) | set(current["tags"]))
+        tags = st.multiselect("Tags", options, default=current["tags"], key=f"{key}_tags_{rd.name}",
+                              accept_new_options=True, placeholder="add a tag (type and press Enter)",
+                              help=f"Short labels to find and group runs (up to {notes.MAX_TAGS})")
+        note = st.text_area("Note", value=current["note"], key=f"{key}_note_{rd.name}", height=90,
+                            placeholder="what this run was for, what you saw")
+        saved = st.form_submit_button("Save tags and note", icon=":material/save:")
+    if saved:
+        try:
+            notes.write_notes(rd.path, tags, note)
+        except PrunerError as exc:
+            st.error(str(exc), icon=LEVEL_ICONS["error"])
+        except OSError as exc:
+            st.error(f"Could not save the notes of {rd.name}: {exc.strerror or exc}; check that the runs folder "
+                     "is writable.", icon=LEVEL_ICONS["error"])
+        else:
+            st.toast("Tags and note saved.")
+            st.rerun()
+
+
+def example_model_download(key: str) -> None:
+    """The example model file (``assets/example_model.py``) for the upload field."""
+    try:
+        data = assets.example_model()
+    except OSError:
+        return
+    st.download_button("Example model file", data=data, file_name=Path(assets.EXAMPLE_MODEL).name,
+                       mime="text/x-python", key=key, on_click="ignore", icon=":material/download:",
+                       help="A small CNN with a `build(num_classes)` factory: a template for your own model file")
+
+
+# ---------------------------------------------------------------------- table columns
+# Short headers (the full meaning in each help) so the tables fit the page at 1400 px without scrolling.
+_N = st.column_config.NumberColumn
+_T = st.column_config.TextColumn
+
+RUNS_TABLE_COLUMNS = {
+    "name": _T("name"),
+    "kind": None,        # in the data (the Show filter and the run picker say it), not a column: the table must fit
+    "status": _T("status"),
+    "model": _T("model"),
+    "data": _T("data"),
+    "strategy": _T("strategy"),
+    "budget": _T("budget"),
+    "base top-1 (%)": _N("base top-1", format="%.2f",
+                         help="Original model's top-1 (%): report split; search split for sensitivity analyses"),
+    "pruned top-1 (%)": _N("top-1", format="%.2f", help="Pruned and fine-tuned model's top-1 (%), report split"),
+    "MACs (M)": None,    # in the data (and the comparison), not shown: MACs kept says it relative to the original
+    "MACs kept (%)": _N("MACs %", format="%.1f", help="Pruned model's MACs as a % of the original's"),
+    "params (M)": None,
+    "latency (ms)": _N("ms", format="%.2f", help="Pruned model's PyTorch latency (ms) at batch 1 on the run's "
+                                                  "device: the original's ms times the paired ratio"),
+    "tags": _T("tags", help="Tags and a note: Run details → Tags and note"),
+    "created": st.column_config.DatetimeColumn("created", format="MM-DD HH:mm", help="When the run was started"),
+}
+
+COMPARE_COLUMNS = {
+    "achieved": _N("achieved", format="%.3f", help="Pruned cost as a fraction of the original"),
+    "base top-1 (%)": _N("base top-1", format="%.2f", help="Original model's top-1 (%), report split"),
+    "pruned top-1 (%)": _N("top-1", format="%.2f", help="Pruned and fine-tuned model's top-1 (%), report split"),
+    "Δ top-1 (points)": _N("Δ top-1", format="%+.2f", help="Pruned minus original, points"),
+    "MACs (M)": _N("MACs (M)", format="%.2f"),
+    "params (M)": _N("params (M)", format="%.3f"),
+    "latency (ms)": _N("latency (ms)", format="%.2f", help="The original's ms times the paired ratio"),
+    "latency vs original": _N("vs original", format="%.3f", help="Pruned over original, timed alternately"),
+    "ORT latency (ms)": _N("ORT (ms)", format="%.2f", help="ONNX Runtime latency, CPU, batch 1"),
+    "search time (s)": _N("search (s)", format="%.1f"),
+    "total time (s)": _N("total (s)", format="%.1f"),
+}
+
+GROUPS_COLUMNS = {   # the model summary's groups, in the New run page's narrow right column
+    "group": _T("group"),
+    "channels": _N("ch.", help="Output channels of the group"),
+    "layers": _N("layers", help="Layers whose output channels the group prunes together"),
+    "MMACs": _N("MMACs", format="%.2f", help="MACs touched by the group, millions"),
+    "params": _N("params", help="Parameters touched by the group"),
+    "coupled": st.column_config.CheckboxColumn("coupled", help="Several layers coupled (e.g. by a residual add)"),
+}
