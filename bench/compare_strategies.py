@@ -67,7 +67,13 @@ def main() -> int:
     p.add_argument("--collect", nargs="+", default=None, metavar="DIR",
                    help="no runs: merge the results.csv of earlier runs (e.g. one process per seed) into OUT's tables")
     p.add_argument("--out", default="bench/results/compare")
+    p.add_argument("--cache", default=None, metavar="DIR",
+                   help="--fast: where evaluations are cached (default OUT/cache); share it between budgets of one "
+                        "seed, since a structure's search top-1 does not depend on the budget")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.collect:
         return collect(args)
     seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [args.seed]
@@ -148,7 +154,7 @@ def run_fast(args, params, budgets, seed: int, out: Path) -> list[dict]:
     first = config_for(args, params, budgets, args.strategies.split(",")[0], seed)
     session = Session(first)
     data = session.data
-    cache_dir = out / "cache"
+    cache_dir = Path(args.cache) if args.cache else out / "cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
     cache = cache_dir / f"{args.model}-{args.weights}-{args.data}-{args.protocol}-seed{seed}-s{args.search_images}-r{args.recal_images}.jsonl"
     known: dict[tuple, dict] = {}
@@ -163,11 +169,19 @@ def run_fast(args, params, budgets, seed: int, out: Path) -> list[dict]:
         session.config = cfg
         ev = session.evaluator(max_evals=cfg.search_evals)
         ev.preload(list(known.values()))
-        ctx = SearchContext(ev, seed=seed, scores=session.scores, emit=lambda kind, **f: None)
+        notes: list[dict] = []  # the strategy's prior and log events, kept with its candidates
+        ctx = SearchContext(ev, seed=seed, scores=session.scores,
+                            emit=lambda kind, **f: notes.append({"kind": kind, **f}) if kind in ("prior", "log") else None)
         strat = make_strategy(strategy, **cfg.strategy_params)
         t0 = time.time()
         best = run_search(strat, ctx)
         seconds = time.time() - t0
+        with open(out / f"candidates-{strategy}-seed{seed}.jsonl", "w") as fh:  # what the search did, for the record
+            for e in notes:
+                fh.write(json.dumps(e) + "\n")
+            for c in ev.candidates:
+                fh.write(json.dumps({"kind": "candidate", "id": c.id, "top1": c.top1, "cost": round(c.cost, 4),
+                                     "keep_ratios": [round(k, 3) for k in c.keep_ratios], "meta": c.meta}) + "\n")
         with open(cache, "a") as fh:
             for c in ev.candidates:
                 if tuple(c.counts) not in known and c.meta.get("model_version", 0) == 0:
