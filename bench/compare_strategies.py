@@ -167,8 +167,18 @@ def run_fast(args, params, budgets, seed: int, out: Path) -> list[dict]:
     for strategy in args.strategies.split(","):
         cfg = config_for(args, params, budgets, strategy, seed)
         session.config = cfg
-        ev = session.evaluator(max_evals=cfg.search_evals)
+        def remember(c) -> None:  # every fresh evaluation goes to the cache at once: a killed run loses nothing
+            if tuple(c.counts) not in known and c.meta.get("model_version", 0) == 0:
+                known[tuple(c.counts)] = {"counts": c.counts, "top1": c.top1, "macs": c.macs, "params": c.params,
+                                          "latency_ms": c.latency_ms, "cost": c.cost, "meta": {"model_version": 0}}
+                with open(cache, "a") as fh:
+                    fh.write(json.dumps(known[tuple(c.counts)]) + "\n")
+            print(f"  {strategy} seed {seed}: candidate {c.id} top-1 {c.top1:.1f} cost {c.cost:.3f} "
+                  f"{c.meta.get('proposal') or c.meta.get('probe', '')}", file=sys.stderr, flush=True)
+
+        ev = session.evaluator(max_evals=cfg.search_evals, on_candidate=remember)
         ev.preload(list(known.values()))
+        ev._logged = 0  # report every candidate to remember(), replayed ones included (it skips the known)
         notes: list[dict] = []  # the strategy's prior and log events, kept with its candidates
         ctx = SearchContext(ev, seed=seed, scores=session.scores,
                             emit=lambda kind, **f: notes.append({"kind": kind, **f}) if kind in ("prior", "log") else None)
@@ -182,12 +192,6 @@ def run_fast(args, params, budgets, seed: int, out: Path) -> list[dict]:
             for c in ev.candidates:
                 fh.write(json.dumps({"kind": "candidate", "id": c.id, "top1": c.top1, "cost": round(c.cost, 4),
                                      "keep_ratios": [round(k, 3) for k in c.keep_ratios], "meta": c.meta}) + "\n")
-        with open(cache, "a") as fh:
-            for c in ev.candidates:
-                if tuple(c.counts) not in known and c.meta.get("model_version", 0) == 0:
-                    known[tuple(c.counts)] = {"counts": c.counts, "top1": c.top1, "macs": c.macs, "params": c.params,
-                                              "latency_ms": c.latency_ms, "cost": c.cost, "meta": {"model_version": 0}}
-                    fh.write(json.dumps(known[tuple(c.counts)]) + "\n")
         model = ev.model if ev.model_version > 0 else session.model
         pruned, _ = session.space.prune(model, best.counts, ev.ranking)
         from pruner.evaluate import recalibrate_bn

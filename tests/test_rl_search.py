@@ -134,15 +134,15 @@ CHANGES = {
     "probe_ratio": (0.8, {}),
     "parts": (1, {"_evals": 16, "max_probes": 9}),
     "max_probes": (2, {}),
-    "floor": (0.01, {}),
+    "floor": (40.0, {}),  # above the probes' damage, so it decides the start
     "power": (3.0, {}),
     "steps": (2, {}),
     "samples": (4, {}),
     "inner_epochs": (2, {}),
     "noise": (1.5, {}),
     "sharpen": (2.0, {}),
-    "noise_decay": (0.2, {}),
-    "min_noise": (0.3, {"noise_decay": 0.2}),
+    "noise_decay": (0.2, {"_evals": 16}),  # later updates draw noise only with evaluations to spare
+    "min_noise": (0.3, {"_evals": 16, "noise_decay": 0.2}),
     "lr": (0.1, {}),
     "clip": (0.05, {}),
     "temperature": (0.0, {}),
@@ -272,8 +272,9 @@ def test_rl_features_come_from_the_pruning_space(session):
     levels = sorted(set(res.tolist()), reverse=True)  # e.g. 32x32, 16x16, 8x8
     assert len(levels) == 3 and np.allclose(np.diff(levels), -2.0)
     assert list(coupled) == [g.coupled for g in space.groups] and coupled.sum() == 3
-    feats = group_features(space, res)
-    assert feats.shape[0] == len(space) and 3 <= feats.shape[1] <= 7
+    feats, names = group_features(space, res)
+    assert feats.shape[0] == len(space) and 3 <= feats.shape[1] <= 7 and len(names) == feats.shape[1]
+    assert "coupled" in names and "resolution" in names
     assert np.allclose(feats.mean(axis=0), 0) and np.allclose(feats.std(axis=0), 1)
     # a forward pass with the hooks left the model's outputs alone
     x = torch.zeros(2, *space.input_size)

@@ -148,23 +148,24 @@ FEATURES = ("coupled", "resolution", "coupled x resolution", "depth", "depth x r
             "log MAC share")
 
 
-def group_features(space, resolution: np.ndarray) -> np.ndarray:
+def group_features(space, resolution: np.ndarray) -> tuple[np.ndarray, list[str]]:
     """The policy's features (``FEATURES``, one column each) per group, centred and scaled to unit
-    standard deviation; constant columns are dropped (the allocation is scale-free, so a constant
-    does nothing)."""
+    standard deviation, and their names; constant columns are dropped (the allocation is
+    scale-free, so a constant does nothing)."""
     stage, coupled, depth = group_layout(space, resolution)
     res = resolution - resolution.mean()
     c = coupled.astype(float)
     d = np.where(coupled, 0.0, depth - 0.5)
     share = np.array([max(1, g.macs) for g in space.groups], dtype=float) / max(1, space.base_macs)
     cols = [c, res, c * res, d, d * res, np.log([g.channels for g in space.groups]), np.log(share)]
-    out = []
-    for col in cols:
+    out, names = [], []
+    for name, col in zip(FEATURES, cols):
         col = np.asarray(col, dtype=float) - np.mean(col)
         sd = col.std()
         if sd > 1e-9:
             out.append(col / sd)
-    return np.stack(out, axis=1) if out else np.zeros((len(space.groups), 0))
+            names.append(name)
+    return (np.stack(out, axis=1) if out else np.zeros((len(space.groups), 0))), names
 
 
 def feature_blocks(space, resolution: np.ndarray, cap: int, parts: int) -> list[list[int]]:
@@ -364,9 +365,8 @@ class RLPruner(Strategy):
             at = [g.channels for g in space.groups]
         rates = saving_rates(space, ctx.budget.kind, at)
         z, direction, record, blocks = self._start(ctx, resolution, rates)
-        feats = group_features(space, resolution) if prm["policy"] == "features" else np.eye(n)
-        record = {**record, "policy": prm["policy"],
-                  "features": [f for f in FEATURES] if prm["policy"] == "features" else "per group"}
+        feats, names = group_features(space, resolution) if prm["policy"] == "features" else (np.eye(n), ["per group"])
+        record = {**record, "policy": prm["policy"], "features": names}
         ctx.emit("prior", strategy=self.name, **record)
         ctx.emit("log", level="info", message=f"rl starts from {_describe(record)}")
         samples = int(prm["samples"])
