@@ -265,7 +265,7 @@ class RLPruner(Strategy):
         "max_probes": Param(0, int, "cap on probes (blocks of groups); 0 = about a quarter of the evaluations",
                             low=0),
         "parts": Param(2, int, "ordinary groups of one resolution are probed in this many blocks by depth", low=1),
-        "floor": Param(0.5, float, "top-1 points a block is assumed to lose at least when fully pruned (noise floor)",
+        "floor": Param(0.5, float, "top-1 points a block is assumed to lose at least at the probe ratio (noise floor)",
                        low=0.0, low_open=True),
         "power": Param(1.0, float, "allocation (s/a)^power of the damage model a*p^k, k = 1 + 1/power "
                                    "(1 = quadratic damage)", low=0.0, high=8.0, low_open=True),
