@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pruner.finetune import FinetuneConfig  # noqa: E402
 from pruner.runs.config import RunConfig  # noqa: E402
 from pruner.runs.job import run_job  # noqa: E402
+from pruner.runs.rundir import Status  # noqa: E402
 
 
 def main() -> int:
@@ -67,7 +68,13 @@ def main() -> int:
     p.add_argument("--collect", nargs="+", default=None, metavar="DIR",
                    help="no runs: merge the results.csv of earlier runs (e.g. one process per seed) into OUT's tables")
     p.add_argument("--out", default="bench/results/compare")
+    p.add_argument("--cache", default=None, metavar="DIR",
+                   help="--fast: where evaluations are cached (default OUT/cache); share it between budgets of one "
+                        "seed, since a structure's search top-1 does not depend on the budget")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.collect:
         return collect(args)
     seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [args.seed]
@@ -117,7 +124,7 @@ def run_pipeline(args, params, budgets, seed: int, out: Path) -> list[dict]:
         run_dir = out / strategy
         t0 = time.time()
         summary = run_job(cfg, run_dir, resume=(run_dir / "config.json").exists())
-        if summary["status"] != "done":
+        if summary["status"] != Status.DONE:
             print(f"{strategy}: {summary['status']}: {summary['error']}", file=sys.stderr)
             continue
         s, b, r = summary["search"], summary["base"], summary["pruned"]
@@ -148,7 +155,7 @@ def run_fast(args, params, budgets, seed: int, out: Path) -> list[dict]:
     first = config_for(args, params, budgets, args.strategies.split(",")[0], seed)
     session = Session(first)
     data = session.data
-    cache_dir = out / "cache"
+    cache_dir = Path(args.cache) if args.cache else out / "cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
     cache = cache_dir / f"{args.model}-{args.weights}-{args.data}-{args.protocol}-seed{seed}-s{args.search_images}-r{args.recal_images}.jsonl"
     known: dict[tuple, dict] = {}
@@ -161,19 +168,31 @@ def run_fast(args, params, budgets, seed: int, out: Path) -> list[dict]:
     for strategy in args.strategies.split(","):
         cfg = config_for(args, params, budgets, strategy, seed)
         session.config = cfg
-        ev = session.evaluator(max_evals=cfg.search_evals)
+        def remember(c) -> None:  # every fresh evaluation goes to the cache at once: a killed run loses nothing
+            if tuple(c.counts) not in known and c.meta.get("model_version", 0) == 0:
+                known[tuple(c.counts)] = {"counts": c.counts, "top1": c.top1, "macs": c.macs, "params": c.params,
+                                          "latency_ms": c.latency_ms, "cost": c.cost, "meta": {"model_version": 0}}
+                with open(cache, "a") as fh:
+                    fh.write(json.dumps(known[tuple(c.counts)]) + "\n")
+            print(f"  {strategy} seed {seed}: candidate {c.id} top-1 {c.top1:.1f} cost {c.cost:.3f} "
+                  f"{c.meta.get('proposal') or c.meta.get('probe', '')}", file=sys.stderr, flush=True)
+
+        ev = session.evaluator(max_evals=cfg.search_evals, on_candidate=remember)
         ev.preload(list(known.values()))
-        ctx = SearchContext(ev, seed=seed, scores=session.scores, emit=lambda kind, **f: None)
+        ev._logged = 0  # report every candidate to remember(), replayed ones included (it skips the known)
+        notes: list[dict] = []  # the strategy's prior and log events, kept with its candidates
+        ctx = SearchContext(ev, seed=seed, scores=session.scores,
+                            emit=lambda kind, **f: notes.append({"kind": kind, **f}) if kind in ("prior", "log") else None)
         strat = make_strategy(strategy, **cfg.strategy_params)
         t0 = time.time()
         best = run_search(strat, ctx)
         seconds = time.time() - t0
-        with open(cache, "a") as fh:
+        with open(out / f"candidates-{strategy}-seed{seed}.jsonl", "w") as fh:  # what the search did, for the record
+            for e in notes:
+                fh.write(json.dumps(e) + "\n")
             for c in ev.candidates:
-                if tuple(c.counts) not in known and c.meta.get("model_version", 0) == 0:
-                    known[tuple(c.counts)] = {"counts": c.counts, "top1": c.top1, "macs": c.macs, "params": c.params,
-                                              "latency_ms": c.latency_ms, "cost": c.cost, "meta": {"model_version": 0}}
-                    fh.write(json.dumps(known[tuple(c.counts)]) + "\n")
+                fh.write(json.dumps({"kind": "candidate", "id": c.id, "top1": c.top1, "cost": round(c.cost, 4),
+                                     "keep_ratios": [round(k, 3) for k in c.keep_ratios], "meta": c.meta}) + "\n")
         model = ev.model if ev.model_version > 0 else session.model
         pruned, _ = session.space.prune(model, best.counts, ev.ranking)
         from pruner.evaluate import recalibrate_bn

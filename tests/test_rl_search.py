@@ -9,6 +9,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -128,17 +129,20 @@ def trace(ev) -> list[tuple]:
 CHANGES = {
     "preset": ("paper", {"finetune_batches": 0, "samples": 3}),
     "start": ("uniform", {}),
+    "policy": ("groups", {}),
+    "surrogate": (False, {}),
     "probe_ratio": (0.8, {}),
+    "parts": (1, {"_evals": 16, "max_probes": 9}),
     "max_probes": (2, {}),
-    "floor": (0.01, {}),
+    "floor": (40.0, {}),  # above the probes' damage, so it decides the start
     "power": (3.0, {}),
     "steps": (2, {}),
     "samples": (4, {}),
     "inner_epochs": (2, {}),
     "noise": (1.5, {}),
     "sharpen": (2.0, {}),
-    "noise_decay": (0.2, {}),
-    "min_noise": (0.3, {"noise_decay": 0.2}),
+    "noise_decay": (0.2, {"_evals": 16}),  # later updates draw noise only with evaluations to spare
+    "min_noise": (0.3, {"_evals": 16, "noise_decay": 0.2}),
     "lr": (0.1, {}),
     "clip": (0.05, {}),
     "temperature": (0.0, {}),
@@ -156,13 +160,15 @@ def test_every_rl_parameter_is_covered():
 @pytest.mark.parametrize("param", list(CHANGES))
 def test_every_rl_parameter_changes_behaviour(session, reference, param):
     value, context = CHANGES[param]
+    context = dict(context)
+    evals = context.pop("_evals", 10)
     base_params = {"max_probes": 3, **context}
-    if context:  # compare against the same context with the default value
-        base_best, base_ev = search(session, preload=reference[1], **base_params)
+    if context or evals != 10:  # compare against the same context with the default value
+        base_best, base_ev = search(session, evals=evals, preload=reference[1], **base_params)
         before = trace(base_ev)
     else:
         before = reference[0]
-    best, ev = search(session, preload=reference[1], **{**base_params, param: value})
+    best, ev = search(session, evals=evals, preload=reference[1], **{**base_params, param: value})
     after = trace(ev)
     assert after != before, f"rl {param}={value!r} proposed exactly what the default did"
     assert best.cost <= 0.5 + 1e-9
@@ -197,3 +203,91 @@ def test_the_answer_is_flagged_when_it_is_the_start(tmp_path):
     assert summary["search"]["answer_is_start"] is True and "starting point" in summary["search"]["note"]
     warnings = [e["message"] for e in RunDir(tmp_path / "flat").events("log") if e.get("level") == "warning"]
     assert any("starting allocation" in m for m in warnings)
+
+
+def test_rl_probes_blocks_at_the_ratio_the_budget_needs(session):
+    """Default start: the unpruned model, each coupled group alone at half the ratio, the ordinary
+    groups of each resolution in two blocks by depth at 1 - target; the start is recorded."""
+    events: list[dict] = []
+    cfg = session.config
+    session.config = tiny(weights=cfg.weights, data=cfg.data, protocol=cfg.protocol, search_images=cfg.search_images,
+                          budget="flops=0.3")
+    try:
+        best, ev = search(session, evals=20, events=events, max_probes=9)
+    finally:
+        session.config = cfg
+    probes = [c for c in ev.candidates if "probe" in c.meta and c.meta["probe"] != "base"]
+    groups = session.space.groups
+    coupled = {g.name for g in groups if g.coupled}
+    alone = [c for c in probes if len(c.meta["groups"]) == 1 and c.meta["groups"][0] in coupled]
+    assert {c.meta["groups"][0] for c in alone} == coupled  # every residual group probed alone
+    assert all(c.meta["ratio"] == pytest.approx(0.35) for c in alone)
+    blocks = [c for c in probes if c not in alone]
+    assert len(blocks) == 6 and all(c.meta["ratio"] == pytest.approx(0.7) for c in blocks)  # 3 resolutions x 2 parts
+    assert not any(set(c.meta["groups"]) & coupled for c in blocks)
+    assert sorted(n for c in probes for n in c.meta["groups"]) == sorted(g.name for g in groups)
+    prior = [e for e in events if e["kind"] == "prior"]
+    assert len(prior) == 1 and prior[0]["source"] == "probes" and prior[0]["evaluations"] == 1 + len(probes)
+    assert prior[0]["policy"] == "features" and len(prior[0]["blocks"]) == len(probes)
+    learned = [c for c in ev.candidates if "slice" in c.meta]
+    assert learned and all(c.meta["start_source"] == "probes" for c in learned)
+    assert all(c.cost <= 0.3 + 1e-9 for c in learned) and best.cost <= 0.3 + 1e-9
+
+
+def test_rl_spends_every_evaluation_on_a_new_structure_and_asks_the_surrogate(session):
+    best, ev = search(session, evals=20)
+    assert ev.evaluations == 20  # no proposal repeats a structure, so the cap is used in full
+    assert not any(c.meta["cached"] for c in ev.candidates)
+    assert len({tuple(c.counts) for c in ev.candidates}) == len(ev.candidates)
+    kinds = [c.meta.get("proposal") for c in ev.candidates if "slice" in c.meta]
+    assert kinds.count("surrogate") >= 2 and "mean" in kinds and "noise" in kinds
+    _, without = search(session, evals=20, surrogate=False, preload=as_events(ev))
+    assert not any(c.meta.get("proposal") == "surrogate" for c in without.candidates)
+
+
+def test_the_damage_model_recovers_its_coefficients_and_prunes_the_robust_block_more():
+    from pruner.search.rl_pruner import DamageModel
+
+    rng = np.random.default_rng(0)
+    blocks = [[0], [1, 2], [3, 4, 5]]
+    truth = np.array([40.0, 4.0, 1.0])  # points lost per group pruned fully (quadratic)
+    model = DamageModel(blocks, 6, 2.0, floor=0.01, ratio=0.5)
+    pruned = rng.uniform(0, 0.8, size=(40, 6))
+    damage = model.design(pruned) @ truth
+    model.fit(pruned, damage)
+    assert model.a == pytest.approx(truth, rel=1e-6)
+    alloc = model.allocation(np.ones(6), power=1.0)
+    assert alloc[3] == pytest.approx(1.0) and alloc[1] == pytest.approx(0.25) and alloc[0] == pytest.approx(1 / 40)
+    # the saving rate counts: a block that saves twice the cost per channel is pruned twice as hard
+    rates = np.array([1.0, 2.0, 2.0, 1.0, 1.0, 1.0])
+    assert model.allocation(rates, power=1.0)[1] == pytest.approx(0.5)
+
+
+def test_rl_features_come_from_the_pruning_space(session):
+    from pruner.search.rl_pruner import feature_blocks, group_features, group_layout, group_resolution
+
+    space = session.space
+    res = group_resolution(session.model, space, "cpu")
+    stage, coupled, depth = group_layout(space, res)
+    levels = sorted(set(res.tolist()), reverse=True)  # e.g. 32x32, 16x16, 8x8
+    assert len(levels) == 3 and np.allclose(np.diff(levels), -2.0)
+    assert list(coupled) == [g.coupled for g in space.groups] and coupled.sum() == 3
+    feats, names = group_features(space, res)
+    assert feats.shape[0] == len(space) and 3 <= feats.shape[1] <= 7 and len(names) == feats.shape[1]
+    assert "coupled" in names and "resolution" in names
+    assert np.allclose(feats.mean(axis=0), 0) and np.allclose(feats.std(axis=0), 1)
+    # a forward pass with the hooks left the model's outputs alone
+    x = torch.zeros(2, *space.input_size)
+    with torch.no_grad():
+        assert session.model.eval()(x).shape == (2, 10)
+    assert len(feature_blocks(space, res, 9, 2)) == 9 and len(feature_blocks(space, res, 6, 2)) == 6
+    assert len(feature_blocks(space, res, 2, 2)) == 2
+
+
+def test_an_interrupted_rl_search_resumes_to_the_same_answer(session, reference):
+    """The resume path: the evaluator serves the first half of the earlier evaluations, the
+    strategy replays and ends exactly where the uninterrupted search ended."""
+    half = reference[1][: len(reference[1]) // 2]
+    best, ev = search(session, max_probes=3, preload=half)
+    assert trace(ev) == reference[0]
+    assert ev.evaluations == len(reference[1])

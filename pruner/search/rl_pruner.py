@@ -2,25 +2,36 @@
 
 The policy is a Gaussian over per-group log-allocations ``z``: ``exp(z_g)`` says how hard group
 ``g`` is pruned relative to the others (the solver, or a pruning slice, turns it into channel
-counts on the budget). A search:
+counts on the budget). Its exploration is low-dimensional (``policy=features``, default): a
+sample is ``z + noise * Phi @ eps`` with ``Phi`` a handful of per-group *features* computed
+from the pruning space (does the group span a residual add / concatenation, the spatial
+resolution of its layer, its relative depth among the ordinary groups of that resolution,
+their products, log channels, log MAC share), so ~30 evaluations learn a few directions that
+matter instead of 30 free per-group numbers (``policy=groups``: per-group noise, the paper's).
+A search:
 
 0. **start** — where the policy's mean begins (``start``):
-   ``probe`` (default) measures each group's sensitivity through the shared evaluator (every
-   probe counts against ``--search-evals``; shared with the ``sensitivity`` strategy) and starts
-   from the inverse-damage allocation ``1/(damage + floor)^power``; a path to a finished
-   Sensitivity analysis (run directory or ``sensitivity.json``) of the same model, data,
-   protocol and split does the same for free; ``uniform`` / ``cost`` start without probes.
-   The run records which start it used (a ``prior`` event and each candidate's ``meta``).
-1. per pruning step (``steps``; 1 = straight to the budget), ``inner_epochs`` times: evaluate
-   the policy's mean and noisy variants of it. The noise has two parts: per-group Gaussian
-   noise (std ``noise``, decaying by ``noise_decay`` per update to ``min_noise``) and a shared
-   multiplier along the start's own direction (std ``sharpen``), which makes the whole
-   allocation sharper or flatter — the direction in which noisy probes are most often wrong.
-2. move the mean toward the reward-weighted variants (softmax of standardised rewards at
-   ``temperature``; 0 = toward the best only, as the paper does), step size ``lr``; each
-   group's allocation may change by at most a factor within ``[1 - clip, 1 + clip]`` per update
-   (the paper's [0.75, 1.25] is ``clip=0.25``). With probability ε (``epsilon``, decaying
-   linearly to 0 over the updates) the update moves toward a random sample instead (ε-greedy).
+   ``probe`` (default) prunes *blocks* of groups through the shared evaluator (every probe
+   counts against ``--search-evals``): each group that spans a residual add alone, the ordinary
+   groups of each resolution in ``parts`` by depth, at the fraction the budget needs
+   (``probe_ratio=0``: ``1 - target``; half that for the coupled groups), so damage rises above
+   the noise of the search images. With an additive damage model ``d_g(p) = a_g p^k``
+   (``k = 1 + 1/power``) each block's probe gives its ``a``; the start allocation is the
+   model's optimum on the budget, ``(s_g / a_g)^power``, ``s_g`` being the group's cost saved per
+   fraction pruned. A path to a finished Sensitivity analysis (run directory or
+   ``sensitivity.json``) of the same model, data, protocol and split gives per-group damages for
+   free; ``uniform`` / ``cost`` start without probes. The run records its start (a ``prior``
+   event and each candidate's ``meta``).
+1. per pruning step (``steps``; 1 = straight to the budget), ``inner_epochs`` updates: evaluate
+   the policy's mean, the **surrogate**'s proposal (``surrogate``: the damage model refitted by
+   non-negative least squares to *every* candidate evaluated so far, its optimum solved onto the
+   budget) and noisy variants (std ``noise``, decaying by ``noise_decay`` per update to
+   ``min_noise``; plus a shared sharper/flatter factor along the start's direction, ``sharpen``).
+   Every proposal is a structure not evaluated before, so every evaluation is new information.
+2. move the mean toward the reward-weighted candidates of the step (softmax of standardised
+   rewards at ``temperature``; 0 = toward the best only, as the paper does), step size ``lr``;
+   each group's allocation changes by a factor within ``[1 - clip, 1 + clip]`` per update.
+   With probability ε (``epsilon``, decaying linearly to 0) it moves toward a random sample.
 3. with ``steps > 1``, the step's best structure (ε-greedy) becomes the starting point of the
    next step; with ``finetune_batches > 0`` it is first distilled from the original model for
    that many batches, its channel importance recomputed (``importance``: keep, l1, taylor) and
@@ -40,22 +51,26 @@ import itertools
 import numpy as np
 import torch
 import torch.nn as nn
+from scipy.optimize import nnls
 
-from ..budget import KINDS
+from ..budget import KINDS, model_cost_fn
 from ..errors import PrunerError
 from .base import Param, SearchContext, Strategy, register
 from .evaluator import Candidate
-from .sensitivity_strategy import Probes, inverse_damage, measure_probes, probes_from_analysis
+from .sensitivity_strategy import Probes, measure_probes, probes_from_analysis
 
 #: RL-Pruner's own recipe (arXiv 2411.06463, section 3), scaled to what ``--search-evals`` allows.
 PRESETS = {
     "paper": {
-        "start": "uniform", "steps": 4, "inner_epochs": 2, "noise": 0.3, "sharpen": 0.0, "noise_decay": 1.0,
-        "min_noise": 0.3, "lr": 0.1, "clip": 0.25, "temperature": 0.0, "epsilon": 0.4,
-        "finetune_batches": 20, "importance": "taylor",
+        "start": "uniform", "policy": "groups", "surrogate": False, "steps": 4, "inner_epochs": 2, "noise": 0.3,
+        "sharpen": 0.0, "noise_decay": 1.0, "min_noise": 0.3, "lr": 0.1, "clip": 0.25, "temperature": 0.0,
+        "epsilon": 0.4, "finetune_batches": 20, "importance": "taylor",
     },
 }
 IMPORTANCE = ("keep", "l1", "l2", "taylor")
+POLICIES = ("features", "groups")
+#: how many times a noisy sample is redrawn when it lands on a structure already evaluated
+REDRAWS = 6
 
 
 def step_counts(ctx: SearchContext, current: list[int], policy: np.ndarray, target: float,
@@ -85,6 +100,151 @@ def step_counts(ctx: SearchContext, current: list[int], policy: np.ndarray, targ
     return counts_at(hi)
 
 
+# ---------------------------------------------------------------------- group features and blocks
+def group_resolution(model: nn.Module, space, device) -> np.ndarray:
+    """log2 of the spatial size (H*W) of each group's root layer output (0 for a linear layer),
+    from one forward pass of a blank image."""
+    modules = dict(model.named_modules())
+    area: dict[str, float] = {}
+    hooks = []
+    for g in space.groups:
+        mod = modules.get(g.name)
+        if mod is None:
+            continue
+        def hook(m, i, o, name=g.name) -> None:  # records the size, leaves the output alone
+            area.setdefault(name, float(np.prod(o.shape[2:])) if o.dim() > 2 else 1.0)
+
+        hooks.append(mod.register_forward_hook(hook))
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *space.input_size, device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    return np.log2(np.array([max(1.0, area.get(g.name, 1.0)) for g in space.groups]))
+
+
+
+def group_layout(space, resolution: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per group: its stage (index of its resolution, largest first), whether it is coupled
+    (spans a residual add, a concatenation or a depthwise pair), and its relative depth in [0, 1]
+    among the ordinary groups of its stage (0.5 for coupled groups and lone ordinary ones)."""
+    levels = sorted({round(float(r), 1) for r in resolution}, reverse=True)
+    stage = np.array([levels.index(round(float(r), 1)) for r in resolution])
+    coupled = np.array([bool(g.coupled) for g in space.groups])
+    depth = np.full(len(space.groups), 0.5)
+    for s in range(len(levels)):
+        members = [i for i in range(len(stage)) if stage[i] == s and not coupled[i]]
+        if len(members) > 1:
+            for k, i in enumerate(members):
+                depth[i] = k / (len(members) - 1)
+    return stage, coupled, depth
+
+
+FEATURES = ("coupled", "resolution", "coupled x resolution", "depth", "depth x resolution", "log channels",
+            "log MAC share")
+
+
+def group_features(space, resolution: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """The policy's features (``FEATURES``, one column each) per group, centred and scaled to unit
+    standard deviation, and their names; constant columns are dropped (the allocation is
+    scale-free, so a constant does nothing)."""
+    stage, coupled, depth = group_layout(space, resolution)
+    res = resolution - resolution.mean()
+    c = coupled.astype(float)
+    d = np.where(coupled, 0.0, depth - 0.5)
+    share = np.array([max(1, g.macs) for g in space.groups], dtype=float) / max(1, space.base_macs)
+    cols = [c, res, c * res, d, d * res, np.log([g.channels for g in space.groups]), np.log(share)]
+    out, names = [], []
+    for name, col in zip(FEATURES, cols):
+        col = np.asarray(col, dtype=float) - np.mean(col)
+        sd = col.std()
+        if sd > 1e-9:
+            out.append(col / sd)
+            names.append(name)
+    return (np.stack(out, axis=1) if out else np.zeros((len(space.groups), 0))), names
+
+
+def feature_blocks(space, resolution: np.ndarray, cap: int, parts: int) -> list[list[int]]:
+    """Groups probed (and modelled) together, at most ``cap`` blocks: each coupled group alone and
+    the ordinary groups of each resolution in ``parts`` runs by depth; coarser when that is too
+    many (ordinary groups per resolution, then coupled groups per resolution too, then runs of
+    adjacent groups)."""
+    stage, coupled, _ = group_layout(space, resolution)
+    n = len(space.groups)
+
+    def ordinary(k: int) -> list[list[int]]:
+        out = []
+        for s in sorted(set(stage.tolist())):
+            members = [i for i in range(n) if stage[i] == s and not coupled[i]]
+            if members:
+                edges = np.linspace(0, len(members), min(k, len(members)) + 1).round().astype(int)
+                out += [members[a:b] for a, b in zip(edges[:-1], edges[1:]) if b > a]
+        return out
+
+    alone = [[i] for i in range(n) if coupled[i]]
+    per_stage = [[i for i in range(n) if stage[i] == s and coupled[i]] for s in sorted(set(stage.tolist()))]
+    for blocks in (alone + ordinary(parts), alone + ordinary(1), [b for b in per_stage if b] + ordinary(1)):
+        if len(blocks) <= cap:
+            return sorted(blocks, key=lambda b: b[0])
+    cap = max(1, min(n, cap))
+    edges = np.linspace(0, n, cap + 1).round().astype(int)
+    return [list(range(a, b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+def saving_rates(space, kind: str, at: list[int]) -> np.ndarray:
+    """Per group, the fraction of the budget's cost saved per fraction of its channels pruned,
+    around the structure ``at`` (the cost model; MACs stand in for a measured latency)."""
+    cost = model_cost_fn(space, kind if kind in ("flops", "params") else "flops")
+    here = cost(list(at))
+    out = np.zeros(len(space.groups))
+    for gi, g in enumerate(space.groups):
+        step = max(1, int(round(0.1 * g.channels)))
+        counts = list(at)
+        counts[gi] = at[gi] - step if at[gi] - step >= 1 else at[gi] + step
+        out[gi] = abs(here - cost(counts)) / (step / g.channels)
+    return np.maximum(out, 1e-6)
+
+
+class DamageModel:
+    """Top-1 points lost ``sum_g a_b(g) * p_g ** k`` (``p_g`` the fraction of group ``g`` pruned,
+    one coefficient per block), fitted by non-negative least squares to evaluated candidates;
+    its optimum on the budget prunes group ``g`` in proportion to ``(s_g / a_g) ** (1 / (k - 1))``."""
+
+    def __init__(self, blocks: list[list[int]], n: int, k: float, floor: float, ratio: float):
+        self.blocks, self.n, self.k = blocks, n, k
+        sizes = np.array([len(b) for b in blocks], dtype=float)
+        #: a block pruned by ``ratio`` loses at least ``floor`` points (the noise floor)
+        self.min_a = floor / (sizes * ratio ** k)
+        self.a = np.ones(len(blocks))
+
+    def design(self, pruned: np.ndarray) -> np.ndarray:
+        pk = np.maximum(pruned, 0.0) ** self.k
+        return np.stack([pk[:, b].sum(axis=1) for b in self.blocks], axis=1)
+
+    def fit(self, pruned: np.ndarray, damage: np.ndarray) -> "DamageModel":
+        """Fit to rows of pruned fractions and their damage; candidates that lost less weigh more
+        (the optimum lies among them), and no block is more robust than the noise floor allows."""
+        X = self.design(pruned)
+        w = 1.0 / np.sqrt(1.0 + np.maximum(damage, 0.0) / 10.0)
+        coef, _ = nnls(X * w[:, None], np.maximum(damage, 0.0) * w)
+        self.a = np.maximum(coef, self.min_a)
+        return self
+
+    def per_group(self) -> np.ndarray:
+        a = np.zeros(self.n)
+        for coef, b in zip(self.a, self.blocks):
+            a[b] = coef
+        return a
+
+    def allocation(self, rates: np.ndarray, power: float) -> np.ndarray:
+        alloc = (rates / np.maximum(self.per_group(), 1e-9)) ** power
+        return alloc / alloc.max()
+
+
 @register
 class RLPruner(Strategy):
     name = "rl"
@@ -101,22 +261,30 @@ class RLPruner(Strategy):
     param_specs = {
         "preset": Param("", str, "RL-Pruner's own recipe: 'paper' sets the keys of PRESETS['paper'] that are not given",
                         choices=("", "paper")),
-        "start": Param("probe", str, "start allocation: probe (measured sensitivity, counted against --search-evals), "
-                                     "uniform, cost, or the path of a Sensitivity run directory / sensitivity.json"),
-        "probe_ratio": Param(0.5, float, "fraction of a group's channels removed in its probe", low=0.0, high=1.0,
-                             low_open=True, high_open=True),
-        "max_probes": Param(0, int, "cap on probes (adjacent groups probed together); 0 = about 40% of the evaluations",
+        "start": Param("probe", str, "start allocation: probe (blocks of groups probed, counted against "
+                                     "--search-evals), uniform, cost, or the path of a Sensitivity run directory / "
+                                     "sensitivity.json"),
+        "policy": Param("features", str, "exploration: features (noise on a few per-group features) or groups "
+                                         "(independent noise per group, the paper's)", choices=POLICIES),
+        "surrogate": Param(True, bool, "each update also evaluates the optimum of a damage model fitted to every "
+                                       "candidate so far (steps=1)"),
+        "probe_ratio": Param(0.0, float, "fraction of a block's channels removed in its probe (coupled groups: half "
+                                         "of it); 0 = what the budget needs (1 - target)", low=0.0, high=1.0,
+                             high_open=True),
+        "max_probes": Param(0, int, "cap on probes (blocks of groups); 0 = about a quarter of the evaluations",
                             low=0),
-        "floor": Param(0.5, float, "start allocation 1/(damage + floor)^power: noise floor in top-1 points",
+        "parts": Param(2, int, "ordinary groups of one resolution are probed in this many blocks by depth", low=1),
+        "floor": Param(0.5, float, "top-1 points a block is assumed to lose at least at the probe ratio (noise floor)",
                        low=0.0, low_open=True),
-        "power": Param(1.0, float, "sharpness of the start allocation", low=0.0, high=8.0, low_open=True),
+        "power": Param(1.0, float, "allocation (s/a)^power of the damage model a*p^k, k = 1 + 1/power "
+                                   "(1 = quadratic damage)", low=0.0, high=8.0, low_open=True),
         "steps": Param(1, int, "pruning steps toward the budget (1 = straight to the budget)", low=1, high=100),
         "samples": Param(0, int, "candidates per step; 0 = spread the evaluations left over the steps", low=0),
-        "inner_epochs": Param(4, int, "policy updates per step", low=1),
-        "noise": Param(0.35, float, "std of the per-group Gaussian noise on the log-allocation", low=0.0),
-        "sharpen": Param(0.5, float, "std of the shared sharper/flatter noise along the start's direction", low=0.0),
-        "noise_decay": Param(0.6, float, "noise multiplier per update", low=0.0, high=1.0, low_open=True),
-        "min_noise": Param(0.1, float, "noise floor", low=0.0),
+        "inner_epochs": Param(5, int, "policy updates per step", low=1),
+        "noise": Param(0.5, float, "per-group std of the exploration noise on the log-allocation", low=0.0),
+        "sharpen": Param(0.3, float, "std of the shared sharper/flatter noise along the start's direction", low=0.0),
+        "noise_decay": Param(0.7, float, "noise multiplier per update", low=0.0, high=1.0, low_open=True),
+        "min_noise": Param(0.15, float, "noise floor", low=0.0),
         "lr": Param(0.7, float, "step of the mean toward the weighted samples", low=0.0, high=1.0, low_open=True),
         "clip": Param(0.5, float, "per-group allocation ratio per update within [1-clip, 1+clip]", low=0.0, high=1.0,
                       low_open=True, high_open=True),
@@ -138,40 +306,76 @@ class RLPruner(Strategy):
         super().__init__(**params)
 
     # ------------------------------------------------------------------ the start
-    def _start(self, ctx: SearchContext) -> tuple[np.ndarray, np.ndarray, dict]:
-        """Initial mean log-allocation, the 'sharpen' direction, and a record of the start."""
+    def _probe_ratio(self, ctx: SearchContext) -> float:
+        r = float(self.params["probe_ratio"])
+        return r if r > 0 else float(np.clip(1.0 - ctx.budget.target, 0.1, 0.9))
+
+    def _start(self, ctx: SearchContext, resolution: np.ndarray, rates: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, dict, list[list[int]]]:
+        """Initial mean log-allocation, the 'sharpen' direction, a record of the start, and the
+        blocks of the damage model."""
         p = self.params
         n = len(ctx.space)
         start = str(p["start"])
+        power = float(p["power"])
+        k = 1.0 + 1.0 / power
+        ev = ctx.evaluator
+        left = ev.remaining
+        auto_cap = max(1, (left - 1) // 4) if left is not None else 2 * len(set(np.round(resolution, 1))) + n
+        cap = int(p["max_probes"]) or auto_cap
         if start == "uniform":
-            return np.zeros(n), np.zeros(n), {"source": "uniform", "evaluations": 0}
+            return np.zeros(n), np.zeros(n), {"source": "uniform", "evaluations": 0}, \
+                feature_blocks(ctx.space, resolution, auto_cap, int(p["parts"]))
         if start == "cost":
             key = "params" if ctx.budget.kind == "params" else "macs"
             w = np.log(np.array([max(1, getattr(g, key)) / g.channels for g in ctx.space.groups], dtype=float))
-            return w - w.max(), w - w.mean(), {"source": "cost", "evaluations": 0}
+            return w - w.max(), w - w.mean(), {"source": "cost", "evaluations": 0}, \
+                feature_blocks(ctx.space, resolution, auto_cap, int(p["parts"]))
         if start == "probe":
-            cap = int(p["max_probes"]) or n
-            left = ctx.evaluator.remaining
             if left is not None:
-                if not int(p["max_probes"]):  # about 40% of the evaluations probe, the rest learn
-                    cap = min(cap, max(1, (left - 1) * 2 // 5))
                 cap = min(cap, left - 1 - max(2 * int(p["steps"]), left // 5))
                 if cap < 1:
                     raise PrunerError(f"rl with start=probe needs more than {left} evaluations to probe and then learn "
                                       f"in {p['steps']} step(s); raise --search-evals, or use start=uniform")
-            probes: Probes = measure_probes(ctx, float(p["probe_ratio"]), max_probes=cap, tag=self.name)
+            blocks = feature_blocks(ctx.space, resolution, cap, int(p["parts"]))
+            ratio = self._probe_ratio(ctx)
+            ratios = [ratio / 2 if all(ctx.space.groups[i].coupled for i in b) else ratio for b in blocks]
+            probes: Probes = measure_probes(ctx, ratio, max_probes=len(blocks), tag=self.name, chunks=blocks,
+                                            ratios=ratios)
+            model = DamageModel(blocks, n, k, float(p["floor"]), ratio)
+            # each block's coefficient from its own probe: the model reproduces every probe
+            dmg = np.array([max(0.0, probes.damage[b[0]]) for b in blocks])
+            sizes = np.array([len(b) for b in blocks], dtype=float)
+            model.a = np.maximum(dmg / (sizes * np.asarray(ratios) ** k), model.min_a)
+            record = {**probes.summary(), "blocks": [[ctx.space.groups[i].name for i in b] for b in blocks],
+                      "block_ratios": [round(r, 4) for r in ratios]}
         else:
-            probes = probes_from_analysis(ctx, start, float(p["probe_ratio"]))
-        z = np.log(inverse_damage(probes, float(p["floor"]), float(p["power"])))
-        return z, z - z.mean(), probes.summary()
+            probes = probes_from_analysis(ctx, start, self._probe_ratio(ctx))
+            blocks = [[i] for i in range(n)]
+            model = DamageModel(blocks, n, k, float(p["floor"]), probes.ratio)
+            model.a = np.maximum(np.maximum(probes.damage, 0.0) / probes.ratio ** k, model.min_a)
+            record = probes.summary()
+            blocks = feature_blocks(ctx.space, resolution, auto_cap, int(p["parts"]))
+        z = np.log(model.allocation(rates, power))
+        return z, z - z.mean(), record, blocks
 
     # ------------------------------------------------------------------ the search
     def search(self, ctx: SearchContext) -> Candidate:
         prm = self.params
         steps = int(prm["steps"])
         ev = ctx.evaluator
+        space = ctx.space
+        n = len(space)
         teacher = copy.deepcopy(ev.model).eval() if (steps > 1 and int(prm["finetune_batches"]) > 0) else None
-        z, direction, record = self._start(ctx)
+        resolution = group_resolution(ev.model, space, ev.device)
+        try:
+            at = ev.solve([1.0] * n).counts if ctx.budget.kind != "latency" else [g.channels for g in space.groups]
+        except PrunerError:
+            at = [g.channels for g in space.groups]
+        rates = saving_rates(space, ctx.budget.kind, at)
+        z, direction, record, blocks = self._start(ctx, resolution, rates)
+        feats, names = group_features(space, resolution) if prm["policy"] == "features" else (np.eye(n), ["per group"])
+        record = {**record, "policy": prm["policy"], "features": names}
         ctx.emit("prior", strategy=self.name, **record)
         ctx.emit("log", level="info", message=f"rl starts from {_describe(record)}")
         samples = int(prm["samples"])
@@ -184,45 +388,68 @@ class RLPruner(Strategy):
         per_epoch = [samples // inner + (1 if i < samples % inner else 0) for i in range(inner)]
         total_updates = steps * inner
         rng = ctx.rng(2)
-        current = [g.channels for g in ctx.space.groups]
+        current = [g.channels for g in space.groups]
         chosen: Candidate | None = None
         start_cost, target = 1.0, ctx.budget.target
         sigma, sharp = float(prm["noise"]), float(prm["sharpen"])
+        use_surrogate = bool(prm["surrogate"]) and steps == 1
+        damage_model = DamageModel(blocks, n, 1.0 + 1.0 / float(prm["power"]), float(prm["floor"]),
+                                   self._probe_ratio(ctx))
+        base_top1 = next((c.top1 for c in ev.candidates if c.meta.get("probe") == "base"
+                          and c.meta.get("strategy") == self.name), None)
         update = 0
         start_key = None
         for step in range(steps):
             step_target = start_cost - (start_cost - target) * (step + 1) / steps
             step_cands: list[tuple[Candidate, np.ndarray]] = []
+            seen = {tuple(space.align(c.counts)) for c in ev.candidates if c.meta.get("model_version") == ev.model_version}
             for epoch in range(inner):
                 batch: list[tuple[Candidate, np.ndarray]] = []
                 proposals = []
-                for k in range(per_epoch[epoch]):
-                    if k == 0:  # the policy's own (unperturbed) action, every update
-                        variant = z
-                    else:
-                        variant = z + sigma * rng.standard_normal(len(z)) + sharp * rng.standard_normal() * direction
+
+                def propose(kind: str, variant: np.ndarray) -> bool:
                     counts = self._counts(ctx, current, variant, step_target, steps)
-                    if counts is not None:
-                        proposals.append((k, variant, counts))
+                    if counts is None:
+                        return False
+                    key = tuple(space.align(counts))
+                    if key in seen:
+                        return False
+                    seen.add(key)
+                    proposals.append((kind, variant, counts))
+                    return True
+
+                want = per_epoch[epoch]
+                propose("mean", z)  # the policy's own (unperturbed) action, unless evaluated already
+                if use_surrogate and len(proposals) < want:
+                    sz = self._surrogate(ctx, damage_model, rates, base_top1)
+                    if sz is not None:
+                        propose("surrogate", sz)
+                tries = 0
+                while len(proposals) < want and tries < want * REDRAWS:
+                    tries += 1
+                    eps = rng.standard_normal(feats.shape[1])
+                    noise = feats @ eps / np.sqrt(max(1, feats.shape[1])) if prm["policy"] == "features" else eps
+                    propose("noise", z + sigma * noise + sharp * rng.standard_normal() * direction)
                 ev.prefetch([counts for _, _, counts in proposals])  # the update's samples in parallel (--workers)
-                for k, variant, counts in proposals:
-                    is_start = step == 0 and epoch == 0 and k == 0
+                for k, (kind, variant, counts) in enumerate(proposals):
+                    is_start = step == 0 and epoch == 0 and kind == "mean"
                     cand = ev.evaluate(counts, step=update, meta={
-                        "strategy": self.name, "slice": step, "inner_epoch": epoch, "sample": k, "sigma": sigma,
-                        "step_target": step_target, "start_source": record["source"]})
+                        "strategy": self.name, "slice": step, "inner_epoch": epoch, "sample": k, "proposal": kind,
+                        "sigma": sigma, "step_target": step_target, "start_source": record["source"]})
                     if is_start:
                         start_key = (ev.model_version, tuple(cand.counts))
                     batch.append((cand, variant))
-                if not batch:
+                if not batch and not step_cands:
                     raise PrunerError(f"rl could not reach {step_target:.3f} of the {ctx.budget.kind} at step {step}; "
                                       "raise the budget or allow more pruning")
-                eps = float(prm["epsilon"]) * (1.0 - update / max(1, total_updates))
-                z = self._update(z, batch + step_cands, eps, rng)
+                eps_greedy = float(prm["epsilon"]) * (1.0 - update / max(1, total_updates))
+                z = self._update(z, batch + step_cands, eps_greedy, rng)
                 step_cands.extend(batch)
                 best_so_far = max(step_cands, key=lambda cv: cv[0].top1)[0]
                 ctx.emit("step", step=update, slice=step, inner_epoch=epoch, policy=_softmax(z).tolist(),
-                         step_target=step_target, sigma=sigma, epsilon=eps, best_top1=best_so_far.top1,
-                         best_reward=best_so_far.reward, mean_reward=float(np.mean([c.reward for c, _ in batch])),
+                         step_target=step_target, sigma=sigma, epsilon=eps_greedy, best_top1=best_so_far.top1,
+                         best_reward=best_so_far.reward,
+                         mean_reward=float(np.mean([c.reward for c, _ in batch])) if batch else best_so_far.reward,
                          keep_ratios=best_so_far.keep_ratios)
                 update += 1
                 sigma = max(float(prm["min_noise"]), sigma * float(prm["noise_decay"]))
@@ -230,13 +457,14 @@ class RLPruner(Strategy):
             if step == steps - 1:
                 break
             # ε-greedy choice of the structure the next step starts from
-            eps = float(prm["epsilon"]) * (1.0 - step / max(1, steps - 1))
+            eps_greedy = float(prm["epsilon"]) * (1.0 - step / max(1, steps - 1))
             ranked = sorted(step_cands, key=lambda cv: cv[0].top1, reverse=True)
-            pick = ranked[0] if (rng.random() >= eps or len(ranked) == 1) else ranked[int(rng.integers(1, len(ranked)))]
+            pick = ranked[0] if (rng.random() >= eps_greedy or len(ranked) == 1) \
+                else ranked[int(rng.integers(1, len(ranked)))]
             chosen = pick[0]
             current = list(chosen.counts)
             ctx.emit("log", level="info", message=f"rl step {step + 1}/{steps}: kept candidate {chosen.id} "
-                     f"(search top-1 {chosen.top1:.2f}%, cost {chosen.cost:.3f}, epsilon {eps:.2f})")
+                     f"(search top-1 {chosen.top1:.2f}%, cost {chosen.cost:.3f}, epsilon {eps_greedy:.2f})")
             if teacher is not None:
                 self._distil(ctx, current, teacher, seed=step)
         final = [c for c in ev.candidates if c.meta.get("slice") == steps - 1 and c.meta.get("strategy") == self.name
@@ -249,6 +477,22 @@ class RLPruner(Strategy):
                 ctx.emit("log", level="warning", message=f"rl's answer is its starting allocation ({_describe(record)}): "
                          f"no sampled variant scored higher with {ev.evaluations} evaluations")
         return answer
+
+    def _surrogate(self, ctx: SearchContext, model: DamageModel, rates: np.ndarray,
+                   base_top1: float | None) -> np.ndarray | None:
+        """The log-allocation of the damage model's optimum, refitted to every candidate of the current
+        weights (probes included); None before there is a reference top-1 and enough candidates."""
+        ev = ctx.evaluator
+        cands = [c for c in ev.candidates if c.meta.get("model_version") == ev.model_version
+                 and c.meta.get("strategy") == self.name]
+        if base_top1 is None:
+            base_top1 = max((c.top1 for c in cands if all(k >= 1.0 for k in c.keep_ratios)), default=None)
+        if base_top1 is None or len(cands) < len(model.blocks) + 1:
+            return None
+        pruned = np.array([[1.0 - k for k in c.keep_ratios] for c in cands])
+        damage = np.array([base_top1 - c.top1 for c in cands])
+        model.fit(pruned, damage)
+        return np.log(model.allocation(rates, float(self.params["power"])))
 
     def _counts(self, ctx: SearchContext, current: list[int], z: np.ndarray, step_target: float,
                 steps: int) -> list[int] | None:
@@ -367,8 +611,8 @@ def _embed(full: nn.Module, pruned: nn.Module, index: dict[str, torch.Tensor]) -
 def _describe(record: dict) -> str:
     src = record.get("source")
     if src == "probes":
-        return (f"measured sensitivity ({record.get('probes')} probes at {record.get('ratio'):.0%} of a group's "
-                f"channels, {record.get('evaluations')} evaluations)")
+        return (f"measured damage of {record.get('probes')} blocks of groups (at {record.get('ratio'):.0%} of their "
+                f"channels, coupled groups at half that; {record.get('evaluations')} evaluations)")
     if src in ("uniform", "cost"):
         return f"the {src} policy"
     return f"the sensitivity analysis {src}"

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..budget import KINDS
 from ..errors import PrunerError
+from ..runs.rundir import SENSITIVITY_RESULT
 from .base import Param, SearchContext, Strategy, register
 from .evaluator import Candidate, Evaluator
 
@@ -88,11 +89,13 @@ def min_probe_evals() -> int:
     return 3
 
 
-def measure_probes(ctx: SearchContext, ratio: float, *, max_probes: int | None = None, tag: str = "") -> Probes:
+def measure_probes(ctx: SearchContext, ratio: float, *, max_probes: int | None = None, tag: str = "",
+                   chunks: list[list[int]] | None = None, ratios: list[float] | None = None) -> Probes:
     """Probe every group (or chunks of adjacent groups when evaluations are short) pruned by ``ratio``.
 
     ``max_probes`` caps the probes (default: all groups, or what the evaluation cap leaves after
-    the unpruned model and one answer)."""
+    the unpruned model and one answer). ``chunks`` (lists of group indices probed together) replaces
+    the adjacent chunks, and ``ratios`` gives each chunk its own fraction removed (``rl``'s blocks)."""
     if not 0.0 < ratio < 1.0:
         raise PrunerError(f"probe_ratio must be in (0, 1), got {ratio}")
     ev, space = ctx.evaluator, ctx.space
@@ -104,28 +107,33 @@ def measure_probes(ctx: SearchContext, ratio: float, *, max_probes: int | None =
             raise PrunerError(f"probing sensitivity needs at least {min_probe_evals()} evaluations "
                               f"({budget_left} left); raise --search-evals")
         limit = min(limit, budget_left - 2)
-    chunks = probe_chunks([bool(g.coupled) for g in space.groups], limit)
+    if chunks is None:
+        chunks = probe_chunks([bool(g.coupled) for g in space.groups], limit)
+    elif len(chunks) > limit:
+        raise PrunerError(f"{len(chunks)} probes do not fit in {limit} evaluations; raise --search-evals")
+    per_chunk = [float(ratio)] * len(chunks) if ratios is None else [float(r) for r in ratios]
     full = [g.channels for g in space.groups]
     used0 = ev.evaluations
     probes = []
-    for members in chunks:
+    for members, r in zip(chunks, per_chunk):
         counts = list(full)
         for gi in members:
-            counts[gi] = space.counts([1.0 - ratio if i == gi else 1.0 for i in range(n)])[gi]
+            counts[gi] = space.counts([1.0 - r if i == gi else 1.0 for i in range(n)])[gi]
         probes.append(counts)
     ev.prefetch([full, *probes])  # all probes at once on --workers
     base = ev.evaluate(full, step=0, meta={"strategy": tag, "probe": "base"})
     damage, saved = np.zeros(n), np.zeros(n)
-    for k, (members, counts) in enumerate(zip(chunks, probes)):
+    for k, (members, counts, r) in enumerate(zip(chunks, probes, per_chunk)):
         cand = ev.evaluate(counts, step=0, meta={"strategy": tag, "probe": k, "groups": [space.groups[i].name for i in members],
-                                                  "ratio": ratio})
+                                                  "ratio": r})
         for gi in members:
             damage[gi] = base.top1 - cand.top1
             saved[gi] = max(1e-6, 1.0 - cand.cost) / len(members)
         ctx.emit("step", step=k, probe=k, best_top1=cand.top1, best_reward=cand.reward, mean_reward=cand.reward,
                  keep_ratios=cand.keep_ratios)
+    meta = {} if ratios is None else {"chunks": [list(c) for c in chunks], "chunk_ratios": per_chunk}
     return Probes(damage=damage, saved=saved, ratio=ratio, base_top1=base.top1, source="probes",
-                  evaluations=ev.evaluations - used0, chunks=len(chunks))
+                  evaluations=ev.evaluations - used0, chunks=len(chunks), meta=meta)
 
 
 # ------------------------------------------------------------------ a finished Sensitivity analysis
@@ -147,7 +155,7 @@ def fingerprint(ev: Evaluator) -> dict:
 def load_analysis(path: str | Path) -> tuple[dict, Path]:
     """``sensitivity.json`` from a run directory or the file itself."""
     p = Path(path).expanduser()
-    f = p / "sensitivity.json" if p.is_dir() else p
+    f = p / SENSITIVITY_RESULT if p.is_dir() else p
     if not f.is_file():
         raise PrunerError(f"no sensitivity analysis at {path}: give a finished Sensitivity run directory "
                           "or its sensitivity.json")
