@@ -249,8 +249,7 @@ class LagrangianPPO:
         self.min_log_std = math.log(float(p["min_sigma"]))
         self.opt_actor = torch.optim.Adam([{"params": self.actor.parameters(), "lr": float(p["lr"])},
                                            {"params": [self.log_std], "lr": float(p["sigma_lr"])}])
-        self.opt_reward = torch.optim.Adam(self.reward_critic.parameters(), lr=float(p["critic_lr"]))
-        self.opt_cost = torch.optim.Adam(self.cost_critic.parameters(), lr=float(p["critic_lr"]))
+        self.critic_lr = float(p["critic_lr"])
         self.epochs = int(p["ppo_epochs"])
         self.clip = float(p["clip"])
         self.gae = float(p["gae"])
@@ -302,7 +301,10 @@ class LagrangianPPO:
         adv = torch.as_tensor(a_l.reshape(-1), dtype=torch.float64)
         tr = torch.as_tensor(ret_r.reshape(-1), dtype=torch.float64)
         tc = torch.as_tensor(ret_c.reshape(-1, k), dtype=torch.float64)
-        losses = {"reward_critic_loss": [], "cost_critic_loss": []}
+        before = {}
+        with torch.no_grad():
+            before["reward_critic_loss"] = float(((self.reward_critic(s) - tr[:, None]) ** 2).mean())
+            before["cost_critic_loss"] = float(((self.cost_critic(s) - tc) ** 2).mean())
         for _ in range(self.epochs):
             ratio = (self._logp(s, layers, u) - old_logp).exp()
             surrogate = torch.min(ratio * adv, ratio.clamp(1 - self.clip, 1 + self.clip) * adv).mean()
@@ -311,18 +313,24 @@ class LagrangianPPO:
             self.opt_actor.step()
             with torch.no_grad():
                 self.log_std.clamp_(self.min_log_std, math.log(5.0))
-            for name, net, opt, target in (("reward_critic_loss", self.reward_critic, self.opt_reward, tr[:, None]),
-                                           ("cost_critic_loss", self.cost_critic, self.opt_cost, tc)):
-                loss = ((net(s) - target) ** 2).mean()
+        # the critics regress their returns on this batch: full-batch L-BFGS with a strong-Wolfe line
+        # search (``ppo_epochs`` iterations, initial step ``critic_lr``), which never increases the loss
+        for net, target in ((self.reward_critic, tr[:, None]), (self.cost_critic, tc)):
+            opt = torch.optim.LBFGS(net.parameters(), lr=self.critic_lr, max_iter=self.epochs,
+                                    line_search_fn="strong_wolfe")
+
+            def closure(net=net, target=target, opt=opt):
                 opt.zero_grad()
+                loss = ((net(s) - target) ** 2).mean()
                 loss.backward()
-                opt.step()
-                losses[name].append(float(loss))
+                return loss
+
+            opt.step(closure)
         with torch.no_grad():
             after_r = float(((self.reward_critic(s) - tr[:, None]) ** 2).mean())
             after_c = float(((self.cost_critic(s) - tc) ** 2).mean())
-        return {"reward_critic_loss": losses["reward_critic_loss"][0], "reward_critic_loss_after": after_r,
-                "cost_critic_loss": losses["cost_critic_loss"][0], "cost_critic_loss_after": after_c}
+        return {"reward_critic_loss": before["reward_critic_loss"], "reward_critic_loss_after": after_r,
+                "cost_critic_loss": before["cost_critic_loss"], "cost_critic_loss_after": after_c}
 
 
 # --------------------------------------------------------------------------- the strategy
@@ -355,7 +363,7 @@ class ConstrainedRL(Strategy):
         "gae": Param(0.95, float, "GAE lambda of the reward and cost advantages (1 = Monte Carlo)", low=0.0, high=1.0),
         "hidden": Param(32, int, "hidden width of the actor and critic networks", low=1, high=1024),
         "lr": Param(0.01, float, "Adam step of the actor", low=0.0, high=10.0, low_open=True),
-        "critic_lr": Param(0.01, float, "Adam step of the reward and cost critics", low=0.0, high=10.0, low_open=True),
+        "critic_lr": Param(1.0, float, "initial L-BFGS step of the reward and cost critics' fit", low=0.0, high=10.0, low_open=True),
         "sigma": Param(0.5, float, "initial exploration std per layer (logit units)", low=0.0, high=5.0, low_open=True),
         "sigma_lr": Param(0.05, float, "Adam step on each layer's log sigma", low=0.0, high=1.0),
         "min_sigma": Param(0.05, float, "exploration std floor (logit units)", low=0.0, high=5.0, low_open=True),
