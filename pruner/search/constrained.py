@@ -1,62 +1,90 @@
 """Pruning through constrained RL (Malik et al., arXiv 2110.08558), for a few hundred evaluations.
 
 The budget is a *constraint* on a cost the user can evaluate, differentiable or not:
-relative MACs or params (exact cost model), measured latency (PyTorch or ONNX Runtime, CPU
-or CUDA, chosen batch size) or a user's Python function of the pruned ``nn.Module``. The
-problem is a one-step constrained MDP (a contextual bandit: one action = one structure)
+relative MACs or params (exact cost model), the density of a weight-sparsity run, measured
+latency (PyTorch or ONNX Runtime, CPU or CUDA, chosen batch size) or a user's Python function
+of the pruned ``nn.Module`` (:mod:`pruner.search.costs`). Pruning is a **layer-by-layer
+constrained MDP** and it is solved with a **Lagrangian PPO** (PPO-Lagrangian) with a reward
+critic and a cost critic.
 
-    max_θ  E_{a~π_θ}[ top1(a) ]   subject to   E_{a~π_θ}[ c_k(a) ] <= t_k   for each constraint k
+The environment (:class:`LayerEnv`): an episode visits the space's unit groups in order (the
+channel groups of a ``PruningSpace``, or, with ``--budget sparsity=F``, the layers of a
+``SparsitySpace``: the paper's per-layer weight pruning). At step ``t`` the state is
 
-solved by **Lagrangian relaxation with primal-dual updates** (the Lagrangian / RCPO family
-of constrained-RL methods the paper builds on):
+* the layer's features: position, size (log units), its floor (``max_prune``) and its share of
+  each constraint's removable cost;
+* what has been pruned so far: the action taken at the previous layer and, per constraint, the
+  fraction of the original cost removed by the layers already decided;
+* the constraint's remaining slack: per constraint, how much of what the remaining layers
+  could still remove must go to meet the limit (``(cost_now - limit) / (cost_now - cost_floor)``).
 
-* **policy (primal)**: an independent Gaussian per group over the logit of its keep ratio,
-  ``keep_g = floor_g + (1 - floor_g) * sigmoid(z_g)``, ``z ~ N(mu, diag(sigma^2))``; the
-  action *is* the structure (no budget solver per sample, so samples may violate the
-  constraint and the multiplier has something to teach). Each iteration draws ``batch``
-  mirrored samples (``mu ± sigma * eps``), scores them with the shared evaluator and takes
-  one Adam step of REINFORCE with the batch-mean baseline on ``mu`` and ``log sigma``.
-* **reward**: ``top1/100 - sum_k lambda_k * max(0, c_k/t_k - 1)`` (a hinge on the relative
-  violation, so being under budget earns nothing and the policy moves to the boundary).
-* **multiplier (dual)**: projected dual ascent after every batch,
-  ``lambda_k <- max(0, lambda_k + dual_lr * (mean_k c - t_k) / t_k)``.
+These state features are computed on an exact *tracker* of each constraint: the constraint itself
+when it is exact (MACs, params, density), the exact MACs (density for sparsity) when it is
+measured (latency) or foreign (``python:``), since measuring a black-box cost at every layer would
+cost a measurement per step. The action is the layer's keep ratio,
+``keep_t = floor_t + (1 - floor_t) * sigmoid(b_t + u_t)``, ``u_t ~ N(mu_theta(s_t), sigma_t^2)``
+(``b_t``: the starting point's logit, so an untrained actor, whose last layer starts at zero,
+proposes the start). The episode ends with a complete structure; it is scored once by the shared
+evaluator (one evaluation per episode, counted against ``--search-evals``) and returns the
+terminal reward ``R = top1 / 100`` and, per constraint ``k``, the terminal cost
+``C_k = c_k / d_k`` (its value over its limit; the black-box cost itself is evaluated here).
 
-The returned candidate meets every constraint (measured latencies within
-``pruner.budget.LATENCY_TOLERANCE``): the best feasible sample; at the end the policy mean is projected
-onto the constraints along its own pruning direction (``evaluator.solve`` with allocation
-``1 - keep(mu)``) and scored too, which also guarantees a feasible answer when no sample was.
+The constrained problem ``max E[R]`` s.t. ``E[C_k] <= 1`` is relaxed to the Lagrangian
+
+    L(theta, lambda) = E[R] - sum_k lambda_k * (E[C_k] - 1)
+
+* **primal (PPO)**: each update draws ``batch`` episodes (scored together through
+  ``Evaluator.prefetch``), computes GAE advantages of the reward (``A_R``, reward critic) and
+  of every cost (``A_Ck``, cost critic, one head per constraint), and takes ``ppo_epochs``
+  clipped-surrogate Adam steps on the advantage of the Lagrangian, ``A_R - sum_k lambda_k A_Ck``
+  (standardised over the batch: a positive rescaling of the same objective);
+* **critics**: the reward critic ``V_R(s)`` and the cost critic ``V_C(s)`` regress the GAE
+  returns of ``R`` and ``C_k`` (``ppo_epochs`` Adam steps each per update);
+* **dual**: projected ascent on the same cost signal,
+  ``lambda_k <- max(0, lambda_k + dual_lr * (mean C_k - 1))``: the gradient of ``L`` in ``lambda``.
+  So ``lambda`` rises while the samples violate on average and falls when they do not.
+
+Every scored candidate carries its Lagrangian value ``R - sum_k lambda_k (C_k - 1)`` as reward.
+The answer meets every constraint (measured latencies within ``pruner.budget.LATENCY_TOLERANCE``)
+and the run's budget (``Budget.feasible``): the most accurate feasible sample; at the end the
+deterministic policy (``u = mu``) is projected onto the constraints along its own pruning
+direction and scored too, which also guarantees a feasible answer when no sample was.
 
 Costs (hyperparameter ``cost``):
 
 ``budget``   the run's budget kind (``evaluator.cost_fn()``; measured latency is memoised there)
-``flops``    relative MACs, ``params`` relative parameters (exact cost model)
+``flops``    relative MACs, ``params`` relative parameters (exact cost model; with a sparsity
+             budget, params counts the non-zero ones and flops is refused: shapes do not change)
 ``latency``  measured latency relative to the unpruned model, with ``latency_backend``
              (``torch`` or ``ort``), ``latency_device`` (``auto`` = the run's device, ``cpu``,
              ``cuda``) and ``latency_batch`` (0 = the run's latency batch)
 ``python:FILE.py:FUNCTION``
-             ``FUNCTION(model) -> float`` on the physically pruned model (eval mode, on the
-             run's device). With ``cost_scale=relative`` (default) the value is the fraction
-             of the original cost; with ``absolute`` it is divided by the function's value on
-             the unpruned model.
+             ``FUNCTION(model) -> float`` on the pruned model (eval mode, on the run's device).
+             With ``cost_scale=relative`` (default) the value is the fraction of the original
+             cost; with ``absolute`` it is divided by the function's value on the unpruned model.
 
-The constraint's limit is ``limit`` (0 = the run's budget target). With a cost other than
-``budget``, ``enforce_budget`` (default true) keeps the run's own budget as a second
-constraint with its own multiplier, so the job's budget is met too.
+The constraint's limit is ``limit`` (0 = the run's budget target; for a sparsity budget the
+density that may remain). With a cost other than the run's budget, ``enforce_budget`` (default
+true) makes the run's own budget a second learnt constraint with its own multiplier and cost
+head; with it false the budget is not learnt, but the answer must still meet it (the final
+projection includes it).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
+import torch
+import torch.nn as nn
 
-from ..budget import LATENCY_TOLERANCE, Budget, model_cost_fn, solve, within
+from ..budget import KINDS, LATENCY_TOLERANCE, Budget, model_cost_fn, solve, within
 from ..errors import PrunerError
 from ..settings import DEVICES
 from .base import Param, SearchContext, Strategy, register
-from .common import Adam, floors, logit, sigmoid
+from .common import floors, logit, sigmoid
 from .costs import latency_cost, python_cost
 from .evaluator import Candidate
 
@@ -72,36 +100,50 @@ class Constraint:
     tolerance: float                      # relative slack when judging feasibility (measured costs)
     multiplier: float = 0.0
     is_budget: bool = False               # exactly the run's budget (cost kind and target)
+    tracker: Callable[[list[int]], float] | None = None   # exact cost the state's slack is computed on
 
     def feasible(self, value: float) -> bool:
         return within(value, self.limit, self.tolerance)
 
 
-def build_constraints(ctx: SearchContext, params: dict) -> list[Constraint]:
-    """The constraints of a run: the chosen cost (and, unless disabled, the run's own budget)."""
+def _exact(space) -> Callable[[list[int]], float]:
+    """The exact cost a measured or foreign constraint is tracked with in the state."""
+    return model_cost_fn(space, "sparsity" if getattr(space, "kind", None) == "sparsity" else "flops")
+
+
+def build_constraints(ctx: SearchContext, params: Mapping[str, Any]) -> tuple[list[Constraint], list[Constraint]]:
+    """``(learnt, required)``: the constraints with a multiplier and a cost head, and those the
+    answer must meet (the learnt ones, plus the run's budget when ``enforce_budget`` is false)."""
     budget = ctx.budget
     ev = ctx.evaluator
     spec = params["cost"]
     limit = float(params["limit"]) or budget.target
     run_tol = budget.tolerance
+    exact_kinds = ("flops", "params", "sparsity")
+    budget_tracker = ev.cost_fn() if budget.kind in exact_kinds else _exact(ctx.space)
     if spec == "budget" or (spec == budget.kind and spec in ("flops", "params")):
-        fn, tol, name, is_budget = ev.cost_fn(), run_tol, budget.kind, True
+        fn, tol, name, is_budget, tracker = ev.cost_fn(), run_tol, budget.kind, True, budget_tracker
     elif spec in ("flops", "params"):
-        fn, tol, name, is_budget = model_cost_fn(ctx.space, spec), 0.0, spec, False
+        fn = model_cost_fn(ctx.space, spec)
+        tol, name, is_budget, tracker = 0.0, spec, False, fn
     elif spec == "latency":
         fn, shared = latency_cost(ctx, params["latency_backend"], params["latency_device"], int(params["latency_batch"]))
-        tol, is_budget = LATENCY_TOLERANCE, shared and budget.kind == "latency"
+        tol, is_budget, tracker = LATENCY_TOLERANCE, shared and budget.kind == "latency", _exact(ctx.space)
         name = "latency" if shared else f"latency[{params['latency_backend']},{params['latency_device']},batch={params['latency_batch'] or ev.settings.latency_batch}]"
     else:
         fn, tol, name, is_budget = python_cost(ctx, spec, params["cost_scale"]), 0.0, spec, False
+        tracker = _exact(ctx.space)
     if params["tolerance"] is not None:
         tol = float(params["tolerance"])
-    out = [Constraint(name, fn, limit, tol, float(params["multiplier"]), is_budget=is_budget and limit == budget.target)]
-    implied = is_budget and limit <= budget.target  # a tighter limit on the run's own cost implies its budget
-    if not implied and bool(params["enforce_budget"]):
-        out.append(Constraint(str(budget), ev.cost_fn(), budget.target, run_tol, float(params["multiplier"]),
-                              is_budget=True))
-    return out
+    lam = float(params["multiplier"])
+    first = Constraint(name, fn, limit, tol, lam, is_budget=is_budget and limit == budget.target, tracker=tracker)
+    implied = is_budget and limit <= budget.target and tol <= run_tol  # a tighter limit on the run's own cost
+    run = Constraint(str(budget), ev.cost_fn(), budget.target, run_tol, lam, is_budget=True, tracker=budget_tracker)
+    if implied:
+        return [first], [first]
+    if bool(params["enforce_budget"]):
+        return [first, run], [first, run]
+    return [first], [first, run]
 
 
 def project(ctx: SearchContext, keep: np.ndarray, constraints: list[Constraint]) -> list[int]:
@@ -121,12 +163,183 @@ def project(ctx: SearchContext, keep: np.ndarray, constraints: list[Constraint])
                  iterations=14 if measured else 40).counts
 
 
+# --------------------------------------------------------------------------- the environment
+
+
+class LayerEnv:
+    """The layer-by-layer constrained MDP over the space's unit groups (see the module docstring).
+
+    ``rollout`` walks the groups in order with an action per group and returns the states seen,
+    the structure (counts) and the keep ratios; it scores nothing (the episode's structure is
+    scored by the evaluator afterwards, once)."""
+
+    def __init__(self, ctx: SearchContext, constraints: list[Constraint], base_logits: np.ndarray):
+        self.space = ctx.space
+        self.groups = list(ctx.space.groups)
+        self.n = len(self.groups)
+        self.lo = floors(ctx)
+        self.base = np.asarray(base_logits, dtype=float)
+        self.constraints = constraints
+        self.full = [g.channels for g in self.groups]
+        self.floor_counts = [ctx.space.min_keep(g) for g in self.groups]
+        biggest = math.log(max(max(self.full), 2))
+        share = []
+        for c in constraints:
+            t = c.tracker
+            whole = t(self.full) - t(self.floor_counts)
+            share.append([(t(self.full) - t(self.full[:i] + [self.floor_counts[i]] + self.full[i + 1:]))
+                          / max(whole, 1e-12) for i in range(self.n)])
+        self.static = np.array([[i / max(1, self.n - 1), math.log(max(g.channels, 1)) / biggest, self.lo[i]]
+                                + [s[i] for s in share] for i, g in enumerate(self.groups)], dtype=float)
+        self.dim = self.static.shape[1] + 1 + 2 * len(constraints)
+
+    def keep(self, t: int, u: float) -> float:
+        return float(self.lo[t] + (1.0 - self.lo[t]) * sigmoid(np.asarray(self.base[t] + u)))
+
+    def state(self, t: int, chosen: list[int], prev_action: float) -> np.ndarray:
+        now = chosen + self.full[t:]
+        rest_floor = chosen + self.floor_counts[t:]
+        dyn = []
+        for c in self.constraints:
+            cur = c.tracker(now)
+            room = cur - c.tracker(rest_floor)
+            dyn += [c.tracker(self.full) - cur, float(np.clip((cur - c.limit) / max(room, 1e-6), -1.0, 2.0))]
+        return np.concatenate([self.static[t], [prev_action], dyn])
+
+    def rollout(self, act: Callable[[int, np.ndarray], float]) -> tuple[np.ndarray, np.ndarray, list[int], list[float]]:
+        """Run one episode; ``act(t, state) -> u_t``. Returns (states, actions u, counts, keep ratios)."""
+        chosen: list[int] = []
+        states, us, keeps = [], [], []
+        prev = 1.0
+        for t in range(self.n):
+            s = self.state(t, chosen, prev)
+            u = float(act(t, s))
+            k = self.keep(t, u)
+            states.append(s)
+            us.append(u)
+            keeps.append(k)
+            chosen.append(min(self.full[t], max(self.floor_counts[t], int(round(self.full[t] * k)))))
+            prev = k
+        return np.asarray(states), np.asarray(us), self.space.align(chosen), keeps
+
+
+# --------------------------------------------------------------------------- the agent
+
+
+def _mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
+    net = nn.Sequential(nn.Linear(inp, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, out))
+    nn.init.zeros_(net[-1].weight)
+    nn.init.zeros_(net[-1].bias)
+    return net.double()
+
+
+class LagrangianPPO:
+    """Gaussian actor ``mu_theta(s)`` with a per-layer ``log sigma``, a reward critic ``V_R(s)``
+    and a cost critic ``V_C(s)`` (one output per constraint), trained by PPO on the advantage
+    of the Lagrangian. Float64 on the CPU; initialised from its own seed (the global RNG is
+    left as it was), so a replay proposes exactly the same structures."""
+
+    def __init__(self, dim: int, n_layers: int, n_costs: int, p: Mapping[str, Any], seed: int):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.actor = _mlp(dim, int(p["hidden"]), 1)
+            self.reward_critic = _mlp(dim, int(p["hidden"]), 1)
+            self.cost_critic = _mlp(dim, int(p["hidden"]), n_costs)
+        self.log_std = nn.Parameter(torch.full((n_layers,), math.log(float(p["sigma"])), dtype=torch.float64))
+        self.min_log_std = math.log(float(p["min_sigma"]))
+        self.opt_actor = torch.optim.Adam([{"params": self.actor.parameters(), "lr": float(p["lr"])},
+                                           {"params": [self.log_std], "lr": float(p["sigma_lr"])}])
+        self.critic_lr = float(p["critic_lr"])
+        self.epochs = int(p["ppo_epochs"])
+        self.clip = float(p["clip"])
+        self.gae = float(p["gae"])
+
+    def mean(self, s: np.ndarray) -> float:
+        with torch.no_grad():
+            return float(self.actor(torch.as_tensor(s, dtype=torch.float64)[None])[0, 0])
+
+    def sigma(self) -> np.ndarray:
+        return self.log_std.detach().exp().numpy()
+
+    def _logp(self, states: torch.Tensor, layers: torch.Tensor, us: torch.Tensor) -> torch.Tensor:
+        mu = self.actor(states)[:, 0]
+        ls = self.log_std[layers]
+        return -0.5 * ((us - mu) / ls.exp()) ** 2 - ls - 0.5 * math.log(2 * math.pi)
+
+    def _advantages(self, values: np.ndarray, final: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """GAE (gamma = 1) of a terminal signal: ``values`` [episodes, steps], ``final`` [episodes]."""
+        e, n = values.shape
+        adv = np.zeros((e, n))
+        nxt = np.zeros(e)
+        run = np.zeros(e)
+        for t in reversed(range(n)):
+            r = final if t == n - 1 else np.zeros(e)
+            delta = r + nxt - values[:, t]
+            run = delta + self.gae * run
+            adv[:, t] = run
+            nxt = values[:, t]
+        return adv, adv + values
+
+    def update(self, states: np.ndarray, us: np.ndarray, rewards: np.ndarray, costs: np.ndarray,
+               lambdas: np.ndarray) -> dict:
+        """One PPO-Lagrangian update on ``batch`` episodes: ``states`` [E, n, D], ``us`` [E, n],
+        ``rewards`` [E] (R), ``costs`` [E, K] (C_k = c_k / d_k), ``lambdas`` [K]."""
+        e, n, d = states.shape
+        k = costs.shape[1]
+        s = torch.as_tensor(states.reshape(e * n, d), dtype=torch.float64)
+        u = torch.as_tensor(us.reshape(-1), dtype=torch.float64)
+        layers = torch.arange(n).repeat(e)
+        with torch.no_grad():
+            v_r = self.reward_critic(s)[:, 0].numpy().reshape(e, n)
+            v_c = self.cost_critic(s).numpy().reshape(e, n, k)
+            old_logp = self._logp(s, layers, u)
+        a_r, ret_r = self._advantages(v_r, rewards)
+        a_c, ret_c = zip(*(self._advantages(v_c[:, :, j], costs[:, j]) for j in range(k)))
+        a_c, ret_c = np.stack(a_c, -1), np.stack(ret_c, -1)
+        a_l = a_r - (a_c * lambdas).sum(-1)              # the Lagrangian's advantage
+        a_l = (a_l - a_l.mean()) / (a_l.std() + 1e-8)
+        adv = torch.as_tensor(a_l.reshape(-1), dtype=torch.float64)
+        tr = torch.as_tensor(ret_r.reshape(-1), dtype=torch.float64)
+        tc = torch.as_tensor(ret_c.reshape(-1, k), dtype=torch.float64)
+        before = {}
+        with torch.no_grad():
+            before["reward_critic_loss"] = float(((self.reward_critic(s) - tr[:, None]) ** 2).mean())
+            before["cost_critic_loss"] = float(((self.cost_critic(s) - tc) ** 2).mean())
+        for _ in range(self.epochs):
+            ratio = (self._logp(s, layers, u) - old_logp).exp()
+            surrogate = torch.min(ratio * adv, ratio.clamp(1 - self.clip, 1 + self.clip) * adv).mean()
+            self.opt_actor.zero_grad()
+            (-surrogate).backward()
+            self.opt_actor.step()
+            with torch.no_grad():
+                self.log_std.clamp_(self.min_log_std, math.log(5.0))
+        # the critics regress their returns on this batch: full-batch L-BFGS with a strong-Wolfe line
+        # search (``ppo_epochs`` iterations, initial step ``critic_lr``), which never increases the loss
+        for net, target in ((self.reward_critic, tr[:, None]), (self.cost_critic, tc)):
+            opt = torch.optim.LBFGS(net.parameters(), lr=self.critic_lr, max_iter=self.epochs,
+                                    line_search_fn="strong_wolfe")
+
+            def closure(net=net, target=target, opt=opt):
+                opt.zero_grad()
+                loss = ((net(s) - target) ** 2).mean()
+                loss.backward()
+                return loss
+
+            opt.step(closure)
+        with torch.no_grad():
+            after_r = float(((self.reward_critic(s) - tr[:, None]) ** 2).mean())
+            after_c = float(((self.cost_critic(s) - tc) ** 2).mean())
+        return {"reward_critic_loss": before["reward_critic_loss"], "reward_critic_loss_after": after_r,
+                "cost_critic_loss": before["cost_critic_loss"], "cost_critic_loss_after": after_c}
+
+
 # --------------------------------------------------------------------------- the strategy
 
 
 @register
 class ConstrainedRL(Strategy):
     name = "constrained"
+    budget_kinds = KINDS   # channels (a PruningSpace) or a layer's weights (sparsity=F: the paper's mode)
 
     param_specs = {
         "cost": Param("budget", str, "the constrained cost: budget (the run's), flops, params, latency, or "
@@ -136,24 +349,37 @@ class ConstrainedRL(Strategy):
                        low=0.0, high=1.0, high_open=True),
         "cost_scale": Param("relative", str, "python costs: relative (the function returns a fraction) or absolute",
                             choices=("relative", "absolute")),
-        "enforce_budget": Param(True, bool, "with a cost other than the run's budget, keep the run's budget as a "
-                                "constraint too"),
+        "enforce_budget": Param(True, bool, "with a cost other than the run's budget, learn the run's budget as a "
+                                "second constraint (the answer meets the budget either way)"),
         "tolerance": Param(None, float, "relative slack when judging feasibility; empty = 5% for latency, 0 otherwise",
                            low=0.0, high=1.0, nullable=True),
         "latency_backend": Param("torch", str, "cost=latency: torch or ort (ONNX Runtime)", choices=("torch", "ort")),
         "latency_device": Param("auto", str, "cost=latency: auto (the run's device), cpu or cuda", choices=DEVICES),
         "latency_batch": Param(0, int, "cost=latency: batch size (0 = the run's latency batch)", low=0, high=4096),
-        "iterations": Param(0, int, "policy updates; 0 = as many as --search-evals allows (20 without a cap)", low=0),
-        "batch": Param(6, int, "samples per iteration (mirrored pairs; rounded up to even)", low=2, high=256),
-        "lr": Param(0.1, float, "Adam step on the policy mean (logit units)", low=0.0, high=10.0, low_open=True),
-        "sigma": Param(0.5, float, "initial exploration std (logit units)", low=0.0, high=5.0, low_open=True),
-        "sigma_lr": Param(0.05, float, "Adam step on log sigma", low=0.0, high=1.0),
+        "iterations": Param(0, int, "PPO updates; 0 = as many as --search-evals allows (20 without a cap)", low=0),
+        "batch": Param(6, int, "episodes (scored structures) per PPO update", low=2, high=256),
+        "ppo_epochs": Param(8, int, "gradient steps of the actor and of each critic per update", low=1, high=100),
+        "clip": Param(0.2, float, "PPO ratio clip", low=0.0, high=1.0, low_open=True),
+        "gae": Param(0.95, float, "GAE lambda of the reward and cost advantages (1 = Monte Carlo)", low=0.0, high=1.0),
+        "hidden": Param(32, int, "hidden width of the actor and critic networks", low=1, high=1024),
+        "lr": Param(0.01, float, "Adam step of the actor", low=0.0, high=10.0, low_open=True),
+        "critic_lr": Param(1.0, float, "initial L-BFGS step of the reward and cost critics' fit", low=0.0, high=10.0, low_open=True),
+        "sigma": Param(0.5, float, "initial exploration std per layer (logit units)", low=0.0, high=5.0, low_open=True),
+        "sigma_lr": Param(0.05, float, "Adam step on each layer's log sigma", low=0.0, high=1.0),
         "min_sigma": Param(0.05, float, "exploration std floor (logit units)", low=0.0, high=5.0, low_open=True),
-        "multiplier": Param(1.0, float, "initial Lagrange multiplier", low=0.0),
-        "dual_lr": Param(1.0, float, "dual ascent step", low=0.0),
-        "init": Param("uniform", str, "initial policy mean: uniform (uniform pruning projected onto the budget) or "
-                      "full", choices=("uniform", "full")),
+        "multiplier": Param(1.0, float, "initial Lagrange multiplier of every constraint", low=0.0),
+        "dual_lr": Param(1.0, float, "dual ascent step on each multiplier", low=0.0),
+        "init": Param("uniform", str, "where the policy starts: uniform (uniform pruning projected onto the "
+                      "constraints) or full (keep 95%)", choices=("uniform", "full")),
     }
+
+    @classmethod
+    def check_budget(cls, kind: str, params: Mapping[str, Any]) -> None:
+        super().check_budget(kind, params)
+        cost = params.get("cost", "budget")
+        if kind == "sparsity" and cost in ("flops", "latency"):
+            raise PrunerError(f"constrained cannot constrain {cost} under a sparsity budget: zeroing weights keeps every "
+                              "shape, so MACs and dense latency do not change; use cost=budget, params or python:...")
 
     # ------------------------------------------------------------------
     def search(self, ctx: SearchContext) -> Candidate:
@@ -161,28 +387,23 @@ class ConstrainedRL(Strategy):
         ev = ctx.evaluator
         space = ctx.space
         n = len(space)
-        constraints = build_constraints(ctx, p)
+        self.check_budget(ctx.budget.kind, p)
+        learnt, required = build_constraints(ctx, p)
         lo = floors(ctx)
-        batch = int(p["batch"]) + int(p["batch"]) % 2
+        batch = int(p["batch"])
         rng = ctx.rng(31)
 
-        # initial mean: uniform pruning projected onto the constraints, or (almost) the full model
+        # where the policy starts: uniform pruning projected onto the constraints, or (almost) the full model
         if p["init"] == "uniform":
-            counts0 = project(ctx, np.full(n, 0.5), constraints)
+            counts0 = project(ctx, np.full(n, 0.5), required)
             keep0 = np.array([c / g.channels for c, g in zip(counts0, space.groups)])
         else:
             keep0 = np.full(n, 0.95)
-        mu = logit((keep0 - lo) / np.maximum(1e-9, 1 - lo))
-        log_sigma = np.full(n, math.log(float(p["sigma"])))
-        opt_mu = Adam(n, float(p["lr"]))
-        opt_sigma = Adam(n, float(p["sigma_lr"]))
-        min_log_sigma = math.log(float(p["min_sigma"]))
-
-        def keep_of(z: np.ndarray) -> np.ndarray:
-            return lo + (1 - lo) * sigmoid(z)
+        env = LayerEnv(ctx, learnt, logit((keep0 - lo) / np.maximum(1e-9, 1 - lo)))
+        agent = LagrangianPPO(env.dim, n, len(learnt), p, seed=int(rng.integers(2 ** 31)))
 
         def feasible(cand: Candidate) -> bool:
-            return all(c.feasible(c.fn(cand.counts)) for c in constraints)
+            return ctx.feasible(cand) and all(c.feasible(c.fn(cand.counts)) for c in required)
 
         best: Candidate | None = None
 
@@ -200,60 +421,61 @@ class ConstrainedRL(Strategy):
         max_iters = int(p["iterations"]) or (3 * max(1, ev.remaining // batch) if ev.remaining is not None else 20)
         it = 0
         while it < max_iters and (ev.remaining is None or ev.remaining >= batch + 1):
-            sigma = np.exp(log_sigma)
-            half = rng.standard_normal((batch // 2, n))
-            eps = np.concatenate([half, -half])
-            zs = mu + sigma * eps
-            rewards, costs = [], [[] for _ in constraints]
-            proposals = [space.counts(keep_of(z).tolist()) for z in zs]
+            sigma = agent.sigma()
+            noise = rng.standard_normal((batch, n))
+            episodes = [env.rollout(lambda t, s, e=e: agent.mean(s) + sigma[t] * noise[e, t]) for e in range(batch)]
+            proposals = [ep[2] for ep in episodes]
             ev.prefetch(proposals)  # scored in parallel with --workers
+            lams = np.array([c.multiplier for c in learnt])
+            rewards, costs, tops = [], [], []
             for k, counts in enumerate(proposals):
-                values = [c.fn(counts) for c in constraints]
-                lams = [c.multiplier for c in constraints]
+                values = [c.fn(counts) for c in learnt]
+                ratios = np.array([v / c.limit for v, c in zip(values, learnt)])
+                penalty = float((lams * (ratios - 1.0)).sum())
 
-                def reward_fn(cand: Candidate, values=values, lams=lams) -> float:
-                    return cand.top1 / 100.0 - sum(l * max(0.0, v / c.limit - 1.0)
-                                                   for l, v, c in zip(lams, values, constraints))
+                def reward_fn(cand: Candidate, penalty=penalty) -> float:
+                    return cand.top1 / 100.0 - penalty   # the sample's Lagrangian value
 
                 cand = ev.evaluate(counts, step=it, reward_fn=reward_fn, meta={
                     "strategy": self.name, "iteration": it, "sample": k,
-                    "costs": {c.name: v for c, v in zip(constraints, values)}})
-                rewards.append(cand.reward)
-                for j, v in enumerate(values):
-                    costs[j].append(v)
+                    "costs": {c.name: v for c, v in zip(learnt, values)}})
+                rewards.append(cand.top1 / 100.0)
+                costs.append(ratios)
+                tops.append(cand.top1)
                 consider(cand)
-            r = np.asarray(rewards)
-            # primal: REINFORCE with the batch-mean baseline, one Adam step
-            if r.std() > 1e-12:
-                adv = (r - r.mean()) / r.std()
-                g_mu = (adv[:, None] * eps / sigma).mean(0)
-                g_ls = (adv[:, None] * (eps ** 2 - 1.0)).mean(0)
-                mu = mu + opt_mu.step(g_mu)
-                log_sigma = np.clip(log_sigma + opt_sigma.step(g_ls), min_log_sigma, math.log(5.0))
-            # dual: projected ascent on each multiplier
-            for j, c in enumerate(constraints):
-                c.multiplier = max(0.0, c.multiplier + float(p["dual_lr"]) * (float(np.mean(costs[j])) - c.limit) / c.limit)
-            first = constraints[0]
-            ctx.emit("constrained", step=it, multiplier=first.multiplier, mean_cost=float(np.mean(costs[0])),
+            R, C = np.asarray(rewards), np.asarray(costs)
+            # primal: PPO on the Lagrangian's advantage; both critics regress their returns
+            stats = agent.update(np.stack([ep[0] for ep in episodes]), np.stack([ep[1] for ep in episodes]), R, C, lams)
+            # dual: projected ascent on the gradient of the same Lagrangian in lambda (same C_k)
+            for j, c in enumerate(learnt):
+                c.multiplier = max(0.0, c.multiplier + float(p["dual_lr"]) * (float(C[:, j].mean()) - 1.0))
+            greedy = env.rollout(lambda t, s: agent.mean(s))
+            first = learnt[0]
+            ok = [all(c.feasible(r * c.limit) for r, c in zip(row, learnt)) for row in C]
+            ctx.emit("constrained", step=it, multiplier=first.multiplier, mean_cost=float(C[:, 0].mean() * first.limit),
                      budget=first.limit, cost=first.name, best_feasible_top1=None if best is None else best.top1,
-                     mean_reward=float(r.mean()), sigma=float(np.exp(log_sigma).mean()),
-                     multipliers={c.name: c.multiplier for c in constraints},
-                     mean_costs={c.name: float(np.mean(costs[j])) for j, c in enumerate(constraints)},
-                     mean_keep_ratios=keep_of(mu).tolist())
+                     mean_reward=float(R.mean() - (lams * (C - 1.0)).sum(1).mean()), mean_top1=float(np.mean(tops)),
+                     lagrangian=float(R.mean() - (lams * (C.mean(0) - 1.0)).sum()), feasible_fraction=float(np.mean(ok)),
+                     sigma=float(agent.sigma().mean()), **stats,
+                     multipliers={c.name: c.multiplier for c in learnt},
+                     mean_costs={c.name: float(C[:, j].mean() * c.limit) for j, c in enumerate(learnt)},
+                     mean_keep_ratios=[float(k) for k in greedy[3]])
             ctx.emit("step", step=it, best_top1=None if best is None else best.top1,
-                     best_reward=float(r.max()), mean_reward=float(r.mean()),
-                     keep_ratios=(best.keep_ratios if best is not None else keep_of(mu).tolist()))
+                     best_reward=float((R - (lams * (C - 1.0)).sum(1)).max()),
+                     mean_reward=float((R - (lams * (C - 1.0)).sum(1)).mean()),
+                     keep_ratios=(best.keep_ratios if best is not None else [float(k) for k in greedy[3]]))
             it += 1
 
-        # the policy mean projected onto the constraints (always feasible by construction)
+        # the deterministic policy projected onto the constraints (feasible by construction)
         if ev.remaining is None or ev.remaining >= 1:
-            counts = project(ctx, keep_of(mu), constraints)
+            greedy = env.rollout(lambda t, s: agent.mean(s))
+            counts = project(ctx, np.asarray(greedy[3]), required)
             cand = ev.evaluate(counts, step=it, meta={"strategy": self.name, "projected_mean": True,
                                                       "fallback": best is None})
             consider(cand)
         if best is None:
             raise PrunerError("constrained found no structure meeting the constraints "
-                              f"({', '.join(f'{c.name} <= {c.limit:g}' for c in constraints)}); "
+                              f"({', '.join(f'{c.name} <= {c.limit:g}' for c in required)}); "
                               "raise the limit or --search-evals")
-        best.meta["multipliers"] = {c.name: c.multiplier for c in constraints}
+        best.meta["multipliers"] = {c.name: c.multiplier for c in learnt}
         return best
