@@ -60,7 +60,8 @@ def _share(pruned: dict, base: dict, key: str) -> str | None:
     return f"{pruned[key] / base[key]:.0%} of original" if base.get(key) and pruned.get(key) is not None else None
 
 
-def _fmt(value: Any, spec: str, suffix: str = "") -> str:
+def fmt(value: Any, spec: str = ".2f", suffix: str = "") -> str:
+    """A number for the page (``—`` when missing, the value as text when it does not take ``spec``)."""
     if value is None:
         return "—"
     try:
@@ -78,24 +79,24 @@ def metrics(summary: dict | None, *, top5: bool = True, ort: bool = True) -> lis
     if not pruned:
         return []
     top1, base_top1 = pruned.get("top1"), base.get("top1")
-    out = [{"label": "Top-1 (report split)", "value": _fmt(top1, ".2f", " %"), "neutral": False,
+    out = [{"label": "Top-1 (report split)", "value": fmt(top1, ".2f", " %"), "neutral": False,
             "delta": None if top1 is None or base_top1 is None else f"{top1 - base_top1:+.2f} pts",
-            "help": f"Original: {_fmt(base_top1, '.2f', ' %')}"}]
+            "help": f"Original: {fmt(base_top1, '.2f', ' %')}"}]
     if top5:
-        out.append({"label": "Top-5", "value": _fmt(pruned.get("top5"), ".2f", " %"), "delta": None, "neutral": True})
-    out.append({"label": "MACs", "value": _fmt((pruned.get("macs") or 0) / 1e6, ",.2f", " M"),
+        out.append({"label": "Top-5", "value": fmt(pruned.get("top5"), ".2f", " %"), "delta": None, "neutral": True})
+    out.append({"label": "MACs", "value": fmt((pruned.get("macs") or 0) / 1e6, ",.2f", " M"),
                 "delta": _share(pruned, base, "macs"), "neutral": True})
-    out.append({"label": "Parameters", "value": _fmt((pruned.get("params") or 0) / 1e6, ",.3f", " M"),
+    out.append({"label": "Parameters", "value": fmt((pruned.get("params") or 0) / 1e6, ",.3f", " M"),
                 "delta": _share(pruned, base, "params"), "neutral": True})
     lat = latency(summary) or {}
-    out.append({"label": lat.get("label", "PyTorch latency"), "value": _fmt(lat.get("ms"), ".2f", " ms"),
+    out.append({"label": lat.get("label", "PyTorch latency"), "value": fmt(lat.get("ms"), ".2f", " ms"),
                 "delta": f"{lat['ratio']:.0%} of original" if lat.get("ratio") is not None else None, "neutral": True,
                 "help": "Pruned and original timed alternately on the same device (their ratio); the ms is the "
                         "original's ms times that ratio"})
     if ort:
         out.append({"label": f"ONNX Runtime latency ({pruned.get('ort_latency_device', 'cpu')}, batch "
                              f"{pruned.get('ort_latency_batch', 1)})",
-                    "value": _fmt(pruned.get("ort_latency_ms"), ".2f", " ms"),
+                    "value": fmt(pruned.get("ort_latency_ms"), ".2f", " ms"),
                     "delta": _share(pruned, base, "ort_latency_ms"), "neutral": True})
     return out
 
@@ -128,17 +129,17 @@ def result_captions(summary: dict | None) -> list[str]:
     sp = summary.get("sparsity")
     if sp:
         onnx = sp.get("onnx") or {}
-        line = (f"Sparsity ({sp.get('pattern')}): {_fmt(sp.get('sparsity'), '.4f')} of {sp.get('prunable_weights')} "
+        line = (f"Sparsity ({sp.get('pattern')}): {fmt(sp.get('sparsity'), '.4f')} of {sp.get('prunable_weights')} "
                 f"conv/linear weights are zero · {sp.get('nonzero_params')} non-zero parameters · "
-                f"{_fmt((sp.get('dense_bytes') or 0) / 1e6, '.3f', ' MB')} dense, "
-                f"{_fmt((sp.get('bitmask_bytes') or 0) / 1e6, '.3f', ' MB')} as bitmask + values, "
-                f"{_fmt((sp.get('csr_bytes') or 0) / 1e6, '.3f', ' MB')} as CSR")
+                f"{fmt((sp.get('dense_bytes') or 0) / 1e6, '.3f', ' MB')} dense, "
+                f"{fmt((sp.get('bitmask_bytes') or 0) / 1e6, '.3f', ' MB')} as bitmask + values, "
+                f"{fmt((sp.get('csr_bytes') or 0) / 1e6, '.3f', ' MB')} as CSR")
         if onnx.get("bytes") is not None:
-            line += (f" · ONNX {_fmt(onnx['bytes'] / 1e6, '.3f', ' MB')}, zipped "
-                     f"{_fmt((onnx.get('zipped_bytes') or 0) / 1e6, '.3f', ' MB')} ({onnx.get('zeros')} zero weights)")
+            line += (f" · ONNX {fmt(onnx['bytes'] / 1e6, '.3f', ' MB')}, zipped "
+                     f"{fmt((onnx.get('zipped_bytes') or 0) / 1e6, '.3f', ' MB')} ({onnx.get('zeros')} zero weights)")
         lines.append(line)
     achieved_of = "of the prunable weights at zero" if b.get("kind") == "sparsity" else "of the original"
-    lines.append(f"Budget {b.get('kind')}={b.get('target')}: achieved {_fmt(b.get('achieved'), '.3f')} {achieved_of} · "
-                 f"original top-1 {_fmt(base.get('top1'), '.2f', ' %')} · "
-                 f"ONNX max |diff| vs PyTorch {_fmt(summary.get('onnx_max_abs_diff'), '.2e')}")
+    lines.append(f"Budget {b.get('kind')}={b.get('target')}: achieved {fmt(b.get('achieved'), '.3f')} {achieved_of} · "
+                 f"original top-1 {fmt(base.get('top1'), '.2f', ' %')} · "
+                 f"ONNX max |diff| vs PyTorch {fmt(summary.get('onnx_max_abs_diff'), '.2e')}")
     return lines

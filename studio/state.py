@@ -21,6 +21,8 @@ import streamlit as st
 from pruner.runs.manager import JobManager, JobSpec
 from pruner.runs.rundir import SENSITIVITY, RunDir, config_kind, is_final, list_runs, run_config
 
+from .results import fmt  # noqa: F401 (pages format numbers as state.fmt)
+
 RUNS_ENV = "PRUNER_RUNS_DIR"
 QUERY_KEY = "run"
 UPLOADS = "uploads"
@@ -209,13 +211,6 @@ def describe_config(cfg: dict | None) -> str:
     return " · ".join(str(p) for p in parts)
 
 
-def fmt(value: Any, spec: str = ".2f", suffix: str = "") -> str:
-    if value is None:
-        return "—"
-    try:
-        return f"{value:{spec}}{suffix}"
-    except (TypeError, ValueError):
-        return str(value)
 
 
 def try_submit(kind: str, config: dict, name: str, *, options: dict | None = None, resume: bool = False,

@@ -133,7 +133,32 @@ def _unsupported_layers(model: nn.Module) -> list[nn.Module]:
     return bad
 
 
-class PruningSpace:
+class GroupedSpace:
+    """What every pruning space shares (channel groups here, weight layers in
+    :class:`~pruner.pruning.sparsity.SparsitySpace`): its unit groups in order, their names, and
+    the check of one keep ratio per group."""
+
+    groups: list
+    unit = "group"   # what one entry of a keep-ratio list is, for messages
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    @property
+    def names(self) -> list[str]:
+        return [g.name for g in self.groups]
+
+    def validate_ratios(self, keep_ratios: Sequence[float]) -> list[float]:
+        ratios = [float(r) for r in keep_ratios]
+        if len(ratios) != len(self.groups):
+            raise PrunerError(f"expected {len(self.groups)} keep ratios (one per {self.unit}), got {len(ratios)}")
+        for r in ratios:
+            if not (0.0 <= r <= 1.0) or math.isnan(r):
+                raise PrunerError(f"keep ratios must be in [0, 1], got {r}")
+        return ratios
+
+
+class PruningSpace(GroupedSpace):
     """Channel groups of a base model, a cost model over keep ratios, and physical pruning.
 
     Args:
@@ -290,22 +315,6 @@ class PruningSpace:
         return macs
 
     # ------------------------------------------------------------------ queries
-    def __len__(self) -> int:
-        return len(self.groups)
-
-    @property
-    def names(self) -> list[str]:
-        return [g.name for g in self.groups]
-
-    def validate_ratios(self, keep_ratios: Sequence[float]) -> list[float]:
-        ratios = [float(r) for r in keep_ratios]
-        if len(ratios) != len(self.groups):
-            raise PrunerError(f"expected {len(self.groups)} keep ratios (one per group), got {len(ratios)}")
-        for r in ratios:
-            if not (0.0 <= r <= 1.0) or math.isnan(r):
-                raise PrunerError(f"keep ratios must be in [0, 1], got {r}")
-        return ratios
-
     def min_keep(self, group: ChannelGroup) -> int:
         """The fewest channels ``group`` may keep: ``min_channels`` and ``max_prune`` honoured, then
         rounded up to a multiple of ``round_to`` (the whole group when that exceeds its size)."""

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 import torch.nn.utils.prune as torch_prune
 
 from ..errors import PrunerError
+from .space import GroupedSpace
 
 #: ``unstructured``: any weights of a layer; ``2:4``: 2 of every 4 consecutive input weights.
 PATTERNS = ("unstructured", "2:4")
@@ -101,11 +102,12 @@ def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
             if isinstance(m, _LAYER_TYPES) and isinstance(getattr(m, "weight", None), torch.Tensor)]
 
 
-class SparsitySpace:
+class SparsitySpace(GroupedSpace):
     """The prunable weights of a model as unit groups (one per layer), a density cost model,
     and masking; a duck-typed :class:`~pruner.pruning.space.PruningSpace` for the search."""
 
     kind = "sparsity"
+    unit = "layer"
     round_to = 1
 
     def __init__(self, model: nn.Module, input_size: Sequence[int] = (3, 32, 32), *, max_prune: float = 0.9,
@@ -139,20 +141,6 @@ class SparsitySpace:
                               "multiple of 4, and max_prune >= 0.5); use the unstructured pattern")
 
     # ------------------------------------------------------------------ the PruningSpace interface
-    def __len__(self) -> int:
-        return len(self.groups)
-
-    @property
-    def names(self) -> list[str]:
-        return [g.name for g in self.groups]
-
-    def validate_ratios(self, keep_ratios: Sequence[float]) -> list[float]:
-        ratios = [float(r) for r in keep_ratios]
-        if len(ratios) != len(self.groups):
-            raise PrunerError(f"expected {len(self.groups)} keep ratios (one per layer), got {len(ratios)}")
-        if any(not 0.0 <= r <= 1.0 or math.isnan(r) for r in ratios):
-            raise PrunerError(f"keep ratios must be in [0, 1], got {ratios}")
-        return ratios
 
     def min_keep(self, group: WeightGroup) -> int:
         """The fewest weights ``group`` may keep: ``max_prune`` honoured; with 2:4 half the layer
