@@ -175,9 +175,13 @@ class PuRL(Strategy):
         episode = 0
         exhausted = False
         while episode < max_eps and not exhausted and (ev.remaining is None or ev.remaining > 0):
-            last = episode == max_eps - 1 or (ev.remaining is not None and ev.remaining <= T and episode > 0)
+            # exploring episodes while the cap leaves room for them *and* a final greedy one (T at most each)
+            group = min(int(p["batch"]), max_eps - 1 - episode)
+            if ev.remaining is not None:
+                group = min(group, (ev.remaining - T) // T)
+            last = group < 1
             greedy = last and episode > 0
-            group = 1 if last else min(int(p["batch"]), max_eps - 1 - episode)
+            group = max(1, group)
             eps_ids = list(range(episode, episode + group))
             epsilon = [0.0 if greedy else max(float(p["eps_end"]), float(p["eps_start"]) * float(p["eps_decay"]) ** e)
                        for e in eps_ids]
