@@ -1,43 +1,59 @@
 """PuRL (Gupta et al., "Learning to Prune Deep Neural Networks via Reinforcement Learning", 2020):
-a reward at *every* pruning step, so the agent learns from short episodes.
+a per-layer MDP with a reward at *every* pruning step, learnt by a deep Q-network.
 
-MDP (one episode = ``steps`` pruning steps from the full model down to the budget):
+One episode walks the layer groups in network order and decides one group per step
+(``steps`` groups; 0 = every group, as the paper prunes every layer):
 
-* **state** ``s_t = (t / T, keep ratios of every group, current relative cost, 1)``;
-* **action** ``a_t``: for every group, the fraction of its *current* channels to remove in
-  this step, ``a_t,g = sigmoid(u_g)`` with ``u ~ N(actor(s_t), diag(sigma^2))``; the new keep
-  ratios are ``keep * (1 - a_t)`` clipped to the group floors. On the last step the proposed
-  structure is projected onto the budget along its own pruning direction (the shared
-  budget solver with allocation ``1 - keep``), so every episode **ends on the budget**;
-* **reward at every step** (each intermediate structure is a real candidate scored by the
-  shared evaluator): ``r_t = acc_weight * top1_t / 100 - sparsity_weight * |cost_t - c*_t| / (1 - B)``
-  where ``c*_t = 1 - (1 - B) (t + 1) / T`` is the step's point on a linear schedule from the
-  full model (cost 1) to the budget ``B``: an accuracy term and a sparsity term that pays for
-  being on schedule (neither behind nor ahead of it);
-* **learning**: actor-critic. The actor is a small MLP (tanh) giving the mean of ``u``; a
-  state-independent ``log sigma`` is learned with it; the critic ``V(s)`` is a second MLP.
-  After every ``batch`` episodes: discounted per-step returns ``G_t``, advantages
-  ``G_t - V(s_t)`` (normalised), one or more Adam steps on
-  ``-A log pi(a|s) - entropy_bonus * H + value_weight * (V - G)^2``.
+* **state** ``s_t``: the group's features (its share of the budget's cost, its floor, its size,
+  its position ``t / T``), the sparsity so far (the cost the decided groups leave with the
+  rest unpruned, the budget), the running default keep of the undecided groups and the last
+  action; see :meth:`PuRL._state`;
+* **action** ``a_t`` (discrete, ``2 * levels + 1`` of them): that group's keep ratio (weight density with
+  ``--budget sparsity=F``, channel keep ratio with flops/params) as a multiple of the running
+  default, ``keep = default * spread ** m`` with ``m`` on an even grid over ``[-1, 1]``; the
+  middle level (``m = 0``) keeps the default;
+* **the structure scored at step t** is complete: groups ``0..t`` as decided, every undecided
+  group at the *running default*, the one keep that puts the structure on the budget
+  (:func:`~pruner.search.common.fill_to_budget`, exact cost model). When the undecided groups
+  cannot absorb the decisions (none left, or all at their floors or unpruned), the structure
+  is projected onto the budget by the shared solver along its own direction, and that miss is
+  what the sparsity term of the reward pays for. So every scored structure meets the budget,
+  earlier decisions are never re-solved away while the rest can absorb them, and a step that
+  keeps the default proposes the previous structure again (memoised: no evaluation);
+* **reward at every step**: ``r_t = acc_weight * (top1_t - top1_{t-1}) / 100
+  - sparsity_weight * |cost'_t - B| / B`` where ``top1_{-1}`` is the all-default (uniform) start
+  and ``cost'_t`` the cost before any projection: the accuracy term is a potential-based
+  shaping of the final accuracy (its undiscounted sum is the episode's gain over the start);
+* **learning**: double DQN (Q-network and a target network, one hidden tanh layer of
+  ``hidden``), epsilon-greedy exploration (``eps_start * eps_decay ** episode``, floor
+  ``eps_end``), a replay memory of every transition, ``updates`` Adam steps on the Huber TD
+  loss (minibatches of ``minibatch``) after every round of steps; the target network follows
+  after every ``target_every`` rounds. The Q-network starts almost flat with the default level
+  on top, so the first greedy policy is the uniform fill.
 
-The actor's output bias starts at the per-step fraction that prunes uniformly to the budget in
-``T`` steps, so the first episodes already land near sensible structures. The last episode
-is greedy (``sigma = 0``). The returned candidate is the best (top-1) feasible *final* structure of
-an episode (an intermediate one only if no episode finished).
+``batch`` episodes run side by side, step by step: each round's structures are proposed
+together (:meth:`Evaluator.prefetch`, scored in parallel with ``--workers``; the candidates do not
+depend on the number of workers). The last episode is greedy (epsilon 0). The answer is the most
+accurate structure scored that meets the budget (every step's structure is a complete one).
+Latency budgets are refused: the fill needs an exact cost model.
 """
 
 from __future__ import annotations
 
-import math
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from ..errors import PrunerError
-from .base import Param, SearchContext, Strategy, register
-from .common import logit
-from .evaluator import Candidate
+from .base import Param, SearchContext, Strategy, best_meeting, register
+from .common import fill_to_budget, floors_of
+from .evaluator import Candidate, EvaluationBudgetExhausted
+
+#: the budget kinds purl searches (the fill needs an exact, analytic cost)
+PURL_KINDS = ("flops", "params", "sparsity")
+N_FEATURES = 11
 
 
 class _MLP(nn.Module):
@@ -52,168 +68,230 @@ class _MLP(nn.Module):
 @register
 class PuRL(Strategy):
     name = "purl"
+    budget_kinds = PURL_KINDS
 
     param_specs = {
-        "steps": Param(3, int, "pruning steps per episode (T); the last lands on the budget", low=1, high=20),
-        "episodes": Param(0, int, "0 = as many as --search-evals allows (20 without a cap)", low=0),
-        "batch": Param(2, int, "episodes per policy update", low=1, high=64),
-        "updates": Param(4, int, "Adam steps per update", low=1, high=100),
-        "lr": Param(0.01, float, "Adam learning rate (actor and critic)", low=0.0, high=1.0, low_open=True),
-        "hidden": Param(32, int, "hidden units of the actor and critic MLPs", low=1, high=1024),
-        "sigma": Param(0.4, float, "initial exploration std of the action logits", low=0.0, high=5.0, low_open=True),
-        "min_sigma": Param(0.05, float, "exploration std floor", low=0.0, high=5.0, low_open=True),
-        "gamma": Param(0.9, float, "discount of the per-step returns", low=0.0, high=1.0),
-        "acc_weight": Param(1.0, float, "weight of top1/100 in the step reward", low=0.0),
-        "sparsity_weight": Param(0.5, float, "weight of the off-schedule penalty in the step reward", low=0.0),
-        "entropy_bonus": Param(0.0, float, "weight of the policy's entropy in the loss", low=0.0),
-        "value_weight": Param(0.5, float, "weight of the critic's loss", low=0.0),
+        "steps": Param(0, int, "groups decided per episode, one per step (0 = every group, as the paper; "
+                               "k = the k groups with the largest share of the cost, in network order)", low=0),
+        "episodes": Param(0, int, "0 = as many as --search-evals allows (30 without a cap)", low=0),
+        "batch": Param(2, int, "episodes run side by side (their structures proposed together)", low=1, high=64),
+        "levels": Param(3, int, "keep levels on each side of the default: 2*levels+1 actions per step",
+                        low=1, high=15),
+        "spread": Param(2.0, float, "the extreme levels keep default*spread and default/spread", low=1.0,
+                        high=10.0, low_open=True),
+        "hidden": Param(64, int, "hidden units of the Q-network", low=1, high=1024),
+        "lr": Param(0.005, float, "Adam learning rate of the Q-network", low=0.0, high=1.0, low_open=True),
+        "gamma": Param(0.95, float, "discount of the per-step rewards", low=0.0, high=1.0),
+        "eps_start": Param(0.6, float, "exploration rate of the first episodes", low=0.0, high=1.0),
+        "eps_decay": Param(0.8, float, "exploration rate multiplied by this every episode", low=0.0, high=1.0),
+        "eps_end": Param(0.05, float, "exploration rate floor (the last episode is greedy)", low=0.0, high=1.0),
+        "updates": Param(8, int, "Adam steps on the TD loss after every round of steps", low=1, high=200),
+        "minibatch": Param(32, int, "transitions per Adam step (drawn from the replay memory)", low=1, high=4096),
+        "target_every": Param(2, int, "rounds of updates between target-network syncs", low=1, high=1000),
+        "acc_weight": Param(1.0, float, "weight of the top-1 change (/100) in the step reward", low=0.0),
+        "sparsity_weight": Param(1.0, float, "weight of the relative budget miss in the step reward", low=0.0),
     }
+
+    @classmethod
+    def check_budget(cls, kind: str, params: Mapping[str, Any]) -> None:
+        if kind not in PURL_KINDS:
+            raise PrunerError(f"strategy 'purl' fills the undecided layers to the budget with the exact cost model and "
+                              f"cannot search a {kind} budget (measured); use a flops, params or sparsity budget, or "
+                              "rl / random / constrained for latency")
 
     # ------------------------------------------------------------------
     def search(self, ctx: SearchContext) -> Candidate:
         p = self.params
         ev = ctx.evaluator
         space = ctx.space
+        self.check_budget(ctx.budget.kind, p)
         n = len(space)
-        T = int(p["steps"])
-        B = ctx.budget.target
+        B = float(ctx.budget.target)
         cost_fn = ev.cost_fn()
+        K = 2 * int(p["levels"]) + 1
+        levels = float(p["spread"]) ** np.linspace(-1.0, 1.0, K)
+        neutral = K // 2
         rng = ctx.rng(47)
-        n_state = n + 3
+        lo_keep = floors_of(space)
+
+        # which groups are decided, in network order: all, or the `steps` with the largest cost share
+        full = space.counts([1.0] * n)
+        base_cost = cost_fn(full)
+        share = np.array([base_cost - cost_fn(space.counts([lo_keep[g] if i == g else 1.0 for i in range(n)]))
+                          for g in range(n)])
+        share = share / max(float(share.max()), 1e-12)
+        T = int(p["steps"]) or n
+        if T > n:
+            raise PrunerError(f"purl parameter steps is {T} but the model has only {n} groups; use at most {n} "
+                              "(0 = every group)")
+        order = sorted(np.argsort(-share, kind="stable")[:T].tolist())
+        size = np.log1p([g.channels for g in space.groups])
+        size = size / max(float(size.max()), 1e-12)
+        self._ctx = (order, share, size, lo_keep, B, T, K)
 
         # networks: initialised from the seed, isolated from torch's global RNG
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(ctx.seed) * 1000 + 47)
-            actor = _MLP(n_state, n, int(p["hidden"])).double()
-            critic = _MLP(n_state, 1, int(p["hidden"])).double()
-        uniform_keep = np.array(ev.solve([1.0] * n).keep_ratios)
-        per_step = 1.0 - float(np.clip(uniform_keep.mean(), 1e-3, 1.0)) ** (1.0 / T)
-        with torch.no_grad():
-            actor.net[-1].weight.mul_(0.1)
-            actor.net[-1].bias.fill_(float(logit(np.array([per_step]))[0]))
-        log_sigma = nn.Parameter(torch.full((n,), math.log(float(p["sigma"])), dtype=torch.float64))
-        opt = torch.optim.Adam([*actor.parameters(), *critic.parameters(), log_sigma], lr=float(p["lr"]))
-        min_log_sigma = math.log(float(p["min_sigma"]))
+            qnet = _MLP(N_FEATURES, K, int(p["hidden"])).double()
+        with torch.no_grad():   # almost flat, the default level on top: the first greedy policy is uniform
+            qnet.net[-1].weight.mul_(0.01)
+            qnet.net[-1].bias.zero_()
+            qnet.net[-1].bias[neutral] = 0.01
+        target = _MLP(N_FEATURES, K, int(p["hidden"])).double()
+        target.load_state_dict(qnet.state_dict())
+        opt = torch.optim.Adam(qnet.parameters(), lr=float(p["lr"]))
+        memory: list[tuple[np.ndarray, int, float, np.ndarray, bool]] = []
+        rounds = 0
 
-        def state(t: int, keep: np.ndarray, cost: float) -> np.ndarray:
-            return np.concatenate([[t / T], keep, [cost, 1.0]])
+        def structure(keeps: np.ndarray, free: list[int]) -> tuple[list[int], float, float, bool]:
+            """(counts, default keep of the undecided groups, cost before any projection, projected)."""
+            counts, k, status = fill_to_budget(space, cost_fn, B, keeps, free)
+            raw = cost_fn(counts)
+            if status == "ok":
+                return counts, k, raw, False
+            # the undecided groups cannot absorb the decisions: project onto the budget along the
+            # structure's own direction (the shared solver)
+            ratios = [c / g.channels for c, g in zip(counts, space.groups)]
+            try:
+                sol = ev.solve([max(0.0, 1.0 - r) + 1e-3 for r in ratios])
+            except PrunerError:
+                sol = None
+            return (counts if sol is None else list(sol.counts)), k, raw, sol is not None
 
-        best: Candidate | None = None
-        buffer: list[list[tuple[np.ndarray, np.ndarray, float]]] = []   # episodes of (state, u, reward)
-        # with a cap, run while an episode fits; the bound only guards against episodes served from the memo
-        max_eps = int(p["episodes"]) or (3 * max(1, ev.remaining // T) if ev.remaining is not None else 20)
+        # the start: every group at the uniform default (one evaluation, shared by every episode)
+        start_counts, start_k, _, _ = structure(np.ones(n), list(range(n)))
+        ev.prefetch([start_counts])
+        try:
+            start = ev.evaluate(start_counts, step=0, meta={"strategy": self.name, "episode": -1, "start": True})
+        except EvaluationBudgetExhausted:
+            raise PrunerError("purl needs at least 2 evaluations (the uniform start and one step); raise "
+                              "--search-evals") from None
+        if not ctx.feasible(start):
+            raise PrunerError(f"purl's uniform start misses the budget {ctx.budget} (cost {start.cost:.3f}); "
+                              "raise the target or allow more pruning (max prune fraction, min channels)")
+
+        # with a cap, episodes run until it is used; the bound only guards against episodes served from the memo
+        max_eps = int(p["episodes"]) or (2 * ev.remaining + 2 if ev.remaining is not None else 30)
         episode = 0
-        while episode < max_eps and (ev.remaining is None or ev.remaining >= T):
-            # The episodes until the next policy update run side by side, step by step: each step's
-            # structures are proposed together (scored in parallel with --workers; the order, and so
-            # the candidates, do not depend on the number of workers). The last episode is greedy
-            # and alone, once only one more episode fits the evaluation cap.
-            if ev.remaining is not None and ev.remaining < 2 * T and episode > 0 or episode == max_eps - 1:
-                group, greedy = 1, episode > 0
-            else:
-                group = max(1, int(p["batch"]) - len(buffer))
-                group = min(group, max_eps - 1 - episode) if max_eps - 1 - episode > 0 else 1
-                if ev.remaining is not None:
-                    group = max(1, min(group, ev.remaining // T - 1))
-                greedy = False
+        exhausted = False
+        while episode < max_eps and not exhausted and (ev.remaining is None or ev.remaining > 0):
+            # exploring episodes while the cap leaves room for them *and* a final greedy one (T at most each)
+            group = min(int(p["batch"]), max_eps - 1 - episode)
+            if ev.remaining is not None:
+                group = min(group, (ev.remaining - T) // T)
+            last = group < 1
+            greedy = last and episode > 0
+            group = max(1, group)
             eps_ids = list(range(episode, episode + group))
-            keeps = [np.ones(n) for _ in eps_ids]
-            costs = [1.0 for _ in eps_ids]
-            trajs: list[list[tuple[np.ndarray, np.ndarray, float]]] = [[] for _ in eps_ids]
-            returns = [0.0 for _ in eps_ids]
-            last_cands: list[Candidate | None] = [None for _ in eps_ids]
+            epsilon = [0.0 if greedy else max(float(p["eps_end"]), float(p["eps_start"]) * float(p["eps_decay"]) ** e)
+                       for e in eps_ids]
+            runs = [{"keeps": np.array(start.keep_ratios), "counts": list(start.counts), "top1": start.top1,
+                     "default": start_k, "last_action": neutral, "return": 0.0, "cand": start, "rewards": []}
+                    for _ in eps_ids]
             for t in range(T):
-                target_t = 1.0 - (1.0 - B) * (t + 1) / T
+                g = order[t]
+                free = order[t + 1:] + [i for i in range(n) if i not in order]
                 proposals = []
-                for j in range(group):
-                    s = state(t, keeps[j], costs[j])
-                    with torch.no_grad():
-                        mean = actor(torch.from_numpy(s)).numpy()
-                        sigma = log_sigma.exp().numpy()
-                    u = mean if greedy else mean + sigma * rng.standard_normal(n)
-                    a = 1.0 / (1.0 + np.exp(-np.clip(u, -30, 30)))
-                    proposal = keeps[j] * (1.0 - a)
-                    if t == T - 1:
-                        counts = ev.solve((np.clip(1.0 - proposal, 0.0, None) + 1e-3).tolist()).counts
+                for j, run in enumerate(runs):
+                    s = self._state(t, run, cost_fn, space)
+                    if rng.random() < epsilon[j]:
+                        a = int(rng.integers(K))
                     else:
-                        counts = space.counts(np.clip(proposal, 0.0, 1.0).tolist())
-                    proposals.append((s, u, counts, cost_fn(counts)))
-                ev.prefetch([c for _, _, c, _ in proposals])
-                for j, (s, u, counts, c_now) in enumerate(proposals):
+                        with torch.no_grad():
+                            a = int(torch.argmax(qnet(torch.from_numpy(s))).item())
+                    current = float(run["keeps"][g])
+                    keep = float(np.clip(current * levels[a], lo_keep[g], 1.0))
+                    want = space.counts([keep if i == g else 1.0 for i in range(n)])[g]
+                    if want == run["counts"][g]:   # the default: the previous structure again (memoised)
+                        counts, default, raw, projected = list(run["counts"]), run["default"], cost_fn(run["counts"]), False
+                    else:
+                        keeps = np.array(run["keeps"])
+                        keeps[g] = want / space.groups[g].channels
+                        counts, default, raw, projected = structure(keeps, free)
+                        default = run["default"] if default is None else default
+                    proposals.append((s, a, keep, counts, default, raw, projected))
+                ev.prefetch([pr[3] for pr in proposals])
+                try:
+                    for j, (s, a, keep, counts, default, raw, projected) in enumerate(proposals):
+                        run = runs[j]
+                        miss = abs(raw - B) / max(B, 1e-9)
 
-                    def reward_fn(cand: Candidate, c_now=c_now, target_t=target_t) -> float:
-                        return (float(p["acc_weight"]) * cand.top1 / 100.0
-                                - float(p["sparsity_weight"]) * abs(c_now - target_t) / max(1e-9, 1.0 - B))
+                        def reward_fn(c: Candidate, before=run["top1"], miss=miss) -> float:
+                            return (float(p["acc_weight"]) * (c.top1 - before) / 100.0
+                                    - float(p["sparsity_weight"]) * miss)
 
-                    cand = ev.evaluate(counts, step=eps_ids[j] * T + t, reward_fn=reward_fn, meta={
-                        "strategy": self.name, "episode": eps_ids[j], "pruning_step": t, "greedy": greedy,
-                        "step_target": target_t})
-                    trajs[j].append((s, u, float(cand.reward)))
-                    returns[j] += float(cand.reward)
-                    keeps[j] = np.array(cand.keep_ratios)
-                    costs[j] = c_now
-                    last_cands[j] = cand
-                    if t == T - 1 and ctx.feasible(cand) and (best is None or (cand.top1, -cand.cost) >
-                                                              (best.top1, -best.cost)):
-                        best = cand
-                    ctx.emit("purl", level="step", episode=eps_ids[j], step=t, reward=float(cand.reward),
-                             top1=cand.top1, cost=c_now, step_target=target_t, keep_ratios=cand.keep_ratios,
-                             greedy=greedy)
+                        cand = ev.evaluate(counts, step=eps_ids[j] * T + t, reward_fn=reward_fn, meta={
+                            "strategy": self.name, "episode": eps_ids[j], "pruning_step": t, "layer": int(g),
+                            "action": a, "greedy": greedy, "projected": projected})
+                        r = float(cand.reward)
+                        run.update(keeps=np.array(cand.keep_ratios), counts=list(cand.counts), top1=cand.top1,
+                                   default=default, last_action=a, cand=cand)
+                        run["return"] += r
+                        run["rewards"].append(r)
+                        s_next = self._state(t + 1, run, cost_fn, space) if t + 1 < T else np.zeros(N_FEATURES)
+                        if not greedy:
+                            memory.append((s, a, r, s_next, t + 1 == T))
+                        ctx.emit("purl", level="step", episode=eps_ids[j], step=t, steps=T, layer=space.groups[g].name,
+                                 group=int(g), action=a, keep=float(cand.keep_ratios[g]), default=float(default),
+                                 reward=r, top1=cand.top1, cost=cand.cost, miss=miss, projected=projected,
+                                 epsilon=epsilon[j], greedy=greedy, keep_ratios=cand.keep_ratios)
+                except EvaluationBudgetExhausted:
+                    exhausted = True
+                    break
+                if memory:
+                    self._learn(memory, qnet, target, opt, rng)
+                    rounds += 1
+                    if rounds % int(p["target_every"]) == 0:
+                        target.load_state_dict(qnet.state_dict())
+            best = best_meeting([c for c in ev.candidates if c.meta.get("strategy") == self.name], ctx.budget)
             for j, ep in enumerate(eps_ids):
-                cand = last_cands[j]
-                ctx.emit("purl", level="episode", episode=ep, **{"return": returns[j]},
-                         final_top1=cand.top1, final_cost=costs[j], greedy=greedy,
-                         sigma=float(log_sigma.detach().exp().mean()),
+                run = runs[j]
+                if exhausted and len(run["rewards"]) < T:
+                    continue
+                ctx.emit("purl", level="episode", episode=ep, steps=T, **{"return": run["return"]},
+                         final_top1=run["top1"], final_cost=run["cand"].cost, greedy=greedy, epsilon=epsilon[j],
                          best_feasible_top1=None if best is None else best.top1)
                 ctx.emit("step", step=ep, best_top1=None if best is None else best.top1,
-                         best_reward=max(r for _, _, r in trajs[j]), mean_reward=returns[j] / T,
-                         keep_ratios=best.keep_ratios if best is not None else cand.keep_ratios)
-                if not greedy:
-                    buffer.append(trajs[j])
-            if len(buffer) >= int(p["batch"]):
-                self._update(buffer, actor, critic, log_sigma, opt, min_log_sigma)
-                buffer = []
+                         best_reward=max(run["rewards"]), mean_reward=run["return"] / T,
+                         keep_ratios=best.keep_ratios if best is not None else run["cand"].keep_ratios)
             episode += group
             if greedy:
                 break
-        if best is None:  # no episode finished on the budget: any feasible intermediate structure
-            feasible = [c for c in ev.candidates if c.meta.get("strategy") == self.name and ctx.feasible(c)]
-            best = max(feasible, key=lambda c: (c.top1, -c.cost)) if feasible else None
+        best = best_meeting([c for c in ev.candidates if c.meta.get("strategy") == self.name], ctx.budget)
         if best is None:
-            raise PrunerError("purl found no candidate meeting the budget; raise --search-evals "
-                              f"(each episode needs {T} evaluations) or lower steps")
+            raise PrunerError("purl scored no structure that meets the budget; raise --search-evals or the target")
         return best
 
-    def _update(self, buffer, actor, critic, log_sigma, opt, min_log_sigma) -> None:
+    # ------------------------------------------------------------------
+    def _state(self, t: int, run: dict, cost_fn, space) -> np.ndarray:
+        """Features of step ``t``'s group and of the structure so far (all in about [0, 1])."""
+        order, share, size, lo_keep, B, T, K = self._ctx
+        g = order[t]
+        decided = order[:t]
+        keeps = np.ones(len(space))
+        keeps[decided] = run["keeps"][decided]
+        so_far = cost_fn(space.counts(keeps.tolist()))   # the decided groups as chosen, the rest unpruned
+        default = run["default"]
+        return np.array([
+            t / T, share[g], lo_keep[g], size[g], float(run["keeps"][g]),
+            so_far, B, float(default),
+            run["last_action"] / (K - 1), run["top1"] / 100.0, 1.0], dtype=np.float64)
+
+    def _learn(self, memory, qnet, target, opt, rng) -> None:
         p = self.params
         gamma = float(p["gamma"])
-        states, actions, returns = [], [], []
-        for traj in buffer:
-            g = 0.0
-            rets = []
-            for _, _, r in reversed(traj):
-                g = r + gamma * g
-                rets.append(g)
-            rets.reverse()
-            for (s, u, _), G in zip(traj, rets):
-                states.append(s)
-                actions.append(u)
-                returns.append(G)
-        S = torch.from_numpy(np.stack(states))
-        U = torch.from_numpy(np.stack(actions))
-        G = torch.tensor(returns, dtype=torch.float64)
         for _ in range(int(p["updates"])):
-            V = critic(S).squeeze(-1)
-            adv = (G - V).detach()
-            if len(adv) > 1 and float(adv.std()) > 1e-9:
-                adv = (adv - adv.mean()) / adv.std()
-            mean = actor(S)
-            dist = torch.distributions.Normal(mean, log_sigma.exp().expand_as(mean))
-            logp = dist.log_prob(U).sum(-1)
-            loss = (-(adv * logp).mean() - float(p["entropy_bonus"]) * dist.entropy().sum(-1).mean()
-                    + float(p["value_weight"]) * ((V - G) ** 2).mean())
+            idx = rng.integers(len(memory), size=min(len(memory), int(p["minibatch"])))
+            S = torch.from_numpy(np.stack([memory[i][0] for i in idx]))
+            A = torch.tensor([memory[i][1] for i in idx])
+            R = torch.tensor([memory[i][2] for i in idx], dtype=torch.float64)
+            S2 = torch.from_numpy(np.stack([memory[i][3] for i in idx]))
+            done = torch.tensor([memory[i][4] for i in idx], dtype=torch.float64)
+            with torch.no_grad():   # double DQN: the online network picks, the target network values
+                a2 = qnet(S2).argmax(-1, keepdim=True)
+                y = R + gamma * (1.0 - done) * target(S2).gather(-1, a2).squeeze(-1)
+            q = qnet(S).gather(-1, A.unsqueeze(-1)).squeeze(-1)
+            loss = nn.functional.smooth_l1_loss(q, y)
             opt.zero_grad()
             loss.backward()
             opt.step()
-            with torch.no_grad():
-                log_sigma.clamp_(min_log_sigma, math.log(5.0))

@@ -84,23 +84,24 @@ def constrained_chart(events: Sequence[dict]) -> go.Figure:
 
 
 def purl_chart(events: Sequence[dict]) -> go.Figure:
-    """``purl``: the reward of every pruning step (one series per step of the episode) and each episode's return."""
+    """``purl``: the reward of every pruning step (one marker per step, placed within its episode and
+    coloured by the step, i.e. the layer decided) and each episode's return."""
     title = "PuRL: reward at every pruning step"
     steps = [e for e in events if e.get("level") == "step"]
     episodes = [e for e in events if e.get("level") == "episode"]
     if not steps:
         return empty_figure(title, "no pruning step yet", x="episode", y="reward")
     fig = go.Figure()
-    step_ids = sorted({int(e.get("step", 0)) for e in steps})
-    colours = palette(len(step_ids))
-    for i, t in enumerate(step_ids):
-        pts = [(e.get("episode"), num(e.get("reward"))) for e in steps if int(e.get("step", 0)) == t]
-        fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers",
-                                 name=f"step {t + 1}", line={"color": colours[i], "width": 1},
-                                 marker={"size": 6}))
+    x = [num(e.get("episode")) + (int(e.get("step", 0)) + 0.5) / max(1, int(e.get("steps") or 1)) for e in steps]
+    fig.add_trace(go.Scatter(
+        x=x, y=[num(e.get("reward")) for e in steps], mode="markers", name="reward at each step",
+        text=[f"step {int(e.get('step', 0)) + 1}: {e.get('layer', '')}" for e in steps],
+        marker={"size": 6, "color": [int(e.get("step", 0)) for e in steps], "colorscale": "Viridis",
+                "colorbar": {"title": "step"}}))
     if episodes:
-        fig.add_trace(go.Scatter(x=[e.get("episode") for e in episodes], y=[num(e.get("return")) for e in episodes],
-                                 mode="lines", name="episode return", line={"color": "#333", "dash": "dot"}))
+        fig.add_trace(go.Scatter(x=[num(e.get("episode")) + 1 for e in episodes],
+                                 y=[num(e.get("return")) for e in episodes],
+                                 mode="lines+markers", name="episode return", line={"color": "#333", "dash": "dot"}))
     return style(fig, title, "episode", "reward")
 
 
