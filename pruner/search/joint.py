@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -131,6 +132,24 @@ class GroupLasso:
         return total if total is not None else torch.zeros(())
 
 
+@dataclass
+class _Run:
+    """What one joint search carries from epoch to epoch."""
+
+    model: nn.Module
+    drift: DriftModel
+    head: nn.Linear
+    log_sigma: nn.Parameter
+    wm_opt: torch.optim.Optimizer
+    pi_opt: torch.optim.Optimizer
+    min_log_sigma: float
+    lasso: GroupLasso
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    per_epoch: int
+    ranking: list[torch.Tensor]
+
+
 @register
 class JointPruning(Strategy):
     name = "joint"
@@ -160,21 +179,36 @@ class JointPruning(Strategy):
 
     # ------------------------------------------------------------------
     def search(self, ctx: SearchContext) -> Candidate:
-        p = self.params
+        """Train the weights for ``epochs`` epochs under the agent's structures, then score the final ones."""
         ev = ctx.evaluator
-        space = ctx.space
-        n = len(space)
-        E = int(p["epochs"])
-        device = ev.device
+        E = int(self.params["epochs"])
+        K = self._samples_per_epoch(ev, E)
+        rng = ctx.rng(53)
+        run = self._setup(ctx, E)
+        history: list[tuple[int, np.ndarray, float]] = []   # (epoch, keep ratios, observed reward)
+        chosen: Candidate | None = None
+        for epoch in range(E):
+            chosen = self._epoch(ctx, run, epoch, K, rng, history)
+        return self._final(ctx, run, E, chosen)
+
+    def _samples_per_epoch(self, ev, E: int) -> int:
+        """Structures scored per epoch (``samples``, or spread over the evaluations left)."""
         remaining = ev.remaining
         if remaining is not None and remaining < E + 1:
             raise PrunerError(f"joint needs at least epochs + 1 = {E + 1} evaluations (one structure per epoch and "
                               f"one on the trained model); raise --search-evals or lower epochs (now {remaining} left)")
-        K = int(p["samples"]) or (max(1, min(8, (remaining - 2) // E)) if remaining is not None else 4)
+        K = int(self.params["samples"]) or (max(1, min(8, (remaining - 2) // E)) if remaining is not None else 4)
         if remaining is not None:
             K = max(1, min(K, (remaining - 1) // E))
-        rng = ctx.rng(53)
+        return K
 
+    def _setup(self, ctx: SearchContext, E: int) -> "_Run":
+        """The model being trained (a copy), the drift model, the policy, the optimisers and the ranking."""
+        p = self.params
+        ev = ctx.evaluator
+        space = ctx.space
+        n = len(space)
+        device = ev.device
         # the model being trained: a copy (the loaded model stays untouched)
         model = copy.deepcopy(ev.model).to(device)
         with torch.random.fork_rng(devices=[]):
@@ -205,81 +239,106 @@ class JointPruning(Strategy):
         if p["init"] == "scratch":
             ranking = ranking_from_scores(channel_scores(model, space, "l1"))
             ev.set_model(model, ranking)
+        return _Run(model, drift, head, log_sigma, wm_opt, pi_opt, min_log_sigma, lasso, opt, sched, per_epoch,
+                    ranking)
 
-        history: list[tuple[int, np.ndarray, float]] = []   # (epoch, keep ratios, observed reward)
-        chosen: Candidate | None = None
-        for epoch in range(E):
-            with torch.no_grad():
-                h = drift.states(epoch)[epoch]
-            mean = head(h).detach().numpy()
-            sigma = log_sigma.detach().exp().numpy()
-            us = [mean] + [mean + sigma * rng.standard_normal(n) for _ in range(K - 1)]
-            batch = [ev.solve(np.exp(np.clip(u, -10, 10)).tolist()).counts for u in us]
-            cands = ev.evaluate_many(batch, step=epoch, metas=[{"strategy": self.name, "epoch": epoch, "sample": k}
-                                                               for k in range(len(batch))])
-            rewards = np.array([c.top1 / 100.0 for c in cands])
-            best_k = int(np.argmax(rewards))
-            chosen = cands[best_k]
-            keep_t = torch.tensor([c.keep_ratios for c in cands], dtype=torch.float64)
-            with torch.no_grad():
-                predicted = float(drift.predict(h, keep_t[best_k]))
-            history.extend((epoch, np.array(c.keep_ratios), float(r)) for c, r in zip(cands, rewards))
-            wm_loss = self._fit_drift(drift, wm_opt, history, epoch, int(p["wm_steps"]))
-
-            # the policy: REINFORCE on the GRU state, batch-mean baseline
-            if K > 1 and rewards.std() > 1e-12:
-                adv = torch.tensor((rewards - rewards.mean()) / rewards.std(), dtype=torch.float64)
-                U = torch.tensor(np.stack(us), dtype=torch.float64)
-                for _ in range(int(p["policy_steps"])):
-                    dist = torch.distributions.Normal(head(h), log_sigma.exp())
-                    loss = -(adv * dist.log_prob(U).sum(-1)).mean()
-                    pi_opt.zero_grad()
-                    loss.backward()
-                    pi_opt.step()
-                    with torch.no_grad():
-                        log_sigma.clamp_(min_log_sigma, math.log(5.0))
-
-            # train the weights towards the chosen structure
-            removed = [order[: g.channels - c].to(device) for g, c, order in zip(space.groups, chosen.counts, ranking)]
-            ce_sum, pen_sum, seen = 0.0, 0.0, 0
-            model.train()
-            gen = torch.Generator().manual_seed(int(ctx.seed) * 1000 + epoch)
-            for i, (x, y) in enumerate(batches(data.fit, int(p["batch_size"]), mean=data.mean, std=data.std,
-                                               device=device, shuffle=True, augment=True, generator=gen,
-                                               drop_last=len(data.fit) > int(p["batch_size"]))):
-                if i >= per_epoch:
-                    break
-                if ev.should_stop():
-                    raise CancelledError("search cancelled")
-                ce = F.cross_entropy(model(x), y)
-                pen = lasso.penalty(removed) if float(p["align_weight"]) > 0 else torch.zeros((), device=device)
-                loss = ce + float(p["align_weight"]) * pen
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                ce_sum += float(ce.detach()) * y.numel()
-                pen_sum += float(pen.detach()) * y.numel()
-                seen += y.numel()
-            model.eval()
-            ranking = ranking_from_scores(channel_scores(model, space, "l1"))
-            ev.set_model(model, ranking)
-            with torch.no_grad():
-                removed_norm = float(sum(lasso.norms(gi)[idx].sum() for gi, idx in enumerate(removed) if len(idx)))
-            ce_mean = ce_sum / max(1, seen)
-            pen_mean = pen_sum / max(1, seen)
-            ctx.emit("joint", epoch=epoch, predicted_reward=predicted, observed_reward=float(rewards[best_k]),
-                     loss=ce_mean + float(p["align_weight"]) * pen_mean, ce=ce_mean, penalty=pen_mean,
-                     removed_norm_after=removed_norm, keep_ratios=chosen.keep_ratios, samples=K,
-                     mean_reward=float(rewards.mean()), sigma=float(log_sigma.detach().exp().mean()),
-                     drift_loss=wm_loss, model_version=ev.model_version)
-            ctx.emit("step", step=epoch, best_top1=chosen.top1, best_reward=float(rewards.max()),
-                     mean_reward=float(rewards.mean()), keep_ratios=chosen.keep_ratios)
-
-        # the final structure, scored on the trained weights
+    def _epoch(self, ctx: SearchContext, run: "_Run", epoch: int, K: int, rng, history: list) -> Candidate:
+        """One epoch: score ``K`` structures, fit the drift model and the policy, train the weights towards
+        the best structure, switch the evaluator to them; returns that structure."""
+        p = self.params
+        ev = ctx.evaluator
         with torch.no_grad():
-            h = drift.states(E)[E]
-            mean = head(h).numpy()
+            h = run.drift.states(epoch)[epoch]
+        us, cands, rewards = self._score_samples(ctx, run, h, epoch, K, rng)
+        best_k = int(np.argmax(rewards))
+        chosen = cands[best_k]
+        keep_t = torch.tensor([c.keep_ratios for c in cands], dtype=torch.float64)
+        with torch.no_grad():
+            predicted = float(run.drift.predict(h, keep_t[best_k]))
+        history.extend((epoch, np.array(c.keep_ratios), float(r)) for c, r in zip(cands, rewards))
+        wm_loss = self._fit_drift(run.drift, run.wm_opt, history, epoch, int(p["wm_steps"]))
+        self._update_policy(run, h, us, rewards, K)
+        ce_mean, pen_mean, removed_norm = self._train_weights(ctx, run, chosen, epoch)
+        ctx.emit("joint", epoch=epoch, predicted_reward=predicted, observed_reward=float(rewards[best_k]),
+                 loss=ce_mean + float(p["align_weight"]) * pen_mean, ce=ce_mean, penalty=pen_mean,
+                 removed_norm_after=removed_norm, keep_ratios=chosen.keep_ratios, samples=K,
+                 mean_reward=float(rewards.mean()), sigma=float(run.log_sigma.detach().exp().mean()),
+                 drift_loss=wm_loss, model_version=ev.model_version)
+        ctx.emit("step", step=epoch, best_top1=chosen.top1, best_reward=float(rewards.max()),
+                 mean_reward=float(rewards.mean()), keep_ratios=chosen.keep_ratios)
+        return chosen
+
+    def _score_samples(self, ctx: SearchContext, run: "_Run", h: torch.Tensor, epoch: int, K: int, rng):
+        """Draw ``K`` allocation logits (the first is the policy mean) and score them on the current weights."""
+        ev = ctx.evaluator
+        n = len(ctx.space)
+        mean = run.head(h).detach().numpy()
+        sigma = run.log_sigma.detach().exp().numpy()
+        us = [mean] + [mean + sigma * rng.standard_normal(n) for _ in range(K - 1)]
+        batch = [ev.solve(np.exp(np.clip(u, -10, 10)).tolist()).counts for u in us]
+        cands = ev.evaluate_many(batch, step=epoch, metas=[{"strategy": self.name, "epoch": epoch, "sample": k}
+                                                           for k in range(len(batch))])
+        rewards = np.array([c.top1 / 100.0 for c in cands])
+        return us, cands, rewards
+
+    def _update_policy(self, run: "_Run", h: torch.Tensor, us: list, rewards: np.ndarray, K: int) -> None:
+        """The policy: REINFORCE on the GRU state, batch-mean baseline."""
+        if K > 1 and rewards.std() > 1e-12:
+            adv = torch.tensor((rewards - rewards.mean()) / rewards.std(), dtype=torch.float64)
+            U = torch.tensor(np.stack(us), dtype=torch.float64)
+            for _ in range(int(self.params["policy_steps"])):
+                dist = torch.distributions.Normal(run.head(h), run.log_sigma.exp())
+                loss = -(adv * dist.log_prob(U).sum(-1)).mean()
+                run.pi_opt.zero_grad()
+                loss.backward()
+                run.pi_opt.step()
+                with torch.no_grad():
+                    run.log_sigma.clamp_(run.min_log_sigma, math.log(5.0))
+
+    def _train_weights(self, ctx: SearchContext, run: "_Run", chosen: Candidate, epoch: int):
+        """Train the weights towards the chosen structure (cross-entropy + group lasso on the channels it
+        removes), re-rank and switch the evaluator to them; returns (mean ce, mean penalty, removed norm)."""
+        p = self.params
+        ev = ctx.evaluator
+        space = ctx.space
+        device = ev.device
+        data = ev.data
+        model = run.model
+        removed = [order[: g.channels - c].to(device) for g, c, order in zip(space.groups, chosen.counts, run.ranking)]
+        ce_sum, pen_sum, seen = 0.0, 0.0, 0
+        model.train()
+        gen = torch.Generator().manual_seed(int(ctx.seed) * 1000 + epoch)
+        for i, (x, y) in enumerate(batches(data.fit, int(p["batch_size"]), mean=data.mean, std=data.std,
+                                           device=device, shuffle=True, augment=True, generator=gen,
+                                           drop_last=len(data.fit) > int(p["batch_size"]))):
+            if i >= run.per_epoch:
+                break
+            if ev.should_stop():
+                raise CancelledError("search cancelled")
+            ce = F.cross_entropy(model(x), y)
+            pen = run.lasso.penalty(removed) if float(p["align_weight"]) > 0 else torch.zeros((), device=device)
+            loss = ce + float(p["align_weight"]) * pen
+            run.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            run.opt.step()
+            run.sched.step()
+            ce_sum += float(ce.detach()) * y.numel()
+            pen_sum += float(pen.detach()) * y.numel()
+            seen += y.numel()
+        model.eval()
+        run.ranking = ranking_from_scores(channel_scores(model, space, "l1"))
+        ev.set_model(model, run.ranking)
+        with torch.no_grad():
+            removed_norm = float(sum(run.lasso.norms(gi)[idx].sum() for gi, idx in enumerate(removed) if len(idx)))
+        return ce_sum / max(1, seen), pen_sum / max(1, seen), removed_norm
+
+    def _final(self, ctx: SearchContext, run: "_Run", E: int, chosen: Candidate | None) -> Candidate:
+        """The final structure, scored on the trained weights: the policy mean at ``h_E`` and the last
+        epoch's structure; the better feasible one."""
+        ev = ctx.evaluator
+        with torch.no_grad():
+            h = run.drift.states(E)[E]
+            mean = run.head(h).numpy()
         finals = [ev.solve(np.exp(np.clip(mean, -10, 10)).tolist()).counts]
         if chosen is not None and chosen.counts != finals[0]:
             finals.append(chosen.counts)
