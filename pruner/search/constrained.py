@@ -383,17 +383,37 @@ class ConstrainedRL(Strategy):
 
     # ------------------------------------------------------------------
     def search(self, ctx: SearchContext) -> Candidate:
+        """Start, PPO-Lagrangian updates while the evaluations allow, then the projected mean (module docstring)."""
         p = self.params
         ev = ctx.evaluator
-        space = ctx.space
-        n = len(space)
+        batch = int(p["batch"])
         self.check_budget(ctx.budget.kind, p)
         learnt, required = build_constraints(ctx, p)
-        lo = floors(ctx)
-        batch = int(p["batch"])
         rng = ctx.rng(31)
+        env, agent, counts0 = self._start(ctx, learnt, required, rng)
+        best = _Best(ctx, required)
+        if p["init"] == "uniform" and (ev.remaining is None or ev.remaining >= 2):
+            # the starting point (uniform pruning on the constraint boundary) is a candidate too
+            best.consider(ev.evaluate(counts0, step=0, meta={"strategy": self.name, "initial_mean": True}))
 
-        # where the policy starts: uniform pruning projected onto the constraints, or (almost) the full model
+        # with a cap, run while it leaves room for a batch and the final projection; the bound on
+        # iterations only guards against a policy whose samples are all served from the memo
+        max_iters = int(p["iterations"]) or (3 * max(1, ev.remaining // batch) if ev.remaining is not None else 20)
+        it = 0
+        while it < max_iters and (ev.remaining is None or ev.remaining >= batch + 1):
+            self._iteration(ctx, env, agent, learnt, best, rng, it)
+            it += 1
+        return self._finish(ctx, env, agent, learnt, required, best, it)
+
+    def _start(self, ctx: SearchContext, learnt: list[Constraint], required: list[Constraint],
+               rng: np.random.Generator) -> tuple[LayerEnv, LagrangianPPO, list[int] | None]:
+        """The environment and the agent, from where the policy starts: uniform pruning projected onto
+        the constraints (its counts are returned too), or (almost) the full model."""
+        p = self.params
+        space = ctx.space
+        n = len(space)
+        lo = floors(ctx)
+        counts0 = None
         if p["init"] == "uniform":
             counts0 = project(ctx, np.full(n, 0.5), required)
             keep0 = np.array([c / g.channels for c, g in zip(counts0, space.groups)])
@@ -401,81 +421,102 @@ class ConstrainedRL(Strategy):
             keep0 = np.full(n, 0.95)
         env = LayerEnv(ctx, learnt, logit((keep0 - lo) / np.maximum(1e-9, 1 - lo)))
         agent = LagrangianPPO(env.dim, n, len(learnt), p, seed=int(rng.integers(2 ** 31)))
+        return env, agent, counts0
 
-        def feasible(cand: Candidate) -> bool:
-            return ctx.feasible(cand) and all(c.feasible(c.fn(cand.counts)) for c in required)
+    def _iteration(self, ctx: SearchContext, env: LayerEnv, agent: LagrangianPPO, learnt: list[Constraint],
+                   best: "_Best", rng: np.random.Generator, it: int) -> None:
+        """One PPO-Lagrangian update: a batch of episodes scored together, the primal and dual steps, the events."""
+        p = self.params
+        ev = ctx.evaluator
+        batch, n = int(p["batch"]), len(ctx.space)
+        sigma = agent.sigma()
+        noise = rng.standard_normal((batch, n))
+        episodes = [env.rollout(lambda t, s, e=e: agent.mean(s) + sigma[t] * noise[e, t]) for e in range(batch)]
+        proposals = [ep[2] for ep in episodes]
+        ev.prefetch(proposals)  # scored in parallel with --workers
+        lams = np.array([c.multiplier for c in learnt])
+        R, C, tops = self._score(ctx, proposals, learnt, lams, best, it)
+        # primal: PPO on the Lagrangian's advantage; both critics regress their returns
+        stats = agent.update(np.stack([ep[0] for ep in episodes]), np.stack([ep[1] for ep in episodes]), R, C, lams)
+        # dual: projected ascent on the gradient of the same Lagrangian in lambda (same C_k)
+        for j, c in enumerate(learnt):
+            c.multiplier = max(0.0, c.multiplier + float(p["dual_lr"]) * (float(C[:, j].mean()) - 1.0))
+        greedy = env.rollout(lambda t, s: agent.mean(s))
+        _emit_iteration(ctx, it, agent, learnt, best.best, lams, R, C, tops, stats, greedy)
 
-        best: Candidate | None = None
+    def _score(self, ctx: SearchContext, proposals: list[list[int]], learnt: list[Constraint], lams: np.ndarray,
+               best: "_Best", it: int) -> tuple[np.ndarray, np.ndarray, list[float]]:
+        """Evaluate the batch's structures (each with its Lagrangian value as reward): ``(R, C, top-1s)``."""
+        ev = ctx.evaluator
+        rewards, costs, tops = [], [], []
+        for k, counts in enumerate(proposals):
+            values = [c.fn(counts) for c in learnt]
+            ratios = np.array([v / c.limit for v, c in zip(values, learnt)])
+            penalty = float((lams * (ratios - 1.0)).sum())
 
-        def consider(cand: Candidate) -> None:
-            nonlocal best
-            if feasible(cand) and (best is None or (cand.top1, -cand.cost) > (best.top1, -best.cost)):
-                best = cand
+            def reward_fn(cand: Candidate, penalty=penalty) -> float:
+                return cand.top1 / 100.0 - penalty   # the sample's Lagrangian value
 
-        if p["init"] == "uniform" and (ev.remaining is None or ev.remaining >= 2):
-            # the starting point (uniform pruning on the constraint boundary) is a candidate too
-            consider(ev.evaluate(counts0, step=0, meta={"strategy": self.name, "initial_mean": True}))
+            cand = ev.evaluate(counts, step=it, reward_fn=reward_fn, meta={
+                "strategy": self.name, "iteration": it, "sample": k,
+                "costs": {c.name: v for c, v in zip(learnt, values)}})
+            rewards.append(cand.top1 / 100.0)
+            costs.append(ratios)
+            tops.append(cand.top1)
+            best.consider(cand)
+        return np.asarray(rewards), np.asarray(costs), tops
 
-        # with a cap, run while it leaves room for a batch and the final projection; the bound on
-        # iterations only guards against a policy whose samples are all served from the memo
-        max_iters = int(p["iterations"]) or (3 * max(1, ev.remaining // batch) if ev.remaining is not None else 20)
-        it = 0
-        while it < max_iters and (ev.remaining is None or ev.remaining >= batch + 1):
-            sigma = agent.sigma()
-            noise = rng.standard_normal((batch, n))
-            episodes = [env.rollout(lambda t, s, e=e: agent.mean(s) + sigma[t] * noise[e, t]) for e in range(batch)]
-            proposals = [ep[2] for ep in episodes]
-            ev.prefetch(proposals)  # scored in parallel with --workers
-            lams = np.array([c.multiplier for c in learnt])
-            rewards, costs, tops = [], [], []
-            for k, counts in enumerate(proposals):
-                values = [c.fn(counts) for c in learnt]
-                ratios = np.array([v / c.limit for v, c in zip(values, learnt)])
-                penalty = float((lams * (ratios - 1.0)).sum())
-
-                def reward_fn(cand: Candidate, penalty=penalty) -> float:
-                    return cand.top1 / 100.0 - penalty   # the sample's Lagrangian value
-
-                cand = ev.evaluate(counts, step=it, reward_fn=reward_fn, meta={
-                    "strategy": self.name, "iteration": it, "sample": k,
-                    "costs": {c.name: v for c, v in zip(learnt, values)}})
-                rewards.append(cand.top1 / 100.0)
-                costs.append(ratios)
-                tops.append(cand.top1)
-                consider(cand)
-            R, C = np.asarray(rewards), np.asarray(costs)
-            # primal: PPO on the Lagrangian's advantage; both critics regress their returns
-            stats = agent.update(np.stack([ep[0] for ep in episodes]), np.stack([ep[1] for ep in episodes]), R, C, lams)
-            # dual: projected ascent on the gradient of the same Lagrangian in lambda (same C_k)
-            for j, c in enumerate(learnt):
-                c.multiplier = max(0.0, c.multiplier + float(p["dual_lr"]) * (float(C[:, j].mean()) - 1.0))
-            greedy = env.rollout(lambda t, s: agent.mean(s))
-            first = learnt[0]
-            ok = [all(c.feasible(r * c.limit) for r, c in zip(row, learnt)) for row in C]
-            ctx.emit("constrained", step=it, multiplier=first.multiplier, mean_cost=float(C[:, 0].mean() * first.limit),
-                     budget=first.limit, cost=first.name, best_feasible_top1=None if best is None else best.top1,
-                     mean_reward=float(R.mean() - (lams * (C - 1.0)).sum(1).mean()), mean_top1=float(np.mean(tops)),
-                     lagrangian=float(R.mean() - (lams * (C.mean(0) - 1.0)).sum()), feasible_fraction=float(np.mean(ok)),
-                     sigma=float(agent.sigma().mean()), **stats,
-                     multipliers={c.name: c.multiplier for c in learnt},
-                     mean_costs={c.name: float(C[:, j].mean() * c.limit) for j, c in enumerate(learnt)},
-                     mean_keep_ratios=[float(k) for k in greedy[3]])
-            ctx.emit("step", step=it, best_top1=None if best is None else best.top1,
-                     best_reward=float((R - (lams * (C - 1.0)).sum(1)).max()),
-                     mean_reward=float((R - (lams * (C - 1.0)).sum(1)).mean()),
-                     keep_ratios=(best.keep_ratios if best is not None else [float(k) for k in greedy[3]]))
-            it += 1
-
-        # the deterministic policy projected onto the constraints (feasible by construction)
+    def _finish(self, ctx: SearchContext, env: LayerEnv, agent: LagrangianPPO, learnt: list[Constraint],
+                required: list[Constraint], best: "_Best", it: int) -> Candidate:
+        """Score the deterministic policy projected onto the constraints (feasible by construction) and
+        return the most accurate feasible candidate."""
+        ev = ctx.evaluator
         if ev.remaining is None or ev.remaining >= 1:
             greedy = env.rollout(lambda t, s: agent.mean(s))
             counts = project(ctx, np.asarray(greedy[3]), required)
             cand = ev.evaluate(counts, step=it, meta={"strategy": self.name, "projected_mean": True,
-                                                      "fallback": best is None})
-            consider(cand)
-        if best is None:
+                                                      "fallback": best.best is None})
+            best.consider(cand)
+        if best.best is None:
             raise PrunerError("constrained found no structure meeting the constraints "
                               f"({', '.join(f'{c.name} <= {c.limit:g}' for c in required)}); "
                               "raise the limit or --search-evals")
-        best.meta["multipliers"] = {c.name: c.multiplier for c in learnt}
-        return best
+        best.best.meta["multipliers"] = {c.name: c.multiplier for c in learnt}
+        return best.best
+
+
+class _Best:
+    """The most accurate (then cheapest) candidate that meets the run's budget and every required constraint."""
+
+    def __init__(self, ctx: SearchContext, required: list[Constraint]):
+        self.ctx = ctx
+        self.required = required
+        self.best: Candidate | None = None
+
+    def feasible(self, cand: Candidate) -> bool:
+        return self.ctx.feasible(cand) and all(c.feasible(c.fn(cand.counts)) for c in self.required)
+
+    def consider(self, cand: Candidate) -> None:
+        best = self.best
+        if self.feasible(cand) and (best is None or (cand.top1, -cand.cost) > (best.top1, -best.cost)):
+            self.best = cand
+
+
+def _emit_iteration(ctx: SearchContext, it: int, agent: LagrangianPPO, learnt: list[Constraint],
+                    best: Candidate | None, lams: np.ndarray, R: np.ndarray, C: np.ndarray, tops: list[float],
+                    stats: dict, greedy) -> None:
+    """The update's ``constrained`` and ``step`` events."""
+    first = learnt[0]
+    ok = [all(c.feasible(r * c.limit) for r, c in zip(row, learnt)) for row in C]
+    ctx.emit("constrained", step=it, multiplier=first.multiplier, mean_cost=float(C[:, 0].mean() * first.limit),
+             budget=first.limit, cost=first.name, best_feasible_top1=None if best is None else best.top1,
+             mean_reward=float(R.mean() - (lams * (C - 1.0)).sum(1).mean()), mean_top1=float(np.mean(tops)),
+             lagrangian=float(R.mean() - (lams * (C.mean(0) - 1.0)).sum()), feasible_fraction=float(np.mean(ok)),
+             sigma=float(agent.sigma().mean()), **stats,
+             multipliers={c.name: c.multiplier for c in learnt},
+             mean_costs={c.name: float(C[:, j].mean() * c.limit) for j, c in enumerate(learnt)},
+             mean_keep_ratios=[float(k) for k in greedy[3]])
+    ctx.emit("step", step=it, best_top1=None if best is None else best.top1,
+             best_reward=float((R - (lams * (C - 1.0)).sum(1)).max()),
+             mean_reward=float((R - (lams * (C - 1.0)).sum(1)).mean()),
+             keep_ratios=(best.keep_ratios if best is not None else [float(k) for k in greedy[3]]))

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -361,6 +362,17 @@ class RLPruner(Strategy):
 
     # ------------------------------------------------------------------ the search
     def search(self, ctx: SearchContext) -> Candidate:
+        """The start, then per pruning step its updates and the next step's start (module docstring)."""
+        run = self._prepare(ctx)
+        for step in range(run.steps):
+            step_cands = self._step(ctx, run, step)
+            if step == run.steps - 1:
+                break
+            self._next_start(ctx, run, step, step_cands)
+        return self._answer(ctx, run)
+
+    def _prepare(self, ctx: SearchContext) -> "_Run":
+        """The start (``prior`` event), the evaluations per update and the state the steps share."""
         prm = self.params
         steps = int(prm["steps"])
         ev = ctx.evaluator
@@ -386,92 +398,117 @@ class RLPruner(Strategy):
             samples = max(2, ev.remaining // steps) if ev.remaining is not None else 10
         inner = max(1, min(int(prm["inner_epochs"]), samples))
         per_epoch = [samples // inner + (1 if i < samples % inner else 0) for i in range(inner)]
-        total_updates = steps * inner
         rng = ctx.rng(2)
-        current = [g.channels for g in space.groups]
-        chosen: Candidate | None = None
-        start_cost, target = 1.0, ctx.budget.target
-        sigma, sharp = float(prm["noise"]), float(prm["sharpen"])
-        use_surrogate = bool(prm["surrogate"]) and steps == 1
         damage_model = DamageModel(blocks, n, 1.0 + 1.0 / float(prm["power"]), float(prm["floor"]),
                                    self._probe_ratio(ctx))
         base_top1 = next((c.top1 for c in ev.candidates if c.meta.get("probe") == "base"
                           and c.meta.get("strategy") == self.name), None)
-        update = 0
-        start_key = None
-        for step in range(steps):
-            step_target = start_cost - (start_cost - target) * (step + 1) / steps
-            step_cands: list[tuple[Candidate, np.ndarray]] = []
-            seen = {tuple(space.align(c.counts)) for c in ev.candidates if c.meta.get("model_version") == ev.model_version}
-            for epoch in range(inner):
-                batch: list[tuple[Candidate, np.ndarray]] = []
-                proposals = []
+        return _Run(steps=steps, inner=inner, per_epoch=per_epoch, total_updates=steps * inner, rng=rng,
+                    teacher=teacher, rates=rates, feats=feats, direction=direction, record=record,
+                    damage_model=damage_model, base_top1=base_top1, z=z,
+                    current=[g.channels for g in space.groups], start_cost=1.0, target=ctx.budget.target,
+                    sigma=float(prm["noise"]), sharp=float(prm["sharpen"]),
+                    use_surrogate=bool(prm["surrogate"]) and steps == 1)
 
-                def propose(kind: str, variant: np.ndarray) -> bool:
-                    counts = self._counts(ctx, current, variant, step_target, steps)
-                    if counts is None:
-                        return False
-                    key = tuple(space.align(counts))
-                    if key in seen:
-                        return False
-                    seen.add(key)
-                    proposals.append((kind, variant, counts))
-                    return True
+    def _step(self, ctx: SearchContext, run: "_Run", step: int) -> list[tuple[Candidate, np.ndarray]]:
+        """One pruning step's ``inner_epochs`` updates toward its target; returns the step's candidates."""
+        ev = ctx.evaluator
+        step_target = run.start_cost - (run.start_cost - run.target) * (step + 1) / run.steps
+        step_cands: list[tuple[Candidate, np.ndarray]] = []
+        seen = {tuple(ctx.space.align(c.counts)) for c in ev.candidates if c.meta.get("model_version") == ev.model_version}
+        for epoch in range(run.inner):
+            self._epoch(ctx, run, step, epoch, step_target, seen, step_cands)
+        return step_cands
 
-                want = per_epoch[epoch]
-                propose("mean", z)  # the policy's own (unperturbed) action, unless evaluated already
-                if use_surrogate and len(proposals) < want:
-                    sz = self._surrogate(ctx, damage_model, rates, base_top1)
-                    if sz is not None:
-                        propose("surrogate", sz)
-                tries = 0
-                while len(proposals) < want and tries < want * REDRAWS:
-                    tries += 1
-                    eps = rng.standard_normal(feats.shape[1])
-                    noise = feats @ eps / np.sqrt(max(1, feats.shape[1])) if prm["policy"] == "features" else eps
-                    propose("noise", z + sigma * noise + sharp * rng.standard_normal() * direction)
-                ev.prefetch([counts for _, _, counts in proposals])  # the update's samples in parallel (--workers)
-                for k, (kind, variant, counts) in enumerate(proposals):
-                    is_start = step == 0 and epoch == 0 and kind == "mean"
-                    cand = ev.evaluate(counts, step=update, meta={
-                        "strategy": self.name, "slice": step, "inner_epoch": epoch, "sample": k, "proposal": kind,
-                        "sigma": sigma, "step_target": step_target, "start_source": record["source"]})
-                    if is_start:
-                        start_key = (ev.model_version, tuple(cand.counts))
-                    batch.append((cand, variant))
-                if not batch and not step_cands:
-                    raise PrunerError(f"rl could not reach {step_target:.3f} of the {ctx.budget.kind} at step {step}; "
-                                      "raise the budget or allow more pruning")
-                eps_greedy = float(prm["epsilon"]) * (1.0 - update / max(1, total_updates))
-                z = self._update(z, batch + step_cands, eps_greedy, rng)
-                step_cands.extend(batch)
-                best_so_far = max(step_cands, key=lambda cv: cv[0].top1)[0]
-                ctx.emit("step", step=update, slice=step, inner_epoch=epoch, policy=_softmax(z).tolist(),
-                         step_target=step_target, sigma=sigma, epsilon=eps_greedy, best_top1=best_so_far.top1,
-                         best_reward=best_so_far.reward,
-                         mean_reward=float(np.mean([c.reward for c, _ in batch])) if batch else best_so_far.reward,
-                         keep_ratios=best_so_far.keep_ratios)
-                update += 1
-                sigma = max(float(prm["min_noise"]), sigma * float(prm["noise_decay"]))
-                sharp *= float(prm["noise_decay"])
-            if step == steps - 1:
-                break
-            # ε-greedy choice of the structure the next step starts from
-            eps_greedy = float(prm["epsilon"]) * (1.0 - step / max(1, steps - 1))
-            ranked = sorted(step_cands, key=lambda cv: cv[0].top1, reverse=True)
-            pick = ranked[0] if (rng.random() >= eps_greedy or len(ranked) == 1) \
-                else ranked[int(rng.integers(1, len(ranked)))]
-            chosen = pick[0]
-            current = list(chosen.counts)
-            ctx.emit("log", level="info", message=f"rl step {step + 1}/{steps}: kept candidate {chosen.id} "
-                     f"(search top-1 {chosen.top1:.2f}%, cost {chosen.cost:.3f}, epsilon {eps_greedy:.2f})")
-            if teacher is not None:
-                self._distil(ctx, current, teacher, seed=step)
-        final = [c for c in ev.candidates if c.meta.get("slice") == steps - 1 and c.meta.get("strategy") == self.name
+    def _epoch(self, ctx: SearchContext, run: "_Run", step: int, epoch: int, step_target: float, seen: set,
+               step_cands: list[tuple[Candidate, np.ndarray]]) -> None:
+        """One update: evaluate its proposals, move the mean, emit the ``step`` event, decay the noise;
+        the update's candidates are appended to ``step_cands``."""
+        prm = self.params
+        ev = ctx.evaluator
+        batch: list[tuple[Candidate, np.ndarray]] = []
+        proposals = self._proposals(ctx, run, epoch, step_target, seen)
+        ev.prefetch([counts for _, _, counts in proposals])  # the update's samples in parallel (--workers)
+        for k, (kind, variant, counts) in enumerate(proposals):
+            is_start = step == 0 and epoch == 0 and kind == "mean"
+            cand = ev.evaluate(counts, step=run.update, meta={
+                "strategy": self.name, "slice": step, "inner_epoch": epoch, "sample": k, "proposal": kind,
+                "sigma": run.sigma, "step_target": step_target, "start_source": run.record["source"]})
+            if is_start:
+                run.start_key = (ev.model_version, tuple(cand.counts))
+            batch.append((cand, variant))
+        if not batch and not step_cands:
+            raise PrunerError(f"rl could not reach {step_target:.3f} of the {ctx.budget.kind} at step {step}; "
+                              "raise the budget or allow more pruning")
+        eps_greedy = float(prm["epsilon"]) * (1.0 - run.update / max(1, run.total_updates))
+        run.z = self._update(run.z, batch + step_cands, eps_greedy, run.rng)
+        step_cands.extend(batch)
+        best_so_far = max(step_cands, key=lambda cv: cv[0].top1)[0]
+        ctx.emit("step", step=run.update, slice=step, inner_epoch=epoch, policy=_softmax(run.z).tolist(),
+                 step_target=step_target, sigma=run.sigma, epsilon=eps_greedy, best_top1=best_so_far.top1,
+                 best_reward=best_so_far.reward,
+                 mean_reward=float(np.mean([c.reward for c, _ in batch])) if batch else best_so_far.reward,
+                 keep_ratios=best_so_far.keep_ratios)
+        run.update += 1
+        run.sigma = max(float(prm["min_noise"]), run.sigma * float(prm["noise_decay"]))
+        run.sharp *= float(prm["noise_decay"])
+
+    def _proposals(self, ctx: SearchContext, run: "_Run", epoch: int, step_target: float,
+                   seen: set) -> list[tuple[str, np.ndarray, list[int]]]:
+        """The update's new structures ``(kind, variant, counts)``: the policy's mean, the surrogate's
+        optimum (steps=1) and noisy variants; each one not evaluated before (``seen`` is updated)."""
+        prm = self.params
+        proposals = []
+
+        def propose(kind: str, variant: np.ndarray) -> bool:
+            counts = self._counts(ctx, run.current, variant, step_target, run.steps)
+            if counts is None:
+                return False
+            key = tuple(ctx.space.align(counts))
+            if key in seen:
+                return False
+            seen.add(key)
+            proposals.append((kind, variant, counts))
+            return True
+
+        want = run.per_epoch[epoch]
+        propose("mean", run.z)  # the policy's own (unperturbed) action, unless evaluated already
+        if run.use_surrogate and len(proposals) < want:
+            sz = self._surrogate(ctx, run.damage_model, run.rates, run.base_top1)
+            if sz is not None:
+                propose("surrogate", sz)
+        tries = 0
+        feats, rng = run.feats, run.rng
+        while len(proposals) < want and tries < want * REDRAWS:
+            tries += 1
+            eps = rng.standard_normal(feats.shape[1])
+            noise = feats @ eps / np.sqrt(max(1, feats.shape[1])) if prm["policy"] == "features" else eps
+            propose("noise", run.z + run.sigma * noise + run.sharp * rng.standard_normal() * run.direction)
+        return proposals
+
+    def _next_start(self, ctx: SearchContext, run: "_Run", step: int,
+                    step_cands: list[tuple[Candidate, np.ndarray]]) -> None:
+        """ε-greedy choice of the structure the next step starts from (distilled with a teacher)."""
+        eps_greedy = float(self.params["epsilon"]) * (1.0 - step / max(1, run.steps - 1))
+        ranked = sorted(step_cands, key=lambda cv: cv[0].top1, reverse=True)
+        pick = ranked[0] if (run.rng.random() >= eps_greedy or len(ranked) == 1) \
+            else ranked[int(run.rng.integers(1, len(ranked)))]
+        chosen = run.chosen = pick[0]
+        run.current = list(chosen.counts)
+        ctx.emit("log", level="info", message=f"rl step {step + 1}/{run.steps}: kept candidate {chosen.id} "
+                 f"(search top-1 {chosen.top1:.2f}%, cost {chosen.cost:.3f}, epsilon {eps_greedy:.2f})")
+        if run.teacher is not None:
+            self._distil(ctx, run.current, run.teacher, seed=step)
+
+    def _answer(self, ctx: SearchContext, run: "_Run") -> Candidate | None:
+        """The best feasible candidate of the last step (else the last chosen one), marked when it is the start."""
+        ev = ctx.evaluator
+        record = run.record
+        final = [c for c in ev.candidates if c.meta.get("slice") == run.steps - 1 and c.meta.get("strategy") == self.name
                  and c.meta.get("model_version") == ev.model_version and ctx.feasible(c)]
-        answer = max(final, key=lambda c: (c.top1, -c.cost)) if final else chosen
+        answer = max(final, key=lambda c: (c.top1, -c.cost)) if final else run.chosen
         if answer is not None:
-            answer.meta["is_start"] = bool(start_key == (answer.meta.get("model_version"), tuple(answer.counts)))
+            answer.meta["is_start"] = bool(run.start_key == (answer.meta.get("model_version"), tuple(answer.counts)))
             answer.meta["start_source"] = record["source"]
             if answer.meta["is_start"]:
                 ctx.emit("log", level="warning", message=f"rl's answer is its starting allocation ({_describe(record)}): "
@@ -565,6 +602,33 @@ class RLPruner(Strategy):
         ctx.emit("log", level="info", message=f"rl: distilled the kept structure for {prm['finetune_batches']} batches "
                  f"(lr {prm['finetune_lr']:g}), importance {crit}; the evaluator now scores model version "
                  f"{ev.model_version}")
+
+
+@dataclass
+class _Run:
+    """What the steps of one rl search share: the fixed plan and the policy's moving state."""
+    steps: int
+    inner: int
+    per_epoch: list[int]
+    total_updates: int
+    rng: np.random.Generator
+    teacher: nn.Module | None
+    rates: np.ndarray
+    feats: np.ndarray
+    direction: np.ndarray
+    record: dict
+    damage_model: DamageModel
+    base_top1: float | None
+    z: np.ndarray
+    current: list[int]
+    start_cost: float
+    target: float
+    sigma: float
+    sharp: float
+    use_surrogate: bool
+    chosen: Candidate | None = None
+    update: int = 0
+    start_key: tuple | None = None
 
 
 def _float_tensors(model: nn.Module):
