@@ -56,8 +56,21 @@ def pids(marker: Path) -> list[int]:
     return [int(x) for x in marker.read_text().split()] if marker.exists() else []
 
 
+_EARLIER_USER_MODULES: set[str] = set()
+
+
+@pytest.fixture(autouse=True)
+def _earlier_user_modules():
+    """User modules that earlier tests imported on purpose (an in-process run given a ``python:`` cost
+    with consent) are not this test's doing: :func:`user_modules` counts only those imported since."""
+    _EARLIER_USER_MODULES.clear()
+    _EARLIER_USER_MODULES.update(m for m in sys.modules if m.startswith("pruner_user_"))
+    yield
+
+
 def user_modules() -> list[str]:
-    return [m for m in sys.modules if m.startswith("pruner_user_")]
+    """User modules imported into this process since the test began."""
+    return [m for m in sys.modules if m.startswith("pruner_user_") and m not in _EARLIER_USER_MODULES]
 
 
 def alive(pid: int) -> bool:
