@@ -15,6 +15,17 @@ if (_shared / "models").is_dir():
 
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny evaluations (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    on a shared 2-core CPU two threads mostly wait on each other."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

@@ -22,12 +22,7 @@ from pruner.search.base import validate_strategy
 from pruner.search.constrained import ConstrainedRL, LagrangianPPO
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def agent(**over) -> LagrangianPPO:

@@ -7,7 +7,6 @@ sparsity budget is its main mode (as in the paper), flops/params are checked too
 import json
 
 import pytest
-import torch
 import torch.nn as nn
 
 from pruner.budget import Budget
@@ -26,12 +25,7 @@ PARAMS = {"steps": 6, "batch": 2}
 EVALS = 16
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**kw) -> RunConfig:

@@ -21,12 +21,7 @@ from pruner.runs.rundir import RunDir
 from pruner.search import SearchContext, make_strategy, run_search
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**kw) -> RunConfig:

@@ -28,13 +28,7 @@ EVENT_FIELDS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Evaluations are tiny; on a shared 2-core CPU two intra-op threads mostly wait on each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(strategy: str, **kw) -> RunConfig:
