@@ -24,6 +24,7 @@ from pruner.budget import KINDS, Budget
 from pruner.data import PROTOCOLS
 from pruner.errors import PrunerError
 from pruner.finetune import FinetuneConfig
+from pruner.models import has_pretrained, list_zoo
 from pruner.pruning.importance import CRITERIA
 from pruner.runs.config import RunConfig
 from pruner.search import strategy_class, strategy_names
@@ -32,8 +33,6 @@ from pruner.settings import DEVICES
 
 from .state import slug, uploads_dir
 
-FALLBACK_ZOO = ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "vgg16", "vgg19", "mobilenetv2",
-                "googlenet"]
 
 DATASETS = {
     "digits": "Digits — offline demo (10 classes, 8×8 upscaled to 32×32)",
@@ -87,23 +86,6 @@ def default_dataset() -> str:
     except Exception:  # noqa: BLE001 - a default must never break the page
         pass
     return "digits"
-
-
-def zoo_names() -> list[str]:
-    try:
-        from pruner.models import list_zoo
-        names = list(list_zoo())
-        return names or FALLBACK_ZOO
-    except Exception:
-        return FALLBACK_ZOO
-
-
-def has_pretrained(name: str) -> bool:
-    try:
-        from pruner.models import has_pretrained as hp
-        return bool(hp(name))
-    except Exception:
-        return name.startswith("resnet") and name in ("resnet20", "resnet32", "resnet44", "resnet56")
 
 
 def strategy_list() -> list[str]:
@@ -199,7 +181,7 @@ def model_data_inputs(prefix: str = "") -> ModelData:
                                     else "pretrained")
     st.session_state.setdefault(f"{prefix}weights", "random")
     if source == "zoo":
-        zoo = zoo_names()
+        zoo = list_zoo()
         name = st.selectbox("Architecture", zoo, key=f"{prefix}zoo_model", on_change=_on_model_change, args=(prefix,),
                             format_func=lambda n: f"{n}  ·  pretrained on CIFAR-10" if has_pretrained(n) else n)
         out.model = name
