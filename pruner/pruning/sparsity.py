@@ -43,7 +43,7 @@ import torch.nn.functional as F
 import torch.nn.utils.prune as torch_prune
 
 from ..errors import PrunerError
-from .space import GroupedSpace
+from .space import GroupedSpace, PruningSpace
 
 #: ``unstructured``: any weights of a layer; ``2:4``: 2 of every 4 consecutive input weights.
 PATTERNS = ("unstructured", "2:4")
@@ -112,8 +112,6 @@ class SparsitySpace(GroupedSpace):
 
     def __init__(self, model: nn.Module, input_size: Sequence[int] = (3, 32, 32), *, max_prune: float = 0.9,
                  pattern: str = "unstructured"):
-        from .space import PruningSpace
-
         if not 0.0 < max_prune < 1.0:
             raise PrunerError(f"max_prune must be in (0, 1), got {max_prune}")
         self.pattern = check_pattern(pattern)
