@@ -478,7 +478,7 @@ class _Pipeline:
         if self.resume:
             evaluator.preload(run.events(Event.CANDIDATE))
         strategy = make_strategy(config.strategy, **config.strategy_params)
-        ctx = SearchContext(evaluator, seed=config.seed, scores=session.scores,
+        ctx = SearchContext(evaluator, seed=config.seed, scores=session.scores, importance=config.importance,
                             emit=lambda kind, **f: run.event(kind, **f))
         t0 = time.perf_counter()
         with attach_workers(evaluator, config, emit=ctx.emit) as pool:

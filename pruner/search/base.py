@@ -28,6 +28,7 @@ class SearchContext:
     evaluator: Evaluator
     seed: int = 0
     scores: list[torch.Tensor] | None = None          # per-group channel importance of the base model
+    importance: str = "l1"                             # the run's importance criterion (RunConfig.importance)
     emit: Callable[..., Any] = lambda kind, **fields: None   # writes run-directory events
     state: dict = field(default_factory=dict)          # strategy scratch space persisted for resume
 

@@ -5,31 +5,43 @@ The model's weights are trained for ``epochs`` epochs (at most ``batches_per_epo
 batches each) while an agent chooses the structure, and the weights are pushed to agree
 with it. Every epoch ``e``:
 
-1. **drift model**: a GRU runs over learnable per-epoch embeddings ``x_0 .. x_e``; its state
-   ``h_e`` summarises how the environment (the model being trained) has drifted. A decoder
-   ``D(h_e, keep ratios) -> reward`` is trained (``wm_steps`` Adam steps, MSE) to reconstruct
-   every reward observed so far; gradients reach the decoder, the GRU and the embeddings.
+1. **observation**: statistics ``s_e`` of the current weights (per group: log mean channel
+   norm relative to epoch 0 and the norms' coefficient of variation; the cross-entropy on a
+   fixed fit-split batch) are encoded into the embedding ``x_e = tanh(A s_e + a)``; a GRU over
+   ``x_0 .. x_e`` gives ``h_e``, the agent's representation of how the environment (the model
+   being trained) has drifted. No parameter is per-epoch, so ``h_e`` comes from an encoder,
+   GRU and decoder already trained on epochs ``0..e-1``.
 2. **agent**: a Gaussian policy over per-group allocation logits conditioned on the GRU
    state, ``u ~ N(W h_e + b, diag(sigma^2))``; allocation ``exp(u)`` is turned into keep
    ratios meeting the budget by the shared solver. ``samples`` structures are drawn (the
    first is the policy mean), each scored on the *current* weights (physical pruning + BN
-   recalibration + search-split top-1 = the reward); REINFORCE with the batch-mean baseline
-   updates ``W, b, log sigma`` (``policy_steps`` Adam steps). The best sample is the
-   epoch's structure.
-3. **alignment**: the channels the structure removes (per group, the lowest-ranked by the
-   current L1 importance) get a group-lasso penalty
+   recalibration + search-split top-1 = the reward).
+3. **drift model**: a decoder ``D(h, keep ratios) -> reward`` is trained with the encoder and
+   the GRU (``wm_steps`` Adam steps, MSE) to reconstruct every reward observed so far.
+4. **policy update** (``policy_steps`` Adam steps on ``W, b, log sigma``): REINFORCE at
+   ``h_e`` with the batch-mean baseline over this epoch's samples *and* (``reuse``) every
+   earlier one, its reward corrected for the drift, ``r' = r - D(h_e', k) + D(h_e, k)``, and its
+   term weighted by the truncated importance ratio ``min(reuse_clip, pi(u|h_e) / mu(u))``
+   (``mu``: the policy that drew it). The best sample of this epoch is its structure.
+5. **alignment**: the channels the structure removes (the space's own choice for the counts
+   and the current ranking, :meth:`PruningSpace.kept_masks`, so each concatenated part keeps
+   its best channel) get a group-lasso penalty
    ``align_weight * sum_g sum_{c removed} ||W_{g,c}||_2`` (all out-channel filters, biases,
    BN affine parameters and next-layer input slices of channel ``c``, via Torch-Pruning's
    dependency groups) added to the cross-entropy while the weights train (SGD, Nesterov,
    cosine schedule, augmentation).
-4. the importance ranking is recomputed on the trained weights and the evaluator switches
-   to them (``evaluator.set_model``), so the next epoch's rewards are observed on the
-   drifted model.
+6. the ranking is recomputed on the trained weights by the run's importance criterion
+   (``SearchContext.importance``: l1, l2, taylor on fixed fit batches, random) and the
+   evaluator switches to them (``evaluator.set_model``), so the next epoch's rewards are
+   observed on the drifted model.
 
-After the last epoch the policy mean (at ``h_E``) and the last epoch's structure are scored
-on the trained model; the better one is returned. The evaluator then holds the *trained*
-model and its ranking: the job must prune ``evaluator.model`` with ``evaluator.ranking``
-(not the loaded weights) for the chosen counts.
+``init=scratch`` (the paper's setting) re-initialises every layer of the copy first (seeded);
+``init=checkpoint`` trains the loaded weights.
+
+After the last epoch the policy mean (at ``h_E``, from the trained weights' statistics) and
+the last epoch's structure are scored on the trained model; the better one is returned. The
+evaluator then holds the *trained* model and its ranking: the job must prune
+``evaluator.model`` with ``evaluator.ranking`` (not the loaded weights) for the chosen counts.
 
 Resume: weight training is not memoised; an interrupted run is resumed by recomputation
 (the strategy is deterministic on CPU: seeded batches, agent and networks), while every
@@ -41,7 +53,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -50,29 +62,48 @@ import torch.nn.functional as F
 
 from ..data import batches
 from ..errors import CancelledError, PrunerError
-from ..pruning.importance import channel_scores, ranking_from_scores
+from ..pruning.importance import CRITERIA, channel_scores, ranking_from_scores
 from ..pruning.space import build_graph
 from .base import Param, SearchContext, Strategy, register
 from .evaluator import Candidate
 
 
 class DriftModel(nn.Module):
-    """GRU over learnable per-epoch embeddings + a reward decoder (the agent's view of the drift)."""
+    """The agent's view of the drift: a GRU over per-epoch embeddings of *observed* statistics of
+    the weights, and a reward decoder ``D(h, keep ratios)``.
 
-    def __init__(self, epochs: int, groups: int, hidden: int):
+    Epoch ``e``'s embedding is ``x_e = tanh(A s_e + a)``, with ``s_e`` the statistics observed at the
+    start of epoch ``e`` (:meth:`JointPruning._observe`). There is no free per-epoch parameter: the
+    encoder, GRU and decoder are trained on the rewards of epochs ``0..e-1``, so ``h_e`` is meaningful
+    before any of epoch ``e``'s rewards is seen.
+    """
+
+    def __init__(self, features: int, groups: int, hidden: int):
         super().__init__()
-        self.embeddings = nn.Parameter(torch.randn(epochs + 1, hidden, dtype=torch.float64) * 0.1)
+        self.encoder = nn.Sequential(nn.Linear(features, hidden, dtype=torch.float64), nn.Tanh())
         self.gru = nn.GRU(hidden, hidden, batch_first=True, dtype=torch.float64)
         self.decoder = nn.Sequential(nn.Linear(hidden + groups, hidden, dtype=torch.float64), nn.Tanh(),
                                      nn.Linear(hidden, 1, dtype=torch.float64))
 
-    def states(self, upto: int) -> torch.Tensor:
-        """GRU states ``h_0 .. h_upto`` (one row per epoch)."""
-        out, _ = self.gru(self.embeddings[: upto + 1].unsqueeze(0))
+    def states(self, stats: torch.Tensor) -> torch.Tensor:
+        """GRU states ``h_0 .. h_T`` (one row per epoch) for the statistics ``stats`` (``T+1`` rows)."""
+        out, _ = self.gru(self.encoder(stats).unsqueeze(0))
         return out[0]
 
     def predict(self, h: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         return self.decoder(torch.cat([h, keep], -1)).squeeze(-1)
+
+
+@dataclass
+class Sample:
+    """One scored structure: the epoch it was drawn in, its allocation logits ``u``, its keep ratios,
+    the observed reward and the log-density of ``u`` under the policy that drew it."""
+
+    epoch: int
+    u: np.ndarray
+    keep: np.ndarray
+    reward: float
+    logp: float
 
 
 class GroupLasso:
@@ -148,6 +179,10 @@ class _Run:
     sched: torch.optim.lr_scheduler.LRScheduler
     per_epoch: int
     ranking: list[torch.Tensor]
+    probe: tuple[torch.Tensor, torch.Tensor]          # fixed fit-split batch: the loss statistic
+    taylor: list | None                                # fixed batches for a taylor re-ranking
+    base_log_norm: torch.Tensor | None = None         # per-group log mean channel norm at epoch 0
+    stats: list[torch.Tensor] = field(default_factory=list)   # s_0 .. s_e, observed at each epoch's start
 
 
 @register
@@ -163,8 +198,8 @@ class JointPruning(Strategy):
         "momentum": Param(0.9, float, "SGD momentum", low=0.0, high=1.0, high_open=True),
         "weight_decay": Param(5e-4, float, "SGD weight decay", low=0.0, high=1.0),
         "align_weight": Param(0.1, float, "group-lasso weight on the channels the agent removes", low=0.0),
-        "init": Param("checkpoint", str, "checkpoint: train the loaded weights; scratch: re-initialise them first",
-                      choices=("checkpoint", "scratch")),
+        "init": Param("checkpoint", str, "checkpoint: train the loaded weights; scratch: re-initialise them first "
+                      "(the paper's setting)", choices=("checkpoint", "scratch")),
         "samples": Param(0, int, "structures scored per epoch; 0 = spread --search-evals (at most 8)", low=0,
                          high=256),
         "hidden": Param(16, int, "GRU / embedding / decoder width", low=1, high=1024),
@@ -175,6 +210,10 @@ class JointPruning(Strategy):
         "sigma": Param(0.5, float, "initial exploration std of the allocation logits", low=0.0, high=5.0,
                        low_open=True),
         "min_sigma": Param(0.05, float, "exploration std floor", low=0.0, high=5.0, low_open=True),
+        "reuse": Param(True, bool, "policy updates also use earlier epochs' samples, rewards drift-corrected "
+                       "(false: the current epoch's samples only)"),
+        "reuse_clip": Param(2.0, float, "cap on an earlier sample's importance weight pi(u|h_e)/mu(u) "
+                            "(0 = no importance weighting)", low=0.0, high=100.0),
     }
 
     # ------------------------------------------------------------------
@@ -182,10 +221,12 @@ class JointPruning(Strategy):
         """Train the weights for ``epochs`` epochs under the agent's structures, then score the final ones."""
         ev = ctx.evaluator
         E = int(self.params["epochs"])
+        if ctx.importance not in CRITERIA:
+            raise PrunerError(f"joint cannot re-rank channels by {ctx.importance!r}; use one of {', '.join(CRITERIA)}")
         K = self._samples_per_epoch(ev, E)
         rng = ctx.rng(53)
         run = self._setup(ctx, E)
-        history: list[tuple[int, np.ndarray, float]] = []   # (epoch, keep ratios, observed reward)
+        history: list[Sample] = []
         chosen: Candidate | None = None
         for epoch in range(E):
             chosen = self._epoch(ctx, run, epoch, K, rng, history)
@@ -209,6 +250,7 @@ class JointPruning(Strategy):
         space = ctx.space
         n = len(space)
         device = ev.device
+        data = ev.data
         # the model being trained: a copy (the loaded model stays untouched)
         model = copy.deepcopy(ev.model).to(device)
         with torch.random.fork_rng(devices=[]):
@@ -217,7 +259,7 @@ class JointPruning(Strategy):
                 for m in model.modules():
                     if hasattr(m, "reset_parameters") and m is not model:
                         m.reset_parameters()
-            drift = DriftModel(E, n, int(p["hidden"]))
+            drift = DriftModel(2 * n + 1, n, int(p["hidden"]))
             head = nn.Linear(int(p["hidden"]), n, dtype=torch.float64)
         with torch.no_grad():
             head.weight.mul_(0.1)
@@ -230,38 +272,68 @@ class JointPruning(Strategy):
         lasso = GroupLasso(model, space, device)
         opt = torch.optim.SGD(model.parameters(), lr=float(p["lr"]), momentum=float(p["momentum"]),
                               weight_decay=float(p["weight_decay"]), nesterov=float(p["momentum"]) > 0)
-        data = ev.data
         per_epoch = math.ceil(len(data.fit) / int(p["batch_size"]))
         if int(p["batches_per_epoch"]):
             per_epoch = min(per_epoch, int(p["batches_per_epoch"]))
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, E * per_epoch))
-        ranking = [r.clone() for r in ev.ranking]
+        probe = next(batches(data.fit.subset(min(128, len(data.fit))), 128, mean=data.mean, std=data.std,
+                             device=device))
+        taylor = None
+        if ctx.importance == "taylor":   # the session's recipe: 256 shuffled fit images, batches of 64
+            gen = torch.Generator().manual_seed(int(ctx.seed))
+            taylor = list(batches(data.fit.subset(min(256, len(data.fit))), 64, mean=data.mean, std=data.std,
+                                  device=device, shuffle=True, generator=gen))
+        run = _Run(model, drift, head, log_sigma, wm_opt, pi_opt, min_log_sigma, lasso, opt, sched, per_epoch,
+                   [r.clone() for r in ev.ranking], probe, taylor)
         if p["init"] == "scratch":
-            ranking = ranking_from_scores(channel_scores(model, space, "l1"))
-            ev.set_model(model, ranking)
-        return _Run(model, drift, head, log_sigma, wm_opt, pi_opt, min_log_sigma, lasso, opt, sched, per_epoch,
-                    ranking)
+            run.ranking = self._rank(ctx, run)
+            ev.set_model(model, run.ranking)
+        return run
+
+    def _rank(self, ctx: SearchContext, run: "_Run") -> list[torch.Tensor]:
+        """The channel ranking of the weights being trained, by the run's importance criterion."""
+        scores = channel_scores(run.model, ctx.space, ctx.importance, batches=run.taylor, seed=int(ctx.seed))
+        return ranking_from_scores(scores)
+
+    @staticmethod
+    def _observe(run: "_Run") -> torch.Tensor:
+        """Statistics of the current weights, the drift model's input for this epoch: per group the log
+        mean channel norm (relative to epoch 0) and the norms' coefficient of variation, and the
+        cross-entropy on a fixed fit-split batch."""
+        model = run.model
+        with torch.no_grad():
+            norms = [run.lasso.norms(gi).double().cpu() for gi in range(len(run.lasso.channels))]
+            log_norm = torch.stack([n.mean().clamp_min(1e-12).log() for n in norms])
+            if run.base_log_norm is None:
+                run.base_log_norm = log_norm
+            cv = torch.stack([n.std(unbiased=False) / n.mean().clamp_min(1e-12) for n in norms])
+            was = model.training
+            model.eval()
+            ce = F.cross_entropy(model(run.probe[0]), run.probe[1]).double().cpu().reshape(1)
+            model.train(was)
+        return torch.cat([log_norm - run.base_log_norm, cv, ce])
 
     def _epoch(self, ctx: SearchContext, run: "_Run", epoch: int, K: int, rng, history: list) -> Candidate:
-        """One epoch: score ``K`` structures, fit the drift model and the policy, train the weights towards
-        the best structure, switch the evaluator to them; returns that structure."""
+        """One epoch: observe the weights, score ``K`` structures, fit the drift model and the policy, train
+        the weights towards the best structure, switch the evaluator to them; returns that structure."""
         p = self.params
         ev = ctx.evaluator
+        run.stats.append(self._observe(run))
         with torch.no_grad():
-            h = run.drift.states(epoch)[epoch]
-        us, cands, rewards = self._score_samples(ctx, run, h, epoch, K, rng)
+            h = run.drift.states(torch.stack(run.stats))[epoch]
+        us, logps, cands, rewards = self._score_samples(ctx, run, h, epoch, K, rng)
         best_k = int(np.argmax(rewards))
         chosen = cands[best_k]
-        keep_t = torch.tensor([c.keep_ratios for c in cands], dtype=torch.float64)
         with torch.no_grad():
-            predicted = float(run.drift.predict(h, keep_t[best_k]))
-        history.extend((epoch, np.array(c.keep_ratios), float(r)) for c, r in zip(cands, rewards))
-        wm_loss = self._fit_drift(run.drift, run.wm_opt, history, epoch, int(p["wm_steps"]))
-        self._update_policy(run, h, us, rewards, K)
+            predicted = float(run.drift.predict(h, torch.tensor(chosen.keep_ratios, dtype=torch.float64)))
+        history.extend(Sample(epoch, u, np.array(c.keep_ratios), float(r), lp)
+                       for u, lp, c, r in zip(us, logps, cands, rewards))
+        wm_loss = self._fit_drift(run.drift, run.wm_opt, history, torch.stack(run.stats), int(p["wm_steps"]))
+        reused = self._update_policy(run, history, epoch)
         ce_mean, pen_mean, removed_norm = self._train_weights(ctx, run, chosen, epoch)
         ctx.emit("joint", epoch=epoch, predicted_reward=predicted, observed_reward=float(rewards[best_k]),
                  loss=ce_mean + float(p["align_weight"]) * pen_mean, ce=ce_mean, penalty=pen_mean,
-                 removed_norm_after=removed_norm, keep_ratios=chosen.keep_ratios, samples=K,
+                 removed_norm_after=removed_norm, keep_ratios=chosen.keep_ratios, samples=K, reused=reused,
                  mean_reward=float(rewards.mean()), sigma=float(run.log_sigma.detach().exp().mean()),
                  drift_loss=wm_loss, model_version=ev.model_version)
         ctx.emit("step", step=epoch, best_top1=chosen.top1, best_reward=float(rewards.max()),
@@ -269,42 +341,91 @@ class JointPruning(Strategy):
         return chosen
 
     def _score_samples(self, ctx: SearchContext, run: "_Run", h: torch.Tensor, epoch: int, K: int, rng):
-        """Draw ``K`` allocation logits (the first is the policy mean) and score them on the current weights."""
+        """Draw ``K`` allocation logits (the first is the policy mean) and score them on the current weights;
+        returns the logits, their log-densities under the policy, the candidates and the rewards."""
         ev = ctx.evaluator
         n = len(ctx.space)
-        mean = run.head(h).detach().numpy()
+        with torch.no_grad():
+            mean_t = run.head(h)
+            dist = torch.distributions.Normal(mean_t, run.log_sigma.exp())
+        mean = mean_t.numpy()
         sigma = run.log_sigma.detach().exp().numpy()
         us = [mean] + [mean + sigma * rng.standard_normal(n) for _ in range(K - 1)]
+        logps = [float(dist.log_prob(torch.tensor(u, dtype=torch.float64)).sum()) for u in us]
         batch = [ev.solve(np.exp(np.clip(u, -10, 10)).tolist()).counts for u in us]
         cands = ev.evaluate_many(batch, step=epoch, metas=[{"strategy": self.name, "epoch": epoch, "sample": k}
                                                            for k in range(len(batch))])
         rewards = np.array([c.top1 / 100.0 for c in cands])
-        return us, cands, rewards
+        return us, logps, cands, rewards
 
-    def _update_policy(self, run: "_Run", h: torch.Tensor, us: list, rewards: np.ndarray, K: int) -> None:
-        """The policy: REINFORCE on the GRU state, batch-mean baseline."""
-        if K > 1 and rewards.std() > 1e-12:
-            adv = torch.tensor((rewards - rewards.mean()) / rewards.std(), dtype=torch.float64)
-            U = torch.tensor(np.stack(us), dtype=torch.float64)
-            for _ in range(int(self.params["policy_steps"])):
-                dist = torch.distributions.Normal(run.head(h), run.log_sigma.exp())
-                loss = -(adv * dist.log_prob(U).sum(-1)).mean()
-                run.pi_opt.zero_grad()
-                loss.backward()
-                run.pi_opt.step()
-                with torch.no_grad():
-                    run.log_sigma.clamp_(run.min_log_sigma, math.log(5.0))
+    def _policy_batch(self, run: "_Run", history: list, epoch: int):
+        """The samples the policy update at epoch ``epoch`` learns from: (logits, rewards, behaviour
+        log-densities, whether each is from an earlier epoch).
+
+        With ``reuse``, every earlier sample comes back with its reward corrected for the drift the
+        model has learnt: ``r' = r - D(h_e', k) + D(h_e, k)`` (what it would have scored now, by the
+        decoder); without it, only this epoch's samples."""
+        mine = [s for s in history if s.epoch == epoch or (self.params["reuse"] and s.epoch < epoch)]
+        U = torch.tensor(np.stack([s.u for s in mine]), dtype=torch.float64)
+        R = torch.tensor([s.reward for s in mine], dtype=torch.float64)
+        old = torch.tensor([s.epoch < epoch for s in mine])
+        logmu = torch.tensor([s.logp for s in mine], dtype=torch.float64)
+        if bool(old.any()):
+            with torch.no_grad():
+                H = run.drift.states(torch.stack(run.stats))
+                keep = torch.tensor(np.stack([s.keep for s in mine]), dtype=torch.float64)
+                then = H[torch.tensor([s.epoch for s in mine])]
+                shift = run.drift.predict(H[epoch].expand_as(then), keep) - run.drift.predict(then, keep)
+            R = torch.where(old, R + shift, R)
+        return U, R, logmu, old
+
+    def _update_policy(self, run: "_Run", history: list, epoch: int) -> int:
+        """REINFORCE on the GRU state ``h_e`` with the batch-mean baseline, over :meth:`_policy_batch`.
+
+        An earlier epoch's sample was drawn by an earlier policy: its term is weighted by
+        ``min(reuse_clip, pi(u | h_e) / mu(u))`` (truncated importance sampling; 1 for this epoch's
+        samples, and for all with ``reuse_clip = 0``), the weights normalised to sum to the batch size.
+        Returns how many earlier samples took part."""
+        U, R, logmu, old = self._policy_batch(run, history, epoch)
+        r = R.numpy()
+        if len(r) < 2 or r.std() <= 1e-12:
+            return 0
+        adv = torch.tensor((r - r.mean()) / r.std(), dtype=torch.float64)
+        with torch.no_grad():
+            h = run.drift.states(torch.stack(run.stats))[epoch]
+        clip = float(self.params["reuse_clip"])
+        for _ in range(int(self.params["policy_steps"])):
+            dist = torch.distributions.Normal(run.head(h), run.log_sigma.exp())
+            logp = dist.log_prob(U).sum(-1)
+            w = torch.ones_like(logp)
+            if clip > 0 and bool(old.any()):
+                ratio = (logp.detach() - logmu).clamp(max=math.log(clip)).exp()
+                w = torch.where(old, ratio, w)
+            loss = -(w * adv * logp).sum() / w.sum()
+            run.pi_opt.zero_grad()
+            loss.backward()
+            run.pi_opt.step()
+            with torch.no_grad():
+                run.log_sigma.clamp_(run.min_log_sigma, math.log(5.0))
+        return int(old.sum())
+
+    @staticmethod
+    def removed_channels(space, ranking, counts) -> list[torch.Tensor]:
+        """Per group, the channels the surgery removes for ``counts`` with ``ranking``: the space's own
+        choice (:meth:`PruningSpace.kept_masks`), so the protection of each concatenated part's best
+        channel holds here too."""
+        space.set_ranking(ranking)
+        return [(~kept).nonzero().flatten() for kept in space.kept_masks(counts)]
 
     def _train_weights(self, ctx: SearchContext, run: "_Run", chosen: Candidate, epoch: int):
         """Train the weights towards the chosen structure (cross-entropy + group lasso on the channels it
         removes), re-rank and switch the evaluator to them; returns (mean ce, mean penalty, removed norm)."""
         p = self.params
         ev = ctx.evaluator
-        space = ctx.space
         device = ev.device
         data = ev.data
         model = run.model
-        removed = [order[: g.channels - c].to(device) for g, c, order in zip(space.groups, chosen.counts, run.ranking)]
+        removed = [idx.to(device) for idx in self.removed_channels(ctx.space, run.ranking, chosen.counts)]
         ce_sum, pen_sum, seen = 0.0, 0.0, 0
         model.train()
         gen = torch.Generator().manual_seed(int(ctx.seed) * 1000 + epoch)
@@ -326,18 +447,19 @@ class JointPruning(Strategy):
             pen_sum += float(pen.detach()) * y.numel()
             seen += y.numel()
         model.eval()
-        run.ranking = ranking_from_scores(channel_scores(model, space, "l1"))
+        run.ranking = self._rank(ctx, run)
         ev.set_model(model, run.ranking)
         with torch.no_grad():
             removed_norm = float(sum(run.lasso.norms(gi)[idx].sum() for gi, idx in enumerate(removed) if len(idx)))
         return ce_sum / max(1, seen), pen_sum / max(1, seen), removed_norm
 
     def _final(self, ctx: SearchContext, run: "_Run", E: int, chosen: Candidate | None) -> Candidate:
-        """The final structure, scored on the trained weights: the policy mean at ``h_E`` and the last
-        epoch's structure; the better feasible one."""
+        """The final structure, scored on the trained weights: the policy mean at ``h_E`` (the state of
+        the trained weights' statistics) and the last epoch's structure; the better feasible one."""
         ev = ctx.evaluator
+        run.stats.append(self._observe(run))
         with torch.no_grad():
-            h = run.drift.states(E)[E]
+            h = run.drift.states(torch.stack(run.stats))[E]
             mean = run.head(h).numpy()
         finals = [ev.solve(np.exp(np.clip(mean, -10, 10)).tolist()).counts]
         if chosen is not None and chosen.counts != finals[0]:
@@ -354,13 +476,14 @@ class JointPruning(Strategy):
         return max(feasible, key=lambda c: (c.top1, -c.cost))
 
     @staticmethod
-    def _fit_drift(drift: DriftModel, opt, history, epoch: int, steps: int) -> float:
-        ep = torch.tensor([e for e, _, _ in history])
-        keep = torch.tensor(np.stack([k for _, k, _ in history]), dtype=torch.float64)
-        target = torch.tensor([r for _, _, r in history], dtype=torch.float64)
+    def _fit_drift(drift: DriftModel, opt, history: list, stats: torch.Tensor, steps: int) -> float:
+        """Fit encoder, GRU and decoder to every reward seen so far (MSE)."""
+        ep = torch.tensor([s.epoch for s in history])
+        keep = torch.tensor(np.stack([s.keep for s in history]), dtype=torch.float64)
+        target = torch.tensor([s.reward for s in history], dtype=torch.float64)
         loss_v = float("nan")
         for _ in range(steps):
-            H = drift.states(epoch)
+            H = drift.states(stats)
             loss = F.mse_loss(drift.predict(H[ep], keep), target)
             opt.zero_grad()
             loss.backward()
