@@ -5,6 +5,7 @@ Real model (resnet20, random init) and real data (the offline digits set), tiny 
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -268,3 +269,208 @@ def test_constrained_on_its_own_latency_measurement(tmp_path, params):
     events = RunDir(tmp_path / "run").events("constrained")
     assert events and events[0]["cost"].startswith("latency[")
     assert all(0 < c <= 2.0 for c in events[-1]["mean_costs"].values())
+
+
+# ---------------------------------------------------------------------- joint, piece by piece
+def joint_setup(epochs=2, importance="l1", config=None, **params):
+    """A real session (digits, random-init resnet20), its evaluator, and joint's run state after setup."""
+    from pruner.runs.job import Session
+    from pruner.search import SearchContext
+
+    session = Session(config or tiny("joint", importance=importance))
+    ev = session.evaluator(max_evals=None)
+    ctx = SearchContext(ev, seed=0, scores=session.scores, importance=importance)
+    strat = make_strategy("joint", **{"samples": 3, **params})
+    return session, ev, ctx, strat, strat._setup(ctx, epochs)
+
+
+def fake_history(strat, ev, run, epochs, k=3):
+    """``k`` samples per epoch for ``epochs`` epochs (logits drawn like the policy's, rewards made up),
+    with one observation of the weights per epoch (the weights perturbed in between)."""
+    from pruner.search.joint import Sample
+
+    rng = np.random.default_rng(0)
+    history = []
+    n = len(ev.space)
+    for e in range(epochs):
+        run.stats.append(strat._observe(run))
+        with torch.no_grad():
+            for prm in run.model.parameters():
+                prm.mul_(1.1)
+        for _ in range(k):
+            u = rng.standard_normal(n) * 0.5
+            keep = np.array(ev.space.validate_ratios(ev.solve(np.exp(u).tolist()).keep_ratios))
+            history.append(Sample(e, u, keep, float(rng.uniform(0.1, 0.9)), float(-n * 0.5)))
+    return history
+
+
+def test_joint_policy_update_reuses_earlier_epochs_drift_corrected(one_thread):
+    """With ``reuse`` the update at epoch 1 also learns from epoch 0's samples, their rewards corrected
+    by the drift model, r' = r - D(h_0, k) + D(h_1, k); ``reuse=false`` is the old update (this
+    epoch's samples only, REINFORCE with the normalised batch-mean baseline)."""
+    import copy
+    import math
+
+    _, ev, ctx, strat, run = joint_setup()
+    history = fake_history(strat, ev, run, 2)
+    strat._fit_drift(run.drift, run.wm_opt, history, torch.stack(run.stats), 20)
+
+    U, R, _, old = strat._policy_batch(run, history, 1)
+    assert old.tolist() == [True] * 3 + [False] * 3
+    with torch.no_grad():
+        H = run.drift.states(torch.stack(run.stats))
+        for i, s in enumerate(history):
+            k = torch.tensor(s.keep, dtype=torch.float64)
+            want = s.reward - float(run.drift.predict(H[s.epoch], k)) + float(run.drift.predict(H[1], k))
+            assert float(R[i]) == pytest.approx(want, abs=1e-12)
+    assert not torch.allclose(R[:3], torch.tensor([s.reward for s in history[:3]], dtype=torch.float64))
+
+    def updated(**params):
+        s = make_strategy("joint", samples=3, **params)
+        r = copy.deepcopy(run)
+        reused = s._update_policy(r, history, 1)
+        return reused, r.head.weight.detach().clone(), r.head.bias.detach().clone()
+
+    n_with, w_with, b_with = updated()
+    n_without, w_without, b_without = updated(reuse=False)
+    n_plain, w_plain, _ = updated(reuse_clip=0.0)
+    assert (n_with, n_without, n_plain) == (3, 0, 3)
+    assert not torch.allclose(w_with, w_without) and not torch.allclose(b_with, b_without)
+    assert not torch.allclose(w_with, w_plain)  # the importance weights matter too
+
+    # reuse=false is exactly the previous update
+    r = copy.deepcopy(run)
+    mine = history[3:]
+    rew = np.array([s.reward for s in mine])
+    adv = torch.tensor((rew - rew.mean()) / rew.std(), dtype=torch.float64)
+    Um = torch.tensor(np.stack([s.u for s in mine]), dtype=torch.float64)
+    with torch.no_grad():
+        h = r.drift.states(torch.stack(r.stats))[1]
+    for _ in range(int(strat.params["policy_steps"])):
+        dist = torch.distributions.Normal(r.head(h), r.log_sigma.exp())
+        loss = -(adv * dist.log_prob(Um).sum(-1)).mean()
+        r.pi_opt.zero_grad()
+        loss.backward()
+        r.pi_opt.step()
+        with torch.no_grad():
+            r.log_sigma.clamp_(r.min_log_sigma, math.log(5.0))
+    assert torch.allclose(r.head.weight, w_without, atol=1e-12)
+
+
+def test_joint_drift_state_comes_from_observed_weights(one_thread):
+    """h_e is an encoding of statistics of the current weights (no free per-epoch embedding): it
+    changes when the weights change, and every parameter on the way to it is trained by the rewards
+    of earlier epochs before epoch e uses it."""
+    from pruner.search.joint import DriftModel
+
+    _, ev, ctx, strat, run = joint_setup(epochs=2)
+    shapes = {k: v.shape for k, v in run.drift.named_parameters()}
+    _, _, _, _, run5 = joint_setup(epochs=5)
+    assert shapes == {k: v.shape for k, v in run5.drift.named_parameters()}   # nothing per epoch
+    assert not any("embedding" in k for k in shapes)
+
+    history = fake_history(strat, ev, run, 1)              # epoch 0 observed and rewarded
+    s1 = strat._observe(run)                               # the weights changed since (x1.1)
+    assert not torch.allclose(s1, run.stats[0])
+    before = {k: v.detach().clone() for k, v in run.drift.named_parameters()}
+    with torch.no_grad():
+        h_untrained = run.drift.states(torch.stack([run.stats[0], s1]))[1]
+    strat._fit_drift(run.drift, run.wm_opt, history, torch.stack(run.stats), 10)
+    changed = {k for k, v in run.drift.named_parameters() if not torch.equal(v, before[k])}
+    assert {"encoder.0.weight", "encoder.0.bias"} <= changed
+    assert any(k.startswith("gru.") for k in changed)
+    with torch.no_grad():
+        H = run.drift.states(torch.stack([run.stats[0], s1]))
+        other = run.drift.states(torch.stack([run.stats[0], run.stats[0]]))
+    assert not torch.allclose(H[1], h_untrained)           # the state epoch 1 uses was trained on epoch 0
+    assert not torch.allclose(H[1], other[1])              # and depends on what is observed at epoch 1
+    assert isinstance(run.drift, DriftModel)
+
+
+@pytest.mark.parametrize("importance", ["taylor", "l2"])
+def test_joint_reranks_by_the_runs_importance(tmp_path, monkeypatch, importance):
+    """Every re-ranking of the trained weights uses the run's --importance (taylor with data)."""
+    import pruner.search.joint as joint
+
+    seen = []
+    real = joint.channel_scores
+
+    def spy(model, space, criterion="l1", **kw):
+        seen.append((criterion, kw.get("batches") is not None))
+        return real(model, space, criterion, **kw)
+
+    monkeypatch.setattr(joint, "channel_scores", spy)
+    summary = run_job(tiny("joint", importance=importance), tmp_path / "run")
+    assert summary["status"] == "done", summary["error"]
+    assert seen == [(importance, importance == "taylor")] * 2     # once per epoch
+
+
+def test_joint_refuses_an_importance_it_cannot_recompute():
+    from pruner.runs.job import Session
+    from pruner.search import SearchContext
+
+    ev = Session(tiny("joint")).evaluator(max_evals=8)
+    with pytest.raises(PrunerError, match="cannot re-rank"):
+        make_strategy("joint").search(SearchContext(ev, importance="hessian"))
+    assert ev.evaluations == 0
+
+
+def test_joint_removal_keeps_each_concatenated_part():
+    """The channels joint penalises are the ones the surgery would remove (PruningSpace.kept_masks),
+    so a concatenated part whose channels all rank lowest still keeps its best one."""
+    from pruner.pruning.space import PruningSpace
+    from pruner.search.joint import JointPruning
+    from test_alignment import ConcatResidual
+
+    torch.manual_seed(0)
+    model = ConcatResidual().eval()
+    space = PruningSpace(model, (3, 32, 32), max_prune=0.9)
+    gi = next(i for i, s in enumerate(space._segments) if len(s) > 1)
+    segs = space._segments[gi]
+    first = min(segs, key=len)      # one concatenated part (b: 8 channels)
+    ranking = [torch.arange(g.channels) for g in space.groups]
+    rest = [i for i in range(space.groups[gi].channels) if i not in set(int(j) for j in first)]
+    ranking[gi] = torch.tensor([int(j) for j in first] + rest)
+    counts = [g.channels for g in space.groups]
+    counts[gi] = space.groups[gi].channels - len(first)         # the naive removal would take all of `first`
+    naive = set(int(i) for i in ranking[gi][: len(first)])
+    assert naive == set(int(j) for j in first)
+    removed = JointPruning.removed_channels(space, ranking, counts)
+    gone = set(int(i) for i in removed[gi])
+    assert len(gone) == len(first)
+    for seg in segs:
+        assert set(int(j) for j in seg) - gone, "a concatenated part lost all its channels"
+    _, record = space.prune(model, counts, ranking)
+    assert sorted(gone) == record.removed[space.groups[gi].name]
+    assert all(len(r) == 0 for i, r in enumerate(removed) if i != gi)
+
+
+def test_joint_from_scratch_reinitialises_trains_and_is_pruned(tmp_path, one_thread):
+    """init=scratch (the paper's setting): the weights are re-initialised (seeded) before any
+    structure is scored, trained, and the job prunes the trained weights."""
+    from pruner.models.checkpoints import load_checkpoint
+    from pruner.runs.job import Session
+
+    _, ev, ctx, strat, run = joint_setup(init="scratch")
+    base = dict(Session(tiny("joint")).model.named_parameters())
+    fresh_w = dict(run.model.named_parameters())
+    assert all(not torch.equal(fresh_w[k], base[k]) for k in base if k.endswith("conv1.weight"))
+    assert ev.model is run.model and ev.model_version == 1   # the evaluator scores the fresh weights from the start
+    _, _, _, _, ckpt = joint_setup(init="checkpoint")
+    assert all(torch.equal(v, base[k]) for k, v in ckpt.model.named_parameters())
+
+    out = tmp_path / "scratch"
+    summary = run_job(tiny("joint", strategy_params={**SMALL["joint"][0], "init": "scratch"}), out)
+    assert summary["status"] == "done", summary["error"]
+    events = RunDir(out).events("joint")
+    assert [e["model_version"] for e in events] == [2, 3]
+    state = torch.load(out / "state" / "search_model.pt")
+    session = Session(tiny("joint"))
+    model = session.model
+    model.load_state_dict(state["state_dict"])
+    trained, _ = session.space.prune(model, counts_of(out), state["ranking"])
+    pruned, _ = load_checkpoint(out / "artifacts" / "checkpoint.pt")
+    got = dict(pruned.named_parameters())
+    assert all(torch.equal(got[k], v) for k, v in trained.named_parameters())   # the trained weights, pruned
+    reset_only = dict(run.model.named_parameters())   # re-initialised, never trained
+    assert not all(torch.equal(state["state_dict"][k], reset_only[k]) for k in reset_only)
