@@ -181,7 +181,7 @@ def run_fast(args, params, budgets, seed: int, out: Path) -> list[dict]:
         ev.preload(list(known.values()))
         ev._logged = 0  # report every candidate to remember(), replayed ones included (it skips the known)
         notes: list[dict] = []  # the strategy's prior and log events, kept with its candidates
-        ctx = SearchContext(ev, seed=seed, scores=session.scores,
+        ctx = SearchContext(ev, seed=seed, scores=session.scores, importance=cfg.importance,
                             emit=lambda kind, **f: notes.append({"kind": kind, **f}) if kind in ("prior", "log") else None)
         strat = make_strategy(strategy, **cfg.strategy_params)
         t0 = time.time()
