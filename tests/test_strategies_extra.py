@@ -111,6 +111,7 @@ def test_joint_trains_and_switches_model(straight):
     events = RunDir(out).events("joint")
     assert [e["epoch"] for e in events] == [0, 1]
     assert [e["model_version"] for e in events] == [1, 2]
+    assert [e["reused"] for e in events] == [0, 3]   # epoch 1's update also learnt from epoch 0's 3 samples
     assert events[-1]["ce"] < events[0]["ce"] + 1.0 and all(e["penalty"] > 0 for e in events)
     finals = [c for c in RunDir(out).events("candidate") if c["meta"].get("final")]
     assert finals and all(c["meta"]["model_version"] == 2 for c in finals)
