@@ -418,17 +418,19 @@ def test_joint_refuses_an_importance_it_cannot_recompute():
 
 def test_joint_removal_keeps_each_concatenated_part():
     """The channels joint penalises are the ones the surgery would remove (PruningSpace.kept_masks),
-    so a concatenated part whose channels all rank lowest still keeps its best one."""
+    so a concatenated part whose channels all rank lowest still keeps its best one. (The zoo's
+    GoogLeNet has no group spanning a concatenation: each branch is its own group; the test
+    model concatenates two convs and adds the result to a residual, so one group spans both.)"""
     from pruner.pruning.space import PruningSpace
     from pruner.search.joint import JointPruning
-    from test_alignment import ConcatResidual
+    from test_alignment import MODELS
 
     torch.manual_seed(0)
-    model = ConcatResidual().eval()
+    model = MODELS["concat_residual"]().eval()
     space = PruningSpace(model, (3, 32, 32), max_prune=0.9)
     gi = next(i for i, s in enumerate(space._segments) if len(s) > 1)
     segs = space._segments[gi]
-    first = min(segs, key=len)      # one concatenated part (b: 8 channels)
+    first = min(segs, key=len)      # one concatenated part
     ranking = [torch.arange(g.channels) for g in space.groups]
     rest = [i for i in range(space.groups[gi].channels) if i not in set(int(j) for j in first)]
     ranking[gi] = torch.tensor([int(j) for j in first] + rest)
