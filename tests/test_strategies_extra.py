@@ -477,3 +477,35 @@ def test_joint_from_scratch_reinitialises_trains_and_is_pruned(tmp_path, one_thr
     assert all(torch.equal(got[k], v) for k, v in trained.named_parameters())   # the trained weights, pruned
     reset_only = dict(run.model.named_parameters())   # re-initialised, never trained
     assert not all(torch.equal(state["state_dict"][k], reset_only[k]) for k in reset_only)
+
+
+def test_joint_runs_on_a_model_with_a_concatenation(tmp_path, monkeypatch):
+    """End to end on a user model whose group spans a concatenation, at a tight budget: every set of
+    channels joint penalises leaves each concatenated part at least one channel."""
+    import inspect
+
+    import pruner.search.joint as joint
+    import test_alignment
+
+    net = tmp_path / "net.py"
+    net.write_text("import torch\nimport torch.nn as nn\nimport torch.nn.functional as F\n\n\n"
+                   + inspect.getsource(test_alignment.ConcatResidual))
+    penalised = []
+    real = joint.GroupLasso.penalty
+
+    def spy(self, removed):
+        penalised.append([r.cpu() for r in removed])
+        return real(self, removed)
+
+    monkeypatch.setattr(joint.GroupLasso, "penalty", spy)
+    cfg = tiny("joint", model=f"file:{net}:ConcatResidual", budget="flops=0.3", trust_code=True)
+    summary = run_job(cfg, tmp_path / "run")
+    assert summary["status"] == "done", summary["error"]
+    from pruner.runs.job import Session
+
+    space = Session(cfg).space
+    gi = next(i for i, s in enumerate(space._segments) if len(s) > 1)
+    assert penalised and any(len(p[gi]) for p in penalised)
+    for p in penalised:
+        gone = set(int(i) for i in p[gi])
+        assert all(set(int(j) for j in seg) - gone for seg in space._segments[gi])
