@@ -5,7 +5,8 @@ and the studio's background jobs; its stages are the methods of :class:`_Pipelin
 writing its status (:class:`~pruner.runs.rundir.Status`) first. It writes the run directory as it goes, stops within
 one candidate evaluation (or one fine-tuning batch) when ``should_stop`` says so, and with
 ``resume=True`` continues an interrupted run: finished search evaluations are replayed
-from ``events.jsonl`` without re-evaluating, the finished search is read from
+from ``events.jsonl`` without re-evaluating (and the replayed strategy's events are not
+written twice: :class:`~pruner.runs.rundir.ReplayEmitter`), the finished search is read from
 ``state/search.json``, and fine-tuning restarts from its last epoch checkpoint.
 
 A job is the one writer of its run directory (it holds ``job.lock``; a second writer is
@@ -475,11 +476,13 @@ class _Pipeline:
         evaluator = self.evaluator = session.evaluator(
             max_evals=config.search_evals, should_stop=self.stop,
             on_candidate=lambda c: run.event(Event.CANDIDATE, **c.to_event()))
-        if self.resume:
+        emit = run.event
+        if self.resume:   # the replay: earlier evaluations served from the log, its events not written twice
             evaluator.preload(run.events(Event.CANDIDATE))
+            emit = run.replay_emitter()
         strategy = make_strategy(config.strategy, **config.strategy_params)
         ctx = SearchContext(evaluator, seed=config.seed, scores=session.scores, importance=config.importance,
-                            emit=lambda kind, **f: run.event(kind, **f))
+                            emit=lambda kind, **f: emit(kind, **f))
         t0 = time.perf_counter()
         with attach_workers(evaluator, config, emit=ctx.emit) as pool:
             if pool is not None:   # the workers' start-up ("starting workers") is over: searching again

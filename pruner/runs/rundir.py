@@ -10,7 +10,9 @@ Layout::
     <run>/artifacts/      model.onnx, pruned.pt2, checkpoint.pt, candidates.csv
 
 Every event has ``kind`` (status, candidate, step, epoch, log, ...) and ``time`` (Unix
-seconds). Readers skip what is not a whole JSON object on one line (a half-written last
+seconds). A resumed search's replay does not write again the events its earlier attempts
+recorded (:class:`ReplayEmitter`), so each update of a search is in the log once. Readers skip
+what is not a whole JSON object on one line (a half-written last
 line, bytes that are not UTF-8, a JSON array or number); a writer that finds a torn last
 line starts its first event on a fresh line.
 
@@ -398,6 +400,10 @@ class RunDir:
                 os.fsync(fh.fileno())
         return record
 
+    def replay_emitter(self) -> "ReplayEmitter":
+        """The writer of a resumed search's own events (``SearchContext.emit``): see :class:`ReplayEmitter`."""
+        return ReplayEmitter(self)
+
     def write_summary(self, summary: dict) -> None:
         write_json_atomic(self.summary_path, summary)
 
@@ -484,6 +490,58 @@ class RunDir:
     def sensitivity_result(self) -> dict | None:
         """A finished sensitivity analysis's table (``sensitivity.json``), or None."""
         return read_json(self.path / SENSITIVITY_RESULT)
+
+
+#: Kinds the job itself writes while a search runs (never a strategy's own record of the search): a
+#: resumed search writes them as they come. Candidates are not logged twice by the Evaluator itself
+#: (``Evaluator.preload``); workers' statistics are measurements of this attempt.
+_NOT_REPLAYED = (Event.STATUS, Event.CANDIDATE, Event.PROGRESS, Event.WORKERS)
+_IN_SEARCH = (Status.SEARCHING, Status.STARTING_WORKERS)
+
+
+def _search_events(events: Iterator[dict]) -> dict[str, list[dict]]:
+    """The events a search emitted (those after a ``searching`` status, before the next other
+    status), per kind in order, without ``kind`` and ``time``."""
+    out: dict[str, list[dict]] = {}
+    searching = False
+    for e in events:
+        kind = e.get("kind")
+        if kind == Event.STATUS:
+            searching = e.get("status") in _IN_SEARCH
+        elif searching and kind not in _NOT_REPLAYED:
+            out.setdefault(str(kind), []).append({k: v for k, v in e.items() if k not in ("kind", "time")})
+    return out
+
+
+class ReplayEmitter:
+    """Writes a resumed search's events without repeating those the interrupted attempts recorded.
+
+    A resume replays the (deterministic) strategy from the start while the Evaluator serves the
+    earlier evaluations from the log, so the strategy emits its events (``step``, ``log``, its own
+    kinds such as ``constrained``, ``purl``, ``joint``) again. For each kind, an emitted event that
+    is identical (all fields but ``time``) to the next one the earlier attempts recorded, in order,
+    is the same fact and is not written again; the first one that differs, or goes past the record,
+    is written, and so is every later event of that kind. So ``events.jsonl`` holds each update of
+    the search once, in order, however often it was interrupted, and a replay that diverges (a
+    different CPU or thread count) is written as it happened.
+    """
+
+    def __init__(self, run: RunDir):
+        self.run = run
+        self._recorded = _search_events(run.iter_events())
+        self._next = {kind: 0 for kind in self._recorded}   # a kind's cursor; gone once it diverged
+        self.skipped = 0                                      # events not written again
+
+    def __call__(self, kind: str, **fields: Any) -> dict | None:
+        pos = self._next.get(kind)
+        if pos is not None and kind not in _NOT_REPLAYED:
+            recorded = self._recorded[kind]
+            if pos < len(recorded) and recorded[pos] == json.loads(json.dumps(_clean(fields))):
+                self._next[kind] = pos + 1
+                self.skipped += 1
+                return None
+            del self._next[kind]   # past the record, or different: from here on this kind is new
+        return self.run.event(kind, **fields)
 
 
 def list_runs(root: str | Path) -> list[RunDir]:
