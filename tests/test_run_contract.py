@@ -76,6 +76,37 @@ def _replay(rd: RunDir):
         yield view, e
 
 
+def test_a_resumed_search_writes_what_it_replays_once_and_what_diverges_as_it_happens(tmp_path):
+    """RunDir.replay_emitter: per kind, an event identical (but its time) to the next one the earlier
+    attempts' searches recorded is not written again; the first that differs is, and so is every
+    later event of its kind. Statuses, and events outside a search, are never matched."""
+    run = RunDir(tmp_path / "run")
+    run.create({})
+    run.event(Event.STATUS, status=Status.STARTED)
+    run.event(Event.LOG, level="info", message="before the search")   # not a search's event
+    run.event(Event.STATUS, status=Status.SEARCHING)
+    for i in range(3):
+        run.event("constrained", step=i, multiplier=1.0 + i)
+        run.event(Event.STEP, step=i, best_top1=10.0 * i)
+    run.event(Event.STATUS, status=Status.CANCELLED)
+    run.event(Event.STATUS, status=Status.SEARCHING)
+    emit = run.replay_emitter()
+    emit(Event.STATUS, status=Status.STARTING_WORKERS)        # written: a status of this attempt
+    emit(Event.LOG, level="info", message="before the search")   # written: not recorded by a search
+    for i in range(3):
+        emit("constrained", step=i, multiplier=1.0 + i)       # the replay: not written again
+    emit(Event.STEP, step=0, best_top1=0.0)
+    emit(Event.STEP, step=1, best_top1=99.0)                  # diverged: written ...
+    emit(Event.STEP, step=2, best_top1=20.0)                  # ... and so is all that follows
+    emit("constrained", step=3, multiplier=4.0)               # past the record: written
+    assert emit.skipped == 4
+    assert [e["step"] for e in run.events("constrained")] == [0, 1, 2, 3]
+    assert [(e["step"], e["best_top1"]) for e in run.events(Event.STEP)] == [(0, 0.0), (1, 10.0), (2, 20.0),
+                                                                           (1, 99.0), (2, 20.0)]
+    assert [e["message"] for e in run.events(Event.LOG)] == ["before the search"] * 2
+    assert run.events(Event.STATUS)[-1]["status"] == Status.STARTING_WORKERS
+
+
 def test_the_job_writes_only_the_contracts_statuses_and_kinds(finished_run):
     events = list(finished_run.iter_events())
     statuses = [e["status"] for e in events if e["kind"] == Event.STATUS]

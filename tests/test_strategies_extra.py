@@ -119,28 +119,69 @@ def test_joint_trains_and_switches_model(straight):
     assert chosen in [c["candidate_id"] for c in finals]  # scored on the trained weights
 
 
+@pytest.fixture(scope="module")
+def interrupted_then_resumed(tmp_path_factory):
+    """A run cancelled during its search (after the SMALL number of should_stop calls), then resumed:
+    (run directory, the cancelled summary, fresh evaluations before the resume, the resumed summary)."""
+    runs = {}
+
+    def get(strategy):
+        if strategy not in runs:
+            out = tmp_path_factory.mktemp(f"{strategy}-resumed") / "run"
+            calls = {"n": 0}
+            stop_after = SMALL[strategy][2]
+
+            def stop():
+                calls["n"] += 1
+                return calls["n"] > stop_after
+
+            cancelled = run_job(tiny(strategy), out, should_stop=stop)
+            before = len(fresh(out))
+            runs[strategy] = (out, cancelled, before, run_job(tiny(strategy), out, resume=True))
+        return runs[strategy]
+
+    return get
+
+
+def search_events(out, kind: str) -> list[dict]:
+    """The run's events of ``kind`` without their time (which differs between two runs)."""
+    return [{k: v for k, v in e.items() if k != "time"} for e in RunDir(out).events(kind)]
+
+
 @pytest.mark.parametrize("strategy", list(SMALL))
-def test_cancel_then_resume_replays_deterministically(straight, tmp_path, strategy):
+def test_cancel_then_resume_replays_deterministically(straight, interrupted_then_resumed, strategy):
     """Interrupted, then resumed: finishes within search_evals in total and chooses exactly what an
     uninterrupted run with the same seed chooses (so the same seed gives the same counts)."""
-    out = tmp_path / "run"
-    calls = {"n": 0}
-    stop_after = SMALL[strategy][2]
-
-    def stop():
-        calls["n"] += 1
-        return calls["n"] > stop_after
-
-    cancelled = run_job(tiny(strategy), out, should_stop=stop)
+    out, cancelled, before, resumed = interrupted_then_resumed(strategy)
     assert cancelled["status"] == "cancelled", cancelled["error"]
-    before = len(fresh(out))
     assert 1 <= before < SMALL[strategy][1]
-    resumed = run_job(tiny(strategy), out, resume=True)
     assert resumed["status"] == "done", resumed["error"]
     assert len(fresh(out)) == resumed["search"]["evaluations"] <= SMALL[strategy][1]
     straight_out, straight_summary = straight(strategy)
     assert counts_of(out) == counts_of(straight_out)
     assert resumed["search"]["best_val_top1"] == straight_summary["search"]["best_val_top1"]
+
+
+@pytest.mark.parametrize("strategy", list(SMALL))
+def test_resume_writes_the_replayed_search_events_once(straight, interrupted_then_resumed, strategy):
+    """The resume replays the strategy from the start; the events it had already recorded before the
+    cancel (the strategy's own kind and ``step``) are not written again, so the log (and the Live
+    page's strategy charts) holds each update once: exactly the uninterrupted run's events."""
+    out, _, _, resumed = interrupted_then_resumed(strategy)
+    assert resumed["status"] == "done", resumed["error"]
+    straight_out, _ = straight(strategy)
+    statuses = [e["status"] for e in RunDir(out).events("status")]
+    assert statuses.count("searching") == 2   # the search did run twice (cancelled, then replayed)
+    for kind in (strategy, "step"):
+        assert search_events(out, kind) == search_events(straight_out, kind), kind
+    if strategy == "constrained":
+        steps = [e["step"] for e in RunDir(out).events("constrained")]
+        assert steps == list(range(len(steps))) and len(steps) >= 2
+    elif strategy == "purl":
+        keys = [(e["level"], e["episode"], e.get("step")) for e in RunDir(out).events("purl")]
+        assert len(keys) == len(set(keys)) and len(keys) > 3
+    else:   # joint replays by recomputation (its weight training again): the same epochs, once each
+        assert [e["epoch"] for e in RunDir(out).events("joint")] == [0, 1]
 
 
 def test_constrained_user_python_cost(tmp_path):
