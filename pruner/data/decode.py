@@ -13,6 +13,7 @@ the ImageNet convention: 256 then crop 224), then the centre ``S x S`` is croppe
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -20,20 +21,29 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms.v2 import functional as TF
 
 from ..errors import PrunerError
-
-try:  # deprecated since torchvision 0.29; PIL takes over when it is gone
-    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
-except ImportError:  # pragma: no cover - depends on the installed torchvision
-    decode_jpeg = decode_image = ImageReadMode = None  # type: ignore[assignment,misc]
 
 SMALL_IMAGE_MAX = 64  # auto size keeps square images up to this size as they are
 LARGE_DEFAULT_SIZE = 224  # auto size for everything else
 CHUNK = 512  # files read and decoded per batch
 
 Progress = Callable[[str, float], None]
+
+
+@functools.cache
+def _tv():
+    """torchvision's decoders and resize functions, imported on first use: importing torchvision pulls in
+    ``torch._dynamo`` (several seconds), which a CLI command or a job that decodes nothing should not pay.
+    Returns ``(functional, decode_image, decode_jpeg, ImageReadMode)``; the decoders are ``None`` where this
+    torchvision has none (deprecated since 0.29; PIL takes over)."""
+    from torchvision.transforms.v2 import functional
+
+    try:
+        from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+    except ImportError:  # pragma: no cover - depends on the installed torchvision
+        decode_jpeg = decode_image = ImageReadMode = None
+    return functional, decode_image, decode_jpeg, ImageReadMode
 
 
 class SizeMismatch(Exception):
@@ -73,6 +83,7 @@ def _decode_pil(path: str) -> torch.Tensor:
 
 def _decode_bytes(path: str, data: torch.Tensor) -> torch.Tensor:
     """Decode one file's bytes (torchvision first, PIL as the fallback) to uint8 ``[3, H, W]``."""
+    _, decode_image, _, ImageReadMode = _tv()
     if decode_image is not None and data.numel() > 0:
         try:
             with _quiet():
@@ -98,6 +109,7 @@ def _decode_chunk(paths: Sequence[str]) -> list[torch.Tensor]:
     datas = [_read_bytes(p) for p in paths]
     out: list[torch.Tensor | None] = [None] * len(paths)
     jpeg_idx = [i for i, p in enumerate(paths) if _is_jpeg(p) and datas[i].numel() > 0]
+    _, _, decode_jpeg, ImageReadMode = _tv()
     if decode_jpeg is not None and jpeg_idx:
         try:
             with _quiet():
@@ -115,6 +127,7 @@ def resize_square(img: torch.Tensor, size: int) -> torch.Tensor:
     if h == size and w == size:
         return img
     shorter = size if size <= SMALL_IMAGE_MAX else round(size * 256 / 224)
+    TF = _tv()[0]
     img = TF.resize(img, [shorter], antialias=True)
     return TF.center_crop(img, [size, size])
 
