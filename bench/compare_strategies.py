@@ -149,6 +149,7 @@ def run_fast(args, params, budgets, seed: int, out: Path) -> list[dict]:
 
     from pruner.evaluate import accuracy
     from pruner.finetune import finetune
+    from pruner.pruning.sparsity import make_permanent, measure_sparsity
     from pruner.runs.job import Session
     from pruner.search import SearchContext, make_strategy, run_search
 
@@ -194,12 +195,13 @@ def run_fast(args, params, budgets, seed: int, out: Path) -> list[dict]:
                 fh.write(json.dumps({"kind": "candidate", "id": c.id, "top1": c.top1, "cost": round(c.cost, 4),
                                      "keep_ratios": [round(k, 3) for k in c.keep_ratios], "meta": c.meta}) + "\n")
         model = ev.model if ev.model_version > 0 else session.model
-        pruned, _ = session.space.prune(model, best.counts, ev.ranking)
-        from pruner.evaluate import recalibrate_bn
-        recalibrate_bn(pruned, data.fit, mean=data.mean, std=data.std, device=session.device, images=cfg.recal_images)
+        # the job's own construction: physical pruning, or masks that stay through fine-tuning (sparsity)
+        pruned, _ = session.build_pruned(best.counts, model=model, ranking=ev.ranking)
         if args.finetune_epochs > 0:
             finetune(pruned, data, cfg.finetune, teacher=copy.deepcopy(model).eval(), device=session.device)
         report = accuracy(pruned, data.report, mean=data.mean, std=data.std, device=session.device)["top1"]
+        zeros = (measure_sparsity(make_permanent(pruned), session.space, cfg.budget_obj)["sparsity"]
+                 if session.sparse else None)
         rows.append({
             "strategy": strategy, "budget": cfg.budget, "evaluations": ev.evaluations,
             "val_top1_before_ft": round(best.top1, 2), "test_top1_after_ft": round(report, 2),
@@ -207,6 +209,8 @@ def run_fast(args, params, budgets, seed: int, out: Path) -> list[dict]:
             "macs_frac": round(best.macs / session.space.base_macs, 3), "params_M": round(best.params / 1e6, 3),
             "search_s": round(seconds), "seed": seed, "answer_is_start": bool(best.meta.get("is_start")),
         })
+        if zeros is not None:  # measured on the fine-tuned weights
+            rows[-1]["sparsity_after_ft"] = round(zeros, 4)
         print(json.dumps(rows[-1]), flush=True)
     return rows
 

@@ -150,6 +150,31 @@ def test_masks_survive_finetuning():
     assert rep["sparsity"] >= 1 - space.density(counts) - 1e-9
 
 
+def test_strategy_comparison_keeps_the_zeros_through_finetuning(tmp_path):
+    """``bench/compare_strategies.py --fast`` builds the fine-tuned model as the job does: under a sparsity
+    budget the masks stay through fine-tuning, so the table's report top-1 is the sparse model's (plain
+    zeroed tensors would grow back while training)."""
+    import csv
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "compare_strategies.py"
+    spec = importlib.util.spec_from_file_location("compare_strategies", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    argv = sys.argv
+    sys.argv = [str(path), "--model", "resnet20", "--weights", "none", "--data", "digits", "--budget", "sparsity=0.8",
+                "--search-evals", "2", "--search-images", "60", "--recal-images", "32", "--strategies", "uniform",
+                "--fast", "--finetune-epochs", "1", "--max-batches-per-epoch", "3", "--out", str(tmp_path)]
+    try:
+        assert bench.main() == 0
+    finally:
+        sys.argv = argv
+    (row,) = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert float(row["sparsity_after_ft"]) >= 0.8
+
+
 # ---------------------------------------------------------------------- ONNX holds the zeros
 def test_sparse_run_exports_onnx_with_the_zeros_matching_pytorch(tmp_path):
     summary = run_job(tiny(export=True), tmp_path / "run")

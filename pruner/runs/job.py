@@ -214,14 +214,21 @@ class Session:
                                                     scoring="physical" if self.sparse else "auto"),
                          max_evals=max_evals, should_stop=should_stop, on_candidate=on_candidate)
 
-    def build_pruned(self, counts: list[int]) -> tuple[nn.Module, PruningRecord]:
-        self.space.set_ranking(self.ranking)
-        check = meet_measured(self.space, self.model, counts, self.config.budget_obj)  # never above a FLOPs/params budget
+    def build_pruned(self, counts: list[int], *, model: nn.Module | None = None,
+                     ranking: list[torch.Tensor] | None = None) -> tuple[nn.Module, PruningRecord]:
+        """The model to fine-tune for ``counts``: channels removed physically, or, under a sparsity budget,
+        a copy with the masks attached so the zeros survive training; BN recalibrated. ``model`` and
+        ``ranking`` default to the session's (a caller comparing several searches passes a search's own,
+        e.g. ``joint``'s trained weights)."""
+        model = self.model if model is None else model
+        ranking = self.ranking if ranking is None else ranking
+        self.space.set_ranking(ranking)
+        check = meet_measured(self.space, model, counts, self.config.budget_obj)  # never above a FLOPs/params budget
         if check.corrected:
             self.log(Event.LOG, level="warning", message=f"the chosen structure measured above {self.config.budget}; "
                      f"re-solved on the measured cost to {check.achieved:.4f}")
-        pruned, record = (apply_masks(self.model, self.space, check.counts) if self.sparse  # masks kept in training
-                          else self.space.prune(self.model, check.counts, self.ranking))
+        pruned, record = (apply_masks(model, self.space, check.counts) if self.sparse  # masks kept in training
+                          else self.space.prune(model, check.counts, ranking))
         recalibrate_bn(pruned, self.data.fit, mean=self.data.mean, std=self.data.std, device=self.device,
                        images=self.config.recal_images)
         return pruned, record
