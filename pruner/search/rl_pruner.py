@@ -298,8 +298,9 @@ class RLPruner(Strategy):
         "lr": Param(1.0, float, "step of the mean toward the weighted candidates (the start and every earlier "
                                 "candidate of the step included, so 1 with temperature 0 is elitist)", low=0.0,
                     high=1.0, low_open=True),
-        "clip": Param(0.5, float, "per-group allocation ratio per update within [1-clip, 1+clip]", low=0.0, high=1.0,
-                      low_open=True, high_open=True),
+        "clip": Param(0.0, float, "per-group allocation ratio per update within [1-clip, 1+clip] (the paper's "
+                                  "0.25); 0 = unclipped, so an elitist update lands on the best candidate itself",
+                      low=0.0, high=1.0, high_open=True),
         "temperature": Param(0.0, float, "softmax temperature over standardised rewards; 0 = move toward the best",
                              low=0.0),
         "epsilon": Param(0.0, float, "initial ε of the ε-greedy update target / slice choice (linear decay to 0)",
@@ -615,7 +616,8 @@ class RLPruner(Strategy):
         clip = float(self.params["clip"])
         delta = float(self.params["lr"]) * (target - z)
         delta = delta - delta.mean()  # the allocation is scale-free: only relative changes count
-        delta = np.clip(delta, np.log(1.0 - clip), np.log(1.0 + clip))
+        if clip > 0:
+            delta = np.clip(delta, np.log(1.0 - clip), np.log(1.0 + clip))
         return z + delta
 
     # ------------------------------------------------------------------ distillation between steps
