@@ -11,7 +11,11 @@ matter instead of 30 free per-group numbers (``policy=groups``: per-group noise,
 A search:
 
 0. **start** — where the policy's mean begins (``start``):
-   ``probe`` (default) prunes *blocks* of groups through the shared evaluator (every probe
+   ``sensitivity`` (default) is the ``sensitivity`` strategy's measurement and answer, through
+   its module (:func:`measure_probes`, :func:`inverse_damage`): the unpruned model and each group
+   pruned alone (capped so that a fifth of ``--search-evals`` is left to learn), the allocation
+   ``1 / (damage + floor) ** power`` solved onto the budget and evaluated; the structures are the
+   heuristic's own, so a shared evaluation cache serves them. ``probe`` prunes *blocks* of groups through the shared evaluator (every probe
    counts against ``--search-evals``): each group that spans a residual add alone, the ordinary
    groups of each resolution in ``parts`` by depth, at the fraction the budget needs
    (``probe_ratio=0``: ``1 - target``; half that for the coupled groups), so damage rises above
@@ -23,15 +27,18 @@ A search:
    free; ``uniform`` / ``cost`` start without probes. The run records its start (a ``prior``
    event and each candidate's ``meta``).
 1. per pruning step (``steps``; 1 = straight to the budget), ``inner_epochs`` updates: evaluate
-   the policy's mean, the **surrogate**'s proposal (``surrogate``: the damage model refitted by
-   non-negative least squares to *every* candidate evaluated so far, its optimum solved onto the
-   budget) and noisy variants (std ``noise``, decaying by ``noise_decay`` per update to
-   ``min_noise``; plus a shared sharper/flatter factor along the start's direction, ``sharpen``).
-   Every proposal is a structure not evaluated before, so every evaluation is new information.
-2. move the mean toward the reward-weighted candidates of the step (softmax of standardised
-   rewards at ``temperature``; 0 = toward the best only, as the paper does), step size ``lr``;
-   each group's allocation changes by a factor within ``[1 - clip, 1 + clip]`` per update.
-   With probability ε (``epsilon``, decaying linearly to 0) it moves toward a random sample.
+   the policy's mean (when new), the **surrogate**'s proposal (``surrogate``, off by default: the
+   damage model refitted by non-negative least squares to *every* candidate evaluated so far, its
+   optimum solved onto the budget) and noisy variants in antithetic pairs ``z ± d``
+   (``antithetic``; std ``noise``, shrunk by ``noise_decay`` after an update that found nothing
+   better, down to ``min_noise``; plus a shared sharper/flatter factor along the start's
+   direction, ``sharpen``). Every proposal is a structure not evaluated before.
+2. move the mean toward the reward-weighted candidates of the step so far, the evaluated start
+   included (softmax of standardised rewards at ``temperature``; 0 = toward the best only, as
+   the paper does), step size ``lr`` (1 with temperature 0, the default: elitist, the mean *is*
+   the best candidate); with ``clip > 0`` each group's allocation changes by a factor within
+   ``[1 - clip, 1 + clip]`` per update. With probability ε (``epsilon``, decaying linearly to 0)
+   it moves toward a random sample.
 3. with ``steps > 1``, the step's best structure (ε-greedy) becomes the starting point of the
    next step; with ``finetune_batches > 0`` it is first distilled from the original model for
    that many batches, its channel importance recomputed (``importance``: keep, l1, taylor) and
