@@ -334,9 +334,10 @@ class RLPruner(Strategy):
             return float(SensitivityAllocation.defaults()["probe_ratio"])
         return float(np.clip(1.0 - ctx.budget.target, 0.1, 0.9))
 
-    def _reserve(self, left: int) -> int:
-        """Evaluations a probing start leaves for learning."""
-        return max(2 * int(self.params["steps"]), left // 5)
+    def _reserve(self, left: int, least: int | None = None) -> int:
+        """Evaluations a probing start leaves for learning: a fifth, and at least ``least``
+        (default two per step)."""
+        return max(2 * int(self.params["steps"]) if least is None else least, left // 5)
 
     def _start(self, ctx: SearchContext, resolution: np.ndarray, rates: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray, dict, list[list[int]], np.ndarray | None]:
@@ -363,7 +364,8 @@ class RLPruner(Strategy):
             # the sensitivity strategy's own measurement and allocation (one module owns them)
             cap = int(p["max_probes"]) or n
             if left is not None:
-                cap = min(cap, left - 1 - int(int(p["steps"]) == 1) - self._reserve(left))
+                one_step = int(p["steps"]) == 1  # then the heuristic's answer is evaluated, and one more can learn
+                cap = min(cap, left - 1 - int(one_step) - self._reserve(left, 1 if one_step else None))
                 if cap < 1:
                     raise PrunerError(f"rl with start=sensitivity needs more than {left} evaluations to probe and then "
                                       f"learn in {p['steps']} step(s); raise --search-evals, or use start=uniform")
@@ -440,11 +442,12 @@ class RLPruner(Strategy):
             ctx.emit("log", level="info", message=f"rl: the inverse-damage allocation (the sensitivity strategy's "
                      f"answer) scores {start_cand.top1:.2f}%; learning from there")
         samples = int(prm["samples"])
-        if ev.remaining is not None and ev.remaining < 2 * steps and samples <= 0:
-            raise PrunerError(f"rl with steps={steps} needs at least {2 * steps} evaluations after its start "
+        least = 1 if start_cand is not None else 2  # an evaluated start is already one candidate of the step
+        if ev.remaining is not None and ev.remaining < least * steps and samples <= 0:
+            raise PrunerError(f"rl with steps={steps} needs at least {least * steps} evaluations after its start "
                               f"({ev.remaining} left); raise --search-evals or lower steps")
         if samples <= 0:
-            samples = max(2, ev.remaining // steps) if ev.remaining is not None else 10
+            samples = max(least, ev.remaining // steps) if ev.remaining is not None else 10
         inner = max(1, min(int(prm["inner_epochs"]), samples))
         per_epoch = [samples // inner + (1 if i < samples % inner else 0) for i in range(inner)]
         rng = ctx.rng(2)
