@@ -741,6 +741,9 @@ def _embed(full: nn.Module, pruned: nn.Module, index: dict[str, torch.Tensor]) -
 
 def _describe(record: dict) -> str:
     src = record.get("source")
+    if src == "probes" and record.get("allocation") == "inverse-damage":
+        return (f"the sensitivity strategy's {record.get('probes')} probes (groups pruned by {record.get('ratio'):.0%} "
+                f"alone, or in chunks; {record.get('evaluations')} evaluations) and its inverse-damage allocation")
     if src == "probes":
         return (f"measured damage of {record.get('probes')} blocks of groups (at {record.get('ratio'):.0%} of their "
                 f"channels, coupled groups at half that; {record.get('evaluations')} evaluations)")
