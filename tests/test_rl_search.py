@@ -125,9 +125,9 @@ CHANGES = {
     "preset": ("paper", {"finetune_batches": 0, "samples": 3}),
     "start": ("uniform", {}),
     "policy": ("groups", {}),
-    "surrogate": (False, {}),
+    "surrogate": (True, {}),
     "probe_ratio": (0.8, {}),
-    "parts": (1, {"_evals": 16, "max_probes": 9}),
+    "parts": (1, {"_evals": 16, "max_probes": 9, "start": "probe"}),
     "max_probes": (2, {}),
     "floor": (40.0, {}),  # above the probes' damage, so it decides the start
     "power": (3.0, {}),
@@ -135,12 +135,14 @@ CHANGES = {
     "samples": (4, {}),
     "inner_epochs": (2, {}),
     "noise": (1.5, {}),
+    "antithetic": (False, {}),
     "sharpen": (2.0, {}),
-    "noise_decay": (0.2, {"_evals": 16}),  # later updates draw noise only with evaluations to spare
-    "min_noise": (0.3, {"_evals": 16, "noise_decay": 0.2}),
+    # the noise shrinks after an update that found nothing better: many short updates make one likely
+    "noise_decay": (0.2, {"_evals": 16, "inner_epochs": 8}),
+    "min_noise": (0.3, {"_evals": 16, "inner_epochs": 8, "noise_decay": 0.2}),
     "lr": (0.1, {}),
     "clip": (0.05, {}),
-    "temperature": (0.0, {}),
+    "temperature": (0.5, {}),
     "epsilon": (1.0, {}),
     "finetune_batches": (1, {"steps": 2, "samples": 2, "inner_epochs": 1}),
     "finetune_lr": (0.5, {"steps": 2, "samples": 2, "inner_epochs": 1, "finetune_batches": 1}),
@@ -200,6 +202,23 @@ def test_the_answer_is_flagged_when_it_is_the_start(tmp_path):
     assert any("starting allocation" in m for m in warnings)
 
 
+def test_rl_starts_from_the_sensitivity_answer_and_keeps_the_best(session):
+    """Default start: the sensitivity strategy's probes and answer, structure for structure (so a
+    shared cache serves them), then learning that can only keep or beat that answer."""
+    sens, sev = search(session, "sensitivity", evals=14)
+    events: list[dict] = []
+    best, ev = search(session, evals=20, events=events, preload=as_events(sev))
+    heuristic = [tuple(c.counts) for c in sev.candidates]
+    assert [tuple(c.counts) for c in ev.candidates[: len(heuristic)]] == heuristic
+    assert ev.candidates[len(heuristic) - 1].meta["allocation"] == "inverse-damage"
+    assert best.top1 >= sens.top1 and ev.evaluations == 20
+    learned = [c for c in ev.candidates[len(heuristic):]]
+    assert learned and all(c.meta["proposal"] in ("mean", "noise") for c in learned)
+    prior = [e for e in events if e["kind"] == "prior"]
+    assert prior[0]["source"] == "probes" and prior[0]["allocation"] == "inverse-damage"
+    assert prior[0]["evaluations"] == len(heuristic) - 1
+
+
 def test_rl_probes_blocks_at_the_ratio_the_budget_needs(session):
     """Default start: the unpruned model, each coupled group alone at half the ratio, the ordinary
     groups of each resolution in two blocks by depth at 1 - target; the start is recorded."""
@@ -208,7 +227,7 @@ def test_rl_probes_blocks_at_the_ratio_the_budget_needs(session):
     session.config = tiny(weights=cfg.weights, data=cfg.data, protocol=cfg.protocol, search_images=cfg.search_images,
                           budget="flops=0.3")
     try:
-        best, ev = search(session, evals=20, events=events, max_probes=9)
+        best, ev = search(session, evals=20, events=events, max_probes=9, start="probe")
     finally:
         session.config = cfg
     probes = [c for c in ev.candidates if "probe" in c.meta and c.meta["probe"] != "base"]
@@ -230,13 +249,13 @@ def test_rl_probes_blocks_at_the_ratio_the_budget_needs(session):
 
 
 def test_rl_spends_every_evaluation_on_a_new_structure_and_asks_the_surrogate(session):
-    best, ev = search(session, evals=20)
+    best, ev = search(session, evals=20, surrogate=True)
     assert ev.evaluations == 20  # no proposal repeats a structure, so the cap is used in full
     assert not any(c.meta["cached"] for c in ev.candidates)
     assert len({tuple(c.counts) for c in ev.candidates}) == len(ev.candidates)
     kinds = [c.meta.get("proposal") for c in ev.candidates if "slice" in c.meta]
     assert kinds.count("surrogate") >= 2 and "mean" in kinds and "noise" in kinds
-    _, without = search(session, evals=20, surrogate=False, preload=as_events(ev))
+    _, without = search(session, evals=20, preload=as_events(ev))
     assert not any(c.meta.get("proposal") == "surrogate" for c in without.candidates)
 
 

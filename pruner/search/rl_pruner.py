@@ -11,7 +11,11 @@ matter instead of 30 free per-group numbers (``policy=groups``: per-group noise,
 A search:
 
 0. **start** — where the policy's mean begins (``start``):
-   ``probe`` (default) prunes *blocks* of groups through the shared evaluator (every probe
+   ``sensitivity`` (default) is the ``sensitivity`` strategy's measurement and answer, through
+   its module (:func:`measure_probes`, :func:`inverse_damage`): the unpruned model and each group
+   pruned alone (capped so that a fifth of ``--search-evals`` is left to learn), the allocation
+   ``1 / (damage + floor) ** power`` solved onto the budget and evaluated; the structures are the
+   heuristic's own, so a shared evaluation cache serves them. ``probe`` prunes *blocks* of groups through the shared evaluator (every probe
    counts against ``--search-evals``): each group that spans a residual add alone, the ordinary
    groups of each resolution in ``parts`` by depth, at the fraction the budget needs
    (``probe_ratio=0``: ``1 - target``; half that for the coupled groups), so damage rises above
@@ -23,15 +27,18 @@ A search:
    free; ``uniform`` / ``cost`` start without probes. The run records its start (a ``prior``
    event and each candidate's ``meta``).
 1. per pruning step (``steps``; 1 = straight to the budget), ``inner_epochs`` updates: evaluate
-   the policy's mean, the **surrogate**'s proposal (``surrogate``: the damage model refitted by
-   non-negative least squares to *every* candidate evaluated so far, its optimum solved onto the
-   budget) and noisy variants (std ``noise``, decaying by ``noise_decay`` per update to
-   ``min_noise``; plus a shared sharper/flatter factor along the start's direction, ``sharpen``).
-   Every proposal is a structure not evaluated before, so every evaluation is new information.
-2. move the mean toward the reward-weighted candidates of the step (softmax of standardised
-   rewards at ``temperature``; 0 = toward the best only, as the paper does), step size ``lr``;
-   each group's allocation changes by a factor within ``[1 - clip, 1 + clip]`` per update.
-   With probability ε (``epsilon``, decaying linearly to 0) it moves toward a random sample.
+   the policy's mean (when new), the **surrogate**'s proposal (``surrogate``, off by default: the
+   damage model refitted by non-negative least squares to *every* candidate evaluated so far, its
+   optimum solved onto the budget) and noisy variants in antithetic pairs ``z ± d``
+   (``antithetic``; std ``noise``, shrunk by ``noise_decay`` after an update that found nothing
+   better, down to ``min_noise``; plus a shared sharper/flatter factor along the start's
+   direction, ``sharpen``). Every proposal is a structure not evaluated before.
+2. move the mean toward the reward-weighted candidates of the step so far, the evaluated start
+   included (softmax of standardised rewards at ``temperature``; 0 = toward the best only, as
+   the paper does), step size ``lr`` (1 with temperature 0, the default: elitist, the mean *is*
+   the best candidate); with ``clip > 0`` each group's allocation changes by a factor within
+   ``[1 - clip, 1 + clip]`` per update. With probability ε (``epsilon``, decaying linearly to 0)
+   it moves toward a random sample.
 3. with ``steps > 1``, the step's best structure (ε-greedy) becomes the starting point of the
    next step; with ``finetune_batches > 0`` it is first distilled from the original model for
    that many batches, its channel importance recomputed (``importance``: keep, l1, taylor) and
@@ -58,12 +65,13 @@ from ..budget import KINDS, model_cost_fn
 from ..errors import PrunerError
 from .base import Param, SearchContext, Strategy, register
 from .evaluator import Candidate
-from .sensitivity_strategy import Probes, measure_probes, probes_from_analysis
+from .sensitivity_strategy import Probes, SensitivityAllocation, inverse_damage, measure_probes, probes_from_analysis
 
 #: RL-Pruner's own recipe (arXiv 2411.06463, section 3), scaled to what ``--search-evals`` allows.
 PRESETS = {
     "paper": {
         "start": "uniform", "policy": "groups", "surrogate": False, "steps": 4, "inner_epochs": 2, "noise": 0.3,
+        "antithetic": False,
         "sharpen": 0.0, "noise_decay": 1.0, "min_noise": 0.3, "lr": 0.1, "clip": 0.25, "temperature": 0.0,
         "epsilon": 0.4, "finetune_batches": 20, "importance": "taylor",
     },
@@ -262,34 +270,45 @@ class RLPruner(Strategy):
     param_specs = {
         "preset": Param("", str, "RL-Pruner's own recipe: 'paper' sets the keys of PRESETS['paper'] that are not given",
                         choices=("", "paper")),
-        "start": Param("probe", str, "start allocation: probe (blocks of groups probed, counted against "
-                                     "--search-evals), uniform, cost, or the path of a Sensitivity run directory / "
-                                     "sensitivity.json"),
+        "start": Param("sensitivity", str, "start allocation: sensitivity (the sensitivity strategy's per-group probes "
+                                           "and inverse-damage allocation; its answer is the first mean), probe (blocks "
+                                           "of groups probed and a damage model), uniform, cost, or the path of a "
+                                           "Sensitivity run directory / sensitivity.json; probes count against "
+                                           "--search-evals"),
         "policy": Param("features", str, "exploration: features (noise on a few per-group features) or groups "
                                          "(independent noise per group, the paper's)", choices=POLICIES),
-        "surrogate": Param(True, bool, "each update also evaluates the optimum of a damage model fitted to every "
-                                       "candidate so far (steps=1)"),
-        "probe_ratio": Param(0.0, float, "fraction of a block's channels removed in its probe (coupled groups: half "
-                                         "of it); 0 = what the budget needs (1 - target)", low=0.0, high=1.0,
-                             high_open=True),
-        "max_probes": Param(0, int, "cap on probes (blocks of groups); 0 = about a quarter of the evaluations",
-                            low=0),
-        "parts": Param(2, int, "ordinary groups of one resolution are probed in this many blocks by depth", low=1),
-        "floor": Param(0.5, float, "top-1 points a block is assumed to lose at least at the probe ratio (noise floor)",
+        "surrogate": Param(False, bool, "each update also evaluates the optimum of a damage model fitted to every "
+                                        "candidate so far (steps=1)"),
+        "probe_ratio": Param(0.0, float, "fraction of a group's (block's) channels removed in its probe; 0 = the "
+                                         "sensitivity strategy's default (start=sensitivity) or what the budget needs, "
+                                         "1 - target, with coupled groups at half of it (start=probe)", low=0.0,
+                             high=1.0, high_open=True),
+        "max_probes": Param(0, int, "cap on probes; 0 = one per group with the learning evaluations kept "
+                                    "(start=sensitivity), about a quarter of the evaluations (start=probe)", low=0),
+        "parts": Param(2, int, "ordinary groups of one resolution are probed (start=probe) and modelled by the "
+                               "surrogate in this many blocks by depth", low=1),
+        "floor": Param(0.5, float, "top-1 points added to every probe's damage (start=sensitivity), or the least a "
+                                   "block is assumed to lose at the probe ratio (the damage model): the noise floor",
                        low=0.0, low_open=True),
-        "power": Param(1.0, float, "allocation (s/a)^power of the damage model a*p^k, k = 1 + 1/power "
-                                   "(1 = quadratic damage)", low=0.0, high=8.0, low_open=True),
+        "power": Param(1.0, float, "start=sensitivity: allocation 1 / (damage + floor)^power; damage model: "
+                                   "allocation (s/a)^power of a*p^k, k = 1 + 1/power (1 = quadratic damage)",
+                       low=0.0, high=8.0, low_open=True),
         "steps": Param(1, int, "pruning steps toward the budget (1 = straight to the budget)", low=1, high=100),
         "samples": Param(0, int, "candidates per step; 0 = spread the evaluations left over the steps", low=0),
-        "inner_epochs": Param(5, int, "policy updates per step", low=1),
-        "noise": Param(0.5, float, "per-group std of the exploration noise on the log-allocation", low=0.0),
-        "sharpen": Param(0.3, float, "std of the shared sharper/flatter noise along the start's direction", low=0.0),
-        "noise_decay": Param(0.7, float, "noise multiplier per update", low=0.0, high=1.0, low_open=True),
-        "min_noise": Param(0.15, float, "noise floor", low=0.0),
-        "lr": Param(0.7, float, "step of the mean toward the weighted samples", low=0.0, high=1.0, low_open=True),
-        "clip": Param(0.5, float, "per-group allocation ratio per update within [1-clip, 1+clip]", low=0.0, high=1.0,
-                      low_open=True, high_open=True),
-        "temperature": Param(0.5, float, "softmax temperature over standardised rewards; 0 = move toward the best",
+        "inner_epochs": Param(4, int, "policy updates per step", low=1),
+        "noise": Param(0.15, float, "per-group std of the exploration noise on the log-allocation", low=0.0),
+        "antithetic": Param(True, bool, "noise samples come in mirrored pairs (z + d, z - d)"),
+        "sharpen": Param(0.1, float, "std of the shared sharper/flatter noise along the start's direction", low=0.0),
+        "noise_decay": Param(0.7, float, "noise multiplier after an update whose candidates did not beat the best "
+                                         "so far (a success-based step size)", low=0.0, high=1.0, low_open=True),
+        "min_noise": Param(0.05, float, "noise floor", low=0.0),
+        "lr": Param(1.0, float, "step of the mean toward the weighted candidates (the start and every earlier "
+                                "candidate of the step included, so 1 with temperature 0 is elitist)", low=0.0,
+                    high=1.0, low_open=True),
+        "clip": Param(0.0, float, "per-group allocation ratio per update within [1-clip, 1+clip] (the paper's "
+                                  "0.25); 0 = unclipped, so an elitist update lands on the best candidate itself",
+                      low=0.0, high=1.0, high_open=True),
+        "temperature": Param(0.0, float, "softmax temperature over standardised rewards; 0 = move toward the best",
                              low=0.0),
         "epsilon": Param(0.0, float, "initial ε of the ε-greedy update target / slice choice (linear decay to 0)",
                          low=0.0, high=1.0),
@@ -309,12 +328,21 @@ class RLPruner(Strategy):
     # ------------------------------------------------------------------ the start
     def _probe_ratio(self, ctx: SearchContext) -> float:
         r = float(self.params["probe_ratio"])
-        return r if r > 0 else float(np.clip(1.0 - ctx.budget.target, 0.1, 0.9))
+        if r > 0:
+            return r
+        if str(self.params["start"]) == "sensitivity":
+            return float(SensitivityAllocation.defaults()["probe_ratio"])
+        return float(np.clip(1.0 - ctx.budget.target, 0.1, 0.9))
+
+    def _reserve(self, left: int, least: int | None = None) -> int:
+        """Evaluations a probing start leaves for learning: a fifth, and at least ``least``
+        (default two per step)."""
+        return max(2 * int(self.params["steps"]) if least is None else least, left // 5)
 
     def _start(self, ctx: SearchContext, resolution: np.ndarray, rates: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray, dict, list[list[int]]]:
-        """Initial mean log-allocation, the 'sharpen' direction, a record of the start, and the
-        blocks of the damage model."""
+               ) -> tuple[np.ndarray, np.ndarray, dict, list[list[int]], np.ndarray | None]:
+        """Initial mean log-allocation, the 'sharpen' direction, a record of the start, the
+        blocks of the damage model, and (start=sensitivity) the heuristic's allocation itself."""
         p = self.params
         n = len(ctx.space)
         start = str(p["start"])
@@ -326,15 +354,29 @@ class RLPruner(Strategy):
         cap = int(p["max_probes"]) or auto_cap
         if start == "uniform":
             return np.zeros(n), np.zeros(n), {"source": "uniform", "evaluations": 0}, \
-                feature_blocks(ctx.space, resolution, auto_cap, int(p["parts"]))
+                feature_blocks(ctx.space, resolution, auto_cap, int(p["parts"])), None
         if start == "cost":
             key = "params" if ctx.budget.kind == "params" else "macs"
             w = np.log(np.array([max(1, getattr(g, key)) / g.channels for g in ctx.space.groups], dtype=float))
             return w - w.max(), w - w.mean(), {"source": "cost", "evaluations": 0}, \
-                feature_blocks(ctx.space, resolution, auto_cap, int(p["parts"]))
+                feature_blocks(ctx.space, resolution, auto_cap, int(p["parts"])), None
+        if start == "sensitivity":
+            # the sensitivity strategy's own measurement and allocation (one module owns them)
+            cap = int(p["max_probes"]) or n
+            if left is not None:
+                one_step = int(p["steps"]) == 1  # then the heuristic's answer is evaluated, and one more can learn
+                cap = min(cap, left - 1 - int(one_step) - self._reserve(left, 1 if one_step else None))
+                if cap < 1:
+                    raise PrunerError(f"rl with start=sensitivity needs more than {left} evaluations to probe and then "
+                                      f"learn in {p['steps']} step(s); raise --search-evals, or use start=uniform")
+            probes = measure_probes(ctx, self._probe_ratio(ctx), max_probes=cap, tag=self.name)
+            alloc = inverse_damage(probes, float(p["floor"]), power)
+            record = {**probes.summary(), "allocation": "inverse-damage"}
+            z = np.log(alloc)
+            return z, z - z.mean(), record, feature_blocks(ctx.space, resolution, auto_cap, int(p["parts"])), alloc
         if start == "probe":
             if left is not None:
-                cap = min(cap, left - 1 - max(2 * int(p["steps"]), left // 5))
+                cap = min(cap, left - 1 - self._reserve(left))
                 if cap < 1:
                     raise PrunerError(f"rl with start=probe needs more than {left} evaluations to probe and then learn "
                                       f"in {p['steps']} step(s); raise --search-evals, or use start=uniform")
@@ -358,7 +400,7 @@ class RLPruner(Strategy):
             record = probes.summary()
             blocks = feature_blocks(ctx.space, resolution, auto_cap, int(p["parts"]))
         z = np.log(model.allocation(rates, power))
-        return z, z - z.mean(), record, blocks
+        return z, z - z.mean(), record, blocks, None
 
     # ------------------------------------------------------------------ the search
     def search(self, ctx: SearchContext) -> Candidate:
@@ -385,17 +427,27 @@ class RLPruner(Strategy):
         except PrunerError:
             at = [g.channels for g in space.groups]
         rates = saving_rates(space, ctx.budget.kind, at)
-        z, direction, record, blocks = self._start(ctx, resolution, rates)
+        z, direction, record, blocks, alloc = self._start(ctx, resolution, rates)
         feats, names = group_features(space, resolution) if prm["policy"] == "features" else (np.eye(n), ["per group"])
         record = {**record, "policy": prm["policy"], "features": names}
         ctx.emit("prior", strategy=self.name, **record)
         ctx.emit("log", level="info", message=f"rl starts from {_describe(record)}")
+        start_cand = None
+        if alloc is not None and steps == 1:
+            # the heuristic's answer, solved exactly as the sensitivity strategy solves it: the first mean
+            start_cand = ev.evaluate(ev.solve(alloc.tolist()).counts, step=0, meta={
+                "strategy": self.name, "slice": 0, "inner_epoch": -1, "sample": 0, "proposal": "mean",
+                "allocation": "inverse-damage", "sigma": float(prm["noise"]), "step_target": ctx.budget.target,
+                "start_source": record["source"]})
+            ctx.emit("log", level="info", message=f"rl: the inverse-damage allocation (the sensitivity strategy's "
+                     f"answer) scores {start_cand.top1:.2f}%; learning from there")
         samples = int(prm["samples"])
-        if ev.remaining is not None and ev.remaining < 2 * steps and samples <= 0:
-            raise PrunerError(f"rl with steps={steps} needs at least {2 * steps} evaluations after its start "
+        least = 1 if start_cand is not None else 2  # an evaluated start is already one candidate of the step
+        if ev.remaining is not None and ev.remaining < least * steps and samples <= 0:
+            raise PrunerError(f"rl with steps={steps} needs at least {least * steps} evaluations after its start "
                               f"({ev.remaining} left); raise --search-evals or lower steps")
         if samples <= 0:
-            samples = max(2, ev.remaining // steps) if ev.remaining is not None else 10
+            samples = max(least, ev.remaining // steps) if ev.remaining is not None else 10
         inner = max(1, min(int(prm["inner_epochs"]), samples))
         per_epoch = [samples // inner + (1 if i < samples % inner else 0) for i in range(inner)]
         rng = ctx.rng(2)
@@ -408,13 +460,16 @@ class RLPruner(Strategy):
                     damage_model=damage_model, base_top1=base_top1, z=z,
                     current=[g.channels for g in space.groups], start_cost=1.0, target=ctx.budget.target,
                     sigma=float(prm["noise"]), sharp=float(prm["sharpen"]),
-                    use_surrogate=bool(prm["surrogate"]) and steps == 1)
+                    use_surrogate=bool(prm["surrogate"]) and steps == 1, start_cand=start_cand,
+                    start_key=(ev.model_version, tuple(start_cand.counts)) if start_cand is not None else None)
 
     def _step(self, ctx: SearchContext, run: "_Run", step: int) -> list[tuple[Candidate, np.ndarray]]:
         """One pruning step's ``inner_epochs`` updates toward its target; returns the step's candidates."""
         ev = ctx.evaluator
         step_target = run.start_cost - (run.start_cost - run.target) * (step + 1) / run.steps
         step_cands: list[tuple[Candidate, np.ndarray]] = []
+        if step == 0 and run.start_cand is not None:  # the evaluated start takes part in every update (elitism)
+            step_cands.append((run.start_cand, run.z.copy()))
         seen = {tuple(ctx.space.align(c.counts)) for c in ev.candidates if c.meta.get("model_version") == ev.model_version}
         for epoch in range(run.inner):
             self._epoch(ctx, run, step, epoch, step_target, seen, step_cands)
@@ -430,7 +485,7 @@ class RLPruner(Strategy):
         proposals = self._proposals(ctx, run, epoch, step_target, seen)
         ev.prefetch([counts for _, _, counts in proposals])  # the update's samples in parallel (--workers)
         for k, (kind, variant, counts) in enumerate(proposals):
-            is_start = step == 0 and epoch == 0 and kind == "mean"
+            is_start = step == 0 and epoch == 0 and kind == "mean" and run.start_key is None
             cand = ev.evaluate(counts, step=run.update, meta={
                 "strategy": self.name, "slice": step, "inner_epoch": epoch, "sample": k, "proposal": kind,
                 "sigma": run.sigma, "step_target": step_target, "start_source": run.record["source"]})
@@ -441,17 +496,20 @@ class RLPruner(Strategy):
             raise PrunerError(f"rl could not reach {step_target:.3f} of the {ctx.budget.kind} at step {step}; "
                               "raise the budget or allow more pruning")
         eps_greedy = float(prm["epsilon"]) * (1.0 - run.update / max(1, run.total_updates))
+        best_before = max((c.top1 for c, _ in step_cands), default=None)
         run.z = self._update(run.z, batch + step_cands, eps_greedy, run.rng)
         step_cands.extend(batch)
         best_so_far = max(step_cands, key=lambda cv: cv[0].top1)[0]
+        improved = best_before is None or best_so_far.top1 > best_before
         ctx.emit("step", step=run.update, slice=step, inner_epoch=epoch, policy=_softmax(run.z).tolist(),
                  step_target=step_target, sigma=run.sigma, epsilon=eps_greedy, best_top1=best_so_far.top1,
                  best_reward=best_so_far.reward,
                  mean_reward=float(np.mean([c.reward for c, _ in batch])) if batch else best_so_far.reward,
                  keep_ratios=best_so_far.keep_ratios)
         run.update += 1
-        run.sigma = max(float(prm["min_noise"]), run.sigma * float(prm["noise_decay"]))
-        run.sharp *= float(prm["noise_decay"])
+        if not improved:  # explore closer to the best once a step size stops finding better structures
+            run.sigma = max(float(prm["min_noise"]), run.sigma * float(prm["noise_decay"]))
+            run.sharp *= float(prm["noise_decay"])
 
     def _proposals(self, ctx: SearchContext, run: "_Run", epoch: int, step_target: float,
                    seen: set) -> list[tuple[str, np.ndarray, list[int]]]:
@@ -479,11 +537,18 @@ class RLPruner(Strategy):
                 propose("surrogate", sz)
         tries = 0
         feats, rng = run.feats, run.rng
+        mirror = None
         while len(proposals) < want and tries < want * REDRAWS:
             tries += 1
-            eps = rng.standard_normal(feats.shape[1])
-            noise = feats @ eps / np.sqrt(max(1, feats.shape[1])) if prm["policy"] == "features" else eps
-            propose("noise", run.z + run.sigma * noise + run.sharp * rng.standard_normal() * run.direction)
+            if mirror is not None:  # the other half of an antithetic pair
+                d, mirror = -mirror, None
+            else:
+                eps = rng.standard_normal(feats.shape[1])
+                noise = feats @ eps / np.sqrt(max(1, feats.shape[1])) if prm["policy"] == "features" else eps
+                d = run.sigma * noise + run.sharp * rng.standard_normal() * run.direction
+                if prm["antithetic"]:
+                    mirror = d
+            propose("noise", run.z + d)
         return proposals
 
     def _next_start(self, ctx: SearchContext, run: "_Run", step: int,
@@ -561,7 +626,8 @@ class RLPruner(Strategy):
         clip = float(self.params["clip"])
         delta = float(self.params["lr"]) * (target - z)
         delta = delta - delta.mean()  # the allocation is scale-free: only relative changes count
-        delta = np.clip(delta, np.log(1.0 - clip), np.log(1.0 + clip))
+        if clip > 0:
+            delta = np.clip(delta, np.log(1.0 - clip), np.log(1.0 + clip))
         return z + delta
 
     # ------------------------------------------------------------------ distillation between steps
@@ -626,6 +692,7 @@ class _Run:
     sigma: float
     sharp: float
     use_surrogate: bool
+    start_cand: Candidate | None = None
     chosen: Candidate | None = None
     update: int = 0
     start_key: tuple | None = None
@@ -674,6 +741,9 @@ def _embed(full: nn.Module, pruned: nn.Module, index: dict[str, torch.Tensor]) -
 
 def _describe(record: dict) -> str:
     src = record.get("source")
+    if src == "probes" and record.get("allocation") == "inverse-damage":
+        return (f"the sensitivity strategy's {record.get('probes')} probes (groups pruned by {record.get('ratio'):.0%} "
+                f"alone, or in chunks; {record.get('evaluations')} evaluations) and its inverse-damage allocation")
     if src == "probes":
         return (f"measured damage of {record.get('probes')} blocks of groups (at {record.get('ratio'):.0%} of their "
                 f"channels, coupled groups at half that; {record.get('evaluations')} evaluations)")
