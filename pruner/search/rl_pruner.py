@@ -59,7 +59,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn as nn
-from scipy.optimize import nnls
 
 from ..budget import KINDS, model_cost_fn
 from ..errors import PrunerError
@@ -237,6 +236,8 @@ class DamageModel:
     def fit(self, pruned: np.ndarray, damage: np.ndarray) -> "DamageModel":
         """Fit to rows of pruned fractions and their damage; candidates that lost less weigh more
         (the optimum lies among them), and no block is more robust than the noise floor allows."""
+        from scipy.optimize import nnls  # imported on first use: it costs every CLI command about a second
+
         X = self.design(pruned)
         w = 1.0 / np.sqrt(1.0 + np.maximum(damage, 0.0) / 10.0)
         coef, _ = nnls(X * w[:, None], np.maximum(damage, 0.0) * w)
