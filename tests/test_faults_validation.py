@@ -234,7 +234,7 @@ def test_strategies_command_prints_default_range_and_help(capsys):
         for key, spec in strategy_class(name).param_specs.items():
             line = next(l for l in out.splitlines() if l.strip().startswith(f"--set {key}=") and spec.help in l)
             assert spec.range_text() in line
-    assert "--set noise=0.5 " in out and "a number >= 0" in out
+    assert "--set noise=0.15 " in out and "a number >= 0" in out
 
 
 # ---------------------------------------------------------------------- sensitivity ratios

@@ -103,7 +103,7 @@ def test_two_four_masks_keep_the_two_best_of_every_four():
 
 # ---------------------------------------------------------------------- runs: the budget met on measured zeros
 @pytest.mark.parametrize("strategy,params", [("uniform", {}), ("global", {}), ("random", {}),
-                                             ("sensitivity", {}), ("rl", {"inner_epochs": 1})])
+                                             ("sensitivity", {}), ("rl", {"inner_epochs": 1, "max_probes": 2})])
 def test_budget_met_on_measured_zeros(tmp_path, strategy, params):
     cfg = tiny(strategy=strategy, strategy_params=params, importance="taylor" if strategy == "global" else "l1")
     summary = run_job(cfg, tmp_path / "run")
