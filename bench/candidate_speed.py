@@ -16,8 +16,14 @@ whether the two gave the same top-1 for every candidate. On a shared machine the
 figures drift with the other load; the ratio of interleaved pairs is what to compare. Set-ups:
 
 * ``old``: physical surgery scored eagerly (``lean=False``), scoring batch 250 — the previous CPU path;
-* ``new``: the current defaults (lean graph: in-place element-wise ops, BN folded after recalibration);
+* ``new``: the current defaults (lean graph: in-place element-wise ops, BN folded after recalibration;
+  on a CPU, a batch's structures scored on threads, ``EvaluatorSettings.threads`` auto);
+* ``serial``: the defaults, one structure at a time (``threads=1``); ``threads-N``: N at a time;
 * ``lean-bN``: the lean graph with scoring batch N; ``eager-bN``: eager with scoring batch N.
+
+``--batch K`` proposes the candidates K at a time, as the strategies do (``Evaluator.prefetch``,
+then ``evaluate`` each): only then can a batch be scored on threads (``rl``'s updates propose 2,
+the baselines 8). Per-candidate figures are a batch's time over K.
 """
 
 from __future__ import annotations
@@ -40,19 +46,27 @@ from pruner.search.evaluator import Evaluator, EvaluatorSettings  # noqa: E402
 def setup_settings(name: str, base: dict) -> EvaluatorSettings:
     if name == "new":
         return EvaluatorSettings(**base)
+    if name == "serial":
+        return EvaluatorSettings(**base, threads=1)
+    if name.startswith("threads-") and name[8:].isdigit():
+        return EvaluatorSettings(**base, threads=int(name[8:]))
     if name == "old":
         return EvaluatorSettings(**base, lean=False, batch_size=250)
     for prefix, lean in (("lean-b", True), ("eager-b", False)):
         if name.startswith(prefix) and name[len(prefix):].isdigit():
             return EvaluatorSettings(**base, lean=lean, batch_size=int(name[len(prefix):]))
-    raise SystemExit(f"unknown set-up {name!r}: use old, new, lean-bN or eager-bN")
+    raise SystemExit(f"unknown set-up {name!r}: use old, new, serial, threads-N, lean-bN or eager-bN")
 
 
-def breakdown(ev: Evaluator, n: int, total: float) -> None:
+def breakdown(ev: Evaluator, n: int, total: float, threads: int) -> None:
+    if threads > 1:
+        print(f"  (recalibration, graph and evaluation are summed over {threads} scoring threads: "
+              "thread-seconds, so the parts add up to more than the wall time)")
     for k, v in ev.timing.items():
         print(f"  {k:<14} {1000 * v / n:8.0f} ms/candidate  ({100 * v / total:4.1f} %)")
-    rest = total - sum(ev.timing.values())
-    print(f"  {'other':<14} {1000 * rest / n:8.0f} ms/candidate  ({100 * rest / total:4.1f} %)")
+    if threads == 1:
+        rest = total - sum(ev.timing.values())
+        print(f"  {'other':<14} {1000 * rest / n:8.0f} ms/candidate  ({100 * rest / total:4.1f} %)")
 
 
 def main() -> int:
@@ -68,9 +82,12 @@ def main() -> int:
     p.add_argument("--scoring", default="auto", choices=["auto", "mask", "physical"])
     p.add_argument("--round-to", type=int, default=None, help="default: 8 on CUDA, 1 on CPU")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--batch", type=int, default=1, metavar="K", help="candidates proposed K at a time (prefetch)")
     p.add_argument("--compare", default=None, metavar="A,B",
                    help="two evaluator set-ups scored interleaved on the same candidates (e.g. old,new)")
     args = p.parse_args()
+    if args.batch < 1 or args.candidates % args.batch:
+        raise SystemExit(f"--batch must divide --candidates ({args.candidates}); got {args.batch}")
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = RunConfig(model=args.model, weights=args.weights, data=args.data, protocol="test-halves", budget=args.budget,
@@ -87,28 +104,35 @@ def main() -> int:
                      settings=setup_settings(n, base)) for n in names]
     rng = np.random.default_rng(0)
     allocations = [rng.dirichlet([1.0] * len(s.space)).tolist() for _ in range(args.candidates)]
-    for ev in evs:
-        ev.evaluate(ev.solve([1.0] * len(s.space)).counts)  # warm-up (not timed)
+    for ev in evs:  # warm-up (not timed), the threads' path too
+        warm = [ev.solve([1.0] * len(s.space)).counts, ev.solve([0.5] * len(s.space)).counts]
+        ev.prefetch(warm)
+        for counts in warm:
+            ev.evaluate(counts)
         for k in ev.timing:
             ev.timing[k] = 0.0
-    wall = [[0.0] * args.candidates for _ in evs]
-    cpu = [[0.0] * args.candidates for _ in evs]
+    k = args.batch
+    batches = [allocations[i:i + k] for i in range(0, len(allocations), k)]
+    wall = [[0.0] * len(batches) for _ in evs]
+    cpu = [[0.0] * len(batches) for _ in evs]
     top1 = [[0.0] * args.candidates for _ in evs]
     solver = [0.0 for _ in evs]
-    for i, allocation in enumerate(allocations):
-        order = range(len(evs)) if i % 2 == 0 else reversed(range(len(evs)))
+    for b, batch in enumerate(batches):
+        order = range(len(evs)) if b % 2 == 0 else reversed(range(len(evs)))
         for j in order:
             ev = evs[j]
             c0, t0 = time.process_time(), time.perf_counter()
-            counts = ev.solve(allocation).counts
+            proposals = [ev.solve(a).counts for a in batch]
             solver[j] += time.perf_counter() - t0
-            top1[j][i] = ev.evaluate(counts).top1
+            ev.prefetch(proposals)
+            for i, counts in enumerate(proposals):
+                top1[j][b * k + i] = ev.evaluate(counts).top1
             if s.device.type == "cuda":
                 torch.cuda.synchronize()
-            wall[j][i], cpu[j][i] = time.perf_counter() - t0, time.process_time() - c0
+            wall[j][b], cpu[j][b] = time.perf_counter() - t0, time.process_time() - c0
     dev = torch.cuda.get_device_name() if s.device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {dev}; torch {torch.__version__}; model {args.model}, {args.search_images} search images, "
-          f"{args.recal_images} recal images; round_to: {s.space.round_to}")
+          f"{args.recal_images} recal images; round_to: {s.space.round_to}; proposed {k} at a time")
     print(f"setup (data, model, graph, importance): {setup:.1f} s")
     n = args.candidates
     for j, (name, ev) in enumerate(zip(names, evs)):
@@ -116,15 +140,16 @@ def main() -> int:
         ev.timing["solver"] = solver[j]
         notes = "; ".join(x for x in (ev.scoring_note, ev.lean_note) if x)
         print(f"[{name}] scoring: {ev.scoring}{', lean graph' if ev.lean and ev.scoring == 'physical' else ''}; "
-              f"batch {ev.settings.batch_size or 'default'}" + (f" ({notes})" if notes else ""))
+              f"batch {ev.settings.batch_size or 'default'}; scoring threads {ev.scoring_threads()}"
+              + (f" ({notes})" if notes else ""))
         print(f"{n} candidates in {total:.1f} s: {n / total:.3f} candidates/s, {1000 * total / n:.0f} ms each; "
               f"process CPU time {1000 * sum(cpu[j]) / n:.0f} ms each")
-        breakdown(ev, n, total)
+        breakdown(ev, n, total, ev.scoring_threads() if k > 1 else 1)
     if len(evs) == 2:
         ratios = np.array(wall[1]) / np.array(wall[0])
         cpu_ratios = np.array(cpu[1]) / np.array(cpu[0])
         same = top1[0] == top1[1]
-        print(f"{names[1]} / {names[0]} time per candidate, interleaved pairs: median {np.median(ratios):.3f} "
+        print(f"{names[1]} / {names[0]} time per {'batch' if k > 1 else 'candidate'}, interleaved pairs: median {np.median(ratios):.3f} "
               f"(range {ratios.min():.3f}-{ratios.max():.3f}); CPU time median {np.median(cpu_ratios):.3f}; "
               f"speed-up {1 / np.median(ratios):.2f}x")
         print(f"same top-1 for every candidate: {same}" + ("" if same else f" ({top1[0]} vs {top1[1]})"))

@@ -63,6 +63,9 @@ def _scoring_args(g, d: dict) -> None:
     g.add_argument("--recal-images", type=int, default=d["recal_images"], help="training images for BN recalibration")
     g.add_argument("--workers", type=int, default=d["workers"], metavar="N",
                    help="score candidates on N Ray workers in parallel (0 = in this process; one per GPU on CUDA)")
+    g.add_argument("--scoring-threads", type=int, default=d["scoring_threads"], metavar="N",
+                   help="in this process on a CPU: score N candidates at once, each on its own thread "
+                        "(default: the CPU threads, at most 4, for inputs up to 64 px; 1 = one at a time)")
     g.add_argument("--ray-address", default=d["ray_address"], metavar="ADDR",
                    help="join this Ray cluster (`ray start --head` prints it) instead of starting a local Ray")
 
@@ -112,7 +115,8 @@ def _config(args):
               device=args.device, seed=args.seed)
     if hasattr(args, "importance"):
         kw.update(importance=args.importance, search_images=args.search_images, recal_images=args.recal_images,
-                  workers=args.workers, ray_address=args.ray_address)
+                  workers=args.workers, ray_address=args.ray_address,
+                  scoring_threads=args.scoring_threads)
     kw["trust_code"] = True  # file:/python: code named on the user's own command line: consent (docs/security.md)
     if hasattr(args, "budget"):
         kw.update(budget=args.budget, strategy=args.strategy, strategy_params=_parse_set(args.set),

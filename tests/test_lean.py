@@ -188,3 +188,80 @@ def test_sliced_model_is_torch_pruning_surgery(name):
         for p in pruned.parameters():
             p.add_(1.0)  # the base model shares nothing with the pruned copy
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+# ------------------------------------------------------------------ scoring on threads (CPU)
+def _proposals(space, n, seed=5):
+    rng = random.Random(seed)
+    return [space.counts([rng.uniform(0.1, 1) for _ in space.groups]) for _ in range(n)]
+
+
+def test_a_batch_scored_on_threads_equals_one_at_a_time(cifar):
+    """Pretrained ResNet-20, real images: a prefetched batch scored on two threads gives the
+    candidates (ids, scores, costs, cached flags, evaluation count) that one at a time gives."""
+    s = cifar[0]
+    props = _proposals(s.space, 4)
+    props = props + [props[1]]  # a duplicate within the batch: scored once, then served from the memo
+    got = {}
+    for threads in (1, 2):
+        ev = Evaluator(s.model, s.space, s.data, s.ranking, s.config.budget_obj,
+                       settings=EvaluatorSettings(search_images=200, recal_images=64, threads=threads))
+        assert ev.scoring_threads() == threads
+        ev.evaluate(props[0])  # memoised before the batch: not scored again
+        scored = ev.prefetch(props)
+        cands = [ev.evaluate(p) for p in props]
+        got[threads] = ([(c.id, c.counts, c.top1, c.macs, c.params, c.cost, c.meta["cached"]) for c in cands],
+                        ev.evaluations)
+        assert scored == (0 if threads == 1 else 3)  # one at a time: prefetch leaves the scoring to evaluate
+        assert ev.lean and ev.lean_note is None and ev.timing["evaluation"] > 0
+        assert torch.get_num_threads() == 1  # the scoring threads' share did not leak into this thread
+    assert got[1] == got[2]
+    assert got[2][1] == 4 and [c[-1] for c in got[2][0]] == [True, False, False, False, True]
+
+
+def test_scoring_threads_default_to_the_cpu_threads_for_small_inputs_only(cifar):
+    s = cifar[0]
+    make = lambda **kw: Evaluator(s.model, s.space, s.data, s.ranking, s.config.budget_obj,  # noqa: E731
+                                  settings=EvaluatorSettings(search_images=16, recal_images=16, **kw))
+    torch.set_num_threads(2)
+    try:
+        assert make().scoring_threads() == 2               # auto: the intra-op threads, 32 px images
+        assert make(threads=1).scoring_threads() == 1
+        assert make(scoring="mask").scoring_threads() == 1  # one shared masked copy: one at a time
+        big = make()
+        big._search_x = torch.zeros(2, 3, 96, 96)
+        assert big.scoring_threads() == 1                   # larger inputs: activations per thread add up
+        assert big.prefetch(_proposals(s.space, 2)) == 0
+    finally:
+        torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("budget", ["flops=0.5", "sparsity=0.6"])
+def test_a_job_scored_on_threads_finds_what_one_at_a_time_finds(tmp_path, budget):
+    """The whole job (random search, batches of 8), channels or weight sparsity: same candidate
+    events and answer with --scoring-threads 2 as with 1, and the summary says how they were scored."""
+    from pruner.finetune import FinetuneConfig
+    from pruner.runs.job import run_job
+    from pruner.runs.rundir import RunDir
+
+    runs = {}
+    for threads in (1, 2):
+        cfg = RunConfig(model="resnet20", weights=None, data="digits", strategy="random", search_evals=10, budget=budget,
+                        search_images=60, recal_images=32, report_images=40, latency_repeats=2,
+                        finetune=FinetuneConfig(epochs=0), export=False, device="cpu", seed=3,
+                        scoring_threads=threads)
+        summary = run_job(cfg, tmp_path / f"t{threads}")
+        assert summary["status"] == "done", summary["error"]
+        assert summary["search"]["scoring_threads"] == threads
+        events = RunDir(tmp_path / f"t{threads}").events("candidate")
+        runs[threads] = ([(e["candidate_id"], tuple(e["counts"]), e["top1"]) for e in events],
+                         summary["search"]["best_val_top1"], summary["search"]["evaluations"])
+    assert len(runs[1][0]) >= 8 and runs[1] == runs[2]
+
+
+@pytest.mark.parametrize("value", [0, -2, 1.5, "two"])
+def test_bad_scoring_threads_are_refused_before_any_work(value):
+    from pruner.errors import PrunerError
+
+    with pytest.raises(PrunerError, match="--scoring-threads"):
+        RunConfig(model="resnet20", weights=None, data="digits", scoring_threads=value)

@@ -24,6 +24,8 @@ from ..pruning.space import check_round_to
 from ..pruning.sparsity import check_pattern
 
 
+#: most in-process scoring threads one run may use
+MAX_SCORING_THREADS = 64
 #: most Ray workers one run may start
 MAX_WORKERS = 256
 
@@ -54,6 +56,7 @@ class RunConfig:
     min_channels: int = 1
     round_to: int | None = None            # kept channels a multiple of this; None = auto (8 on CUDA, 1 on CPU)
     workers: int = 0                       # Ray actors scoring candidates in parallel; 0 = in the job's process
+    scoring_threads: int | None = None     # in-process: structures scored at once on a CPU; None = auto (EvaluatorSettings.threads)
     ray_address: str | None = None         # an existing Ray cluster to join (else an embedded local Ray)
     # fine-tuning and reporting
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
@@ -108,6 +111,8 @@ class RunConfig:
         self.latency_batch = check_number("latency_batch", self.latency_batch, int, low=1, optional=True,
                                           flag="--latency-batch")
         self.workers = check_number("workers", self.workers, int, low=0, high=MAX_WORKERS, flag="--workers")
+        self.scoring_threads = check_number("scoring_threads", self.scoring_threads, int, low=1, high=MAX_SCORING_THREADS,
+                                            optional=True, flag="--scoring-threads")
         if self.ray_address is not None:
             if not isinstance(self.ray_address, str) or not self.ray_address.strip() or " " in self.ray_address.strip():
                 raise PrunerError(f"ray_address (--ray-address) must look like HOST:PORT or ray://HOST:PORT, "

@@ -59,7 +59,8 @@ StopFn = Callable[[], bool]
 # defines the search the resumed run continues, so changing it is refused.
 RESUME_OVERRIDES = ("finetune.epochs", "finetune.lr", "finetune.momentum", "finetune.weight_decay",
                     "finetune.batch_size", "finetune.kd_temperature", "finetune.kd_weight",
-                    "finetune.max_batches_per_epoch", "report_images", "export", "workers", "ray_address")
+                    "finetune.max_batches_per_epoch", "report_images", "export", "workers", "ray_address",
+                    "scoring_threads")
 OVERRIDES_STATE = "overrides.json"
 
 
@@ -209,7 +210,7 @@ class Session:
         return Evaluator(self.model, self.space, self.data, self.ranking, c.budget_obj, device=self.device,
                          settings=EvaluatorSettings(search_images=c.search_images, recal_images=c.recal_images,
                                                     latency_repeats=c.latency_repeats,
-                                                    latency_batch=self.budget_batch,
+                                                    latency_batch=self.budget_batch, threads=c.scoring_threads,
                                                     # sparsity: masked copies (channel masks do not apply)
                                                     scoring="physical" if self.sparse else "auto"),
                          max_evals=max_evals, should_stop=should_stop, on_candidate=on_candidate)
@@ -467,6 +468,7 @@ class _Pipeline:
         search = {"strategy": config.strategy, "evaluations": found["evaluations"],
                   "best_val_top1": found["best_val_top1"], "seconds": found["seconds"],
                   "round_to": session.space.round_to, "workers": found.get("workers"),
+                  "scoring_threads": found.get("scoring_threads"),
                   "params": make_strategy(config.strategy, **config.strategy_params).params,
                   "answer_is_start": bool(found.get("answer_is_start")),
                   "start_source": found.get("start_source")}
@@ -501,7 +503,7 @@ class _Pipeline:
                  "cost": best.cost, "verified_cost": best.meta.get("verified_latency"),
                  "timing": evaluator.timing, "answer_is_start": bool(best.meta.get("is_start")),
                  "start_source": best.meta.get("start_source"),
-                 "workers": worker_stats}
+                 "workers": worker_stats, "scoring_threads": None if pool is not None else evaluator.scoring_threads()}
         if evaluator.model_version > 0:  # the strategy trained the weights (joint): prune those
             torch.save({"state_dict": {k: v.detach().cpu() for k, v in evaluator.model.state_dict().items()},
                         "ranking": [r.cpu() for r in evaluator.ranking]}, run.state_dir / "search_model.pt")

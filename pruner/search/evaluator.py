@@ -23,11 +23,21 @@ Two ways to get "the pruned network" compute the same function (``tests/test_ali
 ``auto`` picks ``mask`` on CUDA and ``physical`` on CPU. Evaluation images stay on the
 device as normalised float tensors (built once); scoring runs under bf16 autocast on CUDA
 only. Latency costs always time a physically pruned model.
+
+On a CPU with physical scoring, a batch of proposals (:meth:`Evaluator.prefetch`) is scored
+``threads`` at a time in this process, each structure on its own Python thread with an
+equal share of the intra-op threads (small convolutions parallelise poorly inside one
+operator). Surgery and the FX trace stay one at a time on the calling thread — tracing
+patches ``nn.Module`` for the whole process, so no forward pass may run beside it — and the
+threads then recalibrate, fold and score. Ids, events, the cap and the answer are those of
+the sequential run (Ray workers, :mod:`pruner.runs.workers`, take precedence).
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
@@ -46,6 +56,11 @@ from ..pruning.space import PruningSpace
 SCORING_MODES = ("auto", "mask", "physical")
 #: Evaluation images are kept as ready float tensors up to this size (else uint8, normalised per batch).
 RESIDENT_FLOAT_BYTES = 1 << 30
+#: at most this many scoring threads by default (each holds a scoring batch's activations)
+MAX_AUTO_THREADS = 4
+#: scoring threads are on by default only for inputs this small (CIFAR-like); larger inputs
+#: multiply the activation memory per thread
+AUTO_THREADS_MAX_SIDE = 64
 
 
 class EvaluationBudgetExhausted(Exception):
@@ -84,6 +99,10 @@ class EvaluatorSettings:
     scoring: str = "auto"          # "mask", "physical", or "auto" (mask on CUDA, physical on CPU)
     channels_last: bool = True     # convolutions channels-last while scoring (faster on CPU and GPU)
     lean: bool = True              # CPU surgery: recalibrate and score through a LeanGraph (in-place ops, BN folded)
+    #: structures of a prefetched batch scored at once in this process (CPU, physical scoring);
+    #: None: auto, the intra-op thread count up to MAX_AUTO_THREADS for inputs up to
+    #: AUTO_THREADS_MAX_SIDE pixels a side, else 1; 1: one at a time
+    threads: int | None = None
 
 
 class Evaluator:
@@ -126,10 +145,17 @@ class Evaluator:
         self._memo: dict[tuple, dict] = {}
         self._logged = 0  # candidate events already in the log (a resumed run replays them silently)
         self._latency_memo: dict[tuple, tuple[float, float]] = {}  # -> (ms, relative to the unpruned model)
+        self._lock = threading.Lock()  # timing totals and the lean graph's folding, across scoring threads
         self.timing = {"surgery": 0.0, "masks": 0.0, "graph": 0.0, "recalibration": 0.0, "evaluation": 0.0,
                        "latency": 0.0}
         #: scores batches of structures elsewhere (``pruner.runs.workers.RayPool``); None: all here
         self.pool = None
+
+    def _tick(self, key: str, t0: float) -> None:
+        """Add the seconds since ``t0`` to ``timing[key]`` (summed over scoring threads)."""
+        dt = time.perf_counter() - t0
+        with self._lock:
+            self.timing[key] += dt
 
     def _ready(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised float images in the convolutions' preferred layout; sets above
@@ -178,7 +204,7 @@ class Evaluator:
         t0 = time.perf_counter()
         m = relative_latency(pruned, self.model, self.space.input_size, batch_size=self.settings.latency_batch,
                              device=self.device, repeats=repeats, warmup=3)
-        self.timing["latency"] += time.perf_counter() - t0
+        self._tick("latency", t0)
         return m
 
     def _latency(self, counts: Sequence[int]) -> tuple[float, float]:
@@ -201,7 +227,7 @@ class Evaluator:
         pruned.to(self.device)
         if self.device.type == "cuda":
             pruned.to(memory_format=torch.channels_last)
-        self.timing["surgery"] += time.perf_counter() - t0
+        self._tick("surgery", t0)
         if recalibrate:
             self._recalibrate(pruned)
         return pruned
@@ -243,11 +269,11 @@ class Evaluator:
             except Exception as exc:  # a layer the mapping does not know: surgery still works
                 raise MaskingUnsupported(f"{type(exc).__name__}: {exc}") from exc
             self._masker = masker
-            self.timing["masks"] += time.perf_counter() - t0
+            self._tick("masks", t0)
         t0 = time.perf_counter()
         model = self._masker.apply(self.space.align(counts))
         self._sync()
-        self.timing["masks"] += time.perf_counter() - t0
+        self._tick("masks", t0)
         if recalibrate:
             self._recalibrate(model)
         return model
@@ -264,7 +290,7 @@ class Evaluator:
                     model(self._batch(self._recal_x, i, bs))
         model.eval()
         self._sync()
-        self.timing["recalibration"] += time.perf_counter() - t0
+        self._tick("recalibration", t0)
 
     def _sync(self) -> None:
         """Wait for queued CUDA work, so each timing entry holds its own work."""
@@ -282,7 +308,7 @@ class Evaluator:
             for i in range(0, len(self._search_y), bs):
                 correct += (model(self._batch(self._search_x, i, bs)).argmax(1) == self._search_y[i:i + bs]).sum()
         top1 = 100.0 * int(correct) / max(1, len(self._search_y))
-        self.timing["evaluation"] += time.perf_counter() - t0
+        self._tick("evaluation", t0)
         return top1
 
     def scored_model(self, counts: Sequence[int]) -> nn.Module:
@@ -292,28 +318,71 @@ class Evaluator:
                 return self.masked(counts)
             except MaskingUnsupported as exc:
                 self.scoring, self.scoring_note = "physical", f"channel masks cannot represent this model ({exc})"
+        return self._finish(*self._prepare(counts))
+
+    def _prepare(self, counts: Sequence[int]) -> tuple[nn.Module, LeanGraph | None]:
+        """Physical scoring's first half: surgery and (lean) the FX trace. One at a time, on the
+        calling thread: ``torch.fx`` tracing patches ``nn.Module`` for the whole process, so no
+        forward pass may run beside it."""
         pruned = self.build(counts, recalibrate=False)
         if self.settings.channels_last:  # for scoring only: latency costs time the model as built
             pruned.to(memory_format=torch.channels_last)
-        graph = self._lean_graph(pruned)
+        return pruned, self._lean_graph(pruned)
+
+    def _finish(self, pruned: nn.Module, graph: LeanGraph | None) -> nn.Module:
+        """Physical scoring's second half: recalibrate, fold, check once (safe on a scoring thread)."""
         self._recalibrate(graph.module if graph is not None else pruned)  # shared batch norms: pruned's too
         if graph is None:
             return pruned
-        t0 = time.perf_counter()
-        lean = graph.fold().module.eval()
-        if self.settings.channels_last:
-            lean.to(memory_format=torch.channels_last)
-        self.timing["graph"] += time.perf_counter() - t0
-        if not self._lean_checked:  # once: the lean graph must score what the pruned model scores
-            self._lean_checked = True
-            with torch.inference_mode():
-                x = self._batch(self._search_x, 0, 16)
-                a, b = lean(x).float(), pruned.eval()(x).float()
-            diff, scale = float((a - b).abs().max()), float(b.abs().max()) + 1.0
-            if diff > 1e-4 * scale or not torch.equal(a.argmax(1), b.argmax(1)):
-                self.lean, self.lean_note = False, f"the lean graph's logits differ by {diff:.3g}"
+        with self._lock:  # folding regenerates code (GraphModule.recompile): one at a time
+            if not self.lean:  # another thread's check gave the lean graph up
                 return pruned
+            t0 = time.perf_counter()
+            lean = graph.fold().module.eval()
+            if self.settings.channels_last:
+                lean.to(memory_format=torch.channels_last)
+            self.timing["graph"] += time.perf_counter() - t0
+            if not self._lean_checked:  # once: the lean graph must score what the pruned model scores
+                self._lean_checked = True
+                with torch.inference_mode():
+                    x = self._batch(self._search_x, 0, 16)
+                    a, b = lean(x).float(), pruned.eval()(x).float()
+                diff, scale = float((a - b).abs().max()), float(b.abs().max()) + 1.0
+                if diff > 1e-4 * scale or not torch.equal(a.argmax(1), b.argmax(1)):
+                    self.lean, self.lean_note = False, f"the lean graph's logits differ by {diff:.3g}"
+                    return pruned
         return lean
+
+    def scoring_threads(self) -> int:
+        """How many structures :meth:`prefetch` scores at once in this process (see the module)."""
+        if self.device.type != "cpu" or self.scoring != "physical":
+            return 1
+        n = self.settings.threads
+        if n is None:
+            side = max(self._search_x.shape[-2:]) if self._search_x.dim() == 4 else 0
+            n = min(torch.get_num_threads(), MAX_AUTO_THREADS) if side <= AUTO_THREADS_MAX_SIDE else 1
+        return max(1, int(n))
+
+    def _score_on_threads(self, todo: list[list[int]], threads: int) -> list[dict]:
+        """:meth:`measure` for each of ``todo``: surgery and traces here, the rest on ``threads``
+        threads with an equal share of the intra-op threads each."""
+        main = torch.get_num_threads()
+        prepared = [self._prepare(counts) for counts in todo]
+
+        def work(i: int) -> float:
+            return self.score(self._finish(*prepared[i]))
+
+        try:  # a thread's set_num_threads is its own, but it also sets the default for new threads
+            with ThreadPoolExecutor(threads, thread_name_prefix="pruner-score", initializer=torch.set_num_threads,
+                                    initargs=(max(1, main // threads),)) as pool:
+                tops = list(pool.map(work, range(len(todo))))
+        finally:
+            torch.set_num_threads(main)
+        out = []
+        for counts, top1 in zip(todo, tops):
+            macs, params = self.space.predict(counts=counts)
+            out.append({"top1": top1, "macs": int(macs), "params": int(params)})
+        return out
 
     def _lean_graph(self, pruned: nn.Module) -> LeanGraph | None:
         """The pruned model as a :class:`~pruner.evaluate.LeanGraph` (None: lean scoring is off or
@@ -327,7 +396,7 @@ class Evaluator:
             self.lean, self.lean_note = False, f"torch.fx cannot trace this model ({exc})"
             return None
         finally:
-            self.timing["graph"] += time.perf_counter() - t0
+            self._tick("graph", t0)
 
     def set_model(self, model: nn.Module, ranking: Sequence[torch.Tensor]) -> None:
         """Switch to a new current model (e.g. after fine-tuning between search steps)."""
@@ -357,10 +426,12 @@ class Evaluator:
         the new ones (not memoised, within the evaluation cap, in the order proposed) are
         scored in parallel and then *consumed* by :meth:`evaluate` as fresh evaluations, so ids,
         events, the cap and the answer are exactly those of the sequential run, whatever the
-        number of workers. Latency (for latency budgets) is still timed here, one at a time.
+        number of workers. Without a pool, a CPU scores them :meth:`scoring_threads` at a time
+        in this process. Latency (for latency budgets) is still timed here, one at a time.
         Returns how many structures were scored.
         """
-        if self.pool is None:
+        threads = self.scoring_threads() if self.pool is None else 0
+        if self.pool is None and threads < 2:
             return 0
         if self.should_stop():
             raise CancelledError("search cancelled")
@@ -374,9 +445,10 @@ class Evaluator:
                 todo.append(counts)
         if self.remaining is not None:
             todo = todo[:self.remaining]
-        if not todo:
+        if not todo or (self.pool is None and len(todo) < 2):
             return 0
-        scores = self.pool.score_many(self.model_version, todo, should_stop=self.should_stop)
+        scores = (self.pool.score_many(self.model_version, todo, should_stop=self.should_stop) if self.pool is not None
+                  else self._score_on_threads(todo, min(threads, len(todo))))
         for counts, s in zip(todo, scores):
             lat = self.latency_of(counts) if self.budget.kind == "latency" else None
             self._memo[(self.model_version, tuple(counts))] = {**s, "latency_ms": lat, "pending": False,
