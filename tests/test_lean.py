@@ -202,6 +202,7 @@ def test_a_batch_scored_on_threads_equals_one_at_a_time(cifar):
     s = cifar[0]
     props = _proposals(s.space, 4)
     props = props + [props[1]]  # a duplicate within the batch: scored once, then served from the memo
+    main = torch.get_num_threads()
     got = {}
     for threads in (1, 2):
         ev = Evaluator(s.model, s.space, s.data, s.ranking, s.config.budget_obj,
@@ -214,7 +215,7 @@ def test_a_batch_scored_on_threads_equals_one_at_a_time(cifar):
                         ev.evaluations)
         assert scored == (0 if threads == 1 else 3)  # one at a time: prefetch leaves the scoring to evaluate
         assert ev.lean and ev.lean_note is None and ev.timing["evaluation"] > 0
-        assert torch.get_num_threads() == 1  # the scoring threads' share did not leak into this thread
+        assert torch.get_num_threads() == main  # the scoring threads' share did not leak into this thread
     assert got[1] == got[2]
     assert got[2][1] == 4 and [c[-1] for c in got[2][0]] == [True, False, False, False, True]
 
@@ -223,6 +224,7 @@ def test_scoring_threads_default_to_the_cpu_threads_for_small_inputs_only(cifar)
     s = cifar[0]
     make = lambda **kw: Evaluator(s.model, s.space, s.data, s.ranking, s.config.budget_obj,  # noqa: E731
                                   settings=EvaluatorSettings(search_images=16, recal_images=16, **kw))
+    before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         assert make().scoring_threads() == 2               # auto: the intra-op threads, 32 px images
@@ -233,7 +235,7 @@ def test_scoring_threads_default_to_the_cpu_threads_for_small_inputs_only(cifar)
         assert big.scoring_threads() == 1                   # larger inputs: activations per thread add up
         assert big.prefetch(_proposals(s.space, 2)) == 0
     finally:
-        torch.set_num_threads(1)
+        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("budget", ["flops=0.5", "sparsity=0.6"])
