@@ -193,6 +193,67 @@ def test_sparsity_budget_alone(tmp_path):
     assert events and events[0]["budget"] == pytest.approx(0.3)   # the density that may remain
 
 
+# ---------------------------------------------------------------------- filling the budget
+def _fill_setup(max_evals, budget="params=0.4"):
+    from pruner.runs.job import Session
+    from pruner.search.base import SearchContext
+    from pruner.search.constrained import _Best, build_constraints
+
+    session = Session(tiny(budget=budget))
+    ev = session.evaluator(max_evals=max_evals)
+    ctx = SearchContext(ev, seed=0)
+    strat = ConstrainedRL(fill=2)
+    learnt, required = build_constraints(ctx, strat.params)
+    best = _Best(ctx, required)
+    return session, ev, ctx, strat, required, best
+
+
+@pytest.mark.parametrize("budget", ["params=0.4", "sparsity=0.6"])
+def test_a_sample_with_unused_budget_is_grown_onto_the_boundary(budget):
+    """A feasible sample far inside the budget (uniform pruning to a quarter of the limit's slack) is
+    grown along its own direction onto the constraint boundary and scored: every group keeps at least
+    what it kept, the cost rises to the limit (not above), and the answer is the better of the two."""
+    from pruner.budget import Budget, solve
+
+    session, ev, ctx, strat, required, best = _fill_setup(max_evals=4, budget=budget)
+    kind, target = ctx.budget.kind, ctx.budget.target
+    inside = solve(ctx.space, [1.0] * len(ctx.space), Budget(kind, target * 0.6)).counts
+    first = ev.evaluate(inside)
+    best.consider(first)
+    assert best.feasible(first) and first.cost < 0.7 * target
+    strat._fill(ctx, required, best, 0)
+    grown = [c for c in ev.candidates if c.meta.get("filled_from") == first.id]
+    assert len(grown) == 1 and ev.evaluations == 2            # one evaluation, one sample to grow
+    g = grown[0]
+    assert all(a >= b for a, b in zip(g.counts, first.counts)) and g.counts != first.counts
+    assert 0.97 * target <= g.cost <= target + 1e-9
+    assert best.best is (g if g.top1 > first.top1 or (g.top1 == first.top1 and g.cost < first.cost) else first)
+
+
+def test_growing_is_off_with_fill_0_and_never_exceeds_the_evaluations_left():
+    from pruner.budget import Budget, solve
+
+    session, ev, ctx, strat, required, best = _fill_setup(max_evals=1)
+    inside = solve(ctx.space, [1.0] * len(ctx.space), Budget("params", 0.2)).counts
+    best.consider(ev.evaluate(inside))
+    strat._fill(ctx, required, best, 0)                   # no evaluation left
+    assert ev.evaluations == 1 and len(ev.candidates) == 1
+    session, ev, ctx, _, required, best = _fill_setup(max_evals=5)
+    best.consider(ev.evaluate(inside))
+    ConstrainedRL(fill=0)._fill(ctx, required, best, 0)
+    assert ev.evaluations == 1
+
+
+def test_grown_samples_in_a_run_stay_within_the_budget(params_run):
+    out, summary = params_run
+    cands = {c["candidate_id"]: c for c in RunDir(out).events("candidate")}
+    grown = [c for c in cands.values() if c["meta"].get("filled_from") is not None]
+    for c in grown:
+        src = cands[c["meta"]["filled_from"]]
+        assert src["cost"] < c["cost"] <= 0.4 + 1e-9
+    assert len(grown) <= ConstrainedRL.defaults()["fill"]
+
+
 # ---------------------------------------------------------------------- refusals
 @pytest.mark.parametrize("params", [{"batch": 1}, {"clip": 0}, {"gae": 1.5}, {"ppo_epochs": 0}, {"hidden": 0},
                                     {"critic_lr": 0}, {"cost": "joules"}, {"limit": 1.0}, {"dual_lr": -1}])

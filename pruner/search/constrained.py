@@ -48,7 +48,10 @@ Every scored candidate carries its Lagrangian value ``R - sum_k lambda_k (C_k - 
 The answer meets every constraint (measured latencies within ``pruner.budget.LATENCY_TOLERANCE``)
 and the run's budget (``Budget.feasible``): the most accurate feasible sample; at the end the
 deterministic policy (``u = mu``) is projected onto the constraints along its own pruning
-direction and scored too, which also guarantees a feasible answer when no sample was.
+direction and scored too, which also guarantees a feasible answer when no sample was. Then the
+most accurate feasible samples that leave budget unused are grown onto the boundary the same way
+(``fill``, from the evaluations left): a constrained optimum is met with slack as often as not, and
+the slack is channels (or weights) the answer could have kept.
 
 Costs (hyperparameter ``cost``):
 
@@ -371,6 +374,9 @@ class ConstrainedRL(Strategy):
         "dual_lr": Param(1.0, float, "dual ascent step on each multiplier", low=0.0),
         "init": Param("uniform", str, "where the policy starts: uniform (uniform pruning projected onto the "
                       "constraints) or full (keep 95%)", choices=("uniform", "full")),
+        "fill": Param(3, int, "before answering, grow up to this many of the most accurate feasible samples that "
+                      "leave part of the budget unused onto the constraint boundary (one evaluation each, from the "
+                      "evaluations left; 0 = off)", low=0, high=64),
     }
 
     @classmethod
@@ -477,12 +483,40 @@ class ConstrainedRL(Strategy):
             cand = ev.evaluate(counts, step=it, meta={"strategy": self.name, "projected_mean": True,
                                                       "fallback": best.best is None})
             best.consider(cand)
+        self._fill(ctx, required, best, it)
         if best.best is None:
             raise PrunerError("constrained found no structure meeting the constraints "
                               f"({', '.join(f'{c.name} <= {c.limit:g}' for c in required)}); "
                               "raise the limit or --search-evals")
         best.best.meta["multipliers"] = {c.name: c.multiplier for c in learnt}
         return best.best
+
+
+    def _fill(self, ctx: SearchContext, required: list[Constraint], best: "_Best", it: int) -> None:
+        """Grow the most accurate feasible samples that leave part of the budget unused onto the
+        constraint boundary along their own pruning direction (``project`` of their keep ratios:
+        every group prunes in proportion to what the sample pruned, less of it), and score them.
+        A constraint is met with slack as often as not, and the unused budget is accuracy left
+        behind; one evaluation each, at most ``fill``, only from the evaluations left."""
+        ev = ctx.evaluator
+        limit = int(self.params["fill"])
+        if limit < 1 or best.best is None:
+            return
+        pool = {tuple(c.counts): c for c in ev.candidates if best.feasible(c)}
+        grown_from = 0
+        for cand in sorted(pool.values(), key=lambda c: (-c.top1, c.cost, c.id)):
+            if grown_from >= limit or (ev.remaining is not None and ev.remaining < 1):
+                break
+            try:
+                counts = project(ctx, np.asarray(cand.keep_ratios), required)
+            except PrunerError:  # this direction cannot reach the boundary: leave the sample as it is
+                continue
+            if tuple(counts) in pool or sum(counts) <= sum(cand.counts):  # already on the boundary
+                continue
+            grown = ev.evaluate(counts, step=it, meta={"strategy": self.name, "filled_from": cand.id})
+            pool.setdefault(tuple(grown.counts), grown)
+            best.consider(grown)
+            grown_from += 1
 
 
 class _Best:
