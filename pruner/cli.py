@@ -258,8 +258,10 @@ def _print_summary(summary: dict, out) -> None:
               + (f"; ONNX {onnx['zeros']} zero weights, {onnx['bytes'] / 1e6:.3f} MB, "
                  f"{onnx['zipped_bytes'] / 1e6:.3f} MB zipped" if onnx else ""))
     s = summary["search"]
+    threads = s.get("scoring_threads") or 1
     print(f"search: {s['strategy']}, {s['evaluations']} evaluations, best val top-1 {s['best_val_top1']:.2f}% "
-          f"in {s['seconds']:.0f} s; ONNX max |diff| {summary.get('onnx_max_abs_diff')}")
+          f"in {s['seconds']:.0f} s" + (f" ({threads} candidates at a time on CPU threads)" if threads > 1 else "")
+          + f"; ONNX max |diff| {summary.get('onnx_max_abs_diff')}")
 
 
 def cmd_sensitivity(args) -> int:

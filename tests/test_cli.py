@@ -106,3 +106,17 @@ def test_onnx_scores_what_the_summary_says(tmp_path):
     correct, total = score_onnx.score(out / summary["artifacts"]["onnx"], SHARED_DATA / "test")
     assert total == 10000
     assert 100.0 * correct / total == pytest.approx(summary["pruned"]["top1"], abs=0.05)
+
+
+@pytest.mark.parametrize("threads, said", [("2", True), ("1", False)])
+def test_prune_says_when_candidates_were_scored_on_threads(tmp_path, threads, said):
+    res = cli("prune", *TINY, "--strategy", "random", "--search-evals", "4", "--finetune-epochs", "0",
+              "--scoring-threads", threads, "--out", tmp_path / "run")
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["search"]["scoring_threads"] == int(threads)
+    assert ("2 candidates at a time on CPU threads" in res.stdout) is said, res.stdout
+
+
+def test_bad_scoring_threads_is_a_one_line_error(tmp_path):
+    assert_one_line_error(cli("prune", *TINY, "--scoring-threads", "0", "--out", tmp_path / "run"), "--scoring-threads")
