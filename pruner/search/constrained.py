@@ -491,7 +491,6 @@ class ConstrainedRL(Strategy):
         best.best.meta["multipliers"] = {c.name: c.multiplier for c in learnt}
         return best.best
 
-
     def _fill(self, ctx: SearchContext, required: list[Constraint], best: "_Best", it: int) -> None:
         """Grow the most accurate feasible samples that leave part of the budget unused onto the
         constraint boundary along their own pruning direction (``project`` of their keep ratios:

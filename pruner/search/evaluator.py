@@ -378,11 +378,7 @@ class Evaluator:
                 tops = list(pool.map(work, range(len(todo))))
         finally:
             torch.set_num_threads(main)
-        out = []
-        for counts, top1 in zip(todo, tops):
-            macs, params = self.space.predict(counts=counts)
-            out.append({"top1": top1, "macs": int(macs), "params": int(params)})
-        return out
+        return [self._result(counts, top1) for counts, top1 in zip(todo, tops)]
 
     def _lean_graph(self, pruned: nn.Module) -> LeanGraph | None:
         """The pruned model as a :class:`~pruner.evaluate.LeanGraph` (None: lean scoring is off or
@@ -415,7 +411,9 @@ class Evaluator:
         """Score one structure here, outside the memo, the cap and the events: search-split top-1,
         MACs and params (what a worker of :mod:`pruner.runs.workers` computes)."""
         counts = self.space.align([int(c) for c in counts])
-        top1 = self.score(self.scored_model(counts))
+        return self._result(counts, self.score(self.scored_model(counts)))
+
+    def _result(self, counts: list[int], top1: float) -> dict:
         macs, params = self.space.predict(counts=counts)
         return {"top1": top1, "macs": int(macs), "params": int(params)}
 
