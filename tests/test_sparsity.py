@@ -70,6 +70,7 @@ def test_budget_speaks_in_the_fraction_zeroed():
 
 def test_solver_meets_a_sparsity_budget_in_masked_zeros():
     model = cifar_resnet("resnet20").eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     space = space_of(model)
     budget = Budget.parse("sparsity=0.7")
     alloc = np.random.default_rng(0).dirichlet([1.0] * len(space)) + 1e-6
@@ -80,7 +81,8 @@ def test_solver_meets_a_sparsity_budget_in_masked_zeros():
     assert n == space.prunable and z / n >= 0.7 - 1e-9
     assert [int((m == 0).sum()) for m in [dict(masked.named_modules())[g].weight for g in space.names]] == \
         [g.channels - c for g, c in zip(space.groups, sol.counts)]       # each layer zeroes what its count says
-    assert zeros_of(model, space.names)[0] == 0                          # the base model is untouched
+    # the base model is untouched (compared with itself: a random init can hold an exact zero by chance)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 
 
 def test_two_four_masks_keep_the_two_best_of_every_four():
