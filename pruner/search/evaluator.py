@@ -145,7 +145,7 @@ class Evaluator:
         self._memo: dict[tuple, dict] = {}
         self._logged = 0  # candidate events already in the log (a resumed run replays them silently)
         self._latency_memo: dict[tuple, tuple[float, float]] = {}  # -> (ms, relative to the unpruned model)
-        self._lock = threading.Lock()  # timing totals and the lean graph's folding, across scoring threads
+        self._lock = threading.RLock()  # timing totals and the lean graph's folding, across scoring threads
         self.timing = {"surgery": 0.0, "masks": 0.0, "graph": 0.0, "recalibration": 0.0, "evaluation": 0.0,
                        "latency": 0.0}
         #: scores batches of structures elsewhere (``pruner.runs.workers.RayPool``); None: all here
@@ -341,7 +341,7 @@ class Evaluator:
             lean = graph.fold().module.eval()
             if self.settings.channels_last:
                 lean.to(memory_format=torch.channels_last)
-            self.timing["graph"] += time.perf_counter() - t0
+            self._tick("graph", t0)
             if not self._lean_checked:  # once: the lean graph must score what the pruned model scores
                 self._lean_checked = True
                 with torch.inference_mode():
