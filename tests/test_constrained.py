@@ -251,7 +251,7 @@ def test_grown_samples_in_a_run_stay_within_the_budget(params_run):
     for c in grown:
         src = cands[c["meta"]["filled_from"]]
         assert src["cost"] < c["cost"] <= 0.4 + 1e-9
-    assert len(grown) <= ConstrainedRL.defaults()["fill"]
+    assert 1 <= len(grown) <= ConstrainedRL.defaults()["fill"]   # this run leaves one sample to grow
 
 
 # ---------------------------------------------------------------------- refusals
