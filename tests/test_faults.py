@@ -262,6 +262,15 @@ def test_sigint_to_a_spawned_job_writes_a_cancelled_summary(tmp_path):
         mgr.shutdown()
 
 
+def delete_while_written(path, timeout=60):
+    """`rm -rf` of a directory a live job is writing into: one pass can race the job's next
+    file (ENOTEMPTY), so delete until it is gone, as a user repeating the command would."""
+    deadline = time.monotonic() + timeout
+    while os.path.exists(path):
+        assert time.monotonic() < deadline, f"{path} kept reappearing"
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def test_a_run_directory_deleted_under_the_supervisor_does_not_stall_the_queue(tmp_path):
     mgr = JobManager(max_parallel=1)
     try:
@@ -270,7 +279,7 @@ def test_a_run_directory_deleted_under_the_supervisor_does_not_stall_the_queue(t
                                          options={"not picklable": lambda: None}))
         later = mgr.submit(JobSpec("prune", tiny(search_evals=2).to_dict(), str(tmp_path / "later")))
         wait_until(lambda: RunDir(doomed).events("candidate"), what="a candidate")
-        shutil.rmtree(doomed)                  # the job's writes now fail and its process dies
+        delete_while_written(doomed)           # the job's writes now fail and its process dies
         assert mgr.wait(later, timeout=JOB_TIMEOUT), "the queue stalled"
         assert RunDir(later).summary()["status"] == "done"
         assert mgr.state(doomed) == "finished" and "exited with code" in mgr.error(doomed)
