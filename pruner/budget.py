@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import numpy as np
 import torch.nn as nn
 
 from .errors import PrunerError
@@ -152,6 +153,21 @@ def cost_floor(space: PruningSpace, kind: str) -> float | None:
     if kind not in ("flops", "params"):
         return None
     return model_cost_fn(space, kind)([space.min_keep(g) for g in space.groups])
+
+
+def saving_rates(space: PruningSpace, kind: str, at: Sequence[int]) -> np.ndarray:
+    """Per group, the fraction of the budget's cost saved per fraction of its channels (or, for
+    ``sparsity``, its weights) pruned, around the structure ``at``, on the exact cost model; MACs
+    stand in for a measured latency. A strategy that weighs damage against cost divides by these."""
+    cost = model_cost_fn(space, kind if kind in ("flops", "params", "sparsity") else "flops")
+    here = cost(list(at))
+    out = np.zeros(len(space.groups))
+    for gi, g in enumerate(space.groups):
+        step = max(1, int(round(0.1 * g.channels)))
+        counts = list(at)
+        counts[gi] = at[gi] - step if at[gi] - step >= 1 else at[gi] + step
+        out[gi] = abs(here - cost(counts)) / (step / g.channels)
+    return np.maximum(out, 1e-6)
 
 
 def ratios_for_scale(space: PruningSpace, allocation: Sequence[float], scale: float) -> list[float]:

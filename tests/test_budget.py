@@ -1,6 +1,8 @@
 import pytest
 
-from pruner.budget import Budget, solve
+import numpy as np
+
+from pruner.budget import Budget, model_cost_fn, saving_rates, solve
 from pruner.errors import PrunerError
 from pruner.measure import count_cost
 from pruner.models.cifar_resnet import cifar_resnet
@@ -56,3 +58,30 @@ def test_unreachable_budget(space_and_model):
     space, _ = space_and_model
     with pytest.raises(PrunerError, match="cannot be met"):
         solve(space, [1.0] * len(space), Budget("flops", 0.01))
+
+
+def test_saving_rates_price_each_group_in_the_budget_s_own_cost(space_and_model):
+    """A later stage's convolution holds 16x the parameters of a first-stage one but the same
+    MACs: the rates say so, and each rate is the cost a small cut of that group really saves."""
+    space, _ = space_and_model
+    full = [g.channels for g in space.groups]
+    plain = [i for i, g in enumerate(space.groups) if not g.coupled]
+    first, last = plain[0], plain[-1]
+    flops, params = saving_rates(space, "flops", full), saving_rates(space, "params", full)
+    assert flops[last] == pytest.approx(flops[first], rel=0.05)
+    assert params[last] > 10 * params[first]
+    for kind, rates in (("flops", flops), ("params", params)):
+        cost = model_cost_fn(space, kind)
+        g = space.groups[last]
+        cut = list(full)
+        cut[last] -= max(1, round(0.1 * g.channels))
+        assert (1.0 - cost(cut)) == pytest.approx(rates[last] * (full[last] - cut[last]) / g.channels)
+
+
+def test_saving_rates_of_a_sparsity_budget_are_each_layer_s_share_of_the_weights():
+    from pruner.pruning.sparsity import SparsitySpace
+
+    space = SparsitySpace(cifar_resnet("resnet20").eval(), (3, 32, 32), max_prune=0.9)
+    rates = saving_rates(space, "sparsity", [g.channels for g in space.groups])
+    share = np.array([g.channels for g in space.groups], dtype=float) / space.prunable
+    np.testing.assert_allclose(rates, share, rtol=0.02)

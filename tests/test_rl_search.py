@@ -64,9 +64,35 @@ def test_sensitivity_respects_the_cap_and_the_budget(session):
     assert best.cost <= 0.5
     probes = [c for c in ev.candidates if "probe" in c.meta]
     assert len(probes) == 5  # the unpruned model and 4 chunks of adjacent groups (12 groups, 6 evaluations)
-    assert best.meta["allocation"] == "inverse-damage"
+    assert best.meta["allocation"] == "inverse-damage"   # per_cost=auto: damage alone under a flops budget
     with pytest.raises(PrunerError, match="search-evals"):
         search(session, "sensitivity", evals=2)
+
+
+def test_sensitivity_weighs_damage_against_the_parameters_a_group_frees():
+    """Under a params budget a last-stage convolution frees 16x the parameters of a first-stage
+    one: per_cost (auto: on for params) prunes it correspondingly more than damage alone would,
+    from the same probes; rl's start is that same answer."""
+    s = Session(tiny(budget="params=0.5", search_images=60))
+    per_cost, ev = search(s, "sensitivity", evals=14)
+    blind, ev2 = search(s, "sensitivity", evals=14, preload=as_events(ev), per_cost="no")
+    forced, _ = search(s, "sensitivity", evals=14, preload=as_events(ev), per_cost="yes")
+    assert forced.counts == per_cost.counts
+    rl_best, rl_ev = search(s, "rl", evals=20, preload=as_events(ev))
+    start = [c for c in rl_ev.candidates if c.meta.get("allocation")]
+    assert [(c.counts, c.meta["allocation"]) for c in start] == [(per_cost.counts, "damage-per-cost")]
+    assert rl_best.top1 >= per_cost.top1
+    assert [c.counts for c in ev.candidates[:-1]] == [c.counts for c in ev2.candidates[:-1]]  # the same probes
+    assert (per_cost.meta["allocation"], blind.meta["allocation"]) == ("damage-per-cost", "inverse-damage")
+    assert per_cost.cost <= 0.5 and blind.cost <= 0.5
+    groups = s.space.groups
+    plain = [i for i, g in enumerate(groups) if not g.coupled]
+    first, last = plain[:3], plain[-3:]                 # the first and the last stage's own convolutions
+
+    def pruned(best, idx):
+        return float(np.mean([1.0 - best.counts[i] / groups[i].channels for i in idx]))
+
+    assert pruned(per_cost, last) - pruned(per_cost, first) > pruned(blind, last) - pruned(blind, first) + 0.2
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,10 @@ A search:
 
 0. **start** — where the policy's mean begins (``start``):
    ``sensitivity`` (default) is the ``sensitivity`` strategy's measurement and answer, through
-   its module (:func:`measure_probes`, :func:`inverse_damage`): the unpruned model and each group
+   its module (:func:`measure_probes`, :func:`allocate`): the unpruned model and each group
    pruned alone (capped so that a fifth of ``--search-evals`` is left to learn), the allocation
-   ``1 / (damage + floor) ** power`` solved onto the budget and evaluated; the structures are the
+   ``1 / (damage + floor) ** power`` (under params and sparsity budgets ``(cost saved / (damage +
+   floor)) ** power``) solved onto the budget and evaluated; the structures are the
    heuristic's own, so a shared evaluation cache serves them. ``probe`` prunes *blocks* of groups through the shared evaluator (every probe
    counts against ``--search-evals``): each group that spans a residual add alone, the ordinary
    groups of each resolution in ``parts`` by depth, at the fraction the budget needs
@@ -60,11 +61,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..budget import KINDS, model_cost_fn
+from ..budget import KINDS, saving_rates
 from ..errors import PrunerError
 from .base import Param, SearchContext, Strategy, register
 from .evaluator import Candidate
-from .sensitivity_strategy import Probes, SensitivityAllocation, inverse_damage, measure_probes, probes_from_analysis
+from .sensitivity_strategy import Probes, SensitivityAllocation, allocate, measure_probes, probes_from_analysis
 
 #: RL-Pruner's own recipe (arXiv 2411.06463, section 3), scaled to what ``--search-evals`` allows.
 PRESETS = {
@@ -203,20 +204,6 @@ def feature_blocks(space, resolution: np.ndarray, cap: int, parts: int) -> list[
     return [list(range(a, b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
-def saving_rates(space, kind: str, at: list[int]) -> np.ndarray:
-    """Per group, the fraction of the budget's cost saved per fraction of its channels pruned,
-    around the structure ``at`` (the cost model; MACs stand in for a measured latency)."""
-    cost = model_cost_fn(space, kind if kind in ("flops", "params") else "flops")
-    here = cost(list(at))
-    out = np.zeros(len(space.groups))
-    for gi, g in enumerate(space.groups):
-        step = max(1, int(round(0.1 * g.channels)))
-        counts = list(at)
-        counts[gi] = at[gi] - step if at[gi] - step >= 1 else at[gi] + step
-        out[gi] = abs(here - cost(counts)) / (step / g.channels)
-    return np.maximum(out, 1e-6)
-
-
 class DamageModel:
     """Top-1 points lost ``sum_g a_b(g) * p_g ** k`` (``p_g`` the fraction of group ``g`` pruned,
     one coefficient per block), fitted by non-negative least squares to evaluated candidates;
@@ -272,7 +259,7 @@ class RLPruner(Strategy):
         "preset": Param("", str, "RL-Pruner's own recipe: 'paper' sets the keys of PRESETS['paper'] that are not given",
                         choices=("", "paper")),
         "start": Param("sensitivity", str, "start allocation: sensitivity (the sensitivity strategy's per-group probes "
-                                           "and inverse-damage allocation; its answer is the first mean), probe (blocks "
+                                           "and allocation; its answer is the first mean), probe (blocks "
                                            "of groups probed and a damage model), uniform, cost, or the path of a "
                                            "Sensitivity run directory / sensitivity.json; probes count against "
                                            "--search-evals"),
@@ -371,8 +358,8 @@ class RLPruner(Strategy):
                     raise PrunerError(f"rl with start=sensitivity needs more than {left} evaluations to probe and then "
                                       f"learn in {p['steps']} step(s); raise --search-evals, or use start=uniform")
             probes = measure_probes(ctx, self._probe_ratio(ctx), max_probes=cap, tag=self.name)
-            alloc = inverse_damage(probes, float(p["floor"]), power)
-            record = {**probes.summary(), "allocation": "inverse-damage"}
+            alloc, how = allocate(ctx, probes, float(p["floor"]), power, SensitivityAllocation.defaults()["per_cost"])
+            record = {**probes.summary(), "allocation": how}
             z = np.log(alloc)
             return z, z - z.mean(), record, feature_blocks(ctx.space, resolution, auto_cap, int(p["parts"])), alloc
         if start == "probe":
@@ -438,9 +425,9 @@ class RLPruner(Strategy):
             # the heuristic's answer, solved exactly as the sensitivity strategy solves it: the first mean
             start_cand = ev.evaluate(ev.solve(alloc.tolist()).counts, step=0, meta={
                 "strategy": self.name, "slice": 0, "inner_epoch": -1, "sample": 0, "proposal": "mean",
-                "allocation": "inverse-damage", "sigma": float(prm["noise"]), "step_target": ctx.budget.target,
+                "allocation": record["allocation"], "sigma": float(prm["noise"]), "step_target": ctx.budget.target,
                 "start_source": record["source"]})
-            ctx.emit("log", level="info", message=f"rl: the inverse-damage allocation (the sensitivity strategy's "
+            ctx.emit("log", level="info", message=f"rl: the {record['allocation']} allocation (the sensitivity strategy's "
                      f"answer) scores {start_cand.top1:.2f}%; learning from there")
         samples = int(prm["samples"])
         least = 1 if start_cand is not None else 2  # an evaluated start is already one candidate of the step
@@ -742,9 +729,10 @@ def _embed(full: nn.Module, pruned: nn.Module, index: dict[str, torch.Tensor]) -
 
 def _describe(record: dict) -> str:
     src = record.get("source")
-    if src == "probes" and record.get("allocation") == "inverse-damage":
+    if src == "probes" and record.get("allocation") in ("inverse-damage", "damage-per-cost"):
         return (f"the sensitivity strategy's {record.get('probes')} probes (groups pruned by {record.get('ratio'):.0%} "
-                f"alone, or in chunks; {record.get('evaluations')} evaluations) and its inverse-damage allocation")
+                f"alone, or in chunks; {record.get('evaluations')} evaluations) and its {record['allocation']} "
+                "allocation")
     if src == "probes":
         return (f"measured damage of {record.get('probes')} blocks of groups (at {record.get('ratio'):.0%} of their "
                 f"channels, coupled groups at half that; {record.get('evaluations')} evaluations)")

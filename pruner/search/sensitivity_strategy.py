@@ -4,8 +4,10 @@
    each an evaluation through the shared evaluator (so every probe counts against
    ``--search-evals``). When fewer evaluations are left than groups + 2, adjacent groups are
    probed together in chunks (each member gets the chunk's damage).
-2. allocate: group ``g`` is pruned in proportion to ``1 / (damage_g + floor) ** power``,
-   ``damage_g`` being the top-1 points lost by its probe;
+2. allocate: group ``g`` is pruned in proportion to ``(rate_g / (damage_g + floor)) ** power``,
+   ``damage_g`` being the top-1 points lost by its probe and ``rate_g`` the budget's cost it saves
+   per fraction pruned (``per_cost``: by default under params and sparsity budgets only; all
+   equal otherwise);
 3. solve that allocation onto the budget (the shared solver) and evaluate it: one candidate.
 
 The probing code is shared with ``rl``, which starts from the same measurements
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..budget import KINDS
+from ..budget import KINDS, saving_rates
 from ..errors import PrunerError
 from ..runs.rundir import SENSITIVITY_RESULT
 from .base import Param, SearchContext, Strategy, register
@@ -197,9 +199,39 @@ def probes_from_analysis(ctx: SearchContext, path: str | Path, ratio: float) -> 
                   meta={"analysis_ratios": analysis["ratios"]})
 
 
-def inverse_damage(probes: Probes, floor: float, power: float) -> np.ndarray:
-    """Pruning allocation ``1 / (max(damage, 0) + floor) ** power`` (largest = 1)."""
-    a = 1.0 / (np.maximum(probes.damage, 0.0) + floor) ** power
+#: Budgets under which ``per_cost=auto`` weighs damage against cost. Parameters per channel grow
+#: about 4x per CNN stage (and a sparsity budget counts a layer's weights), so ignoring cost
+#: misallocates by an order of magnitude; MACs per convolution are about equal across the stages
+#: of ResNets and VGGs, and there the rates mainly push the groups that span a residual add, whose
+#: damage rises faster than the square law assumes (measured: docs/algorithms.md, sensitivity).
+PER_COST_KINDS = ("params", "sparsity")
+
+
+def uses_cost(per_cost: str, kind: str) -> bool:
+    """Whether ``per_cost`` (auto / yes / no) weighs damage against cost under a ``kind`` budget."""
+    return per_cost == "yes" or (per_cost == "auto" and kind in PER_COST_KINDS)
+
+
+def allocate(ctx: SearchContext, probes: Probes, floor: float, power: float, per_cost: str) -> tuple[np.ndarray, str]:
+    """The sensitivity strategy's allocation from ``probes`` and its label: damage per unit of the
+    budget's cost (rates at the unpruned model) when ``per_cost`` says so (:func:`uses_cost`), else
+    damage alone."""
+    if not uses_cost(per_cost, ctx.budget.kind):
+        return inverse_damage(probes, floor, power), "inverse-damage"
+    rates = saving_rates(ctx.space, ctx.budget.kind, [g.channels for g in ctx.space.groups])
+    return inverse_damage(probes, floor, power, rates), "damage-per-cost"
+
+
+def inverse_damage(probes: Probes, floor: float, power: float, rates: np.ndarray | None = None) -> np.ndarray:
+    """Pruning allocation ``(rate / (max(damage, 0) + floor)) ** power`` (largest = 1).
+
+    ``rates`` (:func:`~pruner.budget.saving_rates`): the budget's cost each group saves per fraction
+    pruned. With them a group is pruned by the damage it costs per unit of budget it frees, the
+    optimum when damage grows with the square of the fraction pruned; without them (all equal) the
+    allocation is blind to cost, which misallocates whenever groups' costs differ (parameters grow
+    4x per ResNet stage)."""
+    r = np.ones(len(probes.damage)) if rates is None else np.asarray(rates, dtype=float) / np.mean(rates)
+    a = (r / (np.maximum(probes.damage, 0.0) + floor)) ** power
     return a / a.max()
 
 
@@ -217,17 +249,21 @@ class SensitivityAllocation(Strategy):
                                    "infinitely robust)", low=0.0, low_open=True),
         "power": Param(1.0, float, "allocation = 1 / (damage + floor) ** power", low=0.0, high=8.0, low_open=True),
         "max_probes": Param(0, int, "cap on probes (adjacent groups probed together); 0 = one per group", low=0),
+        "per_cost": Param("auto", str, "divide each group's damage by the budget's cost it saves: yes, no (damage "
+                                       "alone), or auto = yes for params and sparsity budgets, no for flops and "
+                                       "latency (docs/algorithms.md, sensitivity)", choices=("auto", "yes", "no")),
     }
 
     def search(self, ctx: SearchContext) -> Candidate:
         p = self.params
         probes = measure_probes(ctx, float(p["probe_ratio"]), max_probes=int(p["max_probes"]) or None, tag=self.name)
-        alloc = inverse_damage(probes, float(p["floor"]), float(p["power"]))
+        alloc, how = allocate(ctx, probes, float(p["floor"]), float(p["power"]), p["per_cost"])
         sol = ctx.evaluator.solve(alloc.tolist())
         cand = ctx.evaluator.evaluate(sol.counts, step=probes.chunks + 1,
-                                      meta={"strategy": self.name, "allocation": "inverse-damage"})
+                                      meta={"strategy": self.name, "allocation": how})
+        formula = "(cost saved" if how == "damage-per-cost" else "(1"
         ctx.emit("log", level="info", message=f"sensitivity: {probes.chunks} probes ({probes.evaluations} evaluations "
-                 f"with the unpruned model), allocation 1/(damage + {p['floor']:g})^{p['power']:g}: "
+                 f"with the unpruned model), allocation {formula} / (damage + {p['floor']:g}))^{p['power']:g}: "
                  f"search top-1 {cand.top1:.2f}%")
         ctx.emit("step", step=probes.chunks + 1, best_top1=cand.top1, best_reward=cand.reward, mean_reward=cand.reward,
                  keep_ratios=cand.keep_ratios, probes=probes.summary())
