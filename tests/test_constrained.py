@@ -15,7 +15,7 @@ import torch
 from pruner.errors import PrunerError
 from pruner.finetune import FinetuneConfig
 from pruner.runs.config import RunConfig
-from pruner.runs.job import run_job
+from pruner.runs.job import Session, run_job
 from pruner.runs.rundir import RunDir
 from pruner.search import make_strategy
 from pruner.search.base import validate_strategy
@@ -252,6 +252,29 @@ def test_grown_samples_in_a_run_stay_within_the_budget(params_run):
         src = cands[c["meta"]["filled_from"]]
         assert src["cost"] < c["cost"] <= 0.4 + 1e-9
     assert 1 <= len(grown) <= ConstrainedRL.defaults()["fill"]   # this run leaves one sample to grow
+
+
+def test_init_sensitivity_starts_from_the_sensitivity_answer():
+    """init=sensitivity: the sensitivity strategy's probes and answer (through its module, counted
+    against --search-evals, at most half of them), that answer as the first candidate and the
+    policy's start, then PPO; the answer is never worse than the start."""
+    from pruner.search import SearchContext, run_search
+
+    session = Session(tiny(search_evals=20))
+    ev = session.evaluator(max_evals=20)
+    events: list[dict] = []
+    ctx = SearchContext(ev, seed=0, emit=lambda kind, **f: events.append({"kind": kind, **f}))
+    best = run_search(make_strategy("constrained", batch=4, init="sensitivity"), ctx)
+    sev = session.evaluator(max_evals=20)
+    sens = run_search(make_strategy("sensitivity", max_probes=20 // 2 - 1), SearchContext(sev, seed=0))
+    n_sens = len(sev.candidates)
+    assert [c.counts for c in ev.candidates[:n_sens]] == [c.counts for c in sev.candidates]
+    start = ev.candidates[n_sens - 1]
+    assert start.meta.get("initial_mean") and start.meta["init"] == "sensitivity" and start.counts == sens.counts
+    prior = [e for e in events if e["kind"] == "prior"]
+    assert len(prior) == 1 and prior[0]["allocation"] == "damage-per-cost"   # a params budget: per_cost=auto
+    assert n_sens - 2 <= 20 // 2 - 1 and ev.evaluations <= 20 and len(ev.candidates) > n_sens
+    assert best.top1 >= start.top1 and best.cost <= 0.4 + 1e-9
 
 
 # ---------------------------------------------------------------------- refusals

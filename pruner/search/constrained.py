@@ -83,13 +83,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..budget import KINDS, LATENCY_TOLERANCE, Budget, model_cost_fn, solve, within
+from ..budget import KINDS, LATENCY_TOLERANCE, Budget, Solution, model_cost_fn, solve, within
 from ..errors import PrunerError
 from ..settings import DEVICES
 from .base import Param, SearchContext, Strategy, register
 from .common import floors, logit, sigmoid
 from .costs import latency_cost, python_cost
 from .evaluator import Candidate
+from .sensitivity_strategy import SensitivityAllocation, allocate, measure_probes
 
 
 # --------------------------------------------------------------------------- constraints
@@ -373,7 +374,9 @@ class ConstrainedRL(Strategy):
         "multiplier": Param(1.0, float, "initial Lagrange multiplier of every constraint", low=0.0),
         "dual_lr": Param(1.0, float, "dual ascent step on each multiplier", low=0.0),
         "init": Param("uniform", str, "where the policy starts: uniform (uniform pruning projected onto the "
-                      "constraints) or full (keep 95%)", choices=("uniform", "full")),
+                      "constraints), sensitivity (the sensitivity strategy's probes and answer, projected onto the "
+                      "constraints; the probes count against --search-evals, at most half of them) or full (keep "
+                      "95%)", choices=("uniform", "sensitivity", "full")),
         "fill": Param(3, int, "before answering, grow up to this many of the most accurate feasible samples that "
                       "leave part of the budget unused onto the constraint boundary (one evaluation each, from the "
                       "evaluations left; 0 = off)", low=0, high=64),
@@ -398,9 +401,10 @@ class ConstrainedRL(Strategy):
         rng = ctx.rng(31)
         env, agent, counts0 = self._start(ctx, learnt, required, rng)
         best = _Best(ctx, required)
-        if p["init"] == "uniform" and (ev.remaining is None or ev.remaining >= 2):
-            # the starting point (uniform pruning on the constraint boundary) is a candidate too
-            best.consider(ev.evaluate(counts0, step=0, meta={"strategy": self.name, "initial_mean": True}))
+        if counts0 is not None and (ev.remaining is None or ev.remaining >= 2):
+            # the starting point (on the constraint boundary) is a candidate too
+            best.consider(ev.evaluate(counts0, step=0, meta={"strategy": self.name, "initial_mean": True,
+                                                             "init": p["init"]}))
 
         # with a cap, run while it leaves room for a batch and the final projection; the bound on
         # iterations only guards against a policy whose samples are all served from the memo
@@ -413,21 +417,39 @@ class ConstrainedRL(Strategy):
 
     def _start(self, ctx: SearchContext, learnt: list[Constraint], required: list[Constraint],
                rng: np.random.Generator) -> tuple[LayerEnv, LagrangianPPO, list[int] | None]:
-        """The environment and the agent, from where the policy starts: uniform pruning projected onto
-        the constraints (its counts are returned too), or (almost) the full model."""
+        """The environment and the agent, from where the policy starts: uniform pruning or the
+        sensitivity strategy's answer, projected onto the constraints (its counts are returned too),
+        or (almost) the full model."""
         p = self.params
         space = ctx.space
         n = len(space)
         lo = floors(ctx)
         counts0 = None
-        if p["init"] == "uniform":
-            counts0 = project(ctx, np.full(n, 0.5), required)
+        if p["init"] in ("uniform", "sensitivity"):
+            if p["init"] == "uniform":
+                counts0 = project(ctx, np.full(n, 0.5), required)
+            else:
+                sol = self._sensitivity_answer(ctx)
+                only_budget = len(required) == 1 and required[0].is_budget
+                counts0 = sol.counts if only_budget else project(ctx, np.asarray(sol.keep_ratios), required)
             keep0 = np.array([c / g.channels for c, g in zip(counts0, space.groups)])
         else:
             keep0 = np.full(n, 0.95)
         env = LayerEnv(ctx, learnt, logit((keep0 - lo) / np.maximum(1e-9, 1 - lo)))
         agent = LagrangianPPO(env.dim, n, len(learnt), p, seed=int(rng.integers(2 ** 31)))
         return env, agent, counts0
+
+    def _sensitivity_answer(self, ctx: SearchContext) -> Solution:
+        """The ``sensitivity`` strategy's answer, through its own module: the unpruned model and
+        the groups probed (in chunks when evaluations are short, at most half of those left), its
+        allocation (its default ``per_cost``) solved onto the run's budget."""
+        d = SensitivityAllocation.defaults()
+        left = ctx.evaluator.remaining
+        cap = None if left is None else max(1, left // 2 - 1)
+        probes = measure_probes(ctx, float(d["probe_ratio"]), max_probes=cap, tag=self.name)
+        alloc, how = allocate(ctx, probes, float(d["floor"]), float(d["power"]), d["per_cost"])
+        ctx.emit("prior", strategy=self.name, **probes.summary(), allocation=how)
+        return ctx.evaluator.solve(alloc.tolist())
 
     def _iteration(self, ctx: SearchContext, env: LayerEnv, agent: LagrangianPPO, learnt: list[Constraint],
                    best: "_Best", rng: np.random.Generator, it: int) -> None:
