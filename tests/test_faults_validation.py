@@ -303,7 +303,7 @@ def test_form_start_disabled_for_bad_strategy_value_and_unreachable_budget(new_r
 
     at.selectbox(key="nr_strategy").set_value("constrained").run()
     # the widgets come from the declaration: a choice box for a choice, a bounded number input
-    assert at.selectbox(key="nr_sp_constrained_init").options == ["uniform", "full"]
+    assert at.selectbox(key="nr_sp_constrained_init").options == ["uniform", "sensitivity", "full"]
     assert at.number_input(key="nr_sp_constrained_batch").min == 2
     assert at.checkbox(key="nr_sp_constrained_enforce_budget").value is True
     at.text_input(key="nr_sp_constrained_cost").set_value("joules").run()
