@@ -55,7 +55,7 @@ STRATEGY_HELP = {
     "uniform": "Uniform: the same fraction from every layer group (one evaluation)",
     "global": "Global: all channels ranked together by normalised importance (one evaluation)",
     "random": "Random allocations solved to the budget; the best is kept",
-    "sensitivity": "Sensitivity: probe each layer group, prune in inverse proportion to its measured damage",
+    "sensitivity": "Sensitivity: probe each layer group, prune in inverse proportion to its measured damage (per unit of cost saved under params and sparsity budgets)",
 }
 
 # Defaults that finish in about a minute on a 2-core CPU (digits demo, or ResNet-20 on the CIFAR-10 copy).
