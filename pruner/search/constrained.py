@@ -425,16 +425,14 @@ class ConstrainedRL(Strategy):
         n = len(space)
         lo = floors(ctx)
         counts0 = None
-        if p["init"] in ("uniform", "sensitivity"):
-            if p["init"] == "uniform":
-                counts0 = project(ctx, np.full(n, 0.5), required)
-            else:
-                sol = self._sensitivity_answer(ctx)
-                only_budget = len(required) == 1 and required[0].is_budget
-                counts0 = sol.counts if only_budget else project(ctx, np.asarray(sol.keep_ratios), required)
-            keep0 = np.array([c / g.channels for c, g in zip(counts0, space.groups)])
-        else:
-            keep0 = np.full(n, 0.95)
+        if p["init"] == "uniform":
+            counts0 = project(ctx, np.full(n, 0.5), required)
+        elif p["init"] == "sensitivity":
+            sol = self._sensitivity_answer(ctx)
+            only_budget = len(required) == 1 and required[0].is_budget   # then the answer is on the boundary
+            counts0 = sol.counts if only_budget else project(ctx, np.asarray(sol.keep_ratios), required)
+        keep0 = (np.full(n, 0.95) if counts0 is None
+                 else np.array([c / g.channels for c, g in zip(counts0, space.groups)]))
         env = LayerEnv(ctx, learnt, logit((keep0 - lo) / np.maximum(1e-9, 1 - lo)))
         agent = LagrangianPPO(env.dim, n, len(learnt), p, seed=int(rng.integers(2 ** 31)))
         return env, agent, counts0

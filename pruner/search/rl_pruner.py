@@ -729,7 +729,7 @@ def _embed(full: nn.Module, pruned: nn.Module, index: dict[str, torch.Tensor]) -
 
 def _describe(record: dict) -> str:
     src = record.get("source")
-    if src == "probes" and record.get("allocation") in ("inverse-damage", "damage-per-cost"):
+    if src == "probes" and record.get("allocation"):  # start=sensitivity: the heuristic's own allocation
         return (f"the sensitivity strategy's {record.get('probes')} probes (groups pruned by {record.get('ratio'):.0%} "
                 f"alone, or in chunks; {record.get('evaluations')} evaluations) and its {record['allocation']} "
                 "allocation")

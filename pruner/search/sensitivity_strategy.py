@@ -247,7 +247,7 @@ class SensitivityAllocation(Strategy):
                              low_open=True, high_open=True),
         "floor": Param(0.5, float, "top-1 points added to every damage (noise floor; a zero damage is not "
                                    "infinitely robust)", low=0.0, low_open=True),
-        "power": Param(1.0, float, "allocation = 1 / (damage + floor) ** power", low=0.0, high=8.0, low_open=True),
+        "power": Param(1.0, float, "allocation = (cost saved / (damage + floor)) ** power (cost saved = 1 without per_cost)", low=0.0, high=8.0, low_open=True),
         "max_probes": Param(0, int, "cap on probes (adjacent groups probed together); 0 = one per group", low=0),
         "per_cost": Param("auto", str, "divide each group's damage by the budget's cost it saves: yes, no (damage "
                                        "alone), or auto = yes for params and sparsity budgets, no for flops and "
