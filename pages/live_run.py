@@ -6,6 +6,7 @@ import streamlit as st
 
 from pruner.runs.rundir import PRUNE, RunDir, Status
 from studio import charts, forms, results, state, widgets
+from studio.markup import plain_md
 from studio.events import (RunView, best_feasible, budget_of, finetune_note, format_seconds, is_final, progress,
                            status_changed)
 
@@ -21,6 +22,7 @@ current = widgets.run_picker([rd.name for rd in runs], state.requested_run(PRUNE
                              label="Run", details=widgets.statuses(runs),
                              help="Every pruning run under the runs folder, newest first")
 rd = RunDir(state.run_path(current))
+widgets.stop_if_damaged(rd)
 config = rd.config() or {}
 st.markdown(state.describe_config(config))
 uses_evals = forms.strategy_uses_evaluations(str(config.get("strategy", "rl")))
@@ -112,7 +114,7 @@ def live_panel() -> None:
                           hint="Resume it from the **Runs** page.")
     if summary and status == Status.DONE:
         if (summary.get("search") or {}).get("note"):
-            st.info(summary["search"]["note"], icon=":material/info:")
+            st.info(plain_md(summary["search"]["note"]), icon=":material/info:")
         st.subheader("Result (report split)")
         widgets.result_metrics(summary, per_row=3)
         for line in results.result_captions(summary):

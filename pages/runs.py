@@ -83,6 +83,7 @@ if path is None:
     st.error(f"The run directory of {choice} has disappeared; pick another run.", icon=":material/error:")
     st.stop()
 rd = RunDir(path)
+widgets.stop_if_damaged(rd)
 cfg = rd.config() or {}
 summary = rd.summary() or {}
 kind = by_name[choice]["kind"]

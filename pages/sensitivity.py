@@ -130,6 +130,7 @@ def open_analysis() -> None:
         st.error(f"The run directory of {choice} has disappeared; pick another analysis.", icon=":material/error:")
         return
     rd = RunDir(path)
+    widgets.stop_if_damaged(rd)
     config = rd.config() or {}
     st.markdown(state.describe_config(config))
     shown_status = rd.status()   # what the picker above says of this analysis

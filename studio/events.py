@@ -9,6 +9,7 @@ fraction done and ETA shown on the Live run page.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import deque
 from pathlib import Path
@@ -16,7 +17,8 @@ from typing import Any, Iterable
 
 from pruner.budget import Budget
 from pruner.errors import PrunerError
-from pruner.runs.rundir import PRUNE_PHASES, SENSITIVITY, Event, RunDir, Status, config_kind, is_final
+from pruner.runs.rundir import (EVENTS_FILE, PRUNE_PHASES, SENSITIVITY, Event, RunDir, Status, config_kind, is_final,
+                                read_events)
 
 MAX_CANDIDATES = 20_000
 MAX_STEPS = 5_000
@@ -25,6 +27,7 @@ MAX_LOG = 300
 MAX_STATUS = 300
 MAX_OTHER = 5_000          # per unknown event kind
 MAX_SENSITIVITY = 20_000
+MAX_LOG_LINE = 500          # characters of one log message shown
 
 __all__ = ["RunView", "best_feasible", "budget_of", "finetune_note", "format_seconds", "is_final", "progress",
            "sensitivity_from_events", "status_changed"]
@@ -70,32 +73,14 @@ class RunView:
         return view
 
     def refresh(self) -> int:
-        """Read events appended since the last call; returns how many arrived."""
+        """Read events appended since the last call; returns how many arrived (the run directory's
+        one line reader: torn, overlong and unreadable lines are skipped)."""
         if self.path is None:
             return 0
-        path = self.path / "events.jsonl"
-        try:
-            with open(path, "rb") as fh:
-                fh.seek(self.offset)
-                chunk = fh.read()
-        except FileNotFoundError:
-            return 0
-        if not chunk:
-            return 0
-        end = chunk.rfind(b"\n")
-        if end < 0:                 # only a torn line so far
-            return 0
-        new = 0
-        for line in chunk[: end + 1].splitlines():
-            try:
-                event = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                continue
-            if isinstance(event, dict):
-                self.add(event)
-                new += 1
-        self.offset += end + 1
-        return new
+        events, self.offset = read_events(self.path / EVENTS_FILE, self.offset)
+        for event in events:
+            self.add(event)
+        return len(events)
 
     def add(self, e: dict) -> None:
         kind = str(e.get("kind", "unknown"))
@@ -175,6 +160,8 @@ class RunView:
                 lines.append(f"{stamp}  status   {e.get('status')}{extra}")
             else:
                 msg = str(e.get("message", "")).rstrip()
+                if len(msg) > MAX_LOG_LINE:   # a huge message would freeze the browser tab
+                    msg = msg[:MAX_LOG_LINE] + f" … ({len(msg) - MAX_LOG_LINE:,} characters cut)"
                 level = str(e.get("level", "info"))
                 lines.append(f"{stamp}  {level:<8} {msg}")
         return lines
@@ -366,7 +353,7 @@ def _result(status, frac, eta, text, **extra) -> dict[str, Any]:
 
 
 def format_seconds(s: float | None) -> str:
-    if s is None:
+    if not isinstance(s, (int, float)) or not math.isfinite(s):   # None, NaN, ±inf from a damaged record
         return "—"
     s = max(0, int(round(s)))
     if s < 60:

@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pruner.runs.rundir import PRUNE, RunDir, config_kind
+from pruner.runs.rundir import PRUNE, RunDir, Status, config_kind
 
 from . import results
 from .notes import NOTES_FILE, read_notes
@@ -60,7 +60,15 @@ def _ratio(a, b) -> float | None:
 
 
 def table_row(rd: RunDir, created: float | None = None) -> dict[str, Any]:
-    """The Runs table's row of one run (``created``: when its config was written)."""
+    """The Runs table's row of one run (``created``: when its config was written); a run directory whose
+    records cannot be used is a ``damaged`` row with the reason, and nothing else of it is read."""
+    created = created if created is not None else _mtime(rd.config_path)
+    problem = rd.damage()
+    if problem:
+        return {"name": rd.name, "kind": "—", "status": Status.DAMAGED, "model": "", "data": "", "strategy": "—",
+                "budget": "—", "base top-1 (%)": None, "pruned top-1 (%)": None, "MACs (M)": None,
+                "MACs kept (%)": None, "params (M)": None, "latency (ms)": None, "tags": "",
+                "created": datetime.fromtimestamp(created) if created else None, "error": problem}
     cfg = rd.config() or {}
     summary = rd.summary() or {}
     kind = config_kind(cfg)
@@ -191,5 +199,7 @@ def all_tags(rows: list[dict]) -> list[str]:
 
 
 def filter_rows(rows: list[dict], kinds: list[str] | None = None, tags: list[str] | None = None) -> list[dict]:
-    """The rows of the ``kinds`` shown (``None``: all) that carry every tag in ``tags``."""
-    return [r for r in rows if (kinds is None or r.get("kind") in kinds) and set(tags or ()) <= set(tags_of(r))]
+    """The rows of the ``kinds`` shown (``None``: all; damaged runs, of no known kind, always) that carry
+    every tag in ``tags``."""
+    return [r for r in rows if (kinds is None or r.get("kind") in kinds or r.get("status") == Status.DAMAGED)
+            and set(tags or ()) <= set(tags_of(r))]

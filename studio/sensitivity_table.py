@@ -7,12 +7,12 @@ the message the page shows.
 
 from __future__ import annotations
 
-import csv
 import io
 from typing import Any
 
 from pruner.errors import PrunerError
 from pruner.sensitivity import parse_ratios as _parse_ratios
+from pruner.csv_cells import SafeWriter
 
 
 def parse_ratios(text: str) -> tuple[list[float], str | None]:
@@ -60,7 +60,7 @@ CSV_COLUMNS = ("group", "channels", "ratio", "top1", "drop", "macs_saved")
 def to_csv(sens: dict) -> str:
     """The long form (one line per group and ratio) that spreadsheets and pandas read."""
     buf = io.StringIO()
-    w = csv.writer(buf)
+    w = SafeWriter(buf)
     w.writerow(CSV_COLUMNS)
     channels = sens.get("channels") or []
     for gi, g in enumerate(sens.get("groups") or []):

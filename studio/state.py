@@ -19,8 +19,9 @@ from typing import Any
 import streamlit as st
 
 from pruner.runs.manager import JobManager, JobSpec
-from pruner.runs.rundir import SENSITIVITY, RunDir, config_kind, is_final, list_runs, run_config
+from pruner.runs.rundir import CONFIG_FILE, SENSITIVITY, RunDir, config_kind, is_final, list_runs, run_config
 
+from .markup import plain_md
 from .results import fmt  # noqa: F401 (pages format numbers as state.fmt)
 
 RUNS_ENV = "PRUNER_RUNS_DIR"
@@ -65,6 +66,7 @@ def job_manager() -> JobManager:
 
 
 # ---------------------------------------------------------------------- run ids
+MAX_NAME_BYTES = 255   # a file name's limit on every common file system
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -103,10 +105,14 @@ def run_path(name: str | None) -> Path | None:
     Any direct child of the runs root is accepted (runs made with the CLI may have names that
     :func:`valid_run_name` refuses for new runs, such as spaces); nothing outside it is.
     """
-    if not name or name in (".", "..", UPLOADS) or any(c in name for c in "/\\\0"):
+    if (not isinstance(name, str) or not name or name in (".", "..", UPLOADS) or any(c in name for c in "/\\\0")
+            or len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES):
         return None
     path = runs_root() / name
-    return path if (path / "config.json").is_file() else None
+    try:   # a symbolic link under the runs root is not followed (it may lead anywhere)
+        return path if not path.is_symlink() and (path / CONFIG_FILE).is_file() else None
+    except OSError:
+        return None
 
 
 def submit(kind: str, config: dict, name: str, options: dict | None = None, resume: bool = False) -> str:
@@ -200,14 +206,16 @@ def describe_config(cfg: dict | None) -> str:
     if not cfg:
         return ""
     ft = (cfg.get("finetune") or {}).get("epochs", 0)
-    parts = [f"**{cfg.get('model')}**", f"weights {cfg.get('weights') or 'random init'}", f"data {cfg.get('data')}"]
+    md = plain_md
+    parts = [f"**{md(cfg.get('model'))}**", f"weights {md(cfg.get('weights') or 'random init')}",
+             f"data {md(cfg.get('data'))}"]
     if config_kind(cfg) == SENSITIVITY:
         if cfg.get("ratios"):   # a queued analysis's config does not list them yet
-            parts.append(f"ratios {', '.join(f'{r:g}' for r in cfg['ratios'])}")
+            parts.append(f"ratios {md(', '.join(str(r) for r in cfg['ratios']))}")
     else:
-        parts += [f"budget {cfg.get('budget')}", f"strategy {cfg.get('strategy')}",
-                  _evaluations_text(cfg), f"{ft} fine-tune epoch(s)"]
-    parts.append(f"device {cfg.get('device')}")
+        parts += [f"budget {md(cfg.get('budget'))}", f"strategy {md(cfg.get('strategy'))}",
+                  md(_evaluations_text(cfg)), f"{md(ft)} fine-tune epoch(s)"]
+    parts.append(f"device {md(cfg.get('device'))}")
     return " · ".join(str(p) for p in parts)
 
 

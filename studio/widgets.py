@@ -15,6 +15,7 @@ from pruner.errors import PrunerError
 from pruner.runs.rundir import RunDir, is_final
 
 from . import artifacts, assets, history, notes, results, state
+from .markup import plain_md
 
 LEVEL_ICONS = {"error": ":material/error:", "warning": ":material/warning:", "info": ":material/info:"}
 
@@ -81,10 +82,20 @@ def statuses(runs: Sequence[RunDir], limit: int = 200) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------- banners and results
+def stop_if_damaged(rd: RunDir) -> None:
+    """A damaged run directory (:meth:`RunDir.damage`): say why, and render nothing else of it."""
+    problem = rd.damage()
+    if problem:
+        st.error(f"The run directory of {plain_md(rd.name)} is damaged: {plain_md(problem)}. Pick another run; "
+                 "the others are not affected.", icon=LEVEL_ICONS["error"])
+        st.stop()
+
+
 def status_banner(rd: RunDir, status: str | None, error: str | None, *, noun: str = "run", hint: str = "") -> bool:
     """An error or warning for a failed, cancelled or interrupted run; returns whether one was shown."""
     live = "final" if is_final(status) else state.liveness(rd, status)
-    banner = results.status_banner(status, liveness=live, error=error, noun=noun, hint=hint)
+    banner = results.status_banner(status, liveness=live, error=plain_md(error) if error else error, noun=noun,
+                                   hint=hint)
     if banner is None:
         return False
     level, text = banner

@@ -7,6 +7,7 @@ A whole pickled ``nn.Module`` (or any other pickled Python object) needs
 
 from __future__ import annotations
 
+import math
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
@@ -198,10 +199,14 @@ def _check_fields(ckpt: dict, path: Any) -> None:
         raise _malformed(path, "input_size must be [channels, height, width] (positive integers)")
     for key in ("mean", "std"):
         v = ckpt[key]
-        if not (isinstance(v, list) and len(v) == size[0] and all(_is_number(x) for x in v)):
-            raise _malformed(path, f"{key} must be {size[0]} numbers (one per input channel)")
-    if any(x == 0 for x in ckpt["std"]):
-        raise _malformed(path, "std must be non-zero")
+        if not (isinstance(v, list) and len(v) == size[0] and all(_is_number(x) and math.isfinite(x) for x in v)):
+            raise _malformed(path, f"{key} must be {size[0]} finite numbers (one per input channel)")
+    # images are scaled to [0, 1] before normalising: a mean outside [-1, 2] or a std outside
+    # (1e-4, 100] is not a preprocessing setting but a damaged (or hostile) file
+    if not all(-1.0 <= x <= 2.0 for x in ckpt["mean"]):
+        raise _malformed(path, "mean must lie in [-1, 2] (images are scaled to [0, 1])")
+    if not all(1e-4 < x <= 100.0 for x in ckpt["std"]):
+        raise _malformed(path, "std must lie in (0.0001, 100]")
     classes = ckpt["classes"]
     if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
         raise _malformed(path, "classes must be a non-empty list of names")

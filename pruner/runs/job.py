@@ -19,7 +19,6 @@ the reporting (:data:`RESUME_OVERRIDES`), never what the search means.
 from __future__ import annotations
 
 import copy
-import csv
 import signal
 import threading
 import time
@@ -51,6 +50,7 @@ from .config import RunConfig
 from .rundir import (BASE_STATE, SENSITIVITY, SENSITIVITY_RESULT, Event, RunDir, RunLock, Status, config_with_kind,
                      read_json, write_json_atomic)
 from .workers import attach_workers
+from ..csv_cells import SafeWriter
 
 StopFn = Callable[[], bool]
 
@@ -300,7 +300,7 @@ def _layers(base: nn.Module, pruned: nn.Module) -> list[dict]:
 def _write_candidates_csv(path: Path, run: RunDir, names: list[str]) -> None:
     rows = run.events(Event.CANDIDATE)
     with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
+        w = SafeWriter(fh)
         w.writerow(["candidate_id", "step", "top1", "reward", "cost", "macs", "params", "latency_ms", *names])
         for e in rows:
             w.writerow([e.get("candidate_id"), e.get("step"), e.get("top1"), e.get("reward"), e.get("cost"),

@@ -43,6 +43,9 @@ from typing import Any, Iterator
 
 from ..errors import PrunerError
 
+CONFIG_FILE = "config.json"
+EVENTS_FILE = "events.jsonl"
+SUMMARY_FILE = "summary.json"
 QUEUED_MARKER = ".queued"
 LOCK_FILE = "job.lock"
 LOCK_RETRY_S = 2.0      # a reader's probe holds the lock for microseconds; a writer retries this long
@@ -74,6 +77,7 @@ class Status:
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    DAMAGED = "damaged"          # shown for a run directory the readers cannot use (:meth:`RunDir.damage`); never written
 
 
 #: A pruning run's statuses in the order it passes them (``starting workers`` only with --workers).
@@ -87,8 +91,8 @@ FINAL_STATUSES = (Status.DONE, Status.FAILED, Status.CANCELLED)
 
 
 def is_final(status: str | None) -> bool:
-    """Whether ``status`` ends a run (done, failed, cancelled)."""
-    return status in FINAL_STATUSES
+    """Whether ``status`` ends a run (done, failed, cancelled; a damaged run directory has nothing to wait for)."""
+    return status in FINAL_STATUSES or status == Status.DAMAGED
 
 
 class Event:
@@ -157,23 +161,160 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def read_json(path: Path) -> dict | None:
-    """The JSON object in ``path``, or None when it is missing, unreadable or not an object."""
+#: Bounds of what a reader takes from a run directory (a damaged or hostile file cannot exhaust a page):
+MAX_JSON_BYTES = 32 * 2**20      # config.json, summary.json, state files: far above any a job writes
+MAX_EVENT_LINE = 2**20           # one events.jsonl line; longer lines are skipped
+MAX_LOG_MESSAGE = 10_000         # characters of a log event's message the job writes (the rest is cut)
+
+
+def _loads(data: bytes) -> Any:
+    """JSON from bytes, or raises ValueError for anything unreadable: not UTF-8, not JSON, nested
+    too deep (RecursionError) or too large to parse (MemoryError). NaN and ±Infinity become None."""
+    try:
+        return json.loads(data.decode("utf-8"), parse_constant=lambda _c: None)
+    except (RecursionError, MemoryError) as exc:
+        raise ValueError(f"JSON {'nested too deep' if isinstance(exc, RecursionError) else 'too large'}") from None
+
+
+def read_json_checked(path: Path) -> tuple[dict | None, str | None]:
+    """``(object, None)``; ``(None, None)`` when ``path`` does not exist; ``(None, why)`` when it exists
+    but is no readable JSON object (too large, not JSON, nested too deep, an array, a directory)."""
+    path = Path(path)
     try:
         with open(path, "rb") as fh:
-            data = json.loads(fh.read())
-    except (OSError, ValueError):   # ValueError: JSONDecodeError and UnicodeDecodeError
-        return None
-    return data if isinstance(data, dict) else None
+            data = fh.read(MAX_JSON_BYTES + 1)
+    except (FileNotFoundError, NotADirectoryError):
+        return None, None
+    except OSError as exc:
+        return None, f"{path.name} cannot be read ({exc.strerror or exc})"
+    if len(data) > MAX_JSON_BYTES:
+        return None, f"{path.name} is larger than {MAX_JSON_BYTES // 2**20} MiB"
+    try:
+        obj = _loads(data)
+    except ValueError as exc:
+        return None, f"{path.name} is not valid JSON ({str(exc).splitlines()[0][:80]})"
+    if not isinstance(obj, dict):
+        return None, f"{path.name} holds a JSON {type(obj).__name__}, not an object"
+    return obj, None
+
+
+def read_json(path: Path) -> dict | None:
+    """The JSON object in ``path``, or None when it is missing, unreadable or not an object."""
+    return read_json_checked(path)[0]
 
 
 def _parse_line(line: bytes) -> dict | None:
     """One event line as a dict, or None for anything else (torn, not UTF-8, not a JSON object)."""
     try:
-        record = json.loads(line.decode("utf-8"))
+        record = _loads(line)
     except ValueError:
         return None
     return record if isinstance(record, dict) else None
+
+
+def read_lines(fh, max_line: int = MAX_EVENT_LINE) -> Iterator[tuple[int, bytes | None]]:
+    """The complete lines of an open binary file from its position: ``(offset after the line, line)``,
+    ``line`` None for a line longer than ``max_line`` (skipped without holding it in memory). A
+    torn last line (no newline yet) ends the iteration, so a caller resumes from the last offset."""
+    pos = fh.tell()
+    while True:
+        line = fh.readline(max_line + 1)
+        if not line:
+            return
+        if line.endswith(b"\n"):
+            pos += len(line)
+            yield pos, line
+            continue
+        if len(line) <= max_line:
+            return                       # torn: still being written
+        size = len(line)
+        while True:                      # an overlong line: skip to its end
+            chunk = fh.readline(max_line + 1)
+            if not chunk:
+                return                   # still being written; it will be skipped once complete
+            size += len(chunk)
+            if chunk.endswith(b"\n"):
+                break
+        pos += size
+        yield pos, None
+
+
+def read_events(path: Path, offset: int = 0) -> tuple[list[dict], int]:
+    """The events of ``path`` from byte ``offset``: the readable ones, and the offset after the last
+    complete line (skipped: overlong lines and lines that are not a JSON object)."""
+    events: list[dict] = []
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            for offset, line in read_lines(fh):
+                record = None if line is None else _parse_line(line)
+                if record is not None:
+                    events.append(record)
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    return events, offset
+
+
+# ---------------------------------------------------------------------- the shape readers rely on
+_NUMBER = (int, float)
+#: config.json: each key's type when present (None is always allowed)
+CONFIG_SHAPE: dict[str, Any] = {
+    "model": str, "weights": str, "data": str, "budget": str, "strategy": str, "device": str, "protocol": str,
+    "strategy_params": dict, "finetune": dict, "search_evals": int, "ratios": list, "kind": str,
+}
+#: summary.json: each key's type when present; the sections' own numeric fields below
+SUMMARY_SHAPE: dict[str, Any] = {
+    "status": str, "error": str, "seconds": _NUMBER, "base_top1": _NUMBER, "base": dict, "pruned": dict,
+    "search": dict, "budget": dict, "data": dict, "preprocess": dict, "artifacts": dict, "sparsity": dict,
+    "groups": list, "layers": list, "finetune": list,
+}
+_SECTION_NUMBERS = {
+    "base": ("macs", "params", "top1", "top5", "latency_ms", "ort_latency_ms", "latency_vs_base"),
+    "pruned": ("macs", "params", "top1", "top5", "latency_ms", "ort_latency_ms", "latency_vs_base"),
+    "search": ("evaluations", "best_val_top1", "seconds"),
+    "budget": ("target", "achieved"),
+}
+_LISTS_OF_OBJECTS = (("groups",), ("layers",), ("finetune",), ("base", "latency"), ("pruned", "latency"))
+
+
+def _type_name(t: Any) -> str:
+    return "a number" if t is _NUMBER else {dict: "an object", list: "a list", str: "a string", int: "an integer"}[t]
+
+
+def _shape_problem(name: str, data: dict, shape: dict[str, Any]) -> str | None:
+    for key, t in shape.items():
+        v = data.get(key)
+        if v is None:
+            continue
+        if not isinstance(v, t) or (t is not str and isinstance(v, bool) and t is not _NUMBER):
+            return f"{name}: {key!r} is {type(v).__name__}, expected {_type_name(t)}"
+    return None
+
+
+def records_problem(config: dict | None, summary: dict | None) -> str | None:
+    """Why a run's config and summary do not have the shape the readers rely on, or None."""
+    if config is not None:
+        problem = _shape_problem(CONFIG_FILE, config, CONFIG_SHAPE)
+        if problem:
+            return problem
+    if summary is None:
+        return None
+    problem = _shape_problem(SUMMARY_FILE, summary, SUMMARY_SHAPE)
+    if problem:
+        return problem
+    for section, keys in _SECTION_NUMBERS.items():
+        part = summary.get(section) or {}
+        for key in keys:
+            v = part.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, _NUMBER)):
+                return f"summary.json: '{section}.{key}' is {type(v).__name__}, expected a number"
+    for path in _LISTS_OF_OBJECTS:
+        v: Any = summary
+        for key in path:
+            v = v.get(key) if isinstance(v, dict) else None
+        if isinstance(v, list) and not all(isinstance(x, dict) for x in v):
+            return f"summary.json: '{'.'.join(path)}' holds something other than objects"
+    return None
 
 
 class RunLock:
@@ -297,15 +438,15 @@ class RunDir:
     # -------------------------------------------------------------- paths
     @property
     def config_path(self) -> Path:
-        return self.path / "config.json"
+        return self.path / CONFIG_FILE
 
     @property
     def events_path(self) -> Path:
-        return self.path / "events.jsonl"
+        return self.path / EVENTS_FILE
 
     @property
     def summary_path(self) -> Path:
-        return self.path / "summary.json"
+        return self.path / SUMMARY_FILE
 
     @property
     def state_dir(self) -> Path:
@@ -386,6 +527,9 @@ class RunDir:
     def event(self, kind: str, **fields: Any) -> dict:
         """Append one event (flushed and fsynced so readers and resumes see it). When the log
         ends in a torn line (its writer died mid-line), the event starts on a fresh line."""
+        if kind == Event.LOG and isinstance(fields.get("message"), str) and len(fields["message"]) > MAX_LOG_MESSAGE:
+            cut = len(fields["message"]) - MAX_LOG_MESSAGE
+            fields = {**fields, "message": fields["message"][:MAX_LOG_MESSAGE] + f" … ({cut:,} characters cut)"}
         record = {"kind": kind, "time": time.time(), **fields}
         line = json.dumps(_clean(record)).encode() + b"\n"
         with self._lock:
@@ -418,19 +562,29 @@ class RunDir:
         return [e for e in self.iter_events(start) if kind is None or e.get("kind") == kind]
 
     def iter_events(self, start: int = 0) -> Iterator[dict]:
-        """Events from line ``start`` on. Skipped: a torn last line (still being written), and any
-        line that is not a JSON object in UTF-8 (a torn line a later writer continued after,
-        garbage bytes, a JSON array or number)."""
+        """Events from line ``start`` on. Skipped: a torn last line (still being written), lines longer
+        than :data:`MAX_EVENT_LINE`, and any line that is not a JSON object in UTF-8 (a torn line a
+        later writer continued after, garbage bytes, a JSON array or number)."""
         try:
             with open(self.events_path, "rb") as fh:
-                for i, line in enumerate(fh):
-                    if i < start or not line.endswith(b"\n"):
-                        continue
-                    record = _parse_line(line)
+                for i, (_end, line) in enumerate(read_lines(fh)):
+                    record = None if i < start or line is None else _parse_line(line)
                     if record is not None:
                         yield record
         except (FileNotFoundError, NotADirectoryError):
             return
+
+    def damage(self) -> str | None:
+        """Why this run directory cannot be shown (its config or summary unreadable, or not of the
+        shape the readers rely on), as one line; None when it is sound. Such a run is listed as
+        :data:`Status.DAMAGED`, and nothing else of it is read."""
+        if self.path.is_symlink():
+            return "the run directory is a symbolic link (not followed)"
+        config, problem = read_json_checked(self.config_path)
+        if problem or config is None:
+            return problem or "config.json is missing"
+        summary, problem = read_json_checked(self.summary_path)
+        return problem or records_problem(config, summary)
 
     def status(self) -> str:
         """done / failed / cancelled from the summary, else the last status event, else 'unknown'."""
@@ -481,7 +635,7 @@ class RunDir:
         else:
             summary = self.summary() if summary is None else summary
             rel = ((summary or {}).get("artifacts") or {}).get(key)
-        if not isinstance(rel, str) or not rel:
+        if not isinstance(rel, str) or not rel or self.path.is_symlink():
             return None
         root = self.path.resolve()
         path = (root / rel).resolve()
@@ -549,5 +703,5 @@ def list_runs(root: str | Path) -> list[RunDir]:
     root = Path(root)
     if not root.is_dir():
         return []
-    runs = [RunDir(p) for p in root.iterdir() if (p / "config.json").is_file()]
+    runs = [RunDir(p) for p in root.iterdir() if not p.is_symlink() and (p / CONFIG_FILE).is_file()]
     return sorted(runs, key=lambda r: r.config_path.stat().st_mtime, reverse=True)
