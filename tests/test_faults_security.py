@@ -323,7 +323,7 @@ def test_a_real_checkpoint_loads(tmp_path):
     ({"record": {"removed": {"no.such.layer": [0]}}}, "no.such.layer"),
     ({"record": {"removed": {}}}, "wrong shape"),               # weights of the pruned model, record says unpruned
     ({"input_size": [3, 32]}, "input_size"),
-    ({"mean": [0.5]}, "mean must be 3 numbers"),
+    ({"mean": [0.5]}, "mean must be 3 finite numbers"),
     ({"std": [0.0, 1.0, 1.0]}, "std must lie in"),
     ({"classes": ["a", "b"]}, "2 class names for a model with 10 classes"),
     ({"state_dict": {"conv1.weight": "not a tensor"}}, "state_dict must map"),
