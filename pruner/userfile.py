@@ -112,8 +112,11 @@ def factories_in(source: bytes, filename: str, *, timeout: float = PARSE_TIMEOUT
     :class:`PrunerError`.
     """
     if len(source) > MAX_SOURCE_BYTES:
-        raise PrunerError(f"{filename} is {size_text(len(source))}, over the {size_text(MAX_SOURCE_BYTES)} limit "
-                          "for a model file; upload only the Python source that defines the model factory")
+        size, cap = size_text(len(source)), size_text(MAX_SOURCE_BYTES)
+        if size == cap:  # just over: the rounded sizes read the same
+            size, cap = f"{len(source):,} bytes", f"{cap} ({MAX_SOURCE_BYTES:,} bytes)"
+        raise PrunerError(f"{filename} is {size}, over the {cap} limit for a model file; upload only the Python "
+                          "source that defines the model factory")
     try:
         text = source.decode("utf-8")
     except UnicodeDecodeError:
