@@ -10,10 +10,12 @@ the model summary is built in a child process (:mod:`pruner.model_summary`) that
 
 from __future__ import annotations
 
-import ast
+import contextlib
+import errno
 import hashlib
 import json
 import os
+import tempfile
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from pruner.runs.config import RunConfig
 from pruner.search import strategy_class, strategy_names
 from pruner.search.base import Param
 from pruner.settings import DEVICES
+from pruner.userfile import MAX_SOURCE_BYTES, factories_in, size_text
 
 from .state import slug, uploads_dir
 
@@ -67,6 +70,9 @@ QUICK = {
 WEIGHT_CHOICES = {"pretrained": "pretrained", "random": "random init", "file": "upload a weights file"}
 
 TRUST_CODE_LABEL = "I trust this file: run its code"
+UPLOAD_PY_HELP = (f"A Python file of at most {size_text(MAX_SOURCE_BYTES)} that defines a factory function "
+                  "returning an nn.Module. It is parsed (in a separate, time- and memory-limited process) to list "
+                  "its functions; its code runs only after you tick the box below.")
 TRUST_CODE_HELP = ("Building the model imports the uploaded file, which runs its code with this server's rights. "
                    "It runs in a separate process (for the model summary, then in the job), never in the web "
                    "server, and only once this box is ticked. Tick it only for a file you wrote or trust.")
@@ -103,39 +109,36 @@ def strategy_uses_evaluations(name: str) -> bool:
 
 # ---------------------------------------------------------------------- uploads
 def save_upload(data: bytes, filename: str) -> Path:
-    """Store an uploaded file under ``<runs root>/uploads/`` (content-addressed, so re-uploads are free)."""
+    """Store an uploaded file under ``<runs root>/uploads/`` (content-addressed, so re-uploads are free).
+
+    A disk that is full or cannot be written is a one-line :class:`PrunerError`, and no partial
+    file is left behind.
+    """
     digest = hashlib.sha256(data).hexdigest()[:12]
     safe = slug(Path(filename).stem)[:40] + (Path(filename).suffix.lower() if Path(filename).suffix else "")
-    path = uploads_dir() / f"{digest}-{safe}"
-    if not path.exists():
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    return path
-
-
-def factories_in(source: bytes, filename: str) -> list[str]:
-    """Public top-level functions and classes of an uploaded model file (candidate factories)."""
+    folder: Path | None = None
+    tmp: str | None = None
     try:
-        text = source.decode("utf-8")
-    except UnicodeDecodeError:
-        raise PrunerError(f"{filename} is not a UTF-8 text file; upload the Python source (.py) that defines "
-                          "the model factory") from None
-    if "\x00" in text:
-        raise PrunerError(f"{filename} contains null bytes, so it is not Python source; upload the .py text file "
-                          "that defines the model factory")
-    try:
-        tree = ast.parse(text, filename=filename)
-    except SyntaxError as exc:
-        where = f"line {exc.lineno}: " if exc.lineno else ""
-        raise PrunerError(f"{filename} is not valid Python ({where}{exc.msg}); fix the file and "
-                          "upload it again") from None
-    names = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and not n.name.startswith("_")]
-    if not names:
-        raise PrunerError(f"{filename} defines no public function or class; add a factory such as "
-                          "`def build(num_classes): return MyNet(num_classes)`")
-    preferred = [n for n in names if any(w in n.lower() for w in ("build", "create", "make", "get_model", "model"))]
-    return preferred + [n for n in names if n not in preferred]
+        folder = uploads_dir()
+        path = folder / f"{digest}-{safe}"
+        if not path.exists():
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+            tmp = None
+        return path
+    except OSError as exc:
+        where, why = folder or exc.filename or "the runs folder", exc.strerror or type(exc).__name__
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise PrunerError(f"the disk holding {where} is full ({why}); free space and upload {filename} "
+                              "again") from None
+        raise PrunerError(f"{where} could not be written ({why}); free space or fix the folder's permissions and "
+                          f"upload {filename} again") from None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 # ---------------------------------------------------------------------- model + data inputs
@@ -192,7 +195,9 @@ def model_data_inputs(prefix: str = "") -> ModelData:
         if not name.strip():
             out.errors.append("Enter a torchvision model name such as resnet18.")
     else:
-        py = st.file_uploader("Model file (.py with a factory function)", type=["py"], key=f"{prefix}upload_py")
+        py = st.file_uploader("Model file (.py with a factory function)", type=["py"], key=f"{prefix}upload_py",
+                              help=UPLOAD_PY_HELP)
+        st.caption(f"At most {size_text(MAX_SOURCE_BYTES)}. The file is parsed to list its functions, not run.")
         from .widgets import example_model_download
         example_model_download(f"{prefix}example_model")
         if py is None:
@@ -241,7 +246,10 @@ def model_data_inputs(prefix: str = "") -> ModelData:
             if not data:
                 out.errors.append(f"The uploaded weights file {wf.name} is empty; upload the saved state dict.")
             else:
-                out.weights = str(save_upload(data, wf.name))
+                try:
+                    out.weights = str(save_upload(data, wf.name))
+                except PrunerError as exc:
+                    out.errors.append(str(exc))
 
     st.subheader("Dataset")
     kind = st.selectbox("Dataset", list(DATASETS), key=f"{prefix}data", format_func=DATASETS.get,
