@@ -249,8 +249,19 @@ def save_pruned_program(model: nn.Module, path: str | Path, *, input_size: Seque
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # torch.export wants the .pt2 suffix
+    # torch.export.save writes a file through a C++ zip writer that aborts the process when the disk
+    # fills; into memory it cannot fail that way, and the bytes are written from Python (a clean OSError)
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
     try:
-        torch.export.save(program, str(tmp))
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(buffer.getbuffer())
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            raise PrunerError(f"cannot write {path} ({exc.strerror or exc}): free some space on that disk, then "
+                              "resume the run (python -m pruner prune --out DIR --resume)") from exc
         if checked is not None:
             with torch.no_grad():
                 ref = _first_output(m(checked))
