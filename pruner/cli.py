@@ -181,7 +181,7 @@ def _resume_overrides(args, stored: dict) -> dict:
     with its stored value is fine; changing one that defines the search is a one-line error."""
     from .runs.job import RESUME_OVERRIDES
 
-    given = _given_options(args.argv) - {"out", "resume", "command", "func"}
+    given = _given_options(args.argv) - {"out", "resume", "command", "func", "progress", "quiet"}
     typed = _config(args).to_dict()     # validates the typed values too
     overrides = {}
     for dest in sorted(given):
@@ -199,19 +199,30 @@ def _resume_overrides(args, stored: dict) -> dict:
     return overrides
 
 
+def _progress_mode(args) -> str:
+    return "none" if args.quiet else args.progress
+
+
 def cmd_prune(args) -> int:
-    from .runs.job import run_job
+    from .progress import open_progress
+    from .runs.job import apply_resume_overrides, run_job
     from .runs.config import RunConfig
     from .runs.rundir import RunDir, Status
 
     if args.resume:
-        stored = RunDir(args.out).config()
+        run = RunDir(args.out)
+        stored = run.config()
         if stored is None:
             raise PrunerError(f"nothing to resume in {args.out}: it has no readable config.json")
-        summary = run_job(RunConfig.from_dict(stored), args.out, resume=True,
-                          overrides=_resume_overrides(args, stored))
+        overrides = _resume_overrides(args, stored)
+        shown = apply_resume_overrides(stored, overrides)[0].to_dict()   # what the resumed run will do
+        with open_progress(_progress_mode(args), shown, earlier=run.iter_events()) as on_event:
+            summary = run_job(RunConfig.from_dict(stored), args.out, resume=True, overrides=overrides,
+                              on_event=on_event)
     else:
-        summary = run_job(_config(args), args.out)
+        config = _config(args)
+        with open_progress(_progress_mode(args), config.to_dict()) as on_event:
+            summary = run_job(config, args.out, on_event=on_event)
     _print_summary(summary, args.out)
     return 0 if summary["status"] == Status.DONE else (3 if summary["status"] == Status.CANCELLED else 2)
 
@@ -267,14 +278,16 @@ def _print_summary(summary: dict, out) -> None:
 def cmd_sensitivity(args) -> int:
     from dataclasses import replace
 
+    from .progress import open_progress
     from .runs.job import run_sensitivity
-    from .runs.rundir import RunDir, Status
+    from .runs.rundir import SENSITIVITY, RunDir, Status
     from .sensitivity import DEFAULT_RATIOS, parse_ratios
 
     ratios = parse_ratios(args.ratios) if args.ratios is not None else list(DEFAULT_RATIOS)
     # every ratio must be reachable: a group may lose up to the largest ratio of its channels
     config = replace(_config(args), max_prune=max(_defaults()["max_prune"], max(ratios)), search_evals=None)
-    summary = run_sensitivity(config, args.out, ratios=ratios)
+    with open_progress(_progress_mode(args), config.to_dict(), kind=SENSITIVITY) as on_event:
+        summary = run_sensitivity(config, args.out, ratios=ratios, on_event=on_event)
     if summary["status"] != Status.DONE:
         print(f"error: {summary.get('error')}", file=sys.stderr)
         return 2
@@ -335,6 +348,17 @@ def cmd_strategies(args) -> int:
     return 0
 
 
+def _progress_args(p: argparse.ArgumentParser) -> None:
+    from .progress import MODES
+
+    g = p.add_argument_group("progress")
+    g.add_argument("--progress", default="auto", choices=MODES,
+                   help="progress on stderr: a live bar (phase, evaluations, best within the budget, fine-tuning "
+                        "epoch and batch, ETA), plain lines for logs, or none; auto: the bar on a terminal, "
+                        "else plain lines")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress (as --progress none)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pruner", description="RL-guided structured pruning of CNNs")
     sub = p.add_subparsers(dest="command", required=True)
@@ -365,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true",
                    help="continue the interrupted, failed or cancelled run in --out; it keeps its settings, except "
                         "fine-tuning and reporting options typed with it (e.g. a smaller --batch-size)")
+    _progress_args(s)
     s.set_defaults(func=cmd_prune)
 
     s = sub.add_parser("sensitivity", help="prune each group alone at several ratios")
@@ -374,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated fractions of a group's channels removed, each in (0, 1) "
                         "(default 0.1,...,0.9)")
     s.add_argument("--out", required=True, help="run directory to create")
+    _progress_args(s)
     s.set_defaults(func=cmd_sensitivity)
 
     s = sub.add_parser("eval", help="report-split accuracy of a pruned checkpoint (--trust-checkpoint also allows "

@@ -9,7 +9,6 @@ fraction done and ETA shown on the Live run page.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections import deque
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any, Iterable
 
 from pruner.budget import Budget
 from pruner.errors import PrunerError
+from pruner.progress import finetune_eta, format_seconds, rate_eta
 from pruner.runs.rundir import (EVENTS_FILE, PRUNE_PHASES, SENSITIVITY, Event, RunDir, Status, config_kind, is_final,
                                 read_events)
 
@@ -235,8 +235,8 @@ def progress(view: RunView, config: dict | None = None, summary: dict | None = N
         frac = 1.0 if status == Status.DONE else (0.05 + 0.95 * done / total if total else 0.02)
         if last and total and view.first_time and done:
             t0 = view.search_started or _status_time(view, Status.ANALYSING_SENSITIVITY) or view.first_time
-            rate = max(0.0, (last.get("time", now) - t0)) / done
-            eta = rate * (total - done)
+            last_t = last.get("time", now)
+            eta = rate_eta(t0, done, total, last_t, last_t)
         text = f"{status}: {done}/{total} points" if total else status
         return _result(status, frac, eta, text, done=done, total=total)
 
@@ -248,8 +248,7 @@ def progress(view: RunView, config: dict | None = None, summary: dict | None = N
             frac = _SEARCH_START + search_share * min(1.0, evals / expected)
             if evals and view.search_started:
                 last_t = view.candidates[-1].get("time", now) if view.candidates else now
-                rate = max(0.0, last_t - view.search_started) / evals
-                eta = max(0.0, rate * max(0, expected - evals) - max(0.0, now - last_t))
+                eta = rate_eta(view.search_started, evals, expected, last_t, now)
         else:
             frac = _SEARCH_START
     elif status == Status.SEARCH_DONE:
@@ -297,23 +296,8 @@ def _finetune_position(view: RunView, ft_epochs: int) -> float:
 
 
 def _finetune_eta(view: RunView, ft_epochs: int, now: float) -> float | None:
-    """Seconds of fine-tuning left: from the epochs finished since the stage began (training and
-    validation), else from the running epoch's measured seconds per batch; None before either."""
-    t0 = view.status_time
-    if t0 is None or not ft_epochs:
-        return None
-    if view.stage_epochs:
-        last = view.stage_epochs[-1]
-        per_epoch = max(0.0, float(last.get("time", now)) - t0) / len(view.stage_epochs)
-        left = max(0, ft_epochs - int(last.get("epoch") or 0))
-        return max(0.0, per_epoch * left - max(0.0, now - float(last.get("time", now))))
-    p = view.stage_progress
-    if p and p.get("batch") and p.get("batches"):
-        per_batch = max(0.0, float(p.get("time", now)) - t0) / float(p["batch"])
-        epoch = int(p.get("epoch") or 1)
-        left = (float(p["batches"]) - float(p["batch"])) + float(p["batches"]) * max(0, ft_epochs - epoch)
-        return max(0.0, per_batch * left - max(0.0, now - float(p.get("time", now))))
-    return None
+    """Seconds of fine-tuning left (:func:`pruner.progress.finetune_eta`, as the CLI's progress shows it)."""
+    return finetune_eta(view.status_time, view.stage_epochs, view.stage_progress, ft_epochs, now)
 
 
 def finetune_note(view: RunView, config: dict | None, summary: dict | None = None) -> str:
@@ -350,17 +334,6 @@ def _fraction_before(view: RunView, ft_epochs: int, expected: int | None, search
 
 def _result(status, frac, eta, text, **extra) -> dict[str, Any]:
     return {"status": status, "fraction": float(min(1.0, max(0.0, frac))), "eta_s": eta, "text": text, **extra}
-
-
-def format_seconds(s: float | None) -> str:
-    if not isinstance(s, (int, float)) or not math.isfinite(s):   # None, NaN, ±inf from a damaged record
-        return "—"
-    s = max(0, int(round(s)))
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:  # compact: it must fit a metric in a six-column row at laptop width
-        return f"{s // 60}m {s % 60:02d}s"
-    return f"{s // 3600}h {(s % 3600) // 60:02d}m"
 
 
 def sensitivity_from_events(events: Iterable[dict]) -> dict:

@@ -53,6 +53,7 @@ from .workers import attach_workers
 from ..csv_cells import SafeWriter
 
 StopFn = Callable[[], bool]
+EventFn = Callable[[dict], None]
 
 # Settings a resume may change: how the chosen structure is fine-tuned and reported. Everything
 # else (model, data, split, budget, strategy and its parameters, search sizes, seed, device)
@@ -317,15 +318,17 @@ def _take_lock(run: RunDir, lock: RunLock | None) -> RunLock:
 
 
 def run_job(config: RunConfig, out: str | Path, *, resume: bool = False, should_stop: StopFn | None = None,
-            overrides: dict | None = None, lock: RunLock | None = None) -> dict:
+            overrides: dict | None = None, lock: RunLock | None = None, on_event: EventFn | None = None) -> dict:
     """Run the whole pipeline into the run directory ``out``; returns the summary (also on failure).
 
     With ``resume=True`` the run's stored config is used, with ``overrides`` (see
     :func:`apply_resume_overrides`). ``lock`` is the run's lock when a JobManager hands it over;
     without it the job takes the lock itself. Refusals (another writer, a finished or non-empty
-    directory, a forbidden override) raise PrunerError before anything is written.
+    directory, a forbidden override) raise PrunerError before anything is written. ``on_event`` is
+    handed every event the job writes, once it is in ``events.jsonl`` (the CLI's progress display:
+    :mod:`pruner.progress`).
     """
-    run = RunDir(out)
+    run = RunDir(out, on_event=on_event)
     if resume:
         if not run.config_path.exists():
             raise PrunerError(f"nothing to resume in {out}: it has no config.json")
@@ -609,9 +612,10 @@ def _achieved(config: RunConfig, summary: dict, batch: int = 1) -> float:
 
 
 def run_sensitivity(config: RunConfig, out: str | Path, *, ratios=None, should_stop: StopFn | None = None,
-                    lock: RunLock | None = None) -> dict:
-    """Per-group sensitivity analysis into the run directory ``out`` (``sensitivity.json``)."""
-    run = RunDir(out)
+                    lock: RunLock | None = None, on_event: EventFn | None = None) -> dict:
+    """Per-group sensitivity analysis into the run directory ``out`` (``sensitivity.json``);
+    ``on_event`` is handed every event written (as in :func:`run_job`)."""
+    run = RunDir(out, on_event=on_event)
     run.check_new()
     lock = _take_lock(run, lock)
     try:

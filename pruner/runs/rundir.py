@@ -39,7 +39,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ..errors import PrunerError
 
@@ -435,10 +435,13 @@ def _describe(holder: dict | None) -> str:
 
 
 class RunDir:
-    """Reads and writes one run directory."""
+    """Reads and writes one run directory. ``on_event``, when given, is handed every event this
+    object writes, once it is in the log (an observer such as the CLI's progress display,
+    :mod:`pruner.progress`); the files are the same with or without it."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, on_event: Callable[[dict], None] | None = None):
         self.path = Path(path)
+        self.on_event = on_event
         self._lock = threading.Lock()
 
     # -------------------------------------------------------------- paths
@@ -548,6 +551,8 @@ class RunDir:
                 fh.write(line)   # append mode: always at the end
                 fh.flush()
                 os.fsync(fh.fileno())
+            if self.on_event is not None:   # in the lock: an observer sees the events in the log's order
+                self.on_event(record)
         return record
 
     def replay_emitter(self) -> "ReplayEmitter":
