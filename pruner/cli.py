@@ -129,6 +129,8 @@ def _config(args):
         kw["report_images"] = args.report_images
         kw["latency_batch"] = args.latency_batch
         kw["export"] = not args.no_export
+        kw["quantize"] = args.quantize
+        kw["calibration_images"] = args.calibration_images
     return RunConfig(**kw)
 
 
@@ -273,6 +275,8 @@ def _print_summary(summary: dict, out) -> None:
     print(f"search: {s['strategy']}, {s['evaluations']} evaluations, best val top-1 {s['best_val_top1']:.2f}% "
           f"in {s['seconds']:.0f} s" + (f" ({threads} candidates at a time on CPU threads)" if threads > 1 else "")
           + f"; ONNX max |diff| {summary.get('onnx_max_abs_diff')}")
+    if summary.get("quantized"):
+        _print_quantized(summary["quantized"])
 
 
 def cmd_sensitivity(args) -> int:
@@ -332,6 +336,31 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_quantize(args) -> int:
+    from .runs.job import quantize_finished_run
+
+    q = quantize_finished_run(args.run, calibration_images=args.calibration_images)
+    if q.get("error"):
+        raise PrunerError(f"INT8 quantization failed: {q['error']} (the run's fp32 artifacts are unchanged)")
+    _print_quantized(q)
+    return 0
+
+
+def _print_quantized(q: dict) -> None:
+    """The summary's ``quantized`` section as two lines (or its error)."""
+    if q.get("error"):
+        print(f"INT8: failed ({q['error']}); the fp32 artifacts are unchanged")
+        return
+    c = q["calibration"]
+    print(f"INT8 (QDQ, ONNX Runtime): top-1 {q['top1']:.2f}% vs fp32 {q['top1_fp32']:.2f}% on {q['images']} report "
+          f"images ({q['agreement']:.1f}% same class); {q['size_bytes'] / 1e6:.3f} MB vs {q['size_fp32_bytes'] / 1e6:.3f}"
+          f" MB; calibrated on {c['images']} fine-tune images ({c['method']})")
+    print("INT8 ONNX Runtime latency, timed in interleaved pairs: " + ", ".join(
+        f"{e['device']} batch {e['batch']}: {e['ms']:.2f} ms, x{e['vs_fp32']:.2f} of fp32 pruned"
+        + (f", x{e['vs_original']:.2f} of original" if e.get("vs_original") is not None else "")
+        for e in q["ort_latency"]))
+
+
 def cmd_strategies(args) -> int:
     from .search import strategy_class, strategy_names
 
@@ -385,6 +414,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="throughput batch timed besides batch 1 on the run's device (default: 256 on CUDA, "
                         "none on the CPU); a latency budget is held at this batch (at 1 when there is none)")
     g.add_argument("--no-export", action="store_true", help="skip the ONNX export")
+    g.add_argument("--quantize", default=d["quantize"], choices=["int8"],
+                   help="also write model.int8.onnx: ONNX Runtime static INT8 quantization (QDQ, per-channel "
+                        "weights) calibrated on fine-tune images, verified on the report split")
+    g.add_argument("--calibration-images", type=int, default=d["calibration_images"], metavar="N",
+                   help="fine-tune-split images INT8 calibration uses (with --quantize)")
     g.add_argument("--out", required=True, help="run directory to create")
     g.add_argument("--resume", action="store_true",
                    help="continue the interrupted, failed or cancelled run in --out; it keeps its settings, except "
@@ -413,6 +447,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="the .onnx file to write")
     s.add_argument("--trust-checkpoint", action="store_true", help=CHECKPOINT_TRUST_HELP)
     s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("quantize", help="INT8 for a finished run (model.int8.onnx, verified on its report split)")
+    s.add_argument("--run", required=True, metavar="DIR", help="the finished prune run's directory")
+    s.add_argument("--calibration-images", type=int, default=None, metavar="N",
+                   help=f"fine-tune-split images to calibrate on (default: the run's, else {d['calibration_images']})")
+    s.set_defaults(func=cmd_quantize)
 
     s = sub.add_parser("strategies", help="list search strategies and their hyperparameters")
     s.set_defaults(func=cmd_strategies)

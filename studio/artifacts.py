@@ -14,6 +14,7 @@ from pruner.runs.rundir import RunDir
 #: (summary["artifacts"] key, label, mime type); "summary" is summary.json itself
 DOWNLOADS = (
     ("onnx", "ONNX model", "application/octet-stream"),
+    ("int8", "INT8 ONNX model", "application/octet-stream"),
     ("checkpoint", "Checkpoint", "application/octet-stream"),
     ("program", "Program (.pt2)", "application/octet-stream"),
     ("summary", "Summary JSON", "application/json"),

@@ -263,6 +263,8 @@ def progress(view: RunView, config: dict | None = None, summary: dict | None = N
         frac = 0.97
         if view.base_seconds is not None and view.status_time is not None:
             eta = max(0.0, view.base_seconds - max(0.0, now - view.status_time))
+    elif status == Status.QUANTIZING:
+        frac = 0.99
     elif status in PRUNE_PHASES:   # the stages before the search share its first 5 %
         frac = _SEARCH_START * PRUNE_PHASES.index(status) / PRUNE_PHASES.index(Status.SEARCHING)
     else:
@@ -310,7 +312,7 @@ def finetune_note(view: RunView, config: dict | None, summary: dict | None = Non
         p = view.stage_progress
         where = f": batch {p.get('batch')}/{p.get('batches')}" if p else ""
         return f"fine-tuning epoch 1/{epochs} is running{where}"
-    if is_final(status) or status in (Status.EXPORTING, Status.REPORTING):
+    if is_final(status) or status in (Status.EXPORTING, Status.REPORTING, Status.QUANTIZING):
         return "no fine-tuning epoch finished"
     return f"fine-tuning ({epochs} epoch{'s' if epochs != 1 else ''}) starts after the search"
 

@@ -22,6 +22,7 @@ from ..settings import check_device_name
 from ..userfile import CONSENT_HINT, code_references
 from ..pruning.space import check_round_to
 from ..pruning.sparsity import check_pattern
+from ..quantize import DEFAULT_CALIBRATION_IMAGES, QUANTIZE_CHOICES
 
 
 #: most in-process scoring threads one run may use
@@ -64,6 +65,8 @@ class RunConfig:
     latency_repeats: int = 30
     latency_batch: int | None = None       # throughput batch timed besides 1 (None: 256 on CUDA, none on CPU); a latency budget is held at it
     export: bool = True
+    quantize: str | None = None             # "int8": ONNX Runtime static quantization after export (pruner.quantize)
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES  # fine-tune-split images the INT8 model is calibrated on
     device: str = "auto"
     seed: int = 0
 
@@ -113,6 +116,12 @@ class RunConfig:
         self.workers = check_number("workers", self.workers, int, low=0, high=MAX_WORKERS, flag="--workers")
         self.scoring_threads = check_number("scoring_threads", self.scoring_threads, int, low=1, high=MAX_SCORING_THREADS,
                                             optional=True, flag="--scoring-threads")
+        if self.quantize not in QUANTIZE_CHOICES:
+            raise PrunerError(f"unknown quantization {self.quantize!r} (--quantize); use int8, or leave it off")
+        if self.quantize and not self.export:
+            raise PrunerError("--quantize int8 quantizes the exported ONNX model: drop --no-export")
+        self.calibration_images = check_number("calibration_images", self.calibration_images, int, low=1,
+                                               flag="--calibration-images")
         if self.ray_address is not None:
             if not isinstance(self.ray_address, str) or not self.ray_address.strip() or " " in self.ray_address.strip():
                 raise PrunerError(f"ray_address (--ray-address) must look like HOST:PORT or ray://HOST:PORT, "

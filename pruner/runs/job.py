@@ -31,7 +31,7 @@ import torch.nn as nn
 
 from .. import __version__
 from ..budget import cost_floor, meet_measured
-from ..data import DataBundle, batches, load_data
+from ..data import DataBundle, ImageTensors, batches, load_data
 from ..errors import CancelledError, PrunerError
 from ..evaluate import accuracy, recalibrate_bn
 from ..export import export_onnx, save_pruned_program
@@ -39,6 +39,7 @@ from ..finetune import finetune
 from ..measure import count_cost, latency_stats, ort_latency_ms, relative_latency
 from ..models import build_model, parse_model_spec
 from ..models.checkpoints import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint  # noqa: F401 (re-exported)
+from ..quantize import check_calibration_images, quantize_int8, verify_int8
 from ..pruning.importance import channel_scores, ranking_from_scores
 from ..pruning.space import PruningRecord, PruningSpace
 from ..pruning.sparsity import SparsitySpace, apply_masks, make_permanent, measure_sparsity, onnx_sparsity, weight_scores
@@ -47,8 +48,8 @@ from ..search.base import best_meeting
 from ..search.evaluator import Candidate, Evaluator, EvaluatorSettings
 from ..settings import resolve_device
 from .config import RunConfig
-from .rundir import (BASE_STATE, SENSITIVITY, SENSITIVITY_RESULT, Event, RunDir, RunLock, Status, config_with_kind,
-                     read_json, write_json_atomic)
+from .rundir import (BASE_STATE, PRUNE, SENSITIVITY, SENSITIVITY_RESULT, Event, RunDir, RunLock, Status, config_with_kind,
+                     read_json, run_config, write_json_atomic)
 from .workers import attach_workers
 from ..csv_cells import SafeWriter
 
@@ -61,7 +62,7 @@ EventFn = Callable[[dict], None]
 RESUME_OVERRIDES = ("finetune.epochs", "finetune.lr", "finetune.momentum", "finetune.weight_decay",
                     "finetune.batch_size", "finetune.kd_temperature", "finetune.kd_weight",
                     "finetune.max_batches_per_epoch", "report_images", "export", "workers", "ray_address",
-                    "scoring_threads")
+                    "scoring_threads", "quantize", "calibration_images")
 OVERRIDES_STATE = "overrides.json"
 
 
@@ -373,6 +374,8 @@ def _run_job(config: RunConfig, run: RunDir, *, resume: bool, should_stop: StopF
         pruned, record = pipeline.finetune(found)
         onnx_path = pipeline.export(pruned, record)
         pipeline.report(pruned, onnx_path)
+        if config.quantize:
+            pipeline.quantize()
         summary["status"] = Status.DONE
         signals.disarm()
     except CancelledError:
@@ -444,6 +447,8 @@ class _Pipeline:
         session = self.session = Session(config, run)
         config.budget_obj.check_reachable(cost_floor(session.space, config.budget_obj.kind))  # before any scoring
         data = session.data
+        if config.quantize:   # a calibration count the fine-tune split cannot give: refused before any search
+            check_calibration_images(config.calibration_images, len(data.fit))
         summary["data"] = data.describe()
         summary["preprocess"] = {"mean": list(data.mean), "std": list(data.std), "input_size": list(data.input_size)}
         summary["groups"] = [g.to_dict() for g in session.space.groups]
@@ -596,6 +601,100 @@ class _Pipeline:
         _write_candidates_csv(run.artifact_path("candidates"), run, session.space.names)
         self.artifacts["candidates"] = run.artifact_ref("candidates")
         summary["artifacts"] = self.artifacts
+
+    # ------------------------------------------------------------------ quantize
+    def quantize(self) -> None:
+        """INT8 (``--quantize int8``): the exported model quantized, calibrated on the fine-tune split and
+        verified on the report split. A failure is the summary's ``quantized.error``; the fp32 artifacts
+        and the rest of the summary stay as they are and the run is still done."""
+        self.run.event(Event.STATUS, status=Status.QUANTIZING, calibration_images=self.config.calibration_images)
+        self.summary["quantized"] = quantize_run(self.run, self.config, self.session.data, self.session.model,
+                                                 self.artifacts)
+
+
+def calibration_set(data: DataBundle, images: int) -> ImageTensors:
+    """The images INT8 calibration sees: the first ``images`` of the fine-tune split (``fit``, stored in a
+    seeded random order), never the report split the INT8 model is verified on."""
+    check_calibration_images(images, len(data.fit))
+    return data.fit.subset(images)
+
+
+def report_set(data: DataBundle, config: RunConfig) -> ImageTensors:
+    """The report split as a run reports on it (capped at ``report_images``)."""
+    rep = data.report
+    return rep.subset(min(config.report_images, len(rep))) if config.report_images else rep
+
+
+def quantize_run(run: RunDir, config: RunConfig, data: DataBundle, original: nn.Module, artifacts: dict) -> dict:
+    """Quantize a run's exported ``model.onnx`` to ``model.int8.onnx`` (:func:`pruner.quantize.quantize_int8`)
+    and verify it beside the fp32 model (:func:`pruner.quantize.verify_int8`; ONNX Runtime CPU latency
+    timed in interleaved pairs against the fp32 pruned model and the ``original`` model's ONNX, at batch
+    1 and ``latency_batch`` when set). Returns the summary's ``quantized`` section; on failure
+    ``{"error": ...}`` (and ``artifacts`` without ``int8``), never raising a PrunerError."""
+    fp32 = run.artifact_path("onnx")
+    out = run.artifact_path("int8")
+    artifacts.pop("int8", None)
+    t0 = time.perf_counter()
+    try:
+        if not fp32.is_file():
+            raise PrunerError("the run has no exported ONNX model to quantize; run it again without --no-export")
+        calib = calibration_set(data, config.calibration_images)
+        rep = quantize_int8(fp32, out, batches(calib, 32, mean=data.mean, std=data.std))
+        original_onnx = run.state_dir / "base.onnx"
+        try:
+            export_onnx(original, original_onnx, input_size=data.input_size, mean=data.mean, std=data.std,
+                        class_names=data.classes,
+                        sample=next(batches(data.report.subset(8), 8, mean=data.mean, std=data.std))[0])
+            check = verify_int8(out, fp32, list(batches(report_set(data, config), 256, mean=data.mean, std=data.std)),
+                                data.input_size, original_path=original_onnx,
+                                latency_batches=[1] if (config.latency_batch or 1) == 1 else [1, config.latency_batch],
+                                repeats=config.latency_repeats)
+        finally:
+            original_onnx.unlink(missing_ok=True)
+    except PrunerError as exc:
+        out.unlink(missing_ok=True)
+        run.event(Event.LOG, level="warning", message=f"INT8 quantization failed: {exc}")
+        return {"error": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - a bug in the quantizer must not lose the finished run
+        out.unlink(missing_ok=True)
+        run.event(Event.LOG, level="error", message=traceback.format_exc())
+        return {"error": f"internal error while quantizing: {type(exc).__name__}: {exc}"}
+    artifacts["int8"] = run.artifact_ref("int8")
+    return {**check, "size_bytes": rep.size_bytes, "size_fp32_bytes": rep.size_fp32_bytes, "format": "QDQ",
+            "per_channel": rep.per_channel, "quantized_nodes": rep.quantized_nodes,
+            "calibration": {"split": "fit", "images": rep.calibration_images, "method": rep.method},
+            "seconds": time.perf_counter() - t0}
+
+
+def quantize_finished_run(out: str | Path, *, calibration_images: int | None = None) -> dict:
+    """``python -m pruner quantize --run DIR``: INT8 for a finished run, its data split rebuilt from the
+    run's config; the summary gets ``quantized`` (and ``artifacts.int8``). Returns that section."""
+    run = RunDir(out)
+    summary, stored = run.summary(), run.config()
+    if stored is None or summary is None:
+        raise PrunerError(f"{out} is not a finished run (no config.json or summary.json); pass a prune run's directory")
+    if run.kind() != PRUNE or summary.get("status") != Status.DONE:
+        raise PrunerError(f"{out} is not a finished pruning run (status {summary.get('status')}); quantize a done run")
+    config = RunConfig.from_dict(run_config(stored))
+    if calibration_images is not None:
+        config.calibration_images = calibration_images
+    config = RunConfig.from_dict({**config.to_dict(), "quantize": "int8"})   # validates the count
+    lock = run.lock()
+    try:
+        data = load_data(config.data, config.data_root, protocol=config.protocol, val_size=config.val_size,
+                         seed=config.seed, image_size=config.image_size)
+        check_calibration_images(config.calibration_images, len(data.fit))
+        spec = parse_model_spec(config.model, num_classes=data.num_classes, weights=config.weights,
+                                trust_checkpoint=config.trust_checkpoint)
+        original = build_model(spec).eval()
+        artifacts = dict(summary.get("artifacts") or {})
+        section = quantize_run(run, config, data, original, artifacts)
+        summary = run.summary() or summary
+        summary["quantized"], summary["artifacts"] = section, artifacts
+        run.write_summary(summary)
+    finally:
+        lock.release()
+    return section
 
 
 def _achieved(config: RunConfig, summary: dict, batch: int = 1) -> float:

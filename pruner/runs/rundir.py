@@ -54,7 +54,7 @@ BASE_STATE = "base.json"           # state/base.json: the unpruned model's repor
 SENSITIVITY_RESULT = "sensitivity.json"
 #: The artifacts a finished pruning run leaves in ``<run>/artifacts/`` (summary key -> file name).
 ARTIFACTS = {"onnx": "model.onnx", "program": "pruned.pt2", "checkpoint": "checkpoint.pt",
-             "candidates": "candidates.csv"}
+             "candidates": "candidates.csv", "int8": "model.int8.onnx"}
 
 
 class Status:
@@ -72,6 +72,7 @@ class Status:
     FINE_TUNING = "fine-tuning"
     EXPORTING = "exporting"
     REPORTING = "evaluating on the report split"
+    QUANTIZING = "quantizing to INT8"
     ANALYSING_SENSITIVITY = "analysing sensitivity"
     RUNNING = "running"          # a summary's status while it is being built (never written as final)
     DONE = "done"
@@ -83,7 +84,7 @@ class Status:
 #: A pruning run's statuses in the order it passes them (``starting workers`` only with --workers).
 PRUNE_PHASES = (Status.QUEUED, Status.STARTED, Status.LOADING_DATA, Status.LOADING_MODEL, Status.ANALYSING_GRAPH,
                 Status.MEASURING_BASE, Status.STARTING_WORKERS, Status.SEARCHING, Status.SEARCH_DONE,
-                Status.FINE_TUNING, Status.EXPORTING, Status.REPORTING)
+                Status.FINE_TUNING, Status.EXPORTING, Status.REPORTING, Status.QUANTIZING)
 #: A sensitivity analysis's statuses, in order.
 SENSITIVITY_PHASES = (Status.QUEUED, Status.STARTED, Status.LOADING_DATA, Status.LOADING_MODEL,
                       Status.ANALYSING_GRAPH, Status.STARTING_WORKERS, Status.ANALYSING_SENSITIVITY)
