@@ -21,8 +21,8 @@ display's stream, stderr, is a terminal, else ``plain``). The ETA helpers (:func
 
 from __future__ import annotations
 
-import math
 import contextlib
+import math
 import os
 import sys
 import threading
