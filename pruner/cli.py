@@ -67,7 +67,8 @@ def _scoring_args(g, d: dict) -> None:
                    help="in this process on a CPU: score N candidates at once, each on its own thread "
                         "(default: the CPU threads, at most 4, for inputs up to 64 px; 1 = one at a time)")
     g.add_argument("--ray-address", default=d["ray_address"], metavar="ADDR",
-                   help="join this Ray cluster (`ray start --head` prints it) instead of starting a local Ray")
+                   help="join this Ray cluster (HOST:PORT, ray://HOST:PORT or auto; `ray start --head` prints it) "
+                        "instead of starting a local Ray; an address nobody answers fails within 15 s")
 
 
 def _search_args(p: argparse.ArgumentParser, d: dict) -> None:

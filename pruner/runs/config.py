@@ -123,12 +123,11 @@ class RunConfig:
         self.calibration_images = check_number("calibration_images", self.calibration_images, int, low=1,
                                                flag="--calibration-images")
         if self.ray_address is not None:
-            if not isinstance(self.ray_address, str) or not self.ray_address.strip() or " " in self.ray_address.strip():
-                raise PrunerError(f"ray_address (--ray-address) must look like HOST:PORT or ray://HOST:PORT, "
-                                  f"got {self.ray_address!r}")
+            from .workers import check_ray_address
+
+            self.ray_address = check_ray_address(self.ray_address)
             if self.workers < 1:
                 raise PrunerError("--ray-address needs --workers N (N >= 1): the workers are what runs on the cluster")
-            self.ray_address = self.ray_address.strip()
 
     def resolved_round_to(self, device) -> int:
         """``round_to``, with None (auto) resolved for the run's device: 8 on CUDA, 1 elsewhere."""

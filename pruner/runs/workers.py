@@ -17,6 +17,8 @@ CUDA, else an equal share of the CPU threads.
 from __future__ import annotations
 
 import os
+import re
+import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +32,68 @@ from .rundir import Event, Status
 
 #: environment a worker needs to find the same data and weights as the job
 _PASSED_ENV = (DATA_ROOT_ENV, WEIGHTS_DIR_ENV, CACHE_DIR_ENV, "OMP_WAIT_POLICY")
+
+#: seconds a ``--ray-address`` has to answer a TCP connect before the job fails (Ray itself retries
+#: for minutes); overridable with the environment variable below
+RAY_CONNECT_TIMEOUT_S = 15.0
+RAY_CONNECT_TIMEOUT_ENV = "PRUNER_RAY_CONNECT_TIMEOUT_S"
+#: seconds the workers have to start (build their data, model and evaluator) before the job fails
+WORKER_START_TIMEOUT_S = 300.0
+WORKER_START_TIMEOUT_ENV = "PRUNER_WORKER_START_TIMEOUT_S"
+#: how often a waiting start looks at the job's cancel
+_POLL_S = 0.5
+
+_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?)$")
+
+
+def check_ray_address(address: str) -> str:
+    """``address`` stripped, when it is a form ``ray.init`` joins: ``auto`` (the cluster `ray start`
+    left on this machine), ``HOST:PORT`` or ``ray://HOST:PORT`` (port 1-65535; an IPv6 host in
+    brackets); else a one-line PrunerError."""
+    text = address.strip() if isinstance(address, str) else ""
+    if text == "auto":
+        return text
+    hostport = text[len("ray://"):] if text.startswith("ray://") else text
+    host, sep, port = hostport.rpartition(":")
+    if not (sep and _HOST.match(host) and port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise PrunerError(f"ray_address (--ray-address) must be HOST:PORT, ray://HOST:PORT (port 1-65535) or auto, "
+                          f"got {address!r}; `ray start --head` prints the address")
+    return text
+
+
+def _timeout(env: str, default: float) -> float:
+    try:
+        return max(0.1, float(os.environ.get(env, default)))
+    except ValueError:
+        return default
+
+
+def _probe(address: str, should_stop: Callable[[], bool] | None) -> None:
+    """Fail in at most :data:`RAY_CONNECT_TIMEOUT_S` when nobody answers a TCP connect at ``address``
+    (``auto`` is resolved by Ray and left to it); a cancel between tries is honoured."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    host = host.strip("[]")
+    limit = _timeout(RAY_CONNECT_TIMEOUT_ENV, RAY_CONNECT_TIMEOUT_S)
+    end = time.monotonic() + limit
+    reason = "no answer"
+    while True:
+        if should_stop is not None and should_stop():
+            raise CancelledError("cancelled while starting workers")
+        left = end - time.monotonic()
+        if left <= 0:
+            break
+        try:
+            with socket.create_connection((host, int(port)), timeout=min(left, 2.0)):
+                return
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            if isinstance(exc, socket.gaierror):
+                break   # the name does not resolve: trying again will not help
+        time.sleep(min(_POLL_S, max(0.0, end - time.monotonic())))
+    raise PrunerError(f"nobody answers at the Ray address {address} ({reason}, tried for {limit:g} s); check "
+                      "--ray-address (`ray start --head` prints it) or run without it for a local Ray")
 
 
 class EvaluationWorker:
@@ -83,7 +147,10 @@ class RayPool:
     """``workers`` Ray actors that score structures for one run."""
 
     def __init__(self, config: dict, ranking: Sequence[torch.Tensor], workers: int, *,
-                 address: str | None = None, device: torch.device | str = "cpu"):
+                 address: str | None = None, device: torch.device | str = "cpu",
+                 should_stop: Callable[[], bool] | None = None):
+        """Starts (or joins) Ray and the actors, within deadlines (:data:`RAY_CONNECT_TIMEOUT_S`,
+        :data:`WORKER_START_TIMEOUT_S`); ``should_stop`` cancels the start (CancelledError)."""
         if workers < 1:
             raise PrunerError(f"--workers must be >= 1, got {workers}")
         ray = _ray()
@@ -100,6 +167,7 @@ class RayPool:
         if not ray.is_initialized():
             try:
                 if address:
+                    _probe(address, should_stop)
                     actor_env = {"env_vars": env}
                     ray.init(address=address, runtime_env={"py_modules": [str(package)], "env_vars": env},
                              log_to_driver=False, configure_logging=False)
@@ -123,13 +191,35 @@ class RayPool:
         ranking = [r.detach().cpu() for r in ranking]
         self.actors = [actor_cls.remote(config, ranking, threads) for _ in range(workers)]
         try:  # surface a worker's start-up error (bad data path on a node, ...) now, not mid-search
-            ray.get([a.stats.remote() for a in self.actors])
+            self._wait_started(should_stop)
+        except CancelledError:
+            self.close()
+            raise
+        except PrunerError:
+            self.close()
+            raise
         except Exception as exc:
             self.close()
             raise PrunerError(f"a Ray worker failed to start: {_first_line(exc)}") from None
         self.workers = workers
         self.threads = threads
         self.on_stats: Callable[[list[dict]], object] | None = None   # called after every batch
+
+    def _wait_started(self, should_stop: Callable[[], bool] | None) -> None:
+        """Every actor answered, within :data:`WORKER_START_TIMEOUT_S`, looking at the cancel meanwhile."""
+        limit = _timeout(WORKER_START_TIMEOUT_ENV, WORKER_START_TIMEOUT_S)
+        end = time.monotonic() + limit
+        pending = [a.stats.remote() for a in self.actors]
+        while pending:
+            if should_stop is not None and should_stop():
+                raise CancelledError("cancelled while starting workers")
+            left = end - time.monotonic()
+            if left <= 0:
+                raise PrunerError(f"{len(pending)} of {len(self.actors)} Ray workers did not start within {limit:g} s "
+                                  "(no free CPU/GPU on the cluster, or a slow node?); use fewer --workers or "
+                                  "check the cluster (`ray status`)")
+            done, pending = self._ray.wait(pending, num_returns=len(pending), timeout=min(left, _POLL_S))
+            self._ray.get(done)   # a worker's start-up error, raised here
 
     def score_many(self, version: int, counts: Sequence[Sequence[int]], *,
                    should_stop: Callable[[], bool] | None = None) -> list[dict]:
@@ -188,7 +278,7 @@ def attach_workers(evaluator, config, emit: Callable[..., object] = lambda kind,
         return
     emit(Event.STATUS, status=Status.STARTING_WORKERS, workers=config.workers, ray_address=config.ray_address)
     pool = RayPool(config.to_dict(), evaluator.ranking, config.workers, address=config.ray_address,
-                   device=evaluator.device)
+                   device=evaluator.device, should_stop=getattr(evaluator, "should_stop", None))
     pool.on_stats = lambda stats: emit(Event.WORKERS, workers=stats)
     evaluator.pool = pool
     try:
