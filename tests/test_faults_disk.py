@@ -59,3 +59,31 @@ def test_pt2_save_on_a_full_disk_is_a_one_line_error_not_an_abort(full_disk):
     assert len(lines) == 1 and "No space left on device" in lines[0] and "--resume" in lines[0], res.stdout
     assert "terminate" not in res.stderr
     assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]
+
+
+def test_a_submit_on_a_full_disk_leaves_no_directory_behind(full_disk):
+    from pruner.errors import PrunerError
+    from pruner.runs.manager import JobManager, JobSpec
+
+    manager = JobManager(max_parallel=1)
+    try:
+        spec = JobSpec(kind="prune", config={"model": "resnet20", "data": "digits", "budget": "flops=0.5",
+                                             "note": "x" * 400_000}, out=str(full_disk / "run"))
+        with pytest.raises(PrunerError) as info:
+            manager.submit(spec)
+        message = str(info.value)
+        assert "\n" not in message and "No space left on device" in message, message
+        assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]   # no directory holding only job.lock
+        (full_disk / "filler").unlink()                                    # space freed: the same name works
+        assert manager.submit(JobSpec(kind="prune", config=dict(spec.config, note=""), out=spec.out))
+    finally:
+        manager.shutdown(cancel=True)
+
+
+def test_a_failed_write_is_named_as_the_disk_with_how_to_resume(tmp_path):
+    from pruner.runs.job import _write_failure
+
+    message = _write_failure(OSError(errno.ENOSPC, "No space left on device"), tmp_path / "run")
+    assert "No space left on device" in message and "--resume" in message and "\n" not in message
+    assert _write_failure(OSError(errno.EACCES, "Permission denied"), tmp_path) is None
+    assert _write_failure(ValueError("a bug"), tmp_path) is None

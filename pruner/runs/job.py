@@ -19,6 +19,8 @@ the reporting (:data:`RESUME_OVERRIDES`), never what the search means.
 from __future__ import annotations
 
 import copy
+import errno
+import shutil
 import signal
 import threading
 import time
@@ -143,6 +145,26 @@ def _oom_message(exc: BaseException, phase: str, config: RunConfig, out: str | P
     return (f"out of memory on {where} while {phase}: the search scores --search-images images "
             f"(now {config.search_images}) in batches of up to {EvaluatorSettings().batch_size}, so start a new run with fewer search images or "
             f"smaller images; fine-tuning uses --batch-size (now {bs}), which a resume may lower")
+
+
+#: errno values of a write that failed because of the disk, not the program
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS)
+
+
+def _write_failure(exc: BaseException, out: str | Path) -> str | None:
+    """A one-line message for a write that failed on a full, read-only or failing disk (an OSError,
+    or torch's zip writer's RuntimeError on a full disk); None for anything else."""
+    disk = isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS
+    if not disk and isinstance(exc, RuntimeError) and ("inline_container" in str(exc) or "file write failed" in str(exc)):
+        try:
+            disk = shutil.disk_usage(out).free < 16 * 2**20
+        except OSError:
+            disk = False
+    if not disk:
+        return None
+    why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "no space left on the device"
+    return (f"could not write to {out} ({why}): free some space on that disk, then resume the run "
+            f"(python -m pruner prune --out {out} --resume, or Resume on the Runs page)")
 
 
 def _record_overrides(run: RunDir, config: RunConfig, changes: dict) -> None:
@@ -393,14 +415,20 @@ def _run_job(config: RunConfig, run: RunDir, *, resume: bool, should_stop: StopF
         if _out_of_memory(exc):
             summary["error"] = _oom_message(exc, run.status(), config, run.path)
         else:
-            summary["error"] = f"internal error: {type(exc).__name__}: {exc}"
-        run.event(Event.LOG, level="error", message=traceback.format_exc())
+            summary["error"] = _write_failure(exc, run.path) or f"internal error: {type(exc).__name__}: {exc}"
+        try:
+            run.event(Event.LOG, level="error", message=traceback.format_exc())
+        except OSError:
+            pass   # the disk is full: the summary below says so, if it can be written at all
     signals.disarm()
     if summary["status"] == Status.FAILED and signals.received:   # the signal surfaced as another error
         summary.update(status=Status.CANCELLED, error=signals.message)
     summary["seconds"] = time.time() - pipeline.t_start
-    run.event(Event.STATUS, status=summary["status"], error=summary["error"])
-    run.write_summary(summary)
+    try:
+        run.event(Event.STATUS, status=summary["status"], error=summary["error"])
+        run.write_summary(summary)
+    except OSError as exc:   # a full disk at the very end: the caller (CLI, manager) gets the one line
+        raise PrunerError(_write_failure(exc, run.path) or f"cannot write the summary of {run.path}: {exc}") from None
     return summary
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import multiprocessing as mp
+import shutil
 import signal
 import sys
 import threading
@@ -193,8 +194,10 @@ class JobManager:
                 self._check_resume(rd, spec)
             else:
                 rd.check_new()
-            lock = rd.lock()   # refuses a second writer
+            created = not rd.path.exists()
+            lock: RunLock | None = None
             try:
+                lock = rd.lock()   # refuses a second writer
                 if spec.resume:
                     # visible at once as going on again (the Live page polls), and not stopped by an old cancel
                     (rd.path / CANCEL_FILE).unlink(missing_ok=True)
@@ -203,8 +206,14 @@ class JobManager:
                 else:
                     # make the run visible immediately, before its process starts
                     rd.mark_queued(config_with_kind(spec.config, spec.kind))
-            except BaseException:
-                lock.release()
+            except BaseException as exc:
+                if lock is not None:
+                    lock.release()
+                if created:   # leave nothing behind (a directory holding only job.lock would block the name)
+                    shutil.rmtree(rd.path, ignore_errors=True)
+                if isinstance(exc, OSError):
+                    raise PrunerError(f"could not create the run directory {rd.path} ({exc.strerror or exc}): free "
+                                      "space on that disk or check the folder's permissions, then start it again") from None
                 raise
             self._jobs[key] = Job(spec, device_slot(spec.config.get("device")), lock=lock)
         return key

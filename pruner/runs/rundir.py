@@ -353,7 +353,11 @@ class RunLock:
                                       "wait for it to finish or cancel it first") from None
                 time.sleep(0.05)
         lock = cls(path, fd)
-        lock.stamp()
+        try:
+            lock.stamp()
+        except BaseException:   # e.g. a full disk: give the lock (and the file) back
+            lock.release()
+            raise
         return lock
 
     @property
