@@ -206,6 +206,15 @@ def _progress_mode(args) -> str:
     return "none" if args.quiet else args.progress
 
 
+def _check_new_run(config, out) -> None:
+    """Everything checkable without data, before the run directory is created (nothing is left behind)."""
+    from .runs.rundir import RunDir, check_out_dir
+
+    RunDir(out).check_new()
+    check_out_dir(out)
+    config.check_sources()
+
+
 def cmd_prune(args) -> int:
     from .progress import open_progress
     from .runs.job import apply_resume_overrides, run_job
@@ -224,6 +233,7 @@ def cmd_prune(args) -> int:
                               on_event=on_event)
     else:
         config = _config(args)
+        _check_new_run(config, args.out)
         with open_progress(_progress_mode(args), config.to_dict()) as on_event:
             summary = run_job(config, args.out, on_event=on_event)
     _print_summary(summary, args.out)
@@ -291,6 +301,7 @@ def cmd_sensitivity(args) -> int:
     ratios = parse_ratios(args.ratios) if args.ratios is not None else list(DEFAULT_RATIOS)
     # every ratio must be reachable: a group may lose up to the largest ratio of its channels
     config = replace(_config(args), max_prune=max(_defaults()["max_prune"], max(ratios)), search_evals=None)
+    _check_new_run(config, args.out)
     with open_progress(_progress_mode(args), config.to_dict(), kind=SENSITIVITY) as on_event:
         summary = run_sensitivity(config, args.out, ratios=ratios, on_event=on_event)
     if summary["status"] != Status.DONE:

@@ -44,8 +44,29 @@ def test_budget_out_of_range(tmp_path):
 def test_missing_data_path(tmp_path):
     res = cli("prune", *TINY[:4], "--data", tmp_path / "nowhere", "--out", tmp_path / "r")
     assert_one_line_error(res)
-    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
-    assert summary["status"] == "failed"
+    assert "does not exist" in res.stdout + res.stderr
+    assert not (tmp_path / "r").exists()   # refused before the run directory is created
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("--model", "resnet9000"), "unknown zoo model"),
+    (("--model", "torchvision:nonet"), "unknown torchvision model"),
+    (("--weights", "/no/such/weights.th"), "does not exist"),
+    (("--data", "no-such-dataset"), "unknown dataset"),
+])
+def test_bad_sources_are_refused_before_the_run_directory_exists(tmp_path, args, needle):
+    res = cli("prune", *TINY, *args, "--out", tmp_path / "r")
+    assert_one_line_error(res)
+    assert needle in res.stdout + res.stderr
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("out, needle", [("/proc/1/nope", "system folder"), ("FILE/r", "not a folder")])
+def test_an_unwritable_out_is_one_line_before_any_work(tmp_path, out, needle):
+    (tmp_path / "FILE").write_text("a file, not a folder")
+    res = cli("prune", *TINY, "--out", out.replace("FILE", str(tmp_path / "FILE")))
+    assert_one_line_error(res)
+    assert needle in res.stdout + res.stderr and "internal error" not in res.stdout + res.stderr
 
 
 def test_empty_image_folder(tmp_path):

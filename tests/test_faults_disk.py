@@ -64,6 +64,7 @@ def test_pt2_save_on_a_full_disk_is_a_one_line_error_not_an_abort(full_disk):
 def test_a_submit_on_a_full_disk_leaves_no_directory_behind(full_disk):
     from pruner.errors import PrunerError
     from pruner.runs.manager import JobManager, JobSpec
+    from pruner.runs.rundir import RunDir
 
     manager = JobManager(max_parallel=1)
     try:
@@ -74,8 +75,9 @@ def test_a_submit_on_a_full_disk_leaves_no_directory_behind(full_disk):
         message = str(info.value)
         assert "\n" not in message and "No space left on device" in message, message
         assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]   # no directory holding only job.lock
-        (full_disk / "filler").unlink()                                    # space freed: the same name works
-        assert manager.submit(JobSpec(kind="prune", config=dict(spec.config, note=""), out=spec.out))
+        (full_disk / "filler").unlink()                                    # space freed: the same name is free
+        RunDir(spec.out).check_new()
+        RunDir(spec.out).lock().release()
     finally:
         manager.shutdown(cancel=True)
 

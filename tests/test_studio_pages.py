@@ -19,6 +19,7 @@ from pruner.finetune import FinetuneConfig
 from pruner.runs.config import RunConfig
 from pruner.runs.job import run_job, run_sensitivity
 from pruner.runs.rundir import RunDir
+from studio.markup import plain_md
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 NEW, LIVE, SENS, RUNS = "pages/new_run.py", "pages/live_run.py", "pages/sensitivity.py", "pages/runs.py"
@@ -374,12 +375,12 @@ def test_failed_runs_show_their_error(runs_dir):
 
     at = app(LIVE)
     assert not at.exception
-    assert any("The run failed" in m and str(missing) in m for m in texts(at.error)), texts(at.error)
+    assert any("The run failed" in m and plain_md(str(missing)) in m for m in texts(at.error)), texts(at.error)
 
     at.switch_page(SENS).run()
     assert not at.exception
     assert at.radio(key="sens_mode").value == "open"
-    assert any("The analysis failed" in m and str(missing) in m for m in texts(at.error)), texts(at.error)
+    assert any("The analysis failed" in m and plain_md(str(missing)) in m for m in texts(at.error)), texts(at.error)
 
     at.switch_page(RUNS).run()
     assert not at.exception
@@ -387,7 +388,7 @@ def test_failed_runs_show_their_error(runs_dir):
     assert set(table["status"]) == {"failed"}
     at.selectbox[0].set_value("bad prune").run()
     assert not at.exception
-    assert any("The run failed" in m and str(missing) in m for m in texts(at.error)), texts(at.error)
+    assert any("The run failed" in m and plain_md(str(missing)) in m for m in texts(at.error)), texts(at.error)
     assert labels(at, "download_button") == ["Summary JSON"]
     at.selectbox[0].set_value("bad-sens").run()
     assert not at.exception

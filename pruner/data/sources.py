@@ -224,6 +224,34 @@ def _looks_like_path(spec: str) -> bool:
     return os.sep in spec or "/" in spec or spec.startswith((".", "~"))
 
 
+def check_data_spec(spec: str | os.PathLike[str], root: str | Path | None) -> None:
+    """What :func:`load_raw` would refuse before reading a file: no dataset, an unknown name, a
+    missing folder (so a run is refused before its run directory exists). Decoding errors come later."""
+    if isinstance(spec, os.PathLike):
+        spec = os.fspath(spec)
+    if not isinstance(spec, str) or not spec.strip():
+        raise PrunerError(f"no dataset given; pass one of {', '.join(KNOWN_SPECS)} or an ImageFolder path")
+    name = spec.strip().lower()
+    if name in TORCHVISION_CIFAR or name == "digits":
+        return
+    if name == "cifar10-jpeg":
+        folder = (Path(root).expanduser() if root is not None else data_root()) / "cifar10-jpeg"
+        if not folder.is_dir():
+            raise PrunerError(f"cifar10-jpeg not found at {folder.absolute()}; set {DATA_ROOT_ENV} (or root=) to the "
+                              "folder that contains cifar10-jpeg/")
+        return
+    path = Path(spec.strip()).expanduser()
+    if path.exists():
+        return
+    if _looks_like_path(spec):
+        raise PrunerError(f"dataset folder {path} does not exist; pass the path of an ImageFolder tree with train/ "
+                          f"and test/, or one of {', '.join(KNOWN_SPECS)}")
+    raise PrunerError(
+        f"unknown dataset {spec!r} (and no folder of that name exists); use one of {', '.join(KNOWN_SPECS)} "
+        f"or the path of an ImageFolder tree with train/ and test/"
+    )
+
+
 def load_raw(
     spec: str | os.PathLike[str],
     root: str | Path | None,

@@ -70,6 +70,16 @@ class RunConfig:
     device: str = "auto"
     seed: int = 0
 
+    def check_sources(self) -> None:
+        """The model spec, weights file and dataset as far as they can be checked without loading
+        anything (a zoo or torchvision name, the files exist, a known dataset or an existing folder):
+        a one-line PrunerError before a run directory is created."""
+        from ..data.sources import check_data_spec
+        from ..models import parse_model_spec
+
+        parse_model_spec(self.model, num_classes=1, weights=self.weights, trust_checkpoint=self.trust_checkpoint)
+        check_data_spec(self.data, self.data_root)
+
     def __post_init__(self):
         if isinstance(self.finetune, dict):
             self.finetune = FinetuneConfig(**self.finetune)

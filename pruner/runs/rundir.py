@@ -35,6 +35,7 @@ import fcntl
 import json
 import math
 import os
+import shutil
 import socket
 import threading
 import time
@@ -712,6 +713,33 @@ class ReplayEmitter:
                 return None
             del self._next[kind]   # past the record, or different: from here on this kind is new
         return self.run.event(kind, **fields)
+
+
+#: the free space a new run directory needs to hold its config and first events
+MIN_FREE_BYTES = 2**20
+_SYSTEM_TREES = ("/proc", "/sys", "/dev")
+
+
+def check_out_dir(out: str | Path) -> None:
+    """That a run directory can be created at ``out``: its nearest existing folder is a writable
+    folder outside /proc, /sys and /dev, on a disk with at least :data:`MIN_FREE_BYTES` free."""
+    path = Path(out).expanduser().absolute()
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if any(path == Path(t) or path.is_relative_to(t) for t in _SYSTEM_TREES):
+        raise PrunerError(f"cannot create a run directory at {path}: it is inside a system folder; pass --out a "
+                          "folder of your own")
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise PrunerError(f"cannot create a run directory at {path}: {parent} is not a folder you can write; pass "
+                          "--out a writable folder")
+    try:
+        free = shutil.disk_usage(parent).free
+    except OSError:
+        free = None
+    if free is not None and free < MIN_FREE_BYTES:
+        raise PrunerError(f"the disk holding {parent} is full ({free:,} bytes free); free some space or pass --out "
+                          "a folder on another disk")
 
 
 def list_runs(root: str | Path) -> list[RunDir]:
