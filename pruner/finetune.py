@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .atomic import torch_save_atomic
 from .checks import check_number
 from .data import DataBundle, ImageTensors, batches
 from .data.batching import resident
@@ -204,10 +205,8 @@ def finetune(student: nn.Module, data: DataBundle, config: FinetuneConfig, *, te
         history.append(record)
         if ckpt_dir is not None:
             ckpt_dir.mkdir(parents=True, exist_ok=True)
-            tmp = ckpt_dir / f".epoch-{epoch + 1}.pt.tmp"
-            torch.save({"model": student.state_dict(), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(), "history": history}, tmp)
-            tmp.replace(ckpt_dir / f"epoch-{epoch + 1}.pt")
+            torch_save_atomic({"model": student.state_dict(), "optimizer": opt.state_dict(),
+                               "scheduler": sched.state_dict(), "history": history}, ckpt_dir / f"epoch-{epoch + 1}.pt")
         if on_epoch is not None:
             on_epoch(record)
     student.eval()

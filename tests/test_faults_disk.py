@@ -89,3 +89,15 @@ def test_a_failed_write_is_named_as_the_disk_with_how_to_resume(tmp_path):
     assert "No space left on device" in message and "--resume" in message and "\n" not in message
     assert _write_failure(OSError(errno.EACCES, "Permission denied"), tmp_path) is None
     assert _write_failure(ValueError("a bug"), tmp_path) is None
+
+
+def test_torch_saves_on_a_full_disk_raise_oserror_and_leave_nothing(full_disk):
+    import torch
+
+    from pruner.atomic import torch_save_atomic
+    from pruner.runs.job import _write_failure
+
+    with pytest.raises(OSError) as info:   # torch.save to a path raised a C++ RuntimeError here
+        torch_save_atomic({"w": torch.zeros(200_000)}, full_disk / "epoch-1.pt")
+    assert info.value.errno == errno.ENOSPC and "--resume" in _write_failure(info.value, full_disk)
+    assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..atomic import torch_save_atomic
 from ..errors import PrunerError
 
 #: Keys under which training scripts commonly nest the state dict.
@@ -157,7 +158,7 @@ def save_checkpoint(path: str | Path, session: Any, pruned: nn.Module, record: A
     from dataclasses import asdict
 
     state = {k: v.detach().cpu() for k, v in pruned.state_dict().items()}
-    torch.save({
+    torch_save_atomic({
         "format": CHECKPOINT_FORMAT, "model_spec": asdict(session.spec), "record": record.to_dict(),
         "state_dict": state, "input_size": list(session.data.input_size), "mean": list(session.data.mean),
         "std": list(session.data.std), "classes": list(session.data.classes),

@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 
 from .. import __version__
+from ..atomic import torch_save_atomic
 from ..budget import cost_floor, meet_measured
 from ..data import DataBundle, ImageTensors, batches, load_data
 from ..errors import CancelledError, PrunerError
@@ -541,8 +542,8 @@ class _Pipeline:
                  "start_source": best.meta.get("start_source"),
                  "workers": worker_stats, "scoring_threads": None if pool is not None else evaluator.scoring_threads()}
         if evaluator.model_version > 0:  # the strategy trained the weights (joint): prune those
-            torch.save({"state_dict": {k: v.detach().cpu() for k, v in evaluator.model.state_dict().items()},
-                        "ranking": [r.cpu() for r in evaluator.ranking]}, run.state_dir / "search_model.pt")
+            torch_save_atomic({"state_dict": {k: v.detach().cpu() for k, v in evaluator.model.state_dict().items()},
+                               "ranking": [r.cpu() for r in evaluator.ranking]}, run.state_dir / "search_model.pt")
             found["model"] = "state/search_model.pt"
         write_json_atomic(run.search_state_path, found)
         return found

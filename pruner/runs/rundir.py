@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from ..atomic import write_bytes_atomic
 from ..errors import PrunerError
 
 CONFIG_FILE = "config.json"
@@ -153,20 +154,9 @@ def _clean(value: Any) -> Any:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    """Write ``data`` as JSON to ``path`` atomically (a temporary file, then ``os.replace``); on any
-    failure (a full disk included) the temporary file is removed and the error raised."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, "w") as fh:
-            json.dump(_clean(data), fh, indent=2)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write ``data`` as JSON to ``path`` atomically (:func:`pruner.atomic.write_bytes_atomic`: on any
+    failure, a full disk included, the temporary file is removed and the error raised)."""
+    write_bytes_atomic(path, json.dumps(_clean(data), indent=2).encode())
 
 
 #: Bounds of what a reader takes from a run directory (a damaged or hostile file cannot exhaust a page):
