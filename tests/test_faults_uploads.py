@@ -140,22 +140,7 @@ def test_the_same_bytes_are_parsed_once():
 
 
 # ---------------------------------------------------------------------- the New run page
-@pytest.fixture
-def runs_dir(tmp_path, monkeypatch):
-    root = tmp_path / "runs"
-    monkeypatch.setenv("PRUNER_RUNS_DIR", str(root))
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    yield root
-    from studio import state
-
-    state._shared().manager.shutdown(cancel=True)
-    st.cache_resource.clear()
-    st.cache_data.clear()
-
-
-def texts(elements) -> list[str]:
-    return [str(e.value) for e in elements]
+from test_faults_security import runs_dir, texts  # noqa: E402,F401 (the studio fixture and helper, shared)
 
 
 def upload_page() -> AppTest:
