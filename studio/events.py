@@ -8,7 +8,6 @@ fraction done and ETA shown on the Live run page.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import deque
 from pathlib import Path

@@ -18,7 +18,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from pruner import userfile
