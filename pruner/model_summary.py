@@ -1,4 +1,5 @@
-"""A model's summary (layer groups, MACs, parameters, latency, data sizes), built in a child process.
+"""A model's summary (layer groups, MACs, parameters, latency, data sizes, a timed fine-tuning step),
+built in a child process.
 
 The studio shows this summary before a run starts. Building it loads the dataset (decoded
 images: up to gigabytes) and builds the model (for a ``file:`` model or a pickled weights
@@ -61,15 +62,25 @@ def summarize(config: dict[str, Any]) -> dict[str, Any]:
     from .runs.job import Session
 
     cfg = RunConfig.from_dict({**config, "device": "cpu", "importance": "l1"})
-    torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
+    job_threads = torch.get_num_threads()   # what a job's fine-tuning will use
+    torch.set_num_threads(max(1, min(4, job_threads)))
     session = Session(cfg)
     model = session.model.cpu().eval()
     try:
         lat = latency_ms(model, session.data.input_size, repeats=20, warmup=3)
     except Exception:  # noqa: BLE001 - latency is a nicety; the summary stands without it
         lat = None
+    try:   # the fine-tuning's expected time on the run's device (pruner.finetune.expected_seconds)
+        from .finetune import time_steps
+        from .settings import resolve_device
+
+        torch.set_num_threads(job_threads)
+        timing = time_steps(model, session.data.input_size, session.data.num_classes,
+                            device=resolve_device(str(config.get("device") or "auto"))).to_dict()
+    except Exception:  # noqa: BLE001 - a nicety too (e.g. the device is busy or out of memory)
+        timing = None
     space = session.space
-    return {"groups": [g.to_dict() for g in space.groups], "macs": int(space.base_macs),
+    return {"finetune_timing": timing, "groups": [g.to_dict() for g in space.groups], "macs": int(space.base_macs),
             "params": int(space.base_params), "latency_ms": lat, "data": session.data.describe(), "error": None,
             "floors": {**{kind: cost_floor(space, kind) for kind in CHANNEL_KINDS},
                        # the unstructured pattern's floor (a 2:4 budget is checked by the job)

@@ -85,6 +85,20 @@ def format_seconds(s: float | None) -> str:
     return f"{s // 3600}h {(s % 3600) // 60:02d}m"
 
 
+def plan_text(plan: dict | None) -> str:
+    """A ``finetune_plan`` (:func:`pruner.finetune.finetune_plan`) in one line: the expected time and
+    what it is made of (empty for None or a damaged record)."""
+    try:
+        t = plan["timing"]
+        teacher = f" + {1000 * float(t['teacher_s']):.2f} teacher" if plan.get("distillation") else ""
+        return (f"fine-tuning expected to take at most about {format_seconds(float(plan['seconds']))} "
+                f"({int(plan['epochs'])} epoch{'s' if int(plan['epochs']) != 1 else ''} x {int(plan['batches'])} "
+                f"batches of {int(plan['batch_size'])}; {t['device']}: {1000 * float(t['train_s']):.2f} ms/image "
+                f"train{teacher}, unpruned model)")
+    except (KeyError, TypeError, ValueError):
+        return ""
+
+
 # ---------------------------------------------------------------------- state
 @dataclass(frozen=True)
 class Scored:
@@ -131,6 +145,7 @@ class Tracker:
         self.ft_progress: dict | None = None  # the fine-tuning stage's last progress event
         self.ft_epoch_events: list[dict] = []  # epoch events since the fine-tuning stage began
         self.estimate: FinetuneEstimate | None = None
+        self.plan: dict | None = None         # the fine-tuning's expected time, timed before the search
         self.points = (0, 0)                  # sensitivity points done, total
         self.last_point_time: float | None = None
         self.base_seconds: float | None = None
@@ -146,8 +161,10 @@ class Tracker:
                 self.ft_progress, self.ft_epoch_events = None, []
                 if status in (Status.SEARCHING, Status.ANALYSING_SENSITIVITY):
                     self._search_t0, self._search_done0 = t, self.evaluations
-        elif kind == Event.BASE and isinstance(e.get("report_seconds"), (int, float)):
-            self.base_seconds = float(e["report_seconds"])
+        elif kind == Event.BASE:
+            if isinstance(e.get("report_seconds"), (int, float)):
+                self.base_seconds = float(e["report_seconds"])
+            self.plan = e.get("finetune_plan") if isinstance(e.get("finetune_plan"), dict) else self.plan
         elif kind == Event.CANDIDATE:
             if not (e.get("meta") or {}).get("cached"):
                 self.evaluations += 1
@@ -261,6 +278,7 @@ class _Display:
         self._lock = threading.Lock()
         self._broken = False
         self._estimated = False
+        self._planned = False
 
     def __call__(self, event: dict) -> None:
         if self._broken:
@@ -272,6 +290,13 @@ class _Display:
                 self.show(event, before)
             except Exception:  # noqa: BLE001 (a closed terminal or pipe: the job goes on without a display)
                 self._broken = True
+
+    def plan_line(self) -> str | None:
+        """The fine-tuning's expected time timed before the search, once."""
+        if self._planned or self.tracker.plan is None:
+            return None
+        self._planned = True
+        return plan_text(self.tracker.plan) or None
 
     def estimate_line(self) -> str | None:
         """The expected fine-tuning time, once (when it becomes known)."""
@@ -320,6 +345,10 @@ class PlainDisplay(_Display):
                 self._print(now, self._pending)
             self._tenth, self._pending = 0, ""
             self._print(now, f"phase: {tr.status}")
+        elif kind == Event.BASE:
+            line = self.plan_line()
+            if line:
+                self._print(now, line)
         elif kind == Event.EPOCH and tr.status == Status.FINE_TUNING:
             self._print(now, self.epoch_line(e, now))
         elif kind in (Event.CANDIDATE, Event.SENSITIVITY) or (kind == Event.PROGRESS and tr.status == Status.FINE_TUNING):
@@ -389,9 +418,9 @@ class BarDisplay(_Display):
                 return
         if kind == Event.EPOCH and tr.status == Status.FINE_TUNING:
             self._line(self.epoch_line(e, now), now)
-        line = self.estimate_line()
-        if line:
-            self._line(line, now)
+        for line in (self.plan_line(), self.estimate_line()):
+            if line:
+                self._line(line, now)
         done, total = tr.work()
         fields = {"counts": tr.counts_text(), "best": tr.best_text()}
         if self._task is None:
@@ -446,5 +475,5 @@ def open_progress(mode: str, config: dict, *, kind: str = PRUNE, stream: IO[str]
 
 
 __all__ = ["BarDisplay", "FinetuneEstimate", "MODES", "PlainDisplay", "Scored", "Tracker", "choose_mode",
-           "finetune_eta", "format_seconds", "open_progress", "rate_eta"]
+           "finetune_eta", "format_seconds", "open_progress", "plan_text", "rate_eta"]
 

@@ -81,10 +81,13 @@ def assert_facts(lines: list[str], summary: dict) -> None:
     assert search, lines
     assert f"best top-1 {summary['search']['best_val_top1']:.2f}% within flops=0.5" in search[-1], search
     assert any("fine-tuning expected to take about" in l and "1 epoch x 2 batches x" in l for l in lines), lines
+    # before the search: the time a step of the unpruned model took, scaled to the fine-tuning's batches (a
+    # terminal may wrap the rest of the line, which plan_text's own test reads)
+    assert any("fine-tuning expected to take at most about" in l and "(1 epoch x 2 batches" in l for l in lines), lines
     assert any("fine-tuning: epoch 1/1 done" in l and "val top-1" in l for l in lines), lines
     order = [next(i for i, l in enumerate(lines) if needle in l)
-             for needle in ("phase: searching", "evaluations 3/3", "phase: fine-tuning", "expected to take",
-                            "epoch 1/1 done", "phase: exporting")]
+             for needle in ("expected to take at most", "phase: searching", "evaluations 3/3", "phase: fine-tuning",
+                            "expected to take about", "epoch 1/1 done", "phase: exporting")]
     assert order == sorted(order), lines
 
 

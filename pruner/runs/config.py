@@ -22,6 +22,7 @@ from ..settings import check_device_name
 from ..userfile import CONSENT_HINT, code_references
 from ..pruning.space import check_round_to
 from ..pruning.sparsity import check_pattern
+from ..recipes import recipe_settings
 from ..quantize import DEFAULT_CALIBRATION_IMAGES, QUANTIZE_CHOICES
 
 
@@ -60,7 +61,9 @@ class RunConfig:
     scoring_threads: int | None = None     # in-process: structures scored at once on a CPU; None = auto (EvaluatorSettings.threads)
     ray_address: str | None = None         # an existing Ray cluster to join (else an embedded local Ray)
     # fine-tuning and reporting
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    # a FinetuneConfig is taken whole; a dict overrides the recipe's settings (pruner.recipes), or the defaults
+    finetune: FinetuneConfig | dict = field(default_factory=dict)
+    recipe: str | None = None               # "quick", "standard" or "full" (pruner.recipes)
     report_images: int | None = None        # cap on report-split images (quick runs); None = all
     latency_repeats: int = 30
     latency_batch: int | None = None       # throughput batch timed besides 1 (None: 256 on CUDA, none on CPU); a latency budget is held at it
@@ -81,8 +84,14 @@ class RunConfig:
         check_data_spec(self.data, self.data_root)
 
     def __post_init__(self):
+        if self.recipe is not None:
+            recipe_settings(self.recipe)   # an unknown name: one line before anything else
         if isinstance(self.finetune, dict):
-            self.finetune = FinetuneConfig(**self.finetune)
+            unknown = set(self.finetune) - {f.name for f in fields(FinetuneConfig)}
+            if unknown:
+                raise PrunerError(f"unknown fine-tuning settings: {', '.join(sorted(unknown))}")
+            self.finetune = FinetuneConfig(**{**(recipe_settings(self.recipe) if self.recipe else {}),
+                                              **self.finetune})
         if not isinstance(self.finetune, FinetuneConfig):
             raise PrunerError(f"finetune must be fine-tuning settings, got {self.finetune!r}")
         self.budget_obj  # validates

@@ -38,7 +38,7 @@ from ..data import DataBundle, ImageTensors, batches, load_data
 from ..errors import CancelledError, PrunerError
 from ..evaluate import accuracy, recalibrate_bn
 from ..export import export_onnx, save_pruned_program
-from ..finetune import finetune
+from ..finetune import TIMING_BATCH, finetune, finetune_plan, time_steps
 from ..measure import count_cost, latency_stats, ort_latency_ms, relative_latency
 from ..models import build_model, parse_model_spec
 from ..models.checkpoints import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint  # noqa: F401 (re-exported)
@@ -64,7 +64,7 @@ EventFn = Callable[[dict], None]
 # defines the search the resumed run continues, so changing it is refused.
 RESUME_OVERRIDES = ("finetune.epochs", "finetune.lr", "finetune.momentum", "finetune.weight_decay",
                     "finetune.batch_size", "finetune.kd_temperature", "finetune.kd_weight",
-                    "finetune.max_batches_per_epoch", "report_images", "export", "workers", "ray_address",
+                    "finetune.max_batches_per_epoch", "finetune.warmup", "report_images", "export", "workers", "ray_address",
                     "scoring_threads", "quantize", "calibration_images")
 OVERRIDES_STATE = "overrides.json"
 
@@ -489,7 +489,28 @@ class _Pipeline:
             base["report_seconds"] = time.perf_counter() - t0   # what the final report's ETA is measured from
             write_json_atomic(self.base_state, base)
         self.base = summary["base"] = base
-        run.event(Event.BASE, groups=[g.to_dict() for g in session.space.groups], **base)
+        plan = self.finetune_plan()
+        if plan:
+            summary["finetune_plan"] = plan
+        run.event(Event.BASE, groups=[g.to_dict() for g in session.space.groups], **base,
+                  **({"finetune_plan": plan} if plan else {}))
+
+    def finetune_plan(self) -> dict | None:
+        """The fine-tuning's expected seconds, from a short timing of the unpruned model on the run's
+        device (:func:`~pruner.finetune.time_steps`), before the search: None without fine-tuning or
+        when the timing fails (it is a nicety: the run goes on)."""
+        config, session = self.config, self.session
+        ft = config.finetune
+        if ft.epochs <= 0:
+            return None
+        try:
+            timing = time_steps(session.model, session.data.input_size, session.data.num_classes,
+                                device=session.device, batch_size=min(TIMING_BATCH, ft.batch_size), amp=ft.amp,
+                                channels_last=ft.channels_last)
+        except Exception as exc:  # noqa: BLE001 - e.g. out of memory at this batch: the fine-tuning will say
+            self.run.event(Event.LOG, level="warning", message=f"could not time a fine-tuning step ({exc})")
+            return None
+        return finetune_plan(timing, ft, len(session.data.fit))
 
     # ------------------------------------------------------------------ search
     def search(self) -> dict:
