@@ -124,9 +124,16 @@ def _config(args):
                   search_evals=args.search_evals, max_prune=args.max_prune,
                   round_to=args.round_to, sparsity_pattern=args.sparsity_pattern)
     if hasattr(args, "finetune_epochs"):
-        kw["finetune"] = FinetuneConfig(epochs=args.finetune_epochs, lr=args.lr, kd_temperature=args.kd_temperature,
-                                        kd_weight=args.kd_weight, batch_size=args.batch_size,
-                                        max_batches_per_epoch=args.max_batches_per_epoch, seed=args.seed)
+        ft = dict(epochs=args.finetune_epochs, lr=args.lr, kd_temperature=args.kd_temperature, kd_weight=args.kd_weight,
+                  batch_size=args.batch_size, max_batches_per_epoch=args.max_batches_per_epoch, warmup=args.warmup,
+                  seed=args.seed)
+        if args.recipe:   # the recipe's settings, but for the fine-tuning flags typed on the command line
+            typed = _given_options(args.argv)
+            ft = {k: v for k, v in ft.items() if k == "seed" or _FT_DESTS.get(k, k) in typed}
+            kw["recipe"] = args.recipe
+        else:
+            ft = FinetuneConfig(**ft)
+        kw["finetune"] = ft
         kw["report_images"] = args.report_images
         kw["latency_batch"] = args.latency_batch
         kw["export"] = not args.no_export
@@ -155,9 +162,12 @@ def cmd_info(args) -> int:
 # prune option (argparse dest) -> the RunConfig field it sets (dotted for the fine-tuning block)
 _PRUNE_FIELDS = {"finetune_epochs": "finetune.epochs", "lr": "finetune.lr", "batch_size": "finetune.batch_size",
                  "kd_temperature": "finetune.kd_temperature", "kd_weight": "finetune.kd_weight",
-                 "max_batches_per_epoch": "finetune.max_batches_per_epoch", "no_export": "export",
+                 "max_batches_per_epoch": "finetune.max_batches_per_epoch", "warmup": "finetune.warmup",
+                 "no_export": "export",
                  "set": "strategy_params"}
 _UNSET = object()
+# FinetuneConfig field -> its prune option's dest, where they differ
+_FT_DESTS = {"epochs": "finetune_epochs"}
 
 
 def _given_options(argv: list[str]) -> set[str]:
@@ -192,11 +202,14 @@ def _resume_overrides(args, stored: dict) -> dict:
         new, old = _field(typed, field), _field(stored, field)
         if new == old:
             continue
+        if dest == "recipe":
+            raise PrunerError("--recipe cannot be given with --resume: type the fine-tuning options to change "
+                              "instead (e.g. --finetune-epochs 10 --warmup 0.1)")
         if field not in RESUME_OVERRIDES:
             flag = "--" + dest.replace("_", "-")
             raise PrunerError(f"{flag} cannot change when resuming (the run has {old!r}): it would change what the "
                               "search means; start a new run with another --out (a resume may change --batch-size, "
-                              "--finetune-epochs, --lr, --kd-temperature, --kd-weight, --max-batches-per-epoch, "
+                              "--finetune-epochs, --lr, --kd-temperature, --kd-weight, --max-batches-per-epoch, --warmup, "
                               "--report-images and --no-export)")
         overrides[field] = new
     return overrides
@@ -401,6 +414,8 @@ def _progress_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .recipes import DESCRIPTIONS, RECIPES
+
     p = argparse.ArgumentParser(prog="python -m pruner", description="RL-guided structured pruning of CNNs")
     sub = p.add_subparsers(dest="command", required=True)
     d = _defaults()
@@ -414,7 +429,13 @@ def build_parser() -> argparse.ArgumentParser:
     _model_data_args(s, d)
     _search_args(s, d)
     g = s.add_argument_group("fine-tuning and output")
+    g.add_argument("--recipe", default=None, choices=list(RECIPES),
+                   help="fine-tuning recipe: " + "; ".join(f"{k}: {v}" for k, v in DESCRIPTIONS.items())
+                        + " (distillation T=4, weight 0.9, batch 128, lr 0.01); the fine-tuning options typed "
+                          "with it override its settings")
     g.add_argument("--finetune-epochs", type=int, default=d["epochs"])
+    g.add_argument("--warmup", type=float, default=d["warmup"], metavar="SHARE",
+                   help="share of the fine-tuning steps with a linear learning-rate warm-up before the cosine decay")
     g.add_argument("--lr", type=float, default=d["lr"])
     g.add_argument("--batch-size", type=int, default=d["batch_size"])
     g.add_argument("--kd-temperature", type=float, default=d["kd_temperature"])
