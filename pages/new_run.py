@@ -45,12 +45,21 @@ with left:
                    "Sensitivity analysis: Advanced → start), and the answer may be that start — the result says so.")
 
     st.subheader("Fine-tuning and device")
-    c1, c2 = st.columns(2)
+    c1, c2, c3 = st.columns(3)
     with c1:
+        recipe = st.selectbox("Fine-tuning recipe", forms.RECIPE_CHOICES, format_func=forms.RECIPE_LABELS.get,
+                              key="nr_recipe", on_change=forms.apply_recipe, args=("nr_",),
+                              help="Sets the epochs, warm-up, batch size, learning rate and distillation below "
+                                   "(Advanced → Fine-tuning); a field you then edit overrides the recipe")
+    with c2:
         ft_epochs = st.number_input("Fine-tune epochs", min_value=0, value=forms.QUICK["finetune_epochs"], step=1,
                                     key="nr_ft_epochs", help="Knowledge distillation from the original model; 0 = off")
-    with c2:
+    with c3:
         device = forms.device_input("nr_")
+    quantize = st.checkbox("Also an INT8 model (ONNX Runtime static quantization)", value=False, key="nr_quantize",
+                           help="After export: QDQ INT8 with per-channel weights, calibrated on fine-tune images "
+                                "(never the report split), its top-1 and ONNX Runtime CPU latency measured beside "
+                                "the float model's")
 
     with st.expander("Advanced"):
         st.markdown(f"**{strategy}** hyper-parameters")
@@ -110,6 +119,10 @@ with left:
                                           step=10, key="nr_max_batches")
             batch_size = st.number_input("Batch size", min_value=1, value=forms.QUICK["batch_size"], step=16,
                                          key="nr_batch_size")
+            warmup = st.number_input("Warm-up share of the steps", min_value=0.0, max_value=0.95,
+                                     value=forms.FT_DEFAULTS.warmup, step=0.05, format="%g", key="nr_warmup",
+                                     help="The learning rate rises linearly over this share of the steps, then "
+                                          "decays on a cosine to zero")
         with f2:
             lr = st.number_input("Learning rate", min_value=0.0, value=forms.FT_DEFAULTS.lr, format="%g", step=0.005,
                                  key="nr_lr")
@@ -121,6 +134,10 @@ with left:
                                              value=forms.FT_DEFAULTS.kd_temperature, step=0.5,
                                              key="nr_kd_temperature")
             export = st.checkbox("Export ONNX", value=True, key="nr_export")
+            calibration_images = st.number_input("INT8 calibration images", min_value=1,
+                                                 value=forms.RUN_DEFAULTS["calibration_images"], step=64,
+                                                 key="nr_calibration_images", disabled=not quantize,
+                                                 help="Fine-tune-split images the INT8 model is calibrated on")
 
     run_name = st.text_input("Run name (optional)", key="nr_run_name", placeholder="automatic: date-model-strategy")
 
@@ -128,12 +145,13 @@ with left:
 name = run_name.strip()
 config, errors = forms.check_new_run(
     md, ft=dict(epochs=ft_epochs, max_batches=max_batches, batch_size=batch_size, lr=lr, kd_weight=kd_weight,
-                kd_temperature=kd_temperature),
+                kd_temperature=kd_temperature, warmup=warmup), recipe=recipe,
     budget=f"{budget_kind}={budget_value:g}", strategy=strategy, strategy_params=strategy_params,
     trust_cost_code=trust_cost_code, cost_code=cost_code, device=device, name=name,
     protocol=protocol, importance=importance, search_evals=int(search_evals), search_images=int(search_images),
     recal_images=int(recal_images), max_prune=float(max_prune), min_channels=int(min_channels),
     report_images=int(report_images) or None, latency_repeats=int(latency_repeats), export=bool(export),
+    quantize="int8" if quantize else None, calibration_images=int(calibration_images),
     seed=int(seed), round_to=int(round_to) or None, latency_batch=int(latency_batch) or None, workers=int(workers),
     ray_address=ray_address.strip() or None)
 
@@ -150,8 +168,9 @@ with right:
             st.error(summary["error"], icon=":material/error:")
             errors.append(summary["error"])
             shown_in_summary.append(summary["error"])
-        elif forms.budget_problem(config, summary):
-            errors.append(forms.budget_problem(config, summary))
+        else:
+            errors += [p for p in (forms.budget_problem(config, summary), forms.calibration_problem(config, summary))
+                       if p]
         if not summary.get("error"):
             data = summary["data"]
             # two metrics a row: three do not fit this column at laptop width
@@ -176,6 +195,12 @@ with right:
 
 # ---------------------------------------------------------------------- start
 with left:
+    if config is not None and config.recipe:
+        changed = forms.recipe_changes(config.recipe, config.finetune)
+        st.caption(f"Recipe **{config.recipe}**" + (f", changed: {', '.join(changed)}" if changed else ""))
+    expected = forms.finetune_time_text(config, summary) if config is not None and not errors else None
+    if expected:
+        st.caption(expected[0].upper() + expected[1:] + ".")
     for msg in errors:
         if msg not in shown_in_summary:
             st.error(msg, icon=":material/error:")

@@ -25,9 +25,11 @@ import streamlit as st
 from pruner.budget import KINDS, Budget
 from pruner.data import PROTOCOLS
 from pruner.errors import PrunerError
-from pruner.finetune import FinetuneConfig
+from pruner.finetune import FinetuneConfig, finetune_plan
 from pruner.models import has_pretrained, list_zoo
+from pruner.progress import plan_text
 from pruner.pruning.importance import CRITERIA
+from pruner.recipes import DESCRIPTIONS as RECIPE_DESCRIPTIONS, RECIPES, recipe_settings
 from pruner.runs.config import RunConfig
 from pruner.search import strategy_class, strategy_names
 from pruner.search.base import Param
@@ -354,6 +356,15 @@ def budget_problem(config: RunConfig, summary: dict) -> str | None:
     return None
 
 
+def calibration_problem(config: RunConfig, summary: dict) -> str | None:
+    """Why the INT8 calibration of ``config`` cannot be drawn from the fine-tune split, or ``None``."""
+    fit = ((summary.get("data") or {}).get("sizes") or {}).get("fit")
+    if config.quantize and isinstance(fit, int) and config.calibration_images > fit:
+        return (f"INT8 calibration asks for {config.calibration_images:,} images but the fine-tune split has only "
+                f"{fit:,}: set “INT8 calibration images” (Advanced → Fine-tuning) to {fit:,} or fewer")
+    return None
+
+
 # ---------------------------------------------------------------------- building configs
 def build_config(**fields: Any) -> tuple[RunConfig | None, str | None]:
     """``RunConfig(**fields)`` or the user-facing reason it is invalid."""
@@ -366,15 +377,54 @@ def build_config(**fields: Any) -> tuple[RunConfig | None, str | None]:
 
 
 def finetune_config(epochs: int, max_batches: int | None, batch_size: int, lr: float, kd_weight: float,
-                    kd_temperature: float) -> FinetuneConfig:
+                    kd_temperature: float, warmup: float = 0.0) -> FinetuneConfig:
     return FinetuneConfig(epochs=int(epochs), max_batches_per_epoch=int(max_batches) if max_batches else None,
                           batch_size=int(batch_size), lr=float(lr), kd_weight=float(kd_weight),
-                          kd_temperature=float(kd_temperature))
+                          kd_temperature=float(kd_temperature), warmup=float(warmup))
+
+
+# ---------------------------------------------------------------------- fine-tuning recipes
+CUSTOM_RECIPE = "custom"
+#: the recipe choice: the form's own values, or a named recipe (pruner.recipes)
+RECIPE_CHOICES = [CUSTOM_RECIPE, *RECIPES]
+RECIPE_LABELS = {CUSTOM_RECIPE: "custom (the fields below)", **{k: f"{k}: {v}" for k, v in RECIPE_DESCRIPTIONS.items()}}
+# FinetuneConfig field -> the New run form's widget key (after the prefix)
+_RECIPE_WIDGETS = {"epochs": "ft_epochs", "max_batches_per_epoch": "max_batches", "batch_size": "batch_size",
+                   "lr": "lr", "kd_weight": "kd_weight", "kd_temperature": "kd_temperature", "warmup": "warmup"}
+
+
+def apply_recipe(prefix: str) -> None:
+    """The recipe select's callback: the fine-tuning fields take the chosen recipe's settings (the
+    user may still edit them: an edited field overrides the recipe, as a typed flag does)."""
+    name = st.session_state.get(prefix + "recipe")
+    if name in RECIPES:
+        for field_name, value in recipe_settings(name).items():
+            st.session_state[prefix + _RECIPE_WIDGETS[field_name]] = 0 if value is None else value
+
+
+def recipe_changes(recipe: str | None, finetune: FinetuneConfig) -> list[str]:
+    """The fine-tuning settings that differ from ``recipe``'s: ``epochs 10 -> 3``."""
+    if recipe not in RECIPES:
+        return []
+    got = finetune.to_dict()
+    return [f"{k} {v if v is not None else 'all'} -> {got[k] if got[k] is not None else 'all'}"
+            for k, v in recipe_settings(recipe).items() if got.get(k) != v]
+
+
+def finetune_time_text(config: RunConfig, summary: dict) -> str | None:
+    """The expected fine-tuning time before Start, from the summary child's timed step, or None."""
+    timing, sizes = summary.get("finetune_timing"), (summary.get("data") or {}).get("sizes") or {}
+    if config.finetune.epochs <= 0 or not isinstance(timing, dict) or not sizes.get("fit"):
+        return None
+    try:
+        return plan_text(finetune_plan(timing, config.finetune, int(sizes["fit"]))) or None
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 # ---------------------------------------------------------------------- model summary
 SUMMARY_FIELDS = ("model", "weights", "trust_checkpoint", "trust_code", "data", "data_root", "image_size", "protocol",
-                  "val_size", "min_channels", "max_prune", "seed")
+                  "val_size", "min_channels", "max_prune", "seed", "device")
 
 
 def summary_key(cfg: RunConfig) -> str:
@@ -403,11 +453,13 @@ def model_summary(cfg: RunConfig) -> dict:
 
 # ---------------------------------------------------------------------- a whole form checked
 def check_new_run(md: ModelData, *, ft: dict[str, Any], budget: str, strategy: str, strategy_params: dict,
-                  trust_cost_code: bool, cost_code: list[str], device: str, name: str,
+                  trust_cost_code: bool, cost_code: list[str], device: str, name: str, recipe: str | None = None,
                   **fields: Any) -> tuple[RunConfig | None, list[str]]:
     """The New run form's settings as a :class:`RunConfig`, or the messages that say what to fix.
 
-    ``ft``: :func:`finetune_config`'s arguments; ``fields``: the other ``RunConfig`` fields. What can
+    ``ft``: :func:`finetune_config`'s arguments (the form's fields, which the recipe select filled);
+    ``recipe``: the chosen recipe's name, recorded with the run (None or ``custom``: none);
+    ``fields``: the other ``RunConfig`` fields. What can
     be checked without a model or a dataset (budget, strategy parameters) is checked even while the
     model or dataset is still missing; the device and the run name always are.
     """
@@ -428,7 +480,7 @@ def check_new_run(md: ModelData, *, ft: dict[str, Any], budget: str, strategy: s
         config, problem = build_config(model=md.model, weights=md.weights, trust_checkpoint=md.trust_checkpoint,
                                        trust_code=trust_code, data=md.data, image_size=md.image_size, budget=budget,
                                        strategy=strategy, strategy_params=strategy_params, finetune=finetune,
-                                       device=device, **fields)
+                                       recipe=recipe if recipe in RECIPES else None, device=device, **fields)
     elif finetune is not None:
         _, problem = build_config(budget=budget, strategy=strategy, strategy_params=strategy_params,
                                   trust_code=trust_code)
