@@ -233,14 +233,15 @@ def test_masked_model_equals_physical_pruning_after_recalibration(name):
 
 
 def test_masked_and_physical_scoring_give_the_same_candidates():
-    """Option-A ResNet on real images: the evaluator's two scoring modes agree candidate by candidate."""
+    """Option-A ResNet on real images: the evaluator's two scoring modes agree candidate by candidate
+    (in float32: under bf16 masked and sliced convolutions round differently)."""
     cfg = RunConfig(model="resnet20", weights="pretrained", data="digits", search_images=200, recal_images=64,
                     device="cpu")
     s = Session(cfg)
     tops = {}
     for mode in ("mask", "physical"):
         ev = Evaluator(s.model, s.space, s.data, s.ranking, cfg.budget_obj,
-                       settings=EvaluatorSettings(search_images=200, recal_images=64, scoring=mode))
+                       settings=EvaluatorSettings(search_images=200, recal_images=64, scoring=mode, amp=False))
         rng = random.Random(3)
         tops[mode] = [ev.evaluate(ev.solve([rng.uniform(0.1, 1) for _ in s.space.groups]).counts).top1
                       for _ in range(3)]

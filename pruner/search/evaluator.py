@@ -21,8 +21,9 @@ Two ways to get "the pruned network" compute the same function (``tests/test_ali
   its BN-folded form; each is checked against the plain path once and falls back to it.
 
 ``auto`` picks ``mask`` on CUDA and ``physical`` on CPU. Evaluation images stay on the
-device as normalised float tensors (built once); scoring runs under bf16 autocast on CUDA
-only. Latency costs always time a physically pruned model.
+device as normalised float tensors (built once); scoring runs under bf16 autocast on CUDA and
+on CPUs with native bf16 kernels, where BN recalibration does too (``EvaluatorSettings.amp``).
+Latency costs always time a physically pruned model.
 
 On a CPU with physical scoring, a batch of proposals (:meth:`Evaluator.prefetch`) is scored
 ``threads`` at a time in this process, each structure on its own Python thread with an
@@ -52,6 +53,7 @@ from ..evaluate import GraphUnsupported, LeanGraph, bn_recalibration
 from ..measure import relative_latency
 from ..pruning.masks import ChannelMasker, ChannelSlicer, MaskingUnsupported
 from ..pruning.space import PruningSpace
+from ..settings import native_bf16
 
 SCORING_MODES = ("auto", "mask", "physical")
 #: Evaluation images are kept as ready float tensors up to this size (else uint8, normalised per batch).
@@ -98,6 +100,9 @@ class EvaluatorSettings:
     latency_repeats: int = 20
     scoring: str = "auto"          # "mask", "physical", or "auto" (mask on CUDA, physical on CPU)
     channels_last: bool = True     # convolutions channels-last while scoring (faster on CPU and GPU)
+    #: bf16 autocast while recalibrating and scoring; None: the device's default (scoring on CUDA and
+    #: on CPUs with native bf16, recalibration on those CPUs only: settings.native_bf16)
+    amp: bool | None = None
     lean: bool = True              # CPU surgery: recalibrate and score through a LeanGraph (in-place ops, BN folded)
     #: structures of a prefetched batch scored at once in this process (CPU, physical scoring);
     #: None: auto, the intra-op thread count up to MAX_AUTO_THREADS for inputs up to
@@ -283,7 +288,7 @@ class Evaluator:
         """Re-estimate every BatchNorm's running statistics on the resident recalibration images
         (cumulative average over batches of ``recal_batch_size``, as :func:`~pruner.evaluate.recalibrate_bn`)."""
         t0 = time.perf_counter()
-        with bn_recalibration(model) as has_bn:
+        with bn_recalibration(model) as has_bn, self._autocast(recalibration=True):
             if has_bn:
                 bs = self.settings.recal_batch_size
                 for i in range(0, len(self._recal_x), bs):
@@ -292,6 +297,16 @@ class Evaluator:
         self._sync()
         self._tick("recalibration", t0)
 
+    def _autocast(self, *, recalibration: bool = False) -> torch.autocast:
+        """bf16 autocast when ``settings.amp``; unset: for scoring where bf16 is native (CUDA, a CPU
+        with AVX-512 BF16 or AMX), for BN recalibration on such a CPU only (CUDA recalibrates in
+        float32, as before). bench/candidate_speed.py --compare fp32,new measures both the time
+        and the ranking (Spearman of the candidates' top-1s)."""
+        amp = self.settings.amp
+        if amp is None:
+            amp = native_bf16(self.device) and not (recalibration and self.device.type == "cuda")
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bool(amp))
+
     def _sync(self) -> None:
         """Wait for queued CUDA work, so each timing entry holds its own work."""
         if self.device.type == "cuda":
@@ -299,12 +314,12 @@ class Evaluator:
 
     @torch.inference_mode()
     def score(self, model: nn.Module) -> float:
-        """Top-1 (%) of ``model`` on the resident search images (bf16 autocast on CUDA)."""
+        """Top-1 (%) of ``model`` on the resident search images (bf16 autocast: ``settings.amp``)."""
         t0 = time.perf_counter()
         model.eval()
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         bs = self.settings.batch_size or (1000 if self.device.type == "cuda" else 250)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+        with self._autocast():
             for i in range(0, len(self._search_y), bs):
                 correct += (model(self._batch(self._search_x, i, bs)).argmax(1) == self._search_y[i:i + bs]).sum()
         top1 = 100.0 * int(correct) / max(1, len(self._search_y))
