@@ -18,6 +18,9 @@ figures drift with the other load; the ratio of interleaved pairs is what to com
 * ``old``: physical surgery scored eagerly (``lean=False``), scoring batch 250 — the previous CPU path;
 * ``new``: the current defaults (lean graph: in-place element-wise ops, BN folded after recalibration;
   on a CPU, a batch's structures scored on threads, ``EvaluatorSettings.threads`` auto);
+* ``fp32``: the defaults in float32 (``EvaluatorSettings.amp=False``); ``bf16``: with bf16 autocast
+  while recalibrating and scoring (``amp=True``; the default on a CPU with AVX-512 BF16 or AMX);
+  the output adds the two set-ups' top-1 differences and the Spearman rank correlation of their top-1s;
 * ``serial``: the defaults, one structure at a time (``threads=1``); ``threads-N``: N at a time;
 * ``lean-bN``: the lean graph with scoring batch N; ``eager-bN``: eager with scoring batch N.
 
@@ -46,16 +49,27 @@ from pruner.search.evaluator import Evaluator, EvaluatorSettings  # noqa: E402
 def setup_settings(name: str, base: dict) -> EvaluatorSettings:
     if name == "new":
         return EvaluatorSettings(**base)
+    if name == "bf16":
+        return EvaluatorSettings(**base, amp=True)
+    if name == "fp32":
+        return EvaluatorSettings(**base, amp=False)
     if name == "serial":
         return EvaluatorSettings(**base, threads=1)
     if name.startswith("threads-") and name[8:].isdigit():
         return EvaluatorSettings(**base, threads=int(name[8:]))
     if name == "old":
-        return EvaluatorSettings(**base, lean=False, batch_size=250)
+        return EvaluatorSettings(**base, lean=False, batch_size=250, amp=False)
     for prefix, lean in (("lean-b", True), ("eager-b", False)):
         if name.startswith(prefix) and name[len(prefix):].isdigit():
             return EvaluatorSettings(**base, lean=lean, batch_size=int(name[len(prefix):]))
-    raise SystemExit(f"unknown set-up {name!r}: use old, new, serial, threads-N, lean-bN or eager-bN")
+    raise SystemExit(f"unknown set-up {name!r}: use old, new, fp32, bf16, serial, threads-N, lean-bN or eager-bN")
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rho (ties get their mean rank)."""
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
 
 
 def breakdown(ev: Evaluator, n: int, total: float, threads: int) -> None:
@@ -153,6 +167,9 @@ def main() -> int:
               f"(range {ratios.min():.3f}-{ratios.max():.3f}); CPU time median {np.median(cpu_ratios):.3f}; "
               f"speed-up {1 / np.median(ratios):.2f}x")
         print(f"same top-1 for every candidate: {same}" + ("" if same else f" ({top1[0]} vs {top1[1]})"))
+        a, b = np.array(top1[0]), np.array(top1[1])
+        print(f"top-1 difference {names[1]} - {names[0]}: mean {np.mean(b - a):+.3f}, max |d| {np.abs(b - a).max():.2f} "
+              f"points; Spearman rank correlation {spearman(a, b):.4f} over {n} candidates")
     return 0
 
 
