@@ -45,16 +45,15 @@ with left:
                    "Sensitivity analysis: Advanced → start), and the answer may be that start — the result says so.")
 
     st.subheader("Fine-tuning and device")
-    c1, c2, c3 = st.columns(3)
+    recipe = st.selectbox("Fine-tuning recipe", forms.RECIPE_CHOICES, format_func=forms.RECIPE_LABELS.get,
+                          key="nr_recipe", on_change=forms.apply_recipe, args=("nr_",),
+                          help="Sets the epochs, warm-up, batch size, learning rate and distillation below "
+                               "(Advanced → Fine-tuning); a field you then edit overrides the recipe")
+    c1, c2 = st.columns(2)
     with c1:
-        recipe = st.selectbox("Fine-tuning recipe", forms.RECIPE_CHOICES, format_func=forms.RECIPE_LABELS.get,
-                              key="nr_recipe", on_change=forms.apply_recipe, args=("nr_",),
-                              help="Sets the epochs, warm-up, batch size, learning rate and distillation below "
-                                   "(Advanced → Fine-tuning); a field you then edit overrides the recipe")
-    with c2:
         ft_epochs = st.number_input("Fine-tune epochs", min_value=0, value=forms.QUICK["finetune_epochs"], step=1,
                                     key="nr_ft_epochs", help="Knowledge distillation from the original model; 0 = off")
-    with c3:
+    with c2:
         device = forms.device_input("nr_")
     quantize = st.checkbox("Also an INT8 model (ONNX Runtime static quantization)", value=False, key="nr_quantize",
                            help="After export: QDQ INT8 with per-channel weights, calibrated on fine-tune images "
