@@ -194,3 +194,30 @@ def test_results_shaping_of_the_int8_section():
     # the fp32 figures are the same with or without the INT8 section
     assert {k: v for k, v in row.items() if not k.startswith("INT8")} == {
         k: v for k, v in history.compare_row("q", "done", {}, SUMMARY).items() if not k.startswith("INT8")}
+
+
+# ---------------------------------------------------------------------- the quantize job kind
+def test_a_killed_quantize_job_leaves_the_run_done_with_a_one_line_int8_error(tmp_path):
+    from pruner.runs.manager import JobManager
+
+    run = finished_run(tmp_path, "k")
+    before = RunDir(run).summary()
+    mgr = JobManager(max_parallel=1, poll=0.05)
+    try:
+        mgr.submit(JobSpec(QUANTIZE, {}, str(run), options={"calibration_images": 32}))
+        assert mgr.kind(run) == QUANTIZE and RunDir(run).holder() is not None   # locked from the queue on
+        deadline = time.time() + 30
+        while mgr.state(run) != "running" and time.time() < deadline:
+            time.sleep(0.05)
+        job = mgr._jobs[str(run.resolve())]
+        job.process.kill()                  # before it has loaded torch, let alone quantized
+        assert mgr.wait(run, timeout=30)
+        mgr.cancel(run)                     # a quantize job is never cancelled into a done run
+    finally:
+        mgr.shutdown()
+    summary = RunDir(run).summary()
+    error = summary["quantized"]["error"]
+    assert "killed by SIGKILL" in error and "quantize again" in error and "\n" not in error
+    assert summary["status"] == "done" and summary["pruned"] == before["pruned"]
+    assert summary["artifacts"] == before["artifacts"] and not (run / "cancel.request").exists()
+    assert RunDir(run).holder() is None
