@@ -104,7 +104,8 @@ COMPARE_INT8_SPEED = ("INT8 ORT latency (ms)", "INT8 speed-up")
 
 
 def compare_row(name: str, status: str | None, cfg: dict | None, summary: dict | None) -> dict[str, Any]:
-    """One run of the comparison: results, costs and times (keys of :data:`COMPARE_RESULT` and :data:`COMPARE_SPEED`)."""
+    """One run of the comparison: results, costs and times (keys of :data:`COMPARE_RESULT` and :data:`COMPARE_SPEED`,
+    and the INT8 ones, ``None`` for a run without an INT8 model: :data:`COMPARE_INT8_RESULT`, :data:`COMPARE_INT8_SPEED`)."""
     cfg, summary = cfg or {}, summary or {}
     base, pruned = summary.get("base") or {}, summary.get("pruned") or {}
     search = summary.get("search") or {}
