@@ -53,9 +53,10 @@ else:
                 for name, rd in chosen]
     series = [widgets.run_series(rd) for _, rd in chosen]
     frame = pd.DataFrame(cmp_rows)
-    st.dataframe(frame[list(history.COMPARE_RESULT)], hide_index=True, key="runs_compare_table", placeholder="—",
+    result_cols, speed_cols = history.compare_columns(cmp_rows)   # INT8 columns when a compared run has them
+    st.dataframe(frame[result_cols], hide_index=True, key="runs_compare_table", placeholder="—",
                  column_config=widgets.COMPARE_COLUMNS)
-    st.dataframe(frame[list(history.COMPARE_SPEED)], hide_index=True, key="runs_compare_speed", placeholder="—",
+    st.dataframe(frame[speed_cols], hide_index=True, key="runs_compare_speed", placeholder="—",
                  column_config=widgets.COMPARE_COLUMNS)
     tab_front, tab_search, tab_ft, tab_cfg = st.tabs(["Pareto fronts", "Search curves", "Fine-tuning curves",
                                                       "Settings that differ"])
@@ -145,6 +146,7 @@ if kind == PRUNE:
     if worker_rows:
         st.markdown(f"**Ray workers** that scored this run's candidates ({len(worker_rows)})")
         st.dataframe(worker_rows, hide_index=True, key="runs_workers")
+    widgets.int8_panel(rd, cfg, summary, choice, key="runs_int8")
     widgets.download_buttons(rd, summary, choice, key="runs_dl")
 else:
     sens = rd.sensitivity_result()

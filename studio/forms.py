@@ -358,10 +358,18 @@ def budget_problem(config: RunConfig, summary: dict) -> str | None:
 
 def calibration_problem(config: RunConfig, summary: dict) -> str | None:
     """Why the INT8 calibration of ``config`` cannot be drawn from the fine-tune split, or ``None``."""
-    fit = ((summary.get("data") or {}).get("sizes") or {}).get("fit")
-    if config.quantize and isinstance(fit, int) and config.calibration_images > fit:
-        return (f"INT8 calibration asks for {config.calibration_images:,} images but the fine-tune split has only "
-                f"{fit:,}: set “INT8 calibration images” (Advanced → Fine-tuning) to {fit:,} or fewer")
+    if not config.quantize:
+        return None
+    return calibration_size_problem(config.calibration_images, summary, where=" (Advanced → Fine-tuning)")
+
+
+def calibration_size_problem(images: int, summary: dict | None, *, where: str = "") -> str | None:
+    """Why ``images`` INT8 calibration images cannot be drawn from the fine-tune split of ``summary`` (a model
+    summary, or a finished run's summary: both have ``data.sizes.fit``), or ``None``; ``where``: the field's place."""
+    fit = (((summary or {}).get("data") or {}).get("sizes") or {}).get("fit")
+    if isinstance(fit, int) and images > fit:
+        return (f"INT8 calibration asks for {images:,} images but the fine-tune split has only "
+                f"{fit:,}: set “INT8 calibration images”{where} to {fit:,} or fewer")
     return None
 
 

@@ -98,15 +98,20 @@ COMPARE_RESULT = ("name", "status", "strategy", "budget", "achieved", "base top-
                   "Δ top-1 (points)", "MACs (M)", "params (M)")
 COMPARE_SPEED = ("name", "latency (ms)", "latency vs original", "timed on", "ORT latency (ms)", "evaluations",
                  "search time (s)", "total time (s)")
+#: the INT8 columns each table gets when a compared run has an INT8 model (:func:`compare_columns`)
+COMPARE_INT8_RESULT = ("INT8 top-1 (%)",)
+COMPARE_INT8_SPEED = ("INT8 ORT latency (ms)", "INT8 speed-up")
 
 
 def compare_row(name: str, status: str | None, cfg: dict | None, summary: dict | None) -> dict[str, Any]:
-    """One run of the comparison: results, costs and times (keys of :data:`COMPARE_RESULT` and :data:`COMPARE_SPEED`)."""
+    """One run of the comparison: results, costs and times (keys of :data:`COMPARE_RESULT` and :data:`COMPARE_SPEED`,
+    and the INT8 ones, ``None`` for a run without an INT8 model: :data:`COMPARE_INT8_RESULT`, :data:`COMPARE_INT8_SPEED`)."""
     cfg, summary = cfg or {}, summary or {}
     base, pruned = summary.get("base") or {}, summary.get("pruned") or {}
     search = summary.get("search") or {}
     top1_b, top1_p = base.get("top1"), pruned.get("top1")
     lat = results.latency(summary) or {}
+    q = results.int8(summary) or {}
     return {
         "name": name, "status": status, "strategy": cfg.get("strategy"), "budget": cfg.get("budget"),
         "achieved": (summary.get("budget") or {}).get("achieved"),
@@ -118,7 +123,16 @@ def compare_row(name: str, status: str | None, cfg: dict | None, summary: dict |
         "ORT latency (ms)": pruned.get("ort_latency_ms"),
         "evaluations": search.get("evaluations"), "search time (s)": search.get("seconds"),
         "total time (s)": summary.get("seconds"),
+        "INT8 top-1 (%)": q.get("top1"), "INT8 ORT latency (ms)": q.get("ms"), "INT8 speed-up": q.get("speedup"),
     }
+
+
+def compare_columns(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """The comparison's two tables' columns: :data:`COMPARE_RESULT` and :data:`COMPARE_SPEED`, each with its
+    INT8 columns when any compared run has an INT8 model."""
+    has_int8 = any(r.get(k) is not None for r in rows for k in COMPARE_INT8_RESULT + COMPARE_INT8_SPEED)
+    return ([*COMPARE_RESULT, *(COMPARE_INT8_RESULT if has_int8 else ())],
+            [*COMPARE_SPEED, *(COMPARE_INT8_SPEED if has_int8 else ())])
 
 
 CANDIDATE_FIELDS = ("candidate_id", "step", "macs", "top1", "cost", "reward")

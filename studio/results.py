@@ -143,3 +143,85 @@ def result_captions(summary: dict | None) -> list[str]:
                  f"original top-1 {fmt(base.get('top1'), '.2f', ' %')} · "
                  f"ONNX max |diff| vs PyTorch {fmt(summary.get('onnx_max_abs_diff'), '.2e')}")
     return lines
+
+
+# ---------------------------------------------------------------------- INT8
+def _mb(n: Any) -> float | None:
+    return n / 1e6 if isinstance(n, (int, float)) and not isinstance(n, bool) else None
+
+
+def _inverse(ratio: Any) -> float | None:
+    return 1.0 / ratio if isinstance(ratio, (int, float)) and ratio > 0 else None
+
+
+def int8(summary: dict | None) -> dict[str, Any] | None:
+    """A run's INT8 model (the summary's ``quantized`` section, :func:`pruner.runs.job.quantize_run`) told one
+    way everywhere: ``None`` without one; ``{"error": ...}`` when it failed; else its top-1 beside the fp32
+    pruned model's (both in ONNX Runtime on the same report images) and the PyTorch report top-1, ONNX
+    Runtime CPU latency of the INT8, fp32 pruned and original models at batch 1 (each pair timed
+    alternately; ``speedup``: fp32 ms over INT8 ms), the file sizes and the calibration."""
+    q = (summary or {}).get("quantized")
+    if not isinstance(q, dict) or not q:
+        return None
+    if q.get("error"):
+        return {"error": str(q["error"])}
+    entries = [e for e in q.get("ort_latency") or [] if isinstance(e, dict)]
+    lat = next((e for e in entries if e.get("batch") == 1), entries[0] if entries else {})
+    top1, top1_fp32 = q.get("top1"), q.get("top1_fp32")
+    size, size_fp32 = q.get("size_bytes"), q.get("size_fp32_bytes")
+    calib = q.get("calibration") or {}
+    return {
+        "error": None, "top1": top1, "top1_fp32": top1_fp32,
+        "delta": top1 - top1_fp32 if top1 is not None and top1_fp32 is not None else None,
+        "top1_pytorch": ((summary or {}).get("pruned") or {}).get("top1"),
+        "agreement": q.get("agreement"), "images": q.get("images"),
+        "device": lat.get("device") or "cpu", "batch": lat.get("batch") or 1,
+        "ms": lat.get("ms"), "fp32_ms": lat.get("fp32_ms"), "original_ms": lat.get("original_ms"),
+        "vs_fp32": lat.get("vs_fp32"), "vs_original": lat.get("vs_original"),
+        "speedup": _inverse(lat.get("vs_fp32")), "speedup_original": _inverse(lat.get("vs_original")),
+        "size_mb": _mb(size), "size_fp32_mb": _mb(size_fp32),
+        "size_ratio": size / size_fp32 if _mb(size) is not None and _mb(size_fp32) else None,
+        "calibration_images": calib.get("images"), "method": calib.get("method"), "split": calib.get("split"),
+        "format": q.get("format"), "per_channel": q.get("per_channel"), "quantized_nodes": q.get("quantized_nodes"),
+    }
+
+
+def int8_metrics(summary: dict | None) -> list[dict[str, Any]]:
+    """The INT8 model's metrics (as :func:`metrics`: ``label``, ``value``, ``delta``, ``neutral``, ``help``):
+    top-1 beside the fp32 pruned model's, ONNX Runtime latency of INT8 / fp32 pruned / original, sizes.
+    Empty without an INT8 model (or when it failed: :func:`int8`'s ``error``)."""
+    q = int8(summary)
+    if not q or q["error"]:
+        return []
+    where = f"{q['device']}, batch {q['batch']}"
+    x = lambda v: f"{v:.2f}× faster" if v is not None else None  # noqa: E731
+    return [
+        {"label": "INT8 top-1 (report split)", "value": fmt(q["top1"], ".2f", " %"), "neutral": False,
+         "delta": fmt(q["delta"], "+.2f", " pts vs fp32") if q["delta"] is not None else None,
+         "help": f"ONNX Runtime, on the {fmt(q['images'], 'd')} report images the fp32 model is scored on; "
+                 f"same class as fp32 for {fmt(q['agreement'], '.1f', ' %')} of them"},
+        {"label": "fp32 pruned top-1 (ONNX Runtime)", "value": fmt(q["top1_fp32"], ".2f", " %"), "delta": None,
+         "neutral": True, "help": f"PyTorch on the report split: {fmt(q['top1_pytorch'], '.2f', ' %')}"},
+        {"label": "INT8 file size", "value": fmt(q["size_mb"], ",.3f", " MB"), "neutral": True,
+         "delta": f"{q['size_ratio']:.0%} of fp32" if q["size_ratio"] is not None else None,
+         "help": f"fp32 pruned model.onnx: {fmt(q['size_fp32_mb'], ',.3f', ' MB')}"},
+        {"label": f"INT8 ORT latency ({where})", "value": fmt(q["ms"], ".2f", " ms"), "neutral": True,
+         "delta": x(q["speedup"]) and f"{x(q['speedup'])} than fp32",
+         "help": "ONNX Runtime on the CPU, INT8 and fp32 pruned timed alternately (their ratio)"},
+        {"label": f"fp32 pruned ORT latency ({where})", "value": fmt(q["fp32_ms"], ".2f", " ms"), "delta": None,
+         "neutral": True},
+        {"label": f"Original ORT latency ({where})", "value": fmt(q["original_ms"], ".2f", " ms"), "neutral": True,
+         "delta": x(q["speedup_original"]) and f"INT8 {x(q['speedup_original'])}",
+         "help": "The unpruned fp32 model, timed alternately with the INT8 one"},
+    ]
+
+
+def int8_caption(summary: dict | None) -> str | None:
+    """The line under the INT8 metrics: how the model was quantized and calibrated, and where it was verified."""
+    q = int8(summary)
+    if not q or q["error"]:
+        return None
+    weights = "per-channel" if q["per_channel"] else "per-tensor"
+    return (f"{q['format'] or 'QDQ'} INT8 ({weights} weights, {fmt(q['quantized_nodes'], 'd')} quantized tensors), "
+            f"calibrated on {fmt(q['calibration_images'], 'd')} fine-tune images ({q['method'] or 'minmax'}); "
+            f"verified in ONNX Runtime on {fmt(q['images'], 'd')} report images")

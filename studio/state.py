@@ -18,8 +18,9 @@ from typing import Any
 
 import streamlit as st
 
-from pruner.runs.manager import JobManager, JobSpec
-from pruner.runs.rundir import CONFIG_FILE, SENSITIVITY, RunDir, config_kind, is_final, list_runs, run_config
+from pruner.runs.manager import QUANTIZE, JobManager, JobSpec
+from pruner.runs.rundir import (CONFIG_FILE, PRUNE, SENSITIVITY, RunDir, Status, config_kind, is_final, list_runs,
+                                run_config)
 
 from .markup import plain_md
 from .results import fmt  # noqa: F401 (pages format numbers as state.fmt)
@@ -139,6 +140,44 @@ def job_state(name: str) -> str | None:
     """queued / running / finished for jobs of this server process, None for others."""
     path = run_path(name)
     return None if path is None else job_manager().state(path)
+
+
+# ---------------------------------------------------------------------- INT8 for a finished run
+def can_quantize(rd: RunDir, summary: dict | None) -> bool:
+    """A done pruning run with an exported ONNX model and no INT8 model yet: what Quantize to INT8 is offered for."""
+    summary = summary or {}
+    return (rd.kind() == PRUNE and summary.get("status") == Status.DONE and rd.artifact("onnx", summary) is not None
+            and rd.artifact("int8", summary) is None)
+
+
+def quantizing(rd: RunDir) -> bool:
+    """Whether an INT8 quantization of this done run is queued or going on: a job of this server, or another
+    process (``python -m pruner quantize --run``) holding the run's lock (not a pruning job still exiting here)."""
+    if rd.status() != Status.DONE:
+        return False
+    manager = job_manager()
+    if manager.state(rd.path) in ("queued", "running"):
+        return manager.kind(rd.path) == QUANTIZE
+    return rd.holder() is not None
+
+
+def try_quantize(name: str, calibration_images: int) -> str | None:
+    """Queue INT8 quantization of the finished run ``name`` (a :data:`~pruner.runs.manager.QUANTIZE` job);
+    ``None``, or why it was refused as one line (never a traceback)."""
+    from pruner.errors import PrunerError
+
+    path = run_path(name)
+    if path is None:
+        return f"The run directory of {name} has disappeared; pick another run."
+    try:
+        with _shared().lock:
+            job_manager().submit(JobSpec(kind=QUANTIZE, config={}, out=str(path),
+                                         options={"calibration_images": int(calibration_images)}))
+    except PrunerError as exc:
+        return str(exc)
+    except Exception as exc:  # noqa: BLE001 - e.g. the run folder is not writable
+        return f"Could not start the INT8 quantization: {type(exc).__name__}: {exc}"
+    return None
 
 
 # ---------------------------------------------------------------------- attaching to a run

@@ -1,4 +1,4 @@
-"""Widgets the pages share: page set-up, the run picker, status banners, result metrics, downloads, notes.
+"""Widgets the pages share: page set-up, the run picker, status banners, result metrics, INT8, downloads, notes.
 
 Each widget is one call on a page; the logic behind it lives in the pure modules (``results``,
 ``history``, ``artifacts``, ``notes``), which are unit-tested without Streamlit.
@@ -105,12 +105,72 @@ def status_banner(rd: RunDir, status: str | None, error: str | None, *, noun: st
 
 def result_metrics(summary: dict | None, *, per_row: int = 3, top5: bool = True, ort: bool = True) -> None:
     """The result metrics of a finished run, ``per_row`` to a row (so no label or value is cut off)."""
-    items = results.metrics(summary, top5=top5, ort=ort)
+    _metric_rows(results.metrics(summary, top5=top5, ort=ort), per_row)
+
+
+def _metric_rows(items: list[dict], per_row: int) -> None:
     for start in range(0, len(items), per_row):
         cols = st.columns(per_row)
         for col, m in zip(cols, items[start:start + per_row]):
             kw = {"delta_color": "off", "delta_arrow": "off"} if m["neutral"] else {}
             col.metric(m["label"], m["value"], delta=m["delta"], help=m.get("help"), **kw)
+
+
+def int8_panel(rd: RunDir, cfg: dict | None, summary: dict | None, run_name: str, *, key: str) -> None:
+    """INT8 of a finished pruning run: going on (the page follows it), its figures or its one-line failure,
+    and Quantize to INT8 (a background job, :func:`state.try_quantize`) while the run has no INT8 model."""
+    from pruner.quantize import DEFAULT_CALIBRATION_IMAGES
+
+    from . import forms
+
+    busy = state.quantizing(rd)
+    q = results.int8(summary)
+    offer = not busy and state.can_quantize(rd, summary)
+    if not (busy or q or offer):
+        return
+    st.markdown("**INT8 model** (ONNX Runtime static quantization)")
+    if busy:
+        _quantizing_note(rd)
+        return
+    if q and q["error"]:
+        st.error(f"The INT8 quantization failed: {plain_md(q['error'])}. The fp32 model and results are unchanged.",
+                 icon=LEVEL_ICONS["error"])
+    elif q:
+        _metric_rows(results.int8_metrics(summary), 3)
+        st.caption(results.int8_caption(summary))
+    if not offer:
+        return
+    cols = st.columns([1, 1])
+    images = cols[0].number_input("INT8 calibration images", min_value=1, step=64, key=f"{key}_images",
+                                  value=int((cfg or {}).get("calibration_images") or DEFAULT_CALIBRATION_IMAGES),
+                                  help="Fine-tune-split images the INT8 model is calibrated on (never the report "
+                                       "split it is verified on)")
+    problem = forms.calibration_size_problem(int(images), summary)
+    if problem:
+        st.error(problem, icon=LEVEL_ICONS["error"])
+    with cols[1]:
+        st.space("small")   # the button level with the number box
+        pressed = st.button("Quantize to INT8", key=key, icon=":material/memory:", disabled=problem is not None,
+                            help="Write model.int8.onnx in a background job (CPU), verified in ONNX Runtime on the "
+                                 "report split beside the fp32 model; the fp32 files stay as they are")
+    if pressed and problem is None:
+        refused = state.try_quantize(run_name, int(images))
+        if refused:
+            st.error(plain_md(refused), icon=LEVEL_ICONS["error"])
+        else:
+            st.rerun()
+
+
+def _quantizing_note(rd: RunDir) -> None:
+    @st.fragment(run_every=1.0)
+    def note() -> None:
+        if not state.quantizing(rd):
+            st.rerun()   # done: the whole page shows the INT8 result (and its download)
+        st.info("Quantizing to INT8: calibrating on fine-tune images, then scoring and timing the INT8 model "
+                "in ONNX Runtime beside the fp32 one. This page shows the result when it is done.",
+                icon=":material/hourglass_top:")
+
+    note()
 
 
 def download_buttons(rd: RunDir, summary: dict | None, run_name: str, *, key: str) -> None:
@@ -199,6 +259,9 @@ COMPARE_COLUMNS = {
     "ORT latency (ms)": _N("ORT (ms)", format="%.2f", help="ONNX Runtime latency, CPU, batch 1"),
     "search time (s)": _N("search (s)", format="%.1f"),
     "total time (s)": _N("total (s)", format="%.1f"),
+    "INT8 top-1 (%)": _N("INT8 top-1", format="%.2f", help="INT8 model's top-1 (%), ONNX Runtime, report split"),
+    "INT8 ORT latency (ms)": _N("INT8 ORT (ms)", format="%.2f", help="INT8 model, ONNX Runtime, CPU, batch 1"),
+    "INT8 speed-up": _N("INT8 ×", format="%.2f", help="fp32 pruned ORT latency over INT8's, timed alternately"),
 }
 
 GROUPS_COLUMNS = {   # the model summary's groups, in the New run page's narrow right column

@@ -106,7 +106,9 @@ def test_short_names():
 def test_compare_rows_split_into_results_and_speed(finished_runs):
     rd = RunDir(finished_runs["random"])
     row = history.compare_row("random", "done", rd.config(), rd.summary())
-    assert set(history.COMPARE_RESULT) | set(history.COMPARE_SPEED) == set(row)
+    assert set(history.COMPARE_RESULT) | set(history.COMPARE_SPEED) | set(history.COMPARE_INT8_RESULT) | set(
+        history.COMPARE_INT8_SPEED) == set(row)
+    assert history.compare_columns([row]) == (list(history.COMPARE_RESULT), list(history.COMPARE_SPEED))  # no INT8
     s = rd.summary()
     assert row["Δ top-1 (points)"] == pytest.approx(s["pruned"]["top1"] - s["base"]["top1"])
     assert row["evaluations"] == s["search"]["evaluations"] and row["timed on"] == "cpu, batch 1"

@@ -716,20 +716,33 @@ def quantize_run(run: RunDir, config: RunConfig, data: DataBundle, original: nn.
             "seconds": time.perf_counter() - t0}
 
 
-def quantize_finished_run(out: str | Path, *, calibration_images: int | None = None) -> dict:
-    """``python -m pruner quantize --run DIR``: INT8 for a finished run, its data split rebuilt from the
-    run's config; the summary gets ``quantized`` (and ``artifacts.int8``). Returns that section."""
-    run = RunDir(out)
+def check_quantizable(run: RunDir) -> tuple[dict, dict]:
+    """A finished pruning run with an exported ONNX model (what INT8 for a finished run needs): its
+    ``(summary, config.json)``, else a one-line PrunerError saying what is missing."""
     summary, stored = run.summary(), run.config()
     if stored is None or summary is None:
-        raise PrunerError(f"{out} is not a finished run (no config.json or summary.json); pass a prune run's directory")
+        raise PrunerError(f"{run.path} is not a finished run (no config.json or summary.json); pass a prune run's "
+                          "directory")
     if run.kind() != PRUNE or summary.get("status") != Status.DONE:
-        raise PrunerError(f"{out} is not a finished pruning run (status {summary.get('status')}); quantize a done run")
+        raise PrunerError(f"{run.path} is not a finished pruning run (status {summary.get('status')}); quantize a "
+                          "done run")
+    if run.artifact("onnx", summary) is None:
+        raise PrunerError(f"{run.name} has no exported ONNX model to quantize; run it again without --no-export")
+    return summary, stored
+
+
+def quantize_finished_run(out: str | Path, *, calibration_images: int | None = None,
+                          lock: RunLock | None = None) -> dict:
+    """``python -m pruner quantize --run DIR`` (and the JobManager's ``quantize`` jobs): INT8 for a finished
+    run, its data split rebuilt from the run's config; the summary gets ``quantized`` (and
+    ``artifacts.int8``). Returns that section. ``lock``: the run's lock when a JobManager hands it over."""
+    run = RunDir(out)
+    summary, stored = check_quantizable(run)
     config = RunConfig.from_dict(run_config(stored))
     if calibration_images is not None:
         config.calibration_images = calibration_images
     config = RunConfig.from_dict({**config.to_dict(), "quantize": "int8"})   # validates the count
-    lock = run.lock()
+    lock = _take_lock(run, lock)
     try:
         data = load_data(config.data, config.data_root, protocol=config.protocol, val_size=config.val_size,
                          seed=config.seed, image_size=config.image_size)
@@ -745,6 +758,33 @@ def quantize_finished_run(out: str | Path, *, calibration_images: int | None = N
     finally:
         lock.release()
     return section
+
+
+def record_quantize_failure(out: str | Path, message: str, lock: RunLock | None = None) -> bool:
+    """A failed INT8 quantization of a finished run, written as the summary's ``quantized.error`` (one line;
+    ``artifacts.int8`` dropped, everything else of the summary kept) with ``lock`` when the caller holds it.
+    False when the run is not a done pruning run, another process writes it, or writing fails; never raises."""
+    run = RunDir(out)
+    try:
+        own = lock is None
+        if own:
+            lock = RunLock.acquire(run.lock_path, retry_s=0.5)
+        try:
+            summary = run.summary()
+            if not summary or summary.get("status") != Status.DONE:
+                return False
+            artifacts = dict(summary.get("artifacts") or {})
+            if artifacts.pop("int8", None) is not None:
+                run.artifact_path("int8").unlink(missing_ok=True)
+            summary["quantized"], summary["artifacts"] = {"error": message}, artifacts
+            run.event(Event.LOG, level="warning", message=f"INT8 quantization failed: {message}")
+            run.write_summary(summary)
+        finally:
+            if own:
+                lock.release()
+        return True
+    except Exception:  # noqa: BLE001 - a missing directory, a live writer: nothing to record
+        return False
 
 
 def _achieved(config: RunConfig, summary: dict, batch: int = 1) -> float:

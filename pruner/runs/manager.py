@@ -20,6 +20,14 @@ that run when possible (a ``failed`` summary with a one-line error) and the queu
 
 Cancel is a file, ``<run>/cancel.request``, checked by the job between candidate
 evaluations and fine-tuning batches, so it works from any process and survives restarts.
+
+Besides the run kinds (a pruning run, a sensitivity analysis: each job writes a new run), one
+job kind works on a run that is already done: :data:`QUANTIZE`, INT8 for a finished pruning run
+(:func:`pruner.runs.job.quantize_finished_run`). It is refused at submit unless the run is done
+with an exported ONNX model (and the calibration images fit its fine-tune split), runs on the
+CPU's slot, is not cancellable (it takes seconds, and a done run gets no cancel request), and
+however it ends leaves the run done: a failure, its process's death included, is the summary's
+``quantized.error`` (:func:`pruner.runs.job.record_quantize_failure`), never a ``failed`` run.
 """
 
 from __future__ import annotations
@@ -43,6 +51,8 @@ from .config import RunConfig
 from .rundir import PRUNE, SENSITIVITY, Event, RunDir, RunLock, Status, config_with_kind
 
 CANCEL_FILE = "cancel.request"
+#: The job kind of INT8 quantization of a finished pruning run (the other jobs' kinds are run kinds).
+QUANTIZE = "quantize"
 
 
 def cancel_requested(run_dir: str | Path) -> bool:
@@ -58,11 +68,11 @@ def request_cancel(run_dir: str | Path) -> None:
 
 @dataclass
 class JobSpec:
-    kind: str                      # a run kind: rundir.PRUNE or rundir.SENSITIVITY
-    config: dict                   # RunConfig.to_dict()
+    kind: str                      # a run kind (rundir.PRUNE, rundir.SENSITIVITY), or QUANTIZE
+    config: dict                   # RunConfig.to_dict() (QUANTIZE: unused, the run's config.json is read)
     out: str
     resume: bool = False
-    options: dict[str, Any] = field(default_factory=dict)   # e.g. sensitivity ratios
+    options: dict[str, Any] = field(default_factory=dict)   # sensitivity ratios, QUANTIZE's calibration_images
 
 
 @functools.lru_cache(maxsize=1)
@@ -89,6 +99,9 @@ def _child(spec: JobSpec, lock: RunLock | None = None) -> None:
     """Entry point of the spawned process (``lock``: the run's lock, handed over by the manager)."""
     from .job import run_job, run_sensitivity
 
+    if spec.kind == QUANTIZE:
+        _quantize_child(spec, lock)
+        return
     stop = lambda: cancel_requested(spec.out)  # noqa: E731
     try:
         if spec.kind == SENSITIVITY:
@@ -101,6 +114,24 @@ def _child(spec: JobSpec, lock: RunLock | None = None) -> None:
         print(f"error: {exc}", file=sys.stderr)
         record_failure(spec.out, str(exc))
         sys.exit(2)
+
+
+_RECORDED = 2   # a quantize child's exit code once it wrote its failure into the summary
+
+
+def _quantize_child(spec: JobSpec, lock: RunLock | None) -> None:
+    """A :data:`QUANTIZE` job: whatever goes wrong ends as the summary's ``quantized.error`` (exit 2)."""
+    from .job import quantize_finished_run, record_quantize_failure
+
+    try:
+        quantize_finished_run(spec.out, calibration_images=spec.options.get("calibration_images"), lock=lock)
+    except Exception as exc:  # noqa: BLE001 - a refusal, or a bug: one line in the summary, the run stays done
+        message = str(exc) if isinstance(exc, PrunerError) else f"internal error: {type(exc).__name__}: {exc}"
+        if not isinstance(exc, PrunerError):
+            traceback.print_exc()
+        print(f"error: {message}", file=sys.stderr)
+        record_quantize_failure(spec.out, message, lock if lock is not None and lock.held() else None)
+        sys.exit(_RECORDED)
 
 
 def record_failure(run_dir: str | Path, message: str, lock: RunLock | None = None, status: str = Status.FAILED) -> bool:
@@ -125,7 +156,7 @@ def record_failure(run_dir: str | Path, message: str, lock: RunLock | None = Non
         return False
 
 
-def _exit_message(exitcode: int | None) -> str:
+def _exit_message(exitcode: int | None, *, quantize: bool = False) -> str:
     if exitcode is not None and exitcode < 0:
         try:
             how = f"was killed by {signal.Signals(-exitcode).name}"
@@ -133,6 +164,9 @@ def _exit_message(exitcode: int | None) -> str:
             how = f"was killed by signal {-exitcode}"
     else:
         how = f"exited with code {exitcode}"
+    if quantize:
+        return (f"the INT8 quantization process {how} before writing its result (out of memory or killed?); the "
+                "fp32 model is unchanged: quantize again from the Runs page or with `python -m pruner quantize --run DIR`")
     return (f"the job process {how} before writing its summary (out of memory or killed?); resume it from the Runs "
             "page or with `python -m pruner prune --resume --out DIR`")
 
@@ -188,9 +222,13 @@ class JobManager:
         with self._lock:
             job = self._jobs.get(key)
             if job is not None and job.state != "finished":
+                if spec.kind == QUANTIZE and job.spec.kind != QUANTIZE:
+                    raise PrunerError(f"the job of {Path(spec.out).name} is still exiting; quantize it in a moment")
                 return key
             rd = RunDir(spec.out)
-            if spec.resume:
+            if spec.kind == QUANTIZE:
+                self._check_quantize(rd, spec)
+            elif spec.resume:
                 self._check_resume(rd, spec)
             else:
                 rd.check_new()
@@ -198,7 +236,9 @@ class JobManager:
             lock: RunLock | None = None
             try:
                 lock = rd.lock()   # refuses a second writer
-                if spec.resume:
+                if spec.kind == QUANTIZE:
+                    pass   # a done run: its records stay as they are until the job writes its INT8 section
+                elif spec.resume:
                     # visible at once as going on again (the Live page polls), and not stopped by an old cancel
                     (rd.path / CANCEL_FILE).unlink(missing_ok=True)
                     rd.summary_path.unlink(missing_ok=True)
@@ -215,8 +255,21 @@ class JobManager:
                     raise PrunerError(f"could not create the run directory {rd.path} ({exc.strerror or exc}): free "
                                       "space on that disk or check the folder's permissions, then start it again") from None
                 raise
-            self._jobs[key] = Job(spec, device_slot(spec.config.get("device")), lock=lock)
+            slot = "cpu" if spec.kind == QUANTIZE else device_slot(spec.config.get("device"))   # ONNX Runtime, CPU
+            self._jobs[key] = Job(spec, slot, lock=lock)
         return key
+
+    @staticmethod
+    def _check_quantize(rd: RunDir, spec: JobSpec) -> None:
+        """A done pruning run with an exported ONNX model, and calibration images its fine-tune split holds."""
+        from ..quantize import check_calibration_images
+        from .job import check_quantizable
+
+        summary, _ = check_quantizable(rd)
+        images = spec.options.get("calibration_images")
+        fit = ((summary.get("data") or {}).get("sizes") or {}).get("fit")
+        if images is not None and isinstance(fit, int):
+            check_calibration_images(images, fit)
 
     @staticmethod
     def _check_resume(rd: RunDir, spec: JobSpec) -> None:
@@ -233,6 +286,15 @@ class JobManager:
 
     def cancel(self, run_dir: str | Path) -> None:
         key = str(Path(run_dir).resolve())
+        with self._lock:
+            job = self._jobs.get(key)
+            if job is not None and job.spec.kind == QUANTIZE:   # not cancellable once running; a done run stays done
+                if job.state == "queued":
+                    job.state = "finished"
+                    if job.lock is not None:
+                        job.lock.release()
+                        job.lock = None
+                return
         try:
             request_cancel(run_dir)
         except OSError:
@@ -255,6 +317,12 @@ class JobManager:
         with self._lock:
             job = self._jobs.get(str(Path(run_dir).resolve()))
             return None if job is None else job.state
+
+    def kind(self, run_dir: str | Path) -> str | None:
+        """The kind of this run's latest job here (a run kind, or :data:`QUANTIZE`), None when there is none."""
+        with self._lock:
+            job = self._jobs.get(str(Path(run_dir).resolve()))
+            return None if job is None else job.spec.kind
 
     def error(self, run_dir: str | Path) -> str | None:
         """Why the manager ended this job itself (e.g. its process could not start), if it did."""
@@ -289,7 +357,7 @@ class JobManager:
                     self.cancel(j.spec.out)
                 elif j.lock is not None:
                     j.lock.release()   # it will not run here: let it show as interrupted
-            elif cancel and j.state == "running":
+            elif cancel and j.state == "running" and j.spec.kind != QUANTIZE:
                 request_cancel(j.spec.out)
         for j in jobs:
             if j.process is not None:
@@ -347,7 +415,10 @@ class JobManager:
         job.process.join()
         job.exitcode = job.process.exitcode
         job.state = "finished"
-        if RunDir(job.spec.out).summary() is None:  # the child died without writing its summary
+        if job.spec.kind == QUANTIZE:
+            if job.exitcode not in (0, _RECORDED):   # it died before it could write its INT8 section
+                self._end(job, _exit_message(job.exitcode, quantize=True))
+        elif RunDir(job.spec.out).summary() is None:  # the child died without writing its summary
             if job.exitcode in (-signal.SIGTERM, -signal.SIGINT):   # stopped before the job could take it
                 self._end(job, f"cancelled by {signal.Signals(-job.exitcode).name} before the job started working",
                           status=Status.CANCELLED)
@@ -360,7 +431,12 @@ class JobManager:
         job.error = message
         lock, job.lock = job.lock, None
         try:
-            record_failure(job.spec.out, message, lock, status=status)
+            if job.spec.kind == QUANTIZE:   # the run stays done; the failure is its INT8 section's
+                from .job import record_quantize_failure
+
+                record_quantize_failure(job.spec.out, message, lock)
+            else:
+                record_failure(job.spec.out, message, lock, status=status)
         finally:
             if lock is not None:
                 lock.release()
