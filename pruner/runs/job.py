@@ -766,10 +766,7 @@ def record_quantize_failure(out: str | Path, message: str, lock: RunLock | None 
     False when the run is not a done pruning run, another process writes it, or writing fails; never raises."""
     run = RunDir(out)
     try:
-        own = lock is None
-        if own:
-            lock = RunLock.acquire(run.lock_path, retry_s=0.5)
-        try:
+        with RunLock.holding(run.lock_path, lock, retry_s=0.5):
             summary = run.summary()
             if not summary or summary.get("status") != Status.DONE:
                 return False
@@ -779,9 +776,6 @@ def record_quantize_failure(out: str | Path, message: str, lock: RunLock | None 
             summary["quantized"], summary["artifacts"] = {"error": message}, artifacts
             run.event(Event.LOG, level="warning", message=f"INT8 quantization failed: {message}")
             run.write_summary(summary)
-        finally:
-            if own:
-                lock.release()
         return True
     except Exception:  # noqa: BLE001 - a missing directory, a live writer: nothing to record
         return False

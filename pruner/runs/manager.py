@@ -142,15 +142,9 @@ def record_failure(run_dir: str | Path, message: str, lock: RunLock | None = Non
     try:
         if not rd.config_path.exists():
             return False
-        own = lock is None
-        if own:
-            lock = RunLock.acquire(rd.lock_path, retry_s=0.5)
-        try:
+        with RunLock.holding(rd.lock_path, lock, retry_s=0.5):
             rd.event(Event.STATUS, status=status, error=message)
             rd.write_summary({"status": status, "error": message})
-        finally:
-            if own:
-                lock.release()
         return True
     except Exception:  # noqa: BLE001 - a missing directory, a live writer: nothing to record
         return False

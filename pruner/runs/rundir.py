@@ -31,6 +31,7 @@ Nobody else spells these strings or paths.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import math
@@ -327,6 +328,20 @@ class RunLock:
     def __init__(self, path: Path, fd: int):
         self.path = Path(path)
         self._fd: int | None = fd
+
+    @classmethod
+    @contextlib.contextmanager
+    def holding(cls, path: str | Path, lock: "RunLock | None" = None, *, retry_s: float = LOCK_RETRY_S):
+        """The run's lock for a ``with`` block: ``lock`` when the caller already holds it (kept held),
+        else acquired here (:meth:`acquire`) and released at the end."""
+        if lock is not None:
+            yield lock
+            return
+        own = cls.acquire(path, retry_s=retry_s)
+        try:
+            yield own
+        finally:
+            own.release()
 
     @classmethod
     def acquire(cls, path: str | Path, *, retry_s: float = LOCK_RETRY_S) -> "RunLock":
