@@ -65,6 +65,11 @@ def _uniformly_pruned(model: torch.nn.Module, data, budget: str) -> tuple[torch.
     return pruned, flops / base_flops
 
 
+def _eval_data(args, data):
+    """The search-split images each epoch's top-1 is measured on (None: --eval-images 0)."""
+    return data.search.subset(min(args.eval_images, len(data.search))) if args.eval_images > 0 else None
+
+
 def _options(text: str) -> dict:
     out = {}
     for item in text.split(","):
@@ -99,7 +104,7 @@ def _paired(args, data, student, teacher, cfg: FinetuneConfig, ref_options: dict
         print(f"  {k:<9} s per round: {', '.join(f'{x:.2f}' for x in seconds[k])}")
     print(f"chosen / reference time, interleaved pairs: median {np.median(ratios):.3f} (range {ratios.min():.3f}-"
           f"{ratios.max():.3f}); speed-up {1 / np.median(ratios):.2f}x")
-    eval_data = data.search.subset(min(args.eval_images, len(data.search))) if args.eval_images > 0 else None
+    eval_data = _eval_data(args, data)
     runs = {k: finetune(copy.deepcopy(student), data, c, teacher=teacher, device=device, eval_data=eval_data)
             for k, c in setups.items()}
     print(f"same-seed pair (seed {cfg.seed}, {cfg.epochs} epochs x {args.max_batches or 'all'} batches):")
@@ -161,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.pair_with:
         return _paired(args, data, student, teacher, cfg, _options(args.pair_with), device)
     t0 = time.perf_counter()
-    eval_data = data.search.subset(min(args.eval_images, len(data.search))) if args.eval_images > 0 else None
+    eval_data = _eval_data(args, data)
     history = finetune(student, data, cfg, teacher=teacher, device=device, eval_data=eval_data)
     total = time.perf_counter() - t0
     seconds = [h["seconds"] for h in history]

@@ -158,9 +158,7 @@ def finetune(student: nn.Module, data: DataBundle, config: FinetuneConfig, *, te
             teacher.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(student.parameters(), lr=config.lr, momentum=config.momentum,
                           weight_decay=config.weight_decay, nesterov=True)
-    per_epoch = math.ceil(len(data.fit) / config.batch_size)
-    if config.max_batches_per_epoch:
-        per_epoch = min(per_epoch, config.max_batches_per_epoch)
+    per_epoch = batches_per_epoch(config, len(data.fit))   # the steps an epoch takes (drop_last below)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(config.epochs * per_epoch, config.warmup))
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else None
     if start_epoch > 0:
