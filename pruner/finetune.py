@@ -7,7 +7,7 @@ channels-last memory format, and the loop never waits for the GPU inside an epoc
 summed on the device). ``FinetuneConfig.compile`` adds ``torch.compile`` (falls back to eager,
 with a warning, when compiling fails). On a CPU with native bf16 kernels (AVX-512 BF16 or AMX:
 :func:`~pruner.settings.native_bf16`) the forward passes run under bfloat16 autocast too (measured
-2.5x faster for a pruned ResNet-56, same loss: bench/finetune_speed.py, README); channels-last
+2.08x faster for a pruned ResNet-56, same loss: bench/finetune_speed.py, README); channels-last
 stays off there (no gain over bf16 alone in that measurement); other CPUs keep float32.
 """
 

@@ -48,7 +48,7 @@ def resolve_device(name: str = "auto") -> torch.device:
 def native_bf16(device: torch.device | str) -> bool:
     """Whether bfloat16 autocast is the fast default on ``device``: always on CUDA; on a CPU when
     oneDNN has native bf16 kernels (AVX-512 BF16 or AMX), where bench/finetune_speed.py measured a
-    pruned ResNet-56's fine-tuning 2.5x faster at the same loss (README); never on other CPUs,
+    pruned ResNet-56's fine-tuning 2.08x faster at the same loss (README); never on other CPUs,
     where bf16 would be emulated and slower."""
     kind = torch.device(device).type
     if kind == "cuda":
