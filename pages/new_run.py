@@ -83,6 +83,8 @@ with left:
             max_prune = st.number_input("Max fraction pruned per group", min_value=0.05, max_value=0.99,
                                         value=forms.RUN_DEFAULTS["max_prune"],
                                         step=0.05, key="nr_max_prune")
+            score = st.selectbox("Search score", forms.SCORE_CHOICES, key="nr_score",
+                                 index=forms.SCORE_CHOICES.index(forms.RUN_DEFAULTS["score"]), help=forms.SCORE_HELP)
             min_channels = st.number_input("Min channels per group", min_value=1, value=1, step=1,
                                            key="nr_min_channels")
         with a3:
@@ -148,6 +150,7 @@ config, errors = forms.check_new_run(
     budget=f"{budget_kind}={budget_value:g}", strategy=strategy, strategy_params=strategy_params,
     trust_cost_code=trust_cost_code, cost_code=cost_code, device=device, name=name,
     protocol=protocol, importance=importance, search_evals=int(search_evals), search_images=int(search_images),
+    score=score,
     recal_images=int(recal_images), max_prune=float(max_prune), min_channels=int(min_channels),
     report_images=int(report_images) or None, latency_repeats=int(latency_repeats), export=bool(export),
     quantize="int8" if quantize else None, calibration_images=int(calibration_images),

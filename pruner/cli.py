@@ -86,6 +86,9 @@ def _search_args(p: argparse.ArgumentParser, d: dict) -> None:
                    help="strategy hyperparameter, e.g. --set steps=8 --set noise=0.5 (repeatable)")
     _scoring_args(g, d)
     g.add_argument("--search-evals", type=int, default=d["search_evals"], help="cap on candidate evaluations")
+    g.add_argument("--score", default=d["score"], metavar="SCORE",
+                   help="what the search maximises on the search split: top1 (top-1 %%) or kl (fidelity to the "
+                        "unpruned model's outputs on the same images, 100*exp(-KL)); both are recorded per candidate"),
     g.add_argument("--max-prune", type=float, default=d["max_prune"], help="largest fraction of any group that may go")
     g.add_argument("--round-to", type=int, default=None, metavar="N",
                    help="keep every pruned group's channels a multiple of N (1 = off; default 8 on CUDA, 1 on CPU)")
@@ -121,7 +124,7 @@ def _config(args):
     kw["trust_code"] = True  # file:/python: code named on the user's own command line: consent (docs/security.md)
     if hasattr(args, "budget"):
         kw.update(budget=args.budget, strategy=args.strategy, strategy_params=_parse_set(args.set),
-                  search_evals=args.search_evals, max_prune=args.max_prune,
+                  search_evals=args.search_evals, score=args.score, max_prune=args.max_prune,
                   round_to=args.round_to, sparsity_pattern=args.sparsity_pattern)
     if hasattr(args, "finetune_epochs"):
         ft = dict(epochs=args.finetune_epochs, lr=args.lr, kd_temperature=args.kd_temperature, kd_weight=args.kd_weight,

@@ -106,6 +106,7 @@ class Scored:
 
     top1: float
     cost: float | None
+    score: float          # what the search maximises (top-1 unless --score says otherwise)
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,8 @@ class Tracker:
             if e.get("top1") is not None and self.budget is not None:
                 from .search.base import best_meeting
 
-                new = Scored(float(e["top1"]), e.get("cost"))
+                score = e.get("score") if isinstance(e.get("score"), (int, float)) else e["top1"]
+                new = Scored(float(e["top1"]), e.get("cost"), float(score))
                 self.best = best_meeting([c for c in (self.best, new) if c is not None], self.budget)
         elif kind == Event.PROGRESS and e.get("stage") == self.status == Status.FINE_TUNING:
             self.ft_progress = e

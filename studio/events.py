@@ -166,9 +166,15 @@ class RunView:
         return lines
 
 
+def _score(c: dict) -> float:
+    """What the search maximised for candidate event ``c``: its ``score`` (``--score``), else top-1."""
+    s = c.get("score")
+    return float(s) if isinstance(s, (int, float)) else float(c.get("top1") or 0)
+
+
 def _better(a: dict, b: dict) -> bool:
-    """Candidate ``a`` beats ``b``: higher search top-1, then lower cost."""
-    return (a.get("top1") or 0, -(a.get("cost") or 0)) > (b.get("top1") or 0, -(b.get("cost") or 0))
+    """Candidate ``a`` beats ``b``: higher search score (top-1 unless ``--score`` says otherwise), then lower cost."""
+    return (_score(a), -(a.get("cost") or 0)) > (_score(b), -(b.get("cost") or 0))
 
 
 def status_changed(shown: str | None, status: str) -> bool:

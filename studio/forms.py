@@ -29,6 +29,7 @@ from pruner.finetune import FinetuneConfig, finetune_plan
 from pruner.models import has_pretrained, list_zoo
 from pruner.progress import plan_text
 from pruner.pruning.importance import CRITERIA
+from pruner.search.evaluator import SCORES
 from pruner.recipes import DESCRIPTIONS as RECIPE_DESCRIPTIONS, RECIPES, recipe_settings
 from pruner.runs.config import RunConfig
 from pruner.search import strategy_class, strategy_names
@@ -300,6 +301,11 @@ def check_device(device: str) -> str | None:
 # ---------------------------------------------------------------------- strategy hyper-parameters
 #: the choice lists of the settings the pages offer, from the modules that own them
 IMPORTANCE_CHOICES = list(CRITERIA)
+SCORE_CHOICES = list(SCORES)
+#: what each search score means, for the form's help
+SCORE_HELP = ("What the search maximises on the search split. top1: top-1 %. kl: fidelity to the unpruned "
+              "model's outputs on the same images, 100*exp(-KL), a smoother signal than top-1 on a few images. "
+              "Both are recorded for every candidate.")
 PROTOCOL_CHOICES = list(PROTOCOLS)
 #: the engine's defaults for the settings the form shows (the QUICK ones above excepted)
 RUN_DEFAULTS = {f.name: f.default for f in fields(RunConfig) if f.default is not MISSING}

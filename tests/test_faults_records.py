@@ -189,7 +189,7 @@ def test_csv_cells_that_spreadsheets_evaluate_are_escaped(tmp_path):
     _write_candidates_csv(out, rd, names)
     header, row = list(csv.reader(out.open()))
     assert header[-2:] == ["'" + names[0], "'" + names[1]]
-    assert row[3] == "-0.5"   # numbers stay numbers
+    assert row[header.index("reward")] == "-0.5"   # numbers stay numbers
     assert safe_cell("+1") == "'+1" and safe_cell("-x") == "'-x" and safe_cell("ok") == "ok" and safe_cell(-1) == -1
 
     from studio.sensitivity_table import to_csv

@@ -52,6 +52,7 @@ class RunConfig:
     strategy_params: dict[str, Any] = field(default_factory=dict)
     importance: str = CRITERIA[0]          # see pruner.pruning.importance.CRITERIA
     search_evals: int | None = 100
+    score: str = "top1"                    # what the search maximises: top1 or kl (pruner.search.evaluator.SCORES)
     search_images: int = 1000
     recal_images: int = 256
     max_prune: float = 0.9
@@ -118,6 +119,12 @@ class RunConfig:
         if not isinstance(self.strategy, str):
             raise PrunerError(f"strategy must be a name, got {self.strategy!r}")
         self.strategy_params = validate_strategy(self.strategy, self.strategy_params, self.budget_obj.kind)
+        from ..search.base import strategy_class
+        from ..search.evaluator import check_score
+
+        if not isinstance(self.score, str):
+            raise PrunerError(f"score must be a name (--score), got {self.score!r}")
+        strategy_class(self.strategy).check_score(check_score(self.score), self.strategy_params)
         check_pattern(self.sparsity_pattern)
         if self.sparsity_pattern != "unstructured" and self.budget_obj.kind != "sparsity":
             raise PrunerError(f"sparsity pattern {self.sparsity_pattern} needs a sparsity budget (e.g. sparsity=0.5), "

@@ -236,6 +236,7 @@ class Session:
                          settings=EvaluatorSettings(search_images=c.search_images, recal_images=c.recal_images,
                                                     latency_repeats=c.latency_repeats,
                                                     latency_batch=self.budget_batch, threads=c.scoring_threads,
+                                                    score=c.score,
                                                     # sparsity: masked copies (channel masks do not apply)
                                                     scoring="physical" if self.sparse else "auto"),
                          max_evals=max_evals, should_stop=should_stop, on_candidate=on_candidate)
@@ -326,10 +327,11 @@ def _write_candidates_csv(path: Path, run: RunDir, names: list[str]) -> None:
     rows = run.events(Event.CANDIDATE)
     with open(path, "w", newline="") as fh:
         w = SafeWriter(fh)
-        w.writerow(["candidate_id", "step", "top1", "reward", "cost", "macs", "params", "latency_ms", *names])
+        w.writerow(["candidate_id", "step", "top1", "kl", "score", "reward", "cost", "macs", "params", "latency_ms",
+                    *names])
         for e in rows:
-            w.writerow([e.get("candidate_id"), e.get("step"), e.get("top1"), e.get("reward"), e.get("cost"),
-                        e.get("macs"), e.get("params"), e.get("latency_ms"), *e.get("keep_ratios", [])])
+            w.writerow([e.get("candidate_id"), e.get("step"), e.get("top1"), e.get("kl"), e.get("score"), e.get("reward"),
+                        e.get("cost"), e.get("macs"), e.get("params"), e.get("latency_ms"), *e.get("keep_ratios", [])])
 
 
 def _take_lock(run: RunDir, lock: RunLock | None) -> RunLock:
@@ -557,6 +559,7 @@ class _Pipeline:
             best = run_search(strategy, ctx)
             worker_stats = pool.stats() if pool is not None else None
         found = {"counts": best.counts, "candidate_id": best.id, "best_val_top1": best.top1,
+                 "score": config.score, "best_score": best.score, "best_kl": best.kl,
                  "evaluations": evaluator.evaluations, "seconds": time.perf_counter() - t0,
                  "cost": best.cost, "verified_cost": best.meta.get("verified_latency"),
                  "timing": evaluator.timing, "answer_is_start": bool(best.meta.get("is_start")),

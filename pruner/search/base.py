@@ -146,6 +146,10 @@ class Strategy(ABC):
             raise PrunerError(f"strategy {cls.name!r} prunes channels only and cannot search a {kind} budget; "
                               f"use one of {', '.join(able)}, or a {'/'.join(CHANNEL_KINDS)} budget")
 
+    @classmethod
+    def check_score(cls, score: str, params: Mapping[str, Any]) -> None:
+        """Refuse a search score (``--score``, checked) that these parameters cannot work with."""
+
     def __init__(self, **params: Any):
         self.params = {**self.defaults(), **check_params(self.name, self.param_specs, params)}
 
@@ -159,10 +163,10 @@ class Strategy(ABC):
 
 
 def best_meeting(candidates, budget) -> Candidate | None:
-    """The most accurate of ``candidates`` meeting ``budget`` (:meth:`~pruner.budget.Budget.feasible`;
-    ties: the cheaper), or None."""
+    """The highest-scoring of ``candidates`` (``score``: the run's ``--score``, top-1 by default) meeting
+    ``budget`` (:meth:`~pruner.budget.Budget.feasible`; ties: the cheaper), or None."""
     feasible = [c for c in candidates if budget.feasible(c.cost)]
-    return max(feasible, key=lambda c: (c.top1, -c.cost)) if feasible else None
+    return max(feasible, key=lambda c: (c.score, -c.cost)) if feasible else None
 
 
 def best_feasible(ctx: SearchContext) -> Candidate | None:
@@ -197,7 +201,7 @@ def verify_latency(ctx: SearchContext, chosen: Candidate) -> Candidate:
         return chosen
     ev = ctx.evaluator
     ranked: dict[tuple, Candidate] = {tuple(chosen.counts): chosen}
-    for c in sorted(ev.candidates, key=lambda c: -c.top1):
+    for c in sorted(ev.candidates, key=lambda c: -c.score):
         if ctx.feasible(c) and c.meta.get("model_version", 0) == ev.model_version:
             ranked.setdefault(tuple(c.counts), c)
     for cand in list(ranked.values())[:VERIFY_CANDIDATES]:

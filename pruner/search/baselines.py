@@ -94,7 +94,7 @@ class RandomSearch(Strategy):
             ctx.evaluator.prefetch(batch)
             for i, counts in enumerate(batch, start):
                 cand = ctx.evaluator.evaluate(counts, step=i, meta={"strategy": self.name, "sample": i})
-                if best is None or cand.top1 > best.top1:
+                if best is None or cand.score > best.score:
                     best = cand
                 ctx.emit("step", step=i, best_top1=best.top1, best_reward=best.reward, mean_reward=cand.reward,
                          keep_ratios=best.keep_ratios)

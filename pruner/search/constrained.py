@@ -481,12 +481,12 @@ class ConstrainedRL(Strategy):
             penalty = float((lams * (ratios - 1.0)).sum())
 
             def reward_fn(cand: Candidate, penalty=penalty) -> float:
-                return cand.top1 / 100.0 - penalty   # the sample's Lagrangian value
+                return cand.score / 100.0 - penalty   # the sample's Lagrangian value
 
             cand = ev.evaluate(counts, step=it, reward_fn=reward_fn, meta={
                 "strategy": self.name, "iteration": it, "sample": k,
                 "costs": {c.name: v for c, v in zip(learnt, values)}})
-            rewards.append(cand.top1 / 100.0)
+            rewards.append(cand.score / 100.0)
             costs.append(ratios)
             tops.append(cand.top1)
             best.consider(cand)
@@ -523,7 +523,7 @@ class ConstrainedRL(Strategy):
             return
         pool = {tuple(c.counts): c for c in ev.candidates if best.feasible(c)}
         grown_from = 0
-        for cand in sorted(pool.values(), key=lambda c: (-c.top1, c.cost, c.id)):
+        for cand in sorted(pool.values(), key=lambda c: (-c.score, c.cost, c.id)):
             if grown_from >= limit or (ev.remaining is not None and ev.remaining < 1):
                 break
             try:
@@ -539,7 +539,7 @@ class ConstrainedRL(Strategy):
 
 
 class _Best:
-    """The most accurate (then cheapest) candidate that meets the run's budget and every required constraint."""
+    """The highest-scoring (then cheapest) candidate that meets the run's budget and every required constraint."""
 
     def __init__(self, ctx: SearchContext, required: list[Constraint]):
         self.ctx = ctx
@@ -551,7 +551,7 @@ class _Best:
 
     def consider(self, cand: Candidate) -> None:
         best = self.best
-        if self.feasible(cand) and (best is None or (cand.top1, -cand.cost) > (best.top1, -best.cost)):
+        if self.feasible(cand) and (best is None or (cand.score, -cand.cost) > (best.score, -best.cost)):
             self.best = cand
 
 

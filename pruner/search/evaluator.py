@@ -36,6 +36,7 @@ the sequential run (Ray workers, :mod:`pruner.runs.workers`, take precedence).
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +45,7 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..budget import Budget, CostFn, Solution, model_cost_fn, solve
 from ..data import DataBundle, ImageTensors
@@ -56,6 +58,27 @@ from ..pruning.space import PruningSpace
 from ..settings import native_bf16
 
 SCORING_MODES = ("auto", "mask", "physical")
+#: what a search maximises (``RunConfig.score``, ``--score``): ``top1``, the search-split top-1 (%);
+#: ``kl``, the fidelity to the unpruned model on the same images, ``100 * exp(-KL)`` with KL the mean
+#: divergence of the candidate's softmax from the unpruned model's (:func:`fidelity`). Every candidate
+#: records both (``top1``, ``kl``); ``score`` is the chosen one, in points (higher is better)
+SCORES = ("top1", "kl")
+
+
+def fidelity(kl: float) -> float:
+    """The ``kl`` score in points: ``100 * exp(-kl)`` (100 = the unpruned model's outputs exactly),
+    so that strategies' hyperparameters in points (noise floors, damages) keep their scale."""
+    return 100.0 * math.exp(-max(0.0, float(kl)))
+
+
+def score_of(kind: str, top1: float, kl: float | None) -> float:
+    """The search score of a candidate with these measurements (see :data:`SCORES`)."""
+    if kind == "kl":
+        if kl is None:
+            raise PrunerError("this candidate has no KL measurement (scored by an older version); "
+                              "start a new run to search with --score kl")
+        return fidelity(kl)
+    return float(top1)
 #: Evaluation images are kept as ready float tensors up to this size (else uint8, normalised per batch).
 RESIDENT_FLOAT_BYTES = 1 << 30
 #: at most this many scoring threads by default (each holds a scoring batch's activations)
@@ -63,6 +86,13 @@ MAX_AUTO_THREADS = 4
 #: scoring threads are on by default only for inputs this small (CIFAR-like); larger inputs
 #: multiply the activation memory per thread
 AUTO_THREADS_MAX_SIDE = 64
+
+
+def check_score(score: str) -> str:
+    """``score`` if it names one of :data:`SCORES`, else a one-line ``PrunerError``."""
+    if score not in SCORES:
+        raise PrunerError(f"unknown score {score!r} (--score); use one of {', '.join(SCORES)}")
+    return score
 
 
 class EvaluationBudgetExhausted(Exception):
@@ -81,8 +111,16 @@ class Candidate:
     cost: float                 # fraction of the original for the budget's kind
     latency_ms: float | None = None
     reward: float | None = None
+    #: mean KL divergence (nats) of its softmax from the unpruned model's on the same images
+    kl: float | None = None
+    #: what the search maximises (:data:`SCORES`): top1, or fidelity(kl); points, higher is better
+    score: float | None = None
     meta: dict = field(default_factory=dict)
     seconds: float = 0.0
+
+    def __post_init__(self):
+        if self.score is None:   # built by hand (tests, older events): the search score is top-1
+            self.score = self.top1
 
     def to_event(self) -> dict:
         d = asdict(self)
@@ -108,6 +146,7 @@ class EvaluatorSettings:
     #: None: auto, the intra-op thread count up to MAX_AUTO_THREADS for inputs up to
     #: AUTO_THREADS_MAX_SIDE pixels a side, else 1; 1: one at a time
     threads: int | None = None
+    score: str = "top1"            # what the search maximises: one of SCORES
 
 
 class Evaluator:
@@ -129,6 +168,7 @@ class Evaluator:
         self.should_stop = should_stop or (lambda: False)
         if self.settings.scoring not in SCORING_MODES:
             raise PrunerError(f"unknown scoring mode {self.settings.scoring!r}; use one of {', '.join(SCORING_MODES)}")
+        check_score(self.settings.score)
         self.space.set_ranking(self.ranking)  # one ranking for the cost model and the surgery
         self.search_set: ImageTensors = data.search.subset(min(self.settings.search_images, len(data.search))).to(self.device)
         self.recal_set: ImageTensors = data.fit.subset(min(self.settings.recal_images, len(data.fit))).to(self.device)
@@ -155,6 +195,7 @@ class Evaluator:
                        "latency": 0.0}
         #: scores batches of structures elsewhere (``pruner.runs.workers.RayPool``); None: all here
         self.pool = None
+        self._teacher: tuple[int, torch.Tensor] | None = None  # (model version, log-softmax on the search images)
 
     def _tick(self, key: str, t0: float) -> None:
         """Add the seconds since ``t0`` to ``timing[key]`` (summed over scoring threads)."""
@@ -313,18 +354,39 @@ class Evaluator:
             torch.cuda.synchronize(self.device)
 
     @torch.inference_mode()
-    def score(self, model: nn.Module) -> float:
-        """Top-1 (%) of ``model`` on the resident search images (bf16 autocast: ``settings.amp``)."""
-        t0 = time.perf_counter()
+    def logits(self, model: nn.Module) -> torch.Tensor:
+        """``model``'s logits (float32) on the resident search images, in scoring batches (bf16
+        autocast: ``settings.amp``)."""
         model.eval()
-        correct = torch.zeros((), dtype=torch.long, device=self.device)
         bs = self.settings.batch_size or (1000 if self.device.type == "cuda" else 250)
+        outs = []
         with self._autocast():
             for i in range(0, len(self._search_y), bs):
-                correct += (model(self._batch(self._search_x, i, bs)).argmax(1) == self._search_y[i:i + bs]).sum()
-        top1 = 100.0 * int(correct) / max(1, len(self._search_y))
+                outs.append(model(self._batch(self._search_x, i, bs)))
+        return torch.cat(outs).float()
+
+    def teacher_logp(self) -> torch.Tensor:
+        """The current unpruned model's log-softmax on the search images (float32), computed once
+        per model version: the reference of every candidate's KL."""
+        with self._lock:
+            if self._teacher is None or self._teacher[0] != self.model_version:
+                t0 = time.perf_counter()
+                self._teacher = (self.model_version, F.log_softmax(self.logits(self.model), 1))
+                self._tick("evaluation", t0)
+            return self._teacher[1]
+
+    @torch.inference_mode()
+    def score(self, model: nn.Module) -> tuple[float, float]:
+        """Top-1 (%) of ``model`` on the resident search images and the mean KL divergence (nats) of
+        its softmax from the unpruned model's (:meth:`teacher_logp`), from the same forward pass."""
+        teacher = self.teacher_logp()
+        t0 = time.perf_counter()
+        logits = self.logits(model)
+        n = max(1, len(self._search_y))
+        top1 = 100.0 * int((logits.argmax(1) == self._search_y).sum()) / n
+        kl = float((teacher.exp() * (teacher - F.log_softmax(logits, 1))).sum(1).double().mean())
         self._tick("evaluation", t0)
-        return top1
+        return top1, max(0.0, kl)
 
     def scored_model(self, counts: Sequence[int]) -> nn.Module:
         """The recalibrated network that :meth:`evaluate` scores for ``counts`` (masked or physical)."""
@@ -384,7 +446,9 @@ class Evaluator:
         main = torch.get_num_threads()
         prepared = [self._prepare(counts) for counts in todo]
 
-        def work(i: int) -> float:
+        self.teacher_logp()  # once, before the threads
+
+        def work(i: int) -> tuple[float, float]:
             return self.score(self._finish(*prepared[i]))
 
         try:  # a thread's set_num_threads is its own, but it also sets the default for new threads
@@ -393,7 +457,7 @@ class Evaluator:
                 tops = list(pool.map(work, range(len(todo))))
         finally:
             torch.set_num_threads(main)
-        return [self._result(counts, top1) for counts, top1 in zip(todo, tops)]
+        return [self._result(counts, *s) for counts, s in zip(todo, tops)]
 
     def _lean_graph(self, pruned: nn.Module) -> LeanGraph | None:
         """The pruned model as a :class:`~pruner.evaluate.LeanGraph` (None: lean scoring is off or
@@ -424,13 +488,13 @@ class Evaluator:
 
     def measure(self, counts: Sequence[int]) -> dict:
         """Score one structure here, outside the memo, the cap and the events: search-split top-1,
-        MACs and params (what a worker of :mod:`pruner.runs.workers` computes)."""
+        KL to the unpruned model, MACs and params (what a worker of :mod:`pruner.runs.workers` computes)."""
         counts = self.space.align([int(c) for c in counts])
-        return self._result(counts, self.score(self.scored_model(counts)))
+        return self._result(counts, *self.score(self.scored_model(counts)))
 
-    def _result(self, counts: list[int], top1: float) -> dict:
+    def _result(self, counts: list[int], top1: float, kl: float | None) -> dict:
         macs, params = self.space.predict(counts=counts)
-        return {"top1": top1, "macs": int(macs), "params": int(params)}
+        return {"top1": top1, "kl": kl, "macs": int(macs), "params": int(params)}
 
     def prefetch(self, proposals: Sequence[Sequence[int]]) -> int:
         """Score a batch of proposals at once on :attr:`pool` (a no-op without one).
@@ -507,11 +571,12 @@ class Evaluator:
             id=len(self.candidates), step=step, counts=counts,
             keep_ratios=[c / g.channels for c, g in zip(counts, self.space.groups)],
             top1=cached["top1"], macs=cached["macs"], params=cached["params"],
-            cost=self.relative_cost(counts), latency_ms=cached["latency_ms"],
+            cost=self.relative_cost(counts), latency_ms=cached["latency_ms"], kl=cached.get("kl"),
+            score=score_of(self.settings.score, cached["top1"], cached.get("kl")),
             meta={**(meta or {}), "cached": not fresh, "model_version": self.model_version},
             seconds=time.perf_counter() - t0,
         )
-        cand.reward = reward_fn(cand) if reward_fn is not None else cand.top1
+        cand.reward = reward_fn(cand) if reward_fn is not None else cand.score
         self.candidates.append(cand)
         if self.on_candidate is not None and cand.id >= self._logged:
             self.on_candidate(cand)
@@ -528,7 +593,8 @@ class Evaluator:
                 continue
             key = (int(meta.get("model_version", 0)), tuple(int(c) for c in e["counts"]))
             if key not in self._memo:
-                self._memo[key] = {**{k: e.get(k) for k in ("top1", "macs", "params", "latency_ms")}, "pending": True}
+                self._memo[key] = {**{k: e.get(k) for k in ("top1", "kl", "macs", "params", "latency_ms")},
+                                 "pending": True}
                 n += 1
             if e.get("latency_ms") is not None and e.get("cost") is not None:
                 # measured latencies replay too (a latency budget's cost is the relative latency),

@@ -355,7 +355,7 @@ class JointPruning(Strategy):
         batch = [ev.solve(np.exp(np.clip(u, -10, 10)).tolist()).counts for u in us]
         cands = ev.evaluate_many(batch, step=epoch, metas=[{"strategy": self.name, "epoch": epoch, "sample": k}
                                                            for k in range(len(batch))])
-        rewards = np.array([c.top1 / 100.0 for c in cands])
+        rewards = np.array([c.score / 100.0 for c in cands])
         return us, logps, cands, rewards
 
     def _policy_batch(self, run: "_Run", history: list, epoch: int):
@@ -473,7 +473,7 @@ class JointPruning(Strategy):
         feasible = [c for c in out if ctx.feasible(c)]
         if not feasible:
             raise PrunerError("joint found no structure meeting the budget on the trained model; raise --search-evals")
-        return max(feasible, key=lambda c: (c.top1, -c.cost))
+        return max(feasible, key=lambda c: (c.score, -c.cost))
 
     @staticmethod
     def _fit_drift(drift: DriftModel, opt, history: list, stats: torch.Tensor, steps: int) -> float:

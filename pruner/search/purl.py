@@ -185,7 +185,7 @@ class PuRL(Strategy):
             eps_ids = list(range(episode, episode + group))
             epsilon = [0.0 if greedy else max(float(p["eps_end"]), float(p["eps_start"]) * float(p["eps_decay"]) ** e)
                        for e in eps_ids]
-            runs = [{"keeps": np.array(start.keep_ratios), "counts": list(start.counts), "top1": start.top1,
+            runs = [{"keeps": np.array(start.keep_ratios), "counts": list(start.counts), "score": start.score,
                      "default": start_k, "last_action": neutral, "return": 0.0, "cand": start, "rewards": []}
                     for _ in eps_ids]
             for t in range(T):
@@ -216,15 +216,15 @@ class PuRL(Strategy):
                         run = runs[j]
                         miss = abs(raw - B) / max(B, 1e-9)
 
-                        def reward_fn(c: Candidate, before=run["top1"], miss=miss) -> float:
-                            return (float(p["acc_weight"]) * (c.top1 - before) / 100.0
+                        def reward_fn(c: Candidate, before=run["score"], miss=miss) -> float:
+                            return (float(p["acc_weight"]) * (c.score - before) / 100.0
                                     - float(p["sparsity_weight"]) * miss)
 
                         cand = ev.evaluate(counts, step=eps_ids[j] * T + t, reward_fn=reward_fn, meta={
                             "strategy": self.name, "episode": eps_ids[j], "pruning_step": t, "layer": int(g),
                             "action": a, "greedy": greedy, "projected": projected})
                         r = float(cand.reward)
-                        run.update(keeps=np.array(cand.keep_ratios), counts=list(cand.counts), top1=cand.top1,
+                        run.update(keeps=np.array(cand.keep_ratios), counts=list(cand.counts), score=cand.score,
                                    default=default, last_action=a, cand=cand)
                         run["return"] += r
                         run["rewards"].append(r)
@@ -249,7 +249,7 @@ class PuRL(Strategy):
                 if exhausted and len(run["rewards"]) < T:
                     continue
                 ctx.emit("purl", level="episode", episode=ep, steps=T, **{"return": run["return"]},
-                         final_top1=run["top1"], final_cost=run["cand"].cost, greedy=greedy, epsilon=epsilon[j],
+                         final_top1=run["cand"].top1, final_cost=run["cand"].cost, greedy=greedy, epsilon=epsilon[j],
                          best_feasible_top1=None if best is None else best.top1)
                 ctx.emit("step", step=ep, best_top1=None if best is None else best.top1,
                          best_reward=max(run["rewards"]), mean_reward=run["return"] / T,
@@ -275,7 +275,7 @@ class PuRL(Strategy):
         return np.array([
             t / T, share[g], lo_keep[g], size[g], float(run["keeps"][g]),
             so_far, B, float(default),
-            run["last_action"] / (K - 1), run["top1"] / 100.0, 1.0], dtype=np.float64)
+            run["last_action"] / (K - 1), run["score"] / 100.0, 1.0], dtype=np.float64)
 
     def _learn(self, memory, qnet, target, opt, rng) -> None:
         p = self.params

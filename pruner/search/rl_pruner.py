@@ -242,6 +242,10 @@ class DamageModel:
         return alloc / alloc.max()
 
 
+#: rl's built-in start allocations (any other ``start`` is the path of a Sensitivity analysis)
+START_NAMES = ("sensitivity", "probe", "uniform", "cost")
+
+
 @register
 class RLPruner(Strategy):
     name = "rl"
@@ -254,6 +258,14 @@ class RLPruner(Strategy):
         if kind == "sparsity" and int(p["steps"]) > 1 and int(p["finetune_batches"]) > 0:
             raise PrunerError("rl's distillation between steps (finetune_batches > 0 with steps > 1) prunes channels "
                               "only; for a sparsity budget set finetune_batches=0 (or steps=1)")
+
+    @classmethod
+    def check_score(cls, score, params) -> None:
+        start = str({**cls.defaults(), **PRESETS.get(params.get("preset") or "", {}), **params}["start"])
+        if score != "top1" and start not in START_NAMES:
+            raise PrunerError(f"a Sensitivity analysis measures top-1, so rl cannot start from one ({start}) while "
+                              f"the search maximises {score}; use --score top1, or start=sensitivity to probe "
+                              "with this score")
 
     param_specs = {
         "preset": Param("", str, "RL-Pruner's own recipe: 'paper' sets the keys of PRESETS['paper'] that are not given",
@@ -381,6 +393,7 @@ class RLPruner(Strategy):
             record = {**probes.summary(), "blocks": [[ctx.space.groups[i].name for i in b] for b in blocks],
                       "block_ratios": [round(r, 4) for r in ratios]}
         else:
+            self.check_score(ctx.evaluator.settings.score, {"start": start})
             probes = probes_from_analysis(ctx, start, self._probe_ratio(ctx))
             blocks = [[i] for i in range(n)]
             model = DamageModel(blocks, n, k, float(p["floor"]), probes.ratio)
@@ -441,7 +454,7 @@ class RLPruner(Strategy):
         rng = ctx.rng(2)
         damage_model = DamageModel(blocks, n, 1.0 + 1.0 / float(prm["power"]), float(prm["floor"]),
                                    self._probe_ratio(ctx))
-        base_top1 = next((c.top1 for c in ev.candidates if c.meta.get("probe") == "base"
+        base_top1 = next((c.score for c in ev.candidates if c.meta.get("probe") == "base"
                           and c.meta.get("strategy") == self.name), None)
         return _Run(steps=steps, inner=inner, per_epoch=per_epoch, total_updates=steps * inner, rng=rng,
                     teacher=teacher, rates=rates, feats=feats, direction=direction, record=record,
@@ -484,11 +497,11 @@ class RLPruner(Strategy):
             raise PrunerError(f"rl could not reach {step_target:.3f} of the {ctx.budget.kind} at step {step}; "
                               "raise the budget or allow more pruning")
         eps_greedy = float(prm["epsilon"]) * (1.0 - run.update / max(1, run.total_updates))
-        best_before = max((c.top1 for c, _ in step_cands), default=None)
+        best_before = max((c.score for c, _ in step_cands), default=None)
         run.z = self._update(run.z, batch + step_cands, eps_greedy, run.rng)
         step_cands.extend(batch)
-        best_so_far = max(step_cands, key=lambda cv: cv[0].top1)[0]
-        improved = best_before is None or best_so_far.top1 > best_before
+        best_so_far = max(step_cands, key=lambda cv: cv[0].score)[0]
+        improved = best_before is None or best_so_far.score > best_before
         ctx.emit("step", step=run.update, slice=step, inner_epoch=epoch, policy=_softmax(run.z).tolist(),
                  step_target=step_target, sigma=run.sigma, epsilon=eps_greedy, best_top1=best_so_far.top1,
                  best_reward=best_so_far.reward,
@@ -543,7 +556,7 @@ class RLPruner(Strategy):
                     step_cands: list[tuple[Candidate, np.ndarray]]) -> None:
         """ε-greedy choice of the structure the next step starts from (distilled with a teacher)."""
         eps_greedy = float(self.params["epsilon"]) * (1.0 - step / max(1, run.steps - 1))
-        ranked = sorted(step_cands, key=lambda cv: cv[0].top1, reverse=True)
+        ranked = sorted(step_cands, key=lambda cv: cv[0].score, reverse=True)
         pick = ranked[0] if (run.rng.random() >= eps_greedy or len(ranked) == 1) \
             else ranked[int(run.rng.integers(1, len(ranked)))]
         chosen = run.chosen = pick[0]
@@ -559,7 +572,7 @@ class RLPruner(Strategy):
         record = run.record
         final = [c for c in ev.candidates if c.meta.get("slice") == run.steps - 1 and c.meta.get("strategy") == self.name
                  and c.meta.get("model_version") == ev.model_version and ctx.feasible(c)]
-        answer = max(final, key=lambda c: (c.top1, -c.cost)) if final else run.chosen
+        answer = max(final, key=lambda c: (c.score, -c.cost)) if final else run.chosen
         if answer is not None:
             answer.meta["is_start"] = bool(run.start_key == (answer.meta.get("model_version"), tuple(answer.counts)))
             answer.meta["start_source"] = record["source"]
@@ -576,11 +589,11 @@ class RLPruner(Strategy):
         cands = [c for c in ev.candidates if c.meta.get("model_version") == ev.model_version
                  and c.meta.get("strategy") == self.name]
         if base_top1 is None:
-            base_top1 = max((c.top1 for c in cands if all(k >= 1.0 for k in c.keep_ratios)), default=None)
+            base_top1 = max((c.score for c in cands if all(k >= 1.0 for k in c.keep_ratios)), default=None)
         if base_top1 is None or len(cands) < len(model.blocks) + 1:
             return None
         pruned = np.array([[1.0 - k for k in c.keep_ratios] for c in cands])
-        damage = np.array([base_top1 - c.top1 for c in cands])
+        damage = np.array([base_top1 - c.score for c in cands])
         model.fit(pruned, damage)
         return np.log(model.allocation(rates, float(self.params["power"])))
 
@@ -597,7 +610,7 @@ class RLPruner(Strategy):
     def _update(self, z: np.ndarray, batch: list[tuple[Candidate, np.ndarray]], eps: float,
                 rng: np.random.Generator) -> np.ndarray:
         """Move the mean toward the reward-weighted samples (ε-greedy: a random one), clipped per group."""
-        r = np.array([c.top1 for c, _ in batch], dtype=float)
+        r = np.array([c.score for c, _ in batch], dtype=float)
         if len(r) < 2:
             return z
         temperature = float(self.params["temperature"])

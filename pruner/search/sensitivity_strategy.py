@@ -129,12 +129,12 @@ def measure_probes(ctx: SearchContext, ratio: float, *, max_probes: int | None =
         cand = ev.evaluate(counts, step=0, meta={"strategy": tag, "probe": k, "groups": [space.groups[i].name for i in members],
                                                   "ratio": r})
         for gi in members:
-            damage[gi] = base.top1 - cand.top1
+            damage[gi] = base.score - cand.score
             saved[gi] = max(1e-6, 1.0 - cand.cost) / len(members)
         ctx.emit("step", step=k, probe=k, best_top1=cand.top1, best_reward=cand.reward, mean_reward=cand.reward,
                  keep_ratios=cand.keep_ratios)
     meta = {} if ratios is None else {"chunks": [list(c) for c in chunks], "chunk_ratios": per_chunk}
-    return Probes(damage=damage, saved=saved, ratio=ratio, base_top1=base.top1, source="probes",
+    return Probes(damage=damage, saved=saved, ratio=ratio, base_top1=base.score, source="probes",
                   evaluations=ev.evaluations - used0, chunks=len(chunks), meta=meta)
 
 
