@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--structures", type=int, default=24)
     p.add_argument("--ft-batches", type=int, default=100, help="fine-tuning batches of 128 per structure")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--table-only", action="store_true", help="no new structures: the table from those measured so far")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         lines = out / "structures.jsonl"
         done = {tuple(json.loads(l)["counts"]) for l in lines.read_text().splitlines()} if lines.exists() else set()
         for k, e in enumerate(chosen):
-            if tuple(e["counts"]) in done:
+            if tuple(e["counts"]) in done or args.table_only:
                 continue
             t0 = time.perf_counter()
             logits = ev.logits(ev.scored_model(e["counts"]))

@@ -54,7 +54,7 @@ _BUDGET_LABELS = {"flops": "FLOPs (MACs)", "params": "Parameters", "latency": "L
 BUDGETS = {kind: _BUDGET_LABELS.get(kind, kind) for kind in KINDS}
 
 STRATEGY_HELP = {
-    "rl": "RL-Pruner: a policy over layer groups learned from the rewards of sampled candidates",
+    "rl": "after RL-Pruner: sensitivity probes, then an evolutionary search over group features (preset=paper: closer to the paper)",
     "constrained": "Constrained RL: policy gradient with a Lagrange multiplier on the cost",
     "purl": "PuRL: a step-wise pruning agent with dense per-step rewards",
     "joint": "Joint: trains weights while a learned world model proposes pruning",

@@ -35,16 +35,16 @@ A search:
    better, down to ``min_noise``; plus a shared sharper/flatter factor along the start's
    direction, ``sharpen``). Every proposal is a structure not evaluated before.
 2. move the mean toward the reward-weighted candidates of the step so far, the evaluated start
-   included (softmax of standardised rewards at ``temperature``; 0 = toward the best only, as
-   the paper does), step size ``lr`` (1 with temperature 0, the default: elitist, the mean *is*
+   included (softmax of standardised rewards at ``temperature``; 0 = toward the best only), step size ``lr`` (1 with temperature 0, the default: elitist, the mean *is*
    the best candidate); with ``clip > 0`` each group's allocation changes by a factor within
    ``[1 - clip, 1 + clip]`` per update. With probability ε (``epsilon``, decaying linearly to 0)
    it moves toward a random sample.
 3. with ``steps > 1``, the step's best structure (ε-greedy) becomes the starting point of the
    next step; with ``finetune_batches > 0`` it is first distilled from the original model for
    that many batches, its channel importance recomputed (``importance``: keep, l1, taylor) and
-   the evaluator switched to the trained weights (``evaluator.set_model``) — RL-Pruner's own
-   recipe, ``preset=paper``.
+   the evaluator switched to the trained weights (``evaluator.set_model``) — the closer reading of
+   RL-Pruner, ``preset=paper`` (docs/algorithms.md: where it still differs from the authors' code:
+   the ε rule, the reset rule, the teacher swap, the filter-count step).
 
 The answer is the best feasible candidate of the last step; when that is the start's own
 allocation, its ``meta["is_start"]`` is true and the run says so.
@@ -268,7 +268,8 @@ class RLPruner(Strategy):
                               "with this score")
 
     param_specs = {
-        "preset": Param("", str, "RL-Pruner's own recipe: 'paper' sets the keys of PRESETS['paper'] that are not given",
+        "preset": Param("", str, "'paper': a closer reading of RL-Pruner (docs/algorithms.md says where it differs); "
+                                 "sets the keys of PRESETS['paper'] that are not given",
                         choices=("", "paper")),
         "start": Param("sensitivity", str, "start allocation: sensitivity (the sensitivity strategy's per-group probes "
                                            "and allocation; its answer is the first mean), probe (blocks "
