@@ -61,6 +61,7 @@ STRATEGY_HELP = {
     "uniform": "Uniform: the same fraction from every layer group (one evaluation)",
     "global": "Global: all channels ranked together by normalised importance (one evaluation)",
     "random": "Random allocations solved to the budget; the best is kept",
+    "optuna": "Optuna (TPE or CMA-ES) over per-group allocations solved to the budget, warm-started from the sensitivity probes: the black-box peer",
     "sensitivity": "Sensitivity: probe each layer group, prune in inverse proportion to its measured damage (per unit of cost saved under params and sparsity budgets)",
 }
 

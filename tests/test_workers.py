@@ -47,9 +47,10 @@ def search_of(path) -> tuple[list, dict]:
     return cands, run.summary()
 
 
-@pytest.mark.parametrize("strategy", ["random", "constrained", "purl"])
+@pytest.mark.parametrize("strategy", ["random", "constrained", "purl", "optuna"])
 def test_candidates_and_answer_do_not_depend_on_the_number_of_workers(tmp_path, strategy):
-    params = {"constrained": {"batch": 4}, "purl": {"steps": 2, "batch": 2}}.get(strategy, {})
+    params = {"constrained": {"batch": 4}, "purl": {"steps": 2, "batch": 2},
+              "optuna": {"warm_start": "uniform", "batch": 4}}.get(strategy, {})
     results = {}
     for workers in (0, 1, 2):
         out = tmp_path / f"w{workers}"
@@ -64,7 +65,7 @@ def test_candidates_and_answer_do_not_depend_on_the_number_of_workers(tmp_path, 
     assert s0["search"]["workers"] is None
     stats = s2["search"]["workers"]
     on_workers = sum(w["evaluations"] for w in stats)
-    # random and purl propose everything in batches; constrained scores its policy's mean alone, in the job
+    # random, purl and optuna propose everything in batches; constrained scores its policy's mean alone, in the job
     assert len(stats) == 2 and (1 <= on_workers < n if strategy == "constrained" else on_workers == n)
     assert len({w["pid"] for w in stats}) == 2                      # two separate processes did the scoring
     assert all(w["evaluations"] >= 1 for w in stats)
