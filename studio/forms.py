@@ -329,7 +329,8 @@ def _param_widget(name: str, spec: Param, key: str) -> Any:
     if spec.high is not None:
         bounds["max_value"] = spec.kind(spec.high)
     if spec.kind is int:
-        return st.number_input(name, value=spec.default, step=1, key=key, help=help_text, **bounds)
+        return st.number_input(name, value=spec.default, step=1, key=key, help=help_text,
+                               placeholder="automatic" if spec.nullable else None, **bounds)
     step = abs(spec.default) / 10 if spec.default else 0.01
     return st.number_input(name, value=spec.default, step=float(step), format="%g", key=key, help=help_text,
                            placeholder="automatic" if spec.nullable else None, **bounds)

@@ -267,6 +267,29 @@ def test_prune_run_from_new_run_to_live_and_runs_pages(runs_dir):
     assert table[table["name"] == "e2e-prune"].iloc[0]["tags"] == "baseline"
 
 
+def test_optuna_strategy_from_the_form(runs_dir):
+    """The black-box peer on the New run form: its declared parameters as widgets, its help, and a
+    run with the sampler and warm start chosen there."""
+    at = tiny_prune_settings(app(), "optuna-form", evals=4, epochs=0, export=False)
+    at.selectbox(key="nr_strategy").set_value("optuna").run()
+    assert_clean(at)
+    assert any("Optuna (TPE or CMA-ES)" in c for c in texts(at.caption))
+    at.selectbox(key="nr_sp_optuna_sampler").set_value("cmaes")
+    at.selectbox(key="nr_sp_optuna_warm_start").set_value("uniform")
+    at.number_input(key="nr_sp_optuna_batch").set_value(2).run()
+    assert_clean(at)
+    at.button(key="nr_start").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    run = runs_dir / "optuna-form"
+    summary = wait_for_summary(run)
+    assert summary["status"] == "done", summary.get("error")
+    config = json.loads((run / "config.json").read_text())
+    assert config["strategy"] == "optuna"
+    assert config["strategy_params"] == {"sampler": "cmaes", "warm_start": "uniform", "batch": 2}
+    trials = [c for c in RunDir(run).events("candidate") if c["meta"].get("sampler") == "cmaes"]
+    assert len(trials) == 4 and trials[0]["meta"]["warm_start"] == "uniform"
+
+
 def test_sensitivity_analysis_start_to_heatmap(runs_dir):
     at = app(SENS)
     assert_clean(at)
