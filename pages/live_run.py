@@ -63,7 +63,7 @@ def _figures(view: RunView, summary: dict | None) -> dict:
                                         title="Channels kept per layer group (" +
                                         ("chosen" if chosen is not None else "current best") + ")"),
         "policy": charts.policy_heatmap(list(view.steps), view.group_names, cands),
-        "reward": charts.reward_chart(cands),
+        "reward": charts.reward_chart(cands, budget=parsed),
         "macs": charts.tradeoff_chart(cands, "macs", chosen_id=best_id, base=base, budget=budget, final=final,
                                       title="Accuracy vs MACs (all candidates)"),
         "latency": charts.tradeoff_chart(cands, "latency_ms", chosen_id=best_id, base=base, budget=budget,
@@ -101,12 +101,21 @@ def live_panel() -> None:
     elapsed = None
     if view.first_time is not None:
         elapsed = ((view.last_time or now) if is_final(status) else now) - view.first_time
-    best = view.best
+    # one "best": the search's answer once it is chosen (a latency answer may be a re-timed runner-up),
+    # before that the best candidate so far within the budget
+    chosen_id = rd.chosen_candidate(summary)
+    chosen = next((c for c in view.candidates if c.get("candidate_id") == chosen_id), None) \
+        if chosen_id is not None else None
+    best = chosen or view.best
     m = st.columns([1.6, 0.7, 1.2, 1.2, 1, 1])   # the status gets room for "fine-tuning", "cancelled"
     m[0].metric("Status", status)
     m[1].metric("Step", "—" if view.current_step is None else view.current_step)
     m[2].metric("Candidates evaluated", f"{view.evaluations}" + (f" / {p['expected']}" if p.get("expected") else ""))
-    m[3].metric("Best search top-1", state.fmt(best.get("top1") if best else None, ".2f", " %"))
+    m[3].metric("Chosen search top-1" if chosen else "Best search top-1",
+                state.fmt(best.get("top1") if best else None, ".2f", " %"),
+                help="The search's answer (top-1 on the search split)" if chosen else
+                     "The best candidate so far within the budget (top-1 on the search split); probes and "
+                     "candidates over the budget never count")
     m[4].metric("Elapsed", format_seconds(elapsed))
     m[5].metric("ETA", "—" if is_final(status) else format_seconds(p.get("eta_s")))
 

@@ -14,6 +14,7 @@ from typing import Any
 from pruner.runs.rundir import PRUNE, RunDir, Status, config_kind
 
 from . import results
+from .events import budget_of
 from .notes import NOTES_FILE, read_notes
 
 
@@ -146,7 +147,8 @@ def run_series(rd: RunDir) -> dict[str, Any]:
     for e in rd.iter_events():
         kind = e.get("kind")
         if kind == "candidate":
-            cands.append({k: e.get(k) for k in CANDIDATE_FIELDS})
+            cands.append({**{k: e.get(k) for k in CANDIDATE_FIELDS},
+                          "probe": (e.get("meta") or {}).get("probe") is not None})
         elif kind == "epoch":
             epochs.append({k: e.get(k) for k in EPOCH_FIELDS})
         elif kind == "base" and base_macs is None:
@@ -154,7 +156,7 @@ def run_series(rd: RunDir) -> dict[str, Any]:
     summary = rd.summary() or {}
     base_macs = (summary.get("base") or {}).get("macs") or base_macs
     return {"name": rd.name, "candidates": cands, "epochs": epochs, "base_macs": base_macs,
-            "chosen_id": rd.chosen_candidate(summary)}
+            "chosen_id": rd.chosen_candidate(summary), "budget": budget_of(rd.config())}
 
 
 # ---------------------------------------------------------------------- config diff

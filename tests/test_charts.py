@@ -97,19 +97,70 @@ def test_network_chart_shows_every_layer_kept_and_removed_by_group(finished_runs
     assert not empty.data and "has not finished" in empty.layout.annotations[0].text
 
 
-def test_compare_search_chart_overlays_each_runs_best_so_far(finished_runs):
+def test_compare_search_chart_overlays_each_runs_best_within_the_budget(finished_runs):
     series = _series(finished_runs)
     fig = charts.compare_search_chart(series)
     for run in series:
-        rewards = [c["reward"] for c in run["candidates"] if c.get("reward") is not None]
+        budget = run["budget"]
+        ok = [(i, c) for i, c in enumerate(run["candidates"]) if not c["probe"] and budget.feasible(c["cost"])]
+        assert ok, run["name"]
         line = next(t for t in fig.data if t.name == run["name"])
-        best = [max(rewards[:i + 1]) for i in range(len(rewards))]
-        assert list(line.y) == best and line.xaxis == "x"
+        best = [max(c["reward"] for _, c in ok[:k + 1]) for k in range(len(ok))]
+        assert list(line.x)[:len(ok)] == [i for i, _ in ok] and list(line.y)[:len(ok)] == best
+        assert line.xaxis == "x"
         top1 = next(t for t in fig.data if t.name == f"{run['name']} top-1")
-        assert top1.xaxis == "x2" and list(top1.y)[-1] == max(c["top1"] for c in run["candidates"])
+        assert top1.xaxis == "x2" and list(top1.y)[-1] == max(c["top1"] for _, c in ok)
+    # the rl run starts with sensitivity probes (one group pruned alone, over the budget): never the best
+    rl = next(r for r in series if any(c["probe"] for c in r["candidates"]))
+    line = next(t for t in fig.data if t.name == rl["name"])
+    probes = [i for i, c in enumerate(rl["candidates"]) if c["probe"]]
+    assert not set(probes) & set(line.x)
     lines = [t for t in fig.data if t.name in {r["name"] for r in series}]
     assert len({t.line.color for t in lines}) == len(series)
     assert "no evaluated candidates" in charts.compare_search_chart([]).layout.annotations[0].text
+
+
+def test_reward_chart_draws_probes_and_over_budget_points_apart_from_the_best():
+    from pruner.budget import Budget
+
+    cands = [{"candidate_id": 0, "step": 0, "reward": 90.0, "top1": 90.0, "cost": 0.95, "meta": {"probe": 0}},
+             {"candidate_id": 1, "step": 1, "reward": 80.0, "top1": 80.0, "cost": 0.7, "meta": {}},
+             {"candidate_id": 2, "step": 1, "reward": 50.0, "top1": 50.0, "cost": 0.5, "meta": {}},
+             {"candidate_id": 3, "step": 2, "reward": 60.0, "top1": 60.0, "cost": 0.45, "meta": {}},
+             {"candidate_id": 4, "step": 2, "reward": 55.0, "top1": 55.0, "cost": 0.49, "meta": {}}]
+    fig = charts.reward_chart(cands, budget=Budget.parse("flops=0.5"))
+    traces = {t.name: t for t in fig.data}
+    assert list(traces["probe: one group pruned alone (not a solution)"].x) == [0]
+    assert list(traces["over the budget (never the best)"].x) == [1]
+    assert list(traces["within the budget"].x) == [2, 3, 4]
+    best = traces["best within the budget so far"]
+    assert list(best.x) == [2, 3, 4] and list(best.y) == [50.0, 60.0, 60.0]
+    trade = {t.name: t for t in charts.tradeoff_chart([{**c, "macs": c["cost"] * 1e6} for c in cands]).data}
+    assert list(trade["probe: one group pruned alone (not a solution)"].x) == [0.95]
+    assert sorted(trade["candidates (search split)"].x) == [0.45, 0.49, 0.5, 0.7]
+    # without a budget (an old run) every non-probe candidate counts
+    assert list({t.name: t for t in charts.reward_chart(cands).data}["best within the budget so far"].y) == \
+        [80.0, 80.0, 80.0, 80.0]
+
+
+def test_candidates_csv_says_which_candidates_meet_the_budget(finished_runs):
+    import csv
+
+    from pruner.budget import Budget
+    from pruner.runs.rundir import RunDir
+
+    for path in finished_runs.values():
+        rd = RunDir(path)
+        rows = list(csv.DictReader(rd.artifact_path("candidates").open()))
+        events = rd.events("candidate")
+        assert len(rows) == len(events)
+        budget = Budget.parse(rd.config()["budget"])
+        for row, e in zip(rows, events):
+            assert row["meets_budget"] == str(budget.feasible(e["cost"]))
+            assert row["probe"] == str((e.get("meta") or {}).get("probe") is not None)
+    rl_rows = list(csv.DictReader(RunDir(finished_runs["rl"]).artifact_path("candidates").open()))
+    assert {"True"} == {r["meets_budget"] for r in rl_rows if r["probe"] == "False" and float(r["cost"]) <= 0.5}
+    assert any(r["probe"] == "True" and r["meets_budget"] == "False" for r in rl_rows)
 
 
 def test_compare_finetune_chart_overlays_epochs(finished_runs):

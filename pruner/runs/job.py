@@ -33,7 +33,7 @@ import torch.nn as nn
 
 from .. import __version__
 from ..atomic import torch_save_atomic
-from ..budget import cost_floor, meet_measured
+from ..budget import Budget, cost_floor, meet_measured
 from ..data import DataBundle, ImageTensors, batches, load_data
 from ..errors import CancelledError, PrunerError
 from ..evaluate import accuracy, recalibrate_bn
@@ -323,15 +323,20 @@ def _layers(base: nn.Module, pruned: nn.Module) -> list[dict]:
     return rows
 
 
-def _write_candidates_csv(path: Path, run: RunDir, names: list[str]) -> None:
+def _write_candidates_csv(path: Path, run: RunDir, names: list[str], budget: Budget | None = None) -> None:
+    """Every candidate, with whether it meets ``budget`` (``Budget.feasible``: only those can be the best)
+    and whether it is a sensitivity probe (one group pruned alone, not a solution)."""
     rows = run.events(Event.CANDIDATE)
     with open(path, "w", newline="") as fh:
         w = SafeWriter(fh)
-        w.writerow(["candidate_id", "step", "top1", "kl", "score", "reward", "cost", "macs", "params", "latency_ms",
-                    *names])
+        w.writerow(["candidate_id", "step", "top1", "kl", "score", "reward", "cost", "meets_budget", "probe", "macs",
+                    "params", "latency_ms", *names])
         for e in rows:
+            meets = None if budget is None else budget.feasible(e.get("cost"))
+            probe = (e.get("meta") or {}).get("probe") is not None
             w.writerow([e.get("candidate_id"), e.get("step"), e.get("top1"), e.get("kl"), e.get("score"), e.get("reward"),
-                        e.get("cost"), e.get("macs"), e.get("params"), e.get("latency_ms"), *e.get("keep_ratios", [])])
+                        e.get("cost"), meets, probe, e.get("macs"), e.get("params"), e.get("latency_ms"),
+                        *e.get("keep_ratios", [])])
 
 
 def _take_lock(run: RunDir, lock: RunLock | None) -> RunLock:
@@ -651,7 +656,7 @@ class _Pipeline:
         if config.budget_obj.kind == "latency":  # where the budget was measured (the search's device and batch)
             summary["budget"].update(device=summary["pruned"]["latency_device"], batch=session.budget_batch)
         summary["layers"] = _layers(session.model, pruned)
-        _write_candidates_csv(run.artifact_path("candidates"), run, session.space.names)
+        _write_candidates_csv(run.artifact_path("candidates"), run, session.space.names, config.budget_obj)
         self.artifacts["candidates"] = run.artifact_ref("candidates")
         summary["artifacts"] = self.artifacts
 

@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ._common import empty_figure, num, palette, pareto_front, scatter_type, style
+from .search import best_within
 
 
 def _legend_right(fig: go.Figure) -> go.Figure:
@@ -56,28 +57,22 @@ def compare_fronts_chart(runs: Sequence[dict], title: str = "Pareto fronts of th
     return _legend_right(style(fig, title, "MACs remaining (% of the run's original model)", "search top-1 (%)"))
 
 
-def _best_so_far(values: Sequence[float]) -> list[float]:
-    out, best = [], -math.inf
-    for v in values:
-        best = max(best, v)
-        out.append(best)
-    return out
-
-
 def compare_search_chart(runs: Sequence[dict], title: str = "Search: reward and top-1 of the compared runs") -> go.Figure:
     """Per run, over its evaluations: every candidate's reward (faint points) and the best reward so far
-    (line), beside the best search top-1 so far. Rewards are each strategy's own scale; top-1 is comparable."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("reward (best so far; points: each candidate)",
-                                                        "best search top-1 so far (%)"), horizontal_spacing=0.1)
+    within the run's budget (line), beside the best search top-1 so far within the budget: probes and
+    candidates over the budget never count as the best. Rewards are each strategy's own scale; top-1
+    is comparable."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("reward (best within the budget; points: every candidate)",
+                                                        "best search top-1 within the budget (%)"),
+                        horizontal_spacing=0.1)
     colours = palette(len(runs))
     drawn = 0
     for ri, run in enumerate(runs):
         cands = list(run.get("candidates") or [])
         rewards = [(i, num(c.get("reward"))) for i, c in enumerate(cands)]
         rewards = [(i, r) for i, r in rewards if r is not None]
-        top1 = [(i, num(c.get("top1"))) for i, c in enumerate(cands)]
-        top1 = [(i, t) for i, t in top1 if t is not None]
-        if not rewards and not top1:
+        budget = run.get("budget")
+        if not rewards and not any(num(c.get("top1")) is not None for c in cands):
             continue
         color, name = colours[ri], str(run.get("name"))
         if rewards:
@@ -87,11 +82,12 @@ def compare_search_chart(runs: Sequence[dict], title: str = "Search: reward and 
                                                 marker={"size": 5, "color": color, "opacity": 0.3},
                                                 hovertemplate=f"{name}<br>evaluation %{{x}}<br>reward %{{y:.3f}}"
                                                               "<extra></extra>"), row=1, col=1)
-            fig.add_trace(go.Scatter(x=xs, y=_best_so_far(ys), mode="lines", name=name, legendgroup=name,
+            bx, by = best_within(cands, budget, "reward")
+            fig.add_trace(go.Scatter(x=bx, y=by, mode="lines", name=name, legendgroup=name,
                                      line={"color": color, "width": 2, "shape": "hv"}), row=1, col=1)
-        if top1:
-            xs, ys = [i for i, _ in top1], [t for _, t in top1]
-            fig.add_trace(go.Scatter(x=xs, y=_best_so_far(ys), mode="lines", name=f"{name} top-1", legendgroup=name,
+        xs, ys = best_within(cands, budget, "top1")
+        if xs:
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=f"{name} top-1", legendgroup=name,
                                      showlegend=not rewards, line={"color": color, "width": 2, "shape": "hv"},
                                      hovertemplate=f"{name}<br>evaluation %{{x}}<br>best top-1 %{{y:.2f}}%"
                                                    "<extra></extra>"), row=1, col=2)

@@ -64,18 +64,50 @@ def policy_heatmap(steps: Sequence[dict], groups: Sequence[str], candidates: Seq
     return style(fig, title, x_title, "layer group", legend=False)
 
 
-def reward_chart(candidates: Sequence[dict], title: str = "Reward of every candidate") -> go.Figure:
-    """Every candidate's reward (points), the best so far (line) and the mean per search step."""
-    pts = [(i, num(c.get("reward")), c) for i, c in enumerate(candidates)]
+def candidate_role(c: dict, budget: Any = None) -> str:
+    """What a candidate is for the charts' one "best": ``probe`` (a sensitivity probe: one group
+    pruned alone, not a solution), ``over`` (misses ``budget``, a :class:`~pruner.budget.Budget`,
+    by :meth:`~pruner.budget.Budget.feasible`, the engine's rule) or ``within``."""
+    if (c.get("meta") or {}).get("probe") is not None or c.get("probe"):
+        return "probe"
+    if budget is not None and not budget.feasible(num(c.get("cost"))):
+        return "over"
+    return "within"
+
+
+def best_within(candidates: Sequence[dict], budget: Any, field: str = "reward") -> tuple[list[int], list[float]]:
+    """The best ``field`` so far over the candidates meeting ``budget`` (probes and over-budget ones never
+    count): x (evaluation #) and y of the step line, starting at the first candidate within the budget."""
+    xs, ys, best = [], [], -math.inf
+    for i, c in enumerate(candidates):
+        v = num(c.get(field))
+        if v is None or candidate_role(c, budget) != "within":
+            continue
+        best = max(best, v)
+        xs.append(i)
+        ys.append(best)
+    if xs and xs[-1] != len(candidates) - 1:   # the line runs on to the last evaluation
+        xs.append(len(candidates) - 1)
+        ys.append(ys[-1])
+    return xs, ys
+
+
+_ROLE_STYLE = {
+    "within": ("within the budget", {"size": 6, "color": BASE_COLOR, "opacity": 0.7}),
+    "over": ("over the budget (never the best)", {"size": 6, "color": GREY, "opacity": 0.6, "symbol": "x"}),
+    "probe": ("probe: one group pruned alone (not a solution)", {"size": 6, "color": GREY, "opacity": 0.5,
+                                                                 "symbol": "diamond-open"}),
+}
+
+
+def reward_chart(candidates: Sequence[dict], title: str = "Reward of every candidate", budget: Any = None) -> go.Figure:
+    """Every candidate's reward (points: within the budget, over it, probes), the best so far **within the
+    budget** (line: the run's one "best") and the mean per search step (all candidates)."""
+    cands = list(candidates)
+    pts = [(i, num(c.get("reward")), c) for i, c in enumerate(cands)]
     pts = [(i, r, c) for i, r, c in pts if r is not None]
     if not pts:
         return empty_figure(title, "no candidates evaluated yet", x="evaluation #", y="reward")
-    xs = [i for i, _, _ in pts]
-    ys = [r for _, r, _ in pts]
-    best, run = [], -math.inf
-    for r in ys:
-        run = max(run, r)
-        best.append(run)
     # mean reward per step, drawn at the last evaluation of the step
     per_step: dict[Any, list[tuple[int, float]]] = {}
     for i, r, c in pts:
@@ -83,18 +115,26 @@ def reward_chart(candidates: Sequence[dict], title: str = "Reward of every candi
     mean_x = [max(i for i, _ in v) for v in per_step.values()]
     mean_y = [sum(r for _, r in v) / len(v) for v in per_step.values()]
     order = sorted(range(len(mean_x)), key=lambda k: mean_x[k])
-    sc = scatter_type(len(xs))
+    sc = scatter_type(len(pts))
     fig = go.Figure()
-    fig.add_trace(sc(x=xs, y=ys, mode="markers", name="candidate", marker={"size": 6, "color": BASE_COLOR,
-                                                                              "opacity": 0.6},
-                     customdata=[[c.get("candidate_id"), c.get("step"), c.get("top1")] for _, _, c in pts],
-                     hovertemplate="candidate %{customdata[0]} (step %{customdata[1]})<br>reward %{y:.3f}"
-                                   "<br>top-1 %{customdata[2]:.2f}%<extra></extra>"))
-    fig.add_trace(sc(x=xs, y=best, mode="lines", name="best so far", line={"color": ACCENT, "width": 2,
-                                                                           "shape": "hv"}))
+    for role, (name, marker) in _ROLE_STYLE.items():
+        mine = [(i, r, c) for i, r, c in pts if candidate_role(c, budget) == role]
+        if not mine:
+            continue
+        fig.add_trace(sc(x=[i for i, _, _ in mine], y=[r for _, r, _ in mine], mode="markers", name=name,
+                         marker=marker,
+                         customdata=[[c.get("candidate_id"), c.get("step"), c.get("top1"), c.get("cost")]
+                                     for _, _, c in mine],
+                         hovertemplate="candidate %{customdata[0]} (step %{customdata[1]})<br>reward %{y:.3f}"
+                                       "<br>top-1 %{customdata[2]:.2f}%<br>cost %{customdata[3]:.3f}"
+                                       "<extra>" + name.split(" (")[0] + "</extra>"))
+    bx, by = best_within(cands, budget)
+    if bx:
+        fig.add_trace(sc(x=bx, y=by, mode="lines", name="best within the budget so far",
+                         line={"color": ACCENT, "width": 2, "shape": "hv"}))
     if len(per_step) > 1 or len(pts) > 1:
         fig.add_trace(sc(x=[mean_x[k] for k in order], y=[mean_y[k] for k in order], mode="lines+markers",
-                         name="mean per step", line={"color": FRONT_COLOR, "dash": "dot"}))
+                         name="mean per step (all candidates)", line={"color": FRONT_COLOR, "dash": "dot"}))
     return style(fig, title, "evaluation #", "reward")
 
 
@@ -133,10 +173,21 @@ def tradeoff_chart(candidates: Sequence[dict], x_field: str = "macs", *, chosen_
             fig.update_yaxes(showticklabels=True, showgrid=True)
             fig.layout.annotations[0].update(y=1.0, yanchor="top")
         return _legend_below(fig)
+    # probes (one group pruned alone) apart from the solutions, unless there is nothing else yet
+    rest = [p for p in pts if candidate_role(p[2]) != "probe"]
+    probes = [p for p in pts if candidate_role(p[2]) == "probe"] if rest else []
+    pts = rest or pts
     xs, ys = [p[0] for p in pts], [p[1] for p in pts]
     ids = [p[2].get("candidate_id") for p in pts]
     sc = scatter_type(len(pts))
     fig = go.Figure()
+    if probes:
+        name, marker = _ROLE_STYLE["probe"]
+        fig.add_trace(sc(x=[p[0] for p in probes], y=[p[1] for p in probes], mode="markers", name=name,
+                         marker={**marker, "size": 7},
+                         customdata=[[p[2].get("candidate_id"), num(p[2].get("cost"))] for p in probes],
+                         hovertemplate="probe %{customdata[0]}: one group pruned alone<br>top-1 %{y:.2f}%"
+                                       "<br>cost %{customdata[1]:.3f} of original<extra></extra>"))
     fig.add_trace(sc(x=xs, y=ys, mode="markers", name="candidates (search split)",
                      marker={"size": 7, "color": list(range(len(pts))), "colorscale": "Blues", "opacity": 0.75,
                              "cmin": -0.5 * len(pts), "cmax": max(len(pts) - 1, 1),  # no near-white points
