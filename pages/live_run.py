@@ -71,10 +71,15 @@ def _figures(view: RunView, summary: dict | None) -> dict:
         "finetune": charts.finetune_chart(list(view.epochs), empty_text=finetune_note(view, config, summary)),
     }
     for kind_name, events in view.other.items():
-        if kind_name != "workers":  # a table, below
+        if kind_name == "workers":   # a table, below
+            continue
+        if len(events) > 1 or kind_name in charts.STRATEGY_CHARTS:
             figs[f"extra:{kind_name}"] = charts.strategy_chart(kind_name, list(events))
+        else:                        # a one-off event (where the search started): a line, not a chart of one dot
+            figs[f"line:{kind_name}"] = results.event_line(kind_name, events[-1])
     for fig in figs.values():
-        fig.update_layout(uirevision=current)
+        if not isinstance(fig, str):
+            fig.update_layout(uirevision=current)
     st.session_state["live_figs"] = {"name": current, "stamp": stamp, "figs": figs}
     return figs
 
@@ -144,6 +149,8 @@ def live_panel() -> None:
                          "busy (s)": st.column_config.NumberColumn(format="%.1f"),
                          "utilisation (%)": st.column_config.ProgressColumn(min_value=0, max_value=100,
                                                                             format="%.0f%%")})
+    for k in [k for k in figs if k.startswith("line:")]:
+        st.caption(plain_md(figs[k]))
     for k in [k for k in figs if k.startswith("extra:")]:
         st.plotly_chart(figs[k], key=f"live_{k}")
     st.markdown("**Log** (newest first)")

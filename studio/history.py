@@ -96,7 +96,8 @@ def table_row(rd: RunDir, created: float | None = None) -> dict[str, Any]:
 
 #: the comparison's two tables (``compare_row`` keys): what each run achieved, and what it cost in time
 COMPARE_RESULT = ("name", "status", "strategy", "budget", "achieved", "base top-1 (%)", "pruned top-1 (%)",
-                  "Δ top-1 (points)", "MACs (M)", "params (M)")
+                  "± (points)", "Δ top-1 (points)", "report images", "fine-tune images / epoch", "MACs (M)",
+                  "params (M)")
 COMPARE_SPEED = ("name", "latency (ms)", "latency vs original", "timed on", "ORT latency (ms)", "evaluations",
                  "search time (s)", "total time (s)")
 #: the INT8 columns each table gets when a compared run has an INT8 model (:func:`compare_columns`)
@@ -117,6 +118,9 @@ def compare_row(name: str, status: str | None, cfg: dict | None, summary: dict |
         "name": name, "status": status, "strategy": cfg.get("strategy"), "budget": cfg.get("budget"),
         "achieved": (summary.get("budget") or {}).get("achieved"),
         "base top-1 (%)": top1_b, "pruned top-1 (%)": top1_p,
+        "± (points)": results.standard_error(top1_p, pruned.get("report_images")),
+        "report images": pruned.get("report_images"),
+        "fine-tune images / epoch": _images_per_epoch(summary),
         "Δ top-1 (points)": top1_p - top1_b if top1_p is not None and top1_b is not None else None,
         "MACs (M)": pruned["macs"] / 1e6 if pruned.get("macs") else None,
         "params (M)": pruned["params"] / 1e6 if pruned.get("params") else None,
@@ -126,6 +130,13 @@ def compare_row(name: str, status: str | None, cfg: dict | None, summary: dict |
         "total time (s)": summary.get("seconds"),
         "INT8 top-1 (%)": q.get("top1"), "INT8 ORT latency (ms)": q.get("ms"), "INT8 speed-up": q.get("speedup"),
     }
+
+
+def _images_per_epoch(summary: dict) -> int | None:
+    plan = summary.get("finetune_plan") or {}
+    if not plan:
+        return None
+    return int(plan.get("batches") or 0) * int(plan.get("batch_size") or 0) if plan.get("epochs") else 0
 
 
 def compare_columns(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:

@@ -5,6 +5,7 @@ Pure functions (no Streamlit), unit-tested in ``tests/test_results.py``.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pruner.runs.rundir import Status
@@ -70,6 +71,39 @@ def fmt(value: Any, spec: str = ".2f", suffix: str = "") -> str:
         return str(value)
 
 
+def standard_error(top1: Any, images: Any) -> float | None:
+    """One binomial standard error (points) of a top-1 of ``top1`` % measured on ``images`` images."""
+    if not isinstance(top1, (int, float)) or not isinstance(images, int) or isinstance(images, bool) or images < 1:
+        return None
+    p = min(1.0, max(0.0, top1 / 100.0))
+    return 100.0 * math.sqrt(p * (1.0 - p) / images)
+
+
+def run_size(summary: dict | None) -> str | None:
+    """How large the run's result is: the report images the top-1 was measured on (with its ± one
+    standard error) and the images fine-tuning saw per epoch, out of the fit images — so a quick
+    run's figure is read as what it is. ``None`` before there is a result."""
+    summary = summary or {}
+    pruned = summary.get("pruned") or {}
+    if pruned.get("top1") is None:
+        return None
+    parts = []
+    n = pruned.get("report_images")
+    se = standard_error(pruned.get("top1"), n)
+    if n:
+        parts.append(f"top-1 on {n:,} report images (± {se:.2f} points, one binomial standard error)")
+    plan = summary.get("finetune_plan") or {}
+    fit = ((summary.get("data") or {}).get("sizes") or {}).get("fit")
+    if plan.get("epochs"):
+        per_epoch = int(plan.get("batches") or 0) * int(plan.get("batch_size") or 0)
+        share = f" of the {fit:,} fit images" if fit else ""
+        parts.append(f"fine-tuned {plan['epochs']} epoch(s) of {plan.get('batches')} batches × {plan.get('batch_size')} "
+                     f"= {per_epoch:,} images per epoch{share}")
+    elif not summary.get("finetune"):
+        parts.append("not fine-tuned")
+    return "Run size: " + " · ".join(parts) if parts else None
+
+
 def metrics(summary: dict | None, *, top5: bool = True, ort: bool = True) -> list[dict[str, Any]]:
     """The result metrics of a finished run, one dict per metric (``label``, ``value``, ``delta``,
     ``neutral``: a delta that is a share, not better/worse, and ``help``): the same figures, told the
@@ -79,9 +113,13 @@ def metrics(summary: dict | None, *, top5: bool = True, ort: bool = True) -> lis
     if not pruned:
         return []
     top1, base_top1 = pruned.get("top1"), base.get("top1")
-    out = [{"label": "Top-1 (report split)", "value": fmt(top1, ".2f", " %"), "neutral": False,
+    se = standard_error(top1, pruned.get("report_images"))
+    out = [{"label": "Top-1 (report split)",
+            "value": fmt(top1, ".2f", " %") + (f" ± {se:.2f}" if se is not None else ""), "neutral": False,
             "delta": None if top1 is None or base_top1 is None else f"{top1 - base_top1:+.2f} pts",
-            "help": f"Original: {fmt(base_top1, '.2f', ' %')}"}]
+            "help": f"Original: {fmt(base_top1, '.2f', ' %')}" + (
+                f". Measured on {pruned['report_images']:,} report images; ± one binomial standard error"
+                if se is not None else "")}]
     if top5:
         out.append({"label": "Top-5", "value": fmt(pruned.get("top5"), ".2f", " %"), "delta": None, "neutral": True})
     out.append({"label": "MACs", "value": fmt((pruned.get("macs") or 0) / 1e6, ",.2f", " M"),
@@ -139,6 +177,9 @@ def result_captions(summary: dict | None) -> list[str]:
                      f"{fmt((onnx.get('zipped_bytes') or 0) / 1e6, '.3f', ' MB')} ({onnx.get('zeros')} zero weights)")
         lines.append(line)
     achieved_of = "of the prunable weights at zero" if b.get("kind") == "sparsity" else "of the original"
+    size = run_size(summary)
+    if size:
+        lines.append(size)
     lines.append(f"Budget {b.get('kind')}={b.get('target')}: achieved {fmt(b.get('achieved'), '.3f')} {achieved_of} · "
                  f"original top-1 {fmt(base.get('top1'), '.2f', ' %')} · "
                  f"ONNX max |diff| vs PyTorch {fmt(summary.get('onnx_max_abs_diff'), '.2e')}")
@@ -225,3 +266,14 @@ def int8_caption(summary: dict | None) -> str | None:
     return (f"{q['format'] or 'QDQ'} INT8 ({weights} weights, {fmt(q['quantized_nodes'], 'd')} quantized tensors), "
             f"calibrated on {fmt(q['calibration_images'], 'd')} fine-tune images ({q['method'] or 'minmax'}); "
             f"verified in ONNX Runtime on {fmt(q['images'], 'd')} report images")
+
+
+def event_line(kind: str, event: dict) -> str:
+    """A strategy event that happens once (e.g. ``prior``, where a search starts) as one line of its
+    scalar fields, instead of a chart of single dots."""
+    parts = []
+    for k, v in event.items():
+        if k in ("kind", "time") or isinstance(v, (list, dict)) or v is None:
+            continue
+        parts.append(f"{k} {fmt(v, '.4g') if isinstance(v, float) else v}")
+    return f"{kind}: " + " · ".join(parts)

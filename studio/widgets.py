@@ -251,7 +251,12 @@ COMPARE_COLUMNS = {
     "achieved": _N("achieved", format="%.3f", help="Pruned cost as a fraction of the original"),
     "base top-1 (%)": _N("base top-1", format="%.2f", help="Original model's top-1 (%), report split"),
     "pruned top-1 (%)": _N("top-1", format="%.2f", help="Pruned and fine-tuned model's top-1 (%), report split"),
+    "± (points)": _N("±", format="%.2f", help="One binomial standard error of the pruned top-1 on its report images: "
+                                             "differences under about twice this are noise"),
     "Δ top-1 (points)": _N("Δ top-1", format="%+.2f", help="Pruned minus original, points"),
+    "report images": _N("report images", help="Images the top-1 was measured on"),
+    "fine-tune images / epoch": _N("FT images / epoch", help="Images fine-tuning saw per epoch (batches × batch "
+                                                             "size; 0 = not fine-tuned)"),
     "MACs (M)": _N("MACs (M)", format="%.2f"),
     "params (M)": _N("params (M)", format="%.3f"),
     "latency (ms)": _N("latency (ms)", format="%.2f", help="The original's ms times the paired ratio"),

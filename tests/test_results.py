@@ -112,6 +112,26 @@ def test_compare_rows_split_into_results_and_speed(finished_runs):
     s = rd.summary()
     assert row["Δ top-1 (points)"] == pytest.approx(s["pruned"]["top1"] - s["base"]["top1"])
     assert row["evaluations"] == s["search"]["evaluations"] and row["timed on"] == "cpu, batch 1"
+    # the run's size beside its figure: report images, one standard error, fine-tune images per epoch
+    n, top1 = s["pruned"]["report_images"], s["pruned"]["top1"]
+    assert row["report images"] == n == 60
+    assert row["± (points)"] == pytest.approx(100 * ((top1 / 100) * (1 - top1 / 100) / n) ** 0.5)
+    assert row["fine-tune images / epoch"] == 32     # 1 batch of 32 per epoch (tests/conftest.py)
+
+
+def test_result_shows_its_run_size(finished_runs):
+    s = RunDir(finished_runs["random"]).summary()
+    top1 = results.metrics(s)[0]
+    se = results.standard_error(s["pruned"]["top1"], 60)
+    assert top1["value"] == f"{s['pruned']['top1']:.2f} % ± {se:.2f}" and "60 report images" in top1["help"]
+    size = next(line for line in results.result_captions(s) if line.startswith("Run size"))
+    assert "top-1 on 60 report images" in size and f"± {se:.2f} points" in size
+    assert f"fine-tuned 2 epoch(s) of 1 batches × 32 = 32 images per epoch of the {s['data']['sizes']['fit']:,} fit" \
+        in size
+    assert results.standard_error(50.0, 10_000) == pytest.approx(0.5)
+    assert results.standard_error(None, 10) is None and results.standard_error(80.0, 0) is None
+    no_ft = {**s, "finetune_plan": None, "finetune": None}
+    assert results.run_size(no_ft).endswith("not fine-tuned")
 
 
 def test_run_series_reads_candidates_epochs_and_the_chosen_one(finished_runs):
@@ -196,7 +216,8 @@ def test_result_metrics_say_the_same_everywhere(finished_runs):
     summary = RunDir(finished_runs["rl"]).summary()
     items = {m["label"]: m for m in results.metrics(summary)}
     lat = results.latency(summary)
-    assert items["Top-1 (report split)"]["value"] == f"{summary['pruned']['top1']:.2f} %"
+    se = results.standard_error(summary["pruned"]["top1"], summary["pruned"]["report_images"])
+    assert items["Top-1 (report split)"]["value"] == f"{summary['pruned']['top1']:.2f} % ± {se:.2f}"
     assert items["Top-1 (report split)"]["delta"] == f"{summary['pruned']['top1'] - summary['base']['top1']:+.2f} pts"
     assert items[lat["label"]]["value"] == f"{lat['ms']:.2f} ms"
     assert items["MACs"]["delta"] == f"{summary['pruned']['macs'] / summary['base']['macs']:.0%} of original"
@@ -300,3 +321,10 @@ def test_runs_table_filters():
     assert [r["name"] for r in history.filter_rows(rows, None, ["gpu"])] == ["a", "c"]
     assert [r["name"] for r in history.filter_rows(rows, ["prune"], ["gpu", "baseline"])] == ["a"]
     assert history.filter_rows(rows, []) == []
+
+
+def test_a_one_off_strategy_event_is_a_line_not_a_chart(finished_runs):
+    prior = RunDir(finished_runs["rl"]).events("prior")
+    assert len(prior) == 1
+    line = results.event_line("prior", prior[0])
+    assert line.startswith("prior: ") and "ratio 0.5" in line and "[" not in line and "\n" not in line  # no lists
