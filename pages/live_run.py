@@ -102,10 +102,7 @@ def live_panel() -> None:
             if st.button("Cancel", key="live_cancel", icon=":material/stop_circle:", width="stretch"):
                 state.cancel(current)
                 st.toast("Cancel requested: the job stops after the current evaluation.")
-    now = time.time()
-    elapsed = None
-    if view.first_time is not None:
-        elapsed = ((view.last_time or now) if is_final(status) else now) - view.first_time
+    elapsed = view.active_seconds(None if is_final(status) else time.time())   # less any time stopped
     # one "best": the search's answer once it is chosen (a latency answer may be a re-timed runner-up),
     # before that the best candidate so far within the budget
     chosen_id = rd.chosen_candidate(summary)
@@ -121,8 +118,12 @@ def live_panel() -> None:
                 help="The search's answer (top-1 on the search split)" if chosen else
                      "The best candidate so far within the budget (top-1 on the search split); probes and "
                      "candidates over the budget never count")
-    m[4].metric("Elapsed", format_seconds(elapsed))
-    m[5].metric("ETA", "—" if is_final(status) else format_seconds(p.get("eta_s")))
+    m[4].metric("Elapsed", format_seconds(elapsed), help="Time the run has been going on (not counting time "
+                                                          "stopped between a cancel and a resume)")
+    m[5].metric("ETA", "—" if is_final(status) else format_seconds(p.get("eta_s")),
+                help="The whole run: this stage from its measured rate, then the fine-tuning (a training step "
+                     "timed before the search, scaled to the epochs) and the export and report (timed on the "
+                     "original model)")
 
     widgets.status_banner(rd, status, (summary or {}).get("error") or view.error,
                           hint="Resume it from the **Runs** page.")

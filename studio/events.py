@@ -60,6 +60,8 @@ class RunView:
         self.stage_progress: dict | None = None   # the last progress event of the current status
         self.stage_epochs: list[dict] = []        # epoch events since the current fine-tuning status
         self.base_seconds: float | None = None    # how long the unpruned model's report took (measured)
+        self.idle_seconds = 0.0                   # between a cancel (or failure) and the resume that followed
+        self._stopped_at: float | None = None
         self.evaluations = 0                  # non-cached candidate evaluations
         self.best: dict | None = None         # best candidate so far meeting the budget (any without one)
 
@@ -91,6 +93,10 @@ class RunView:
         if kind == Event.STATUS:
             self.statuses.append(e)
             self.status = str(e.get("status", self.status))
+            if isinstance(t, (int, float)):
+                if self._stopped_at is not None:          # resumed: the time stopped is not the run's
+                    self.idle_seconds += max(0.0, t - self._stopped_at)
+                self._stopped_at = t if is_final(self.status) else None
             self.status_time = t if isinstance(t, (int, float)) else self.status_time
             self.stage_progress = None
             self.stage_epochs = []
@@ -128,6 +134,14 @@ class RunView:
             self.other.setdefault(kind, deque(maxlen=MAX_OTHER)).append(e)
 
     # ------------------------------------------------------------------ derived
+    def active_seconds(self, now: float | None = None) -> float | None:
+        """Wall-clock seconds the run has been going on: from its first event to its last (a finished run)
+        or to ``now``, less the time it spent stopped between a cancel and a resume."""
+        if self.first_time is None:
+            return None
+        end = (self.last_time or self.first_time) if is_final(self.status) or now is None else now
+        return max(0.0, end - self.first_time - self.idle_seconds)
+
     @property
     def group_names(self) -> list[str]:
         if not self.base:
@@ -275,6 +289,11 @@ def progress(view: RunView, config: dict | None = None, summary: dict | None = N
     else:
         frac = 0.0
 
+    stage_eta = eta
+    rest = _after(view, config, status, ft_epochs)
+    if rest is not None and not is_final(status) and (stage_eta is not None or status == Status.SEARCH_DONE):
+        eta = (stage_eta or 0.0) + rest   # the whole run: this stage and the measured cost of those after it
+
     parts = [status]
     if view.current_step is not None and status == Status.SEARCHING:
         parts.append(f"step {view.current_step}")
@@ -289,8 +308,30 @@ def progress(view: RunView, config: dict | None = None, summary: dict | None = N
         batch = f", batch {p.get('batch')}/{p.get('batches')}" if p and p.get("epoch") == running else ""
         parts.append(f"epoch {running}/{ft_epochs}{batch}")
     if eta is not None and not is_final(status):
-        parts.append(f"ETA {format_seconds(eta)}")
-    return _result(status, frac, eta, " · ".join(parts), evaluations=evals, expected=expected)
+        parts.append(f"run ETA {format_seconds(eta)}")
+    return _result(status, frac, eta, " · ".join(parts), evaluations=evals, expected=expected, stage_eta_s=stage_eta)
+
+
+def _after(view: RunView, config: dict, status: str, ft_epochs: int) -> float | None:
+    """Seconds the stages after ``status`` are expected to take, from what the run measured before its
+    search (the ``base`` event): the fine-tuning plan (a timed training step scaled to the recipe) and
+    the unpruned model's report time, which exporting and the final report repeat. ``None`` while a
+    needed figure is unknown (then the ETA covers the current stage only)."""
+    report = view.base_seconds
+    plan = ((view.base or {}).get("finetune_plan") or {}).get("seconds")
+    finetune = 0.0 if ft_epochs <= 0 else plan
+    export = report if config.get("export", True) else 0.0
+    if status in (Status.SEARCHING, Status.SEARCH_DONE):
+        parts = [finetune, export, report]
+    elif status == Status.FINE_TUNING:
+        parts = [export, report]
+    elif status == Status.EXPORTING:
+        parts = [report]
+    elif status == Status.REPORTING:
+        parts = []
+    else:
+        return None
+    return None if any(x is None for x in parts) else float(sum(parts))
 
 
 def _finetune_position(view: RunView, ft_epochs: int) -> float:

@@ -144,6 +144,35 @@ def test_eta_through_fine_tuning_export_and_report(finished_run):
     assert seen.get("fine-tuning", 0) >= FT_EPOCHS and seen.get(Status.EXPORTING) and seen.get(Status.REPORTING)
 
 
+def test_eta_covers_the_whole_run(finished_run):
+    """While searching, the ETA is the search's own plus what the run measured before it for the stages
+    after: the fine-tuning plan and the original model's report time (the export is off here)."""
+    config = finished_run.config()
+    plan = finished_run.summary()["finetune_plan"]["seconds"]
+    checked = 0
+    for view, e in _replay(finished_run):
+        p = progress(view, config, now=e["time"])
+        if view.status == Status.SEARCHING and p["stage_eta_s"] is not None:
+            assert p["eta_s"] == pytest.approx(p["stage_eta_s"] + plan + view.base_seconds)
+            assert "run ETA" in p["text"]
+            checked += 1
+        if view.status == Status.FINE_TUNING and p["stage_eta_s"] is not None:
+            assert p["eta_s"] == pytest.approx(p["stage_eta_s"] + view.base_seconds)
+        if view.status == Status.SEARCH_DONE:
+            assert p["eta_s"] == pytest.approx(plan + view.base_seconds)
+    assert checked >= 1
+
+
+def test_elapsed_leaves_out_the_time_stopped_between_cancel_and_resume():
+    events = [{"kind": "status", "status": s, "time": t} for s, t in
+              (("searching", 0.0), ("cancelled", 10.0), ("queued", 100.0), ("searching", 101.0), ("done", 111.0))]
+    view = RunView.from_events(events)
+    assert view.idle_seconds == 90.0 and view.active_seconds() == 21.0
+    running = RunView.from_events(events[:4])
+    assert running.active_seconds(now=105.0) == 15.0        # 10 s before the cancel, 5 s since the resume
+    assert RunView().active_seconds() is None
+
+
 def test_fine_tuning_chart_note_follows_the_status(finished_run):
     config = finished_run.config()
     notes = {}
