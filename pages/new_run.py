@@ -35,7 +35,7 @@ with left:
         strategy = st.selectbox("Strategy", strategies, index=strategies.index("rl") if "rl" in strategies else 0,
                                 key="nr_strategy")
     with c2:
-        search_evals = st.number_input("Candidate evaluations", min_value=1, value=forms.QUICK["search_evals"],
+        search_evals = st.number_input("Candidate evaluations", value=forms.QUICK["search_evals"],
                                        step=4, key="nr_search_evals",
                                        help="Cap on candidates scored during the search (more = better, slower)")
     st.caption(forms.STRATEGY_HELP.get(strategy, ""))
@@ -51,7 +51,7 @@ with left:
                                "(Advanced → Fine-tuning); a field you then edit overrides the recipe")
     c1, c2 = st.columns(2)
     with c1:
-        ft_epochs = st.number_input("Fine-tune epochs", min_value=0, value=forms.QUICK["finetune_epochs"], step=1,
+        ft_epochs = st.number_input("Fine-tune epochs", value=forms.QUICK["finetune_epochs"], step=1,
                                     key="nr_ft_epochs", help="Knowledge distillation from the original model; 0 = off")
     with c2:
         device = forms.device_input("nr_")
@@ -71,41 +71,41 @@ with left:
         st.markdown("**Search and evaluation**")
         a1, a2, a3 = st.columns(3)
         with a1:
-            search_images = st.number_input("Search images per candidate", min_value=1,
+            search_images = st.number_input("Search images per candidate",
                                             value=forms.QUICK["search_images"], step=100, key="nr_search_images")
             importance = st.selectbox("Channel importance", forms.IMPORTANCE_CHOICES, key="nr_importance")
             protocol = st.selectbox("Split protocol", forms.PROTOCOL_CHOICES, key="nr_protocol",
                                     help="test-halves: search on half of the test set (for models that saw all "
                                          "training images); the report uses the other half")
         with a2:
-            recal_images = st.number_input("BN recalibration images", min_value=1, value=forms.QUICK["recal_images"],
+            recal_images = st.number_input("BN recalibration images", value=forms.QUICK["recal_images"],
                                            step=64, key="nr_recal_images")
-            max_prune = st.number_input("Max fraction pruned per group", min_value=0.05, max_value=0.99,
+            max_prune = st.number_input("Max fraction pruned per group",
                                         value=forms.RUN_DEFAULTS["max_prune"],
                                         step=0.05, key="nr_max_prune")
             score = st.selectbox("Search score", forms.SCORE_CHOICES, key="nr_score",
                                  index=forms.SCORE_CHOICES.index(forms.RUN_DEFAULTS["score"]), help=forms.SCORE_HELP)
-            min_channels = st.number_input("Min channels per group", min_value=1, value=1, step=1,
+            min_channels = st.number_input("Min channels per group", value=1, step=1,
                                            key="nr_min_channels")
         with a3:
-            report_images = st.number_input("Report images (0 = all)", min_value=0, value=forms.QUICK["report_images"],
+            report_images = st.number_input("Report images (0 = all)", value=forms.QUICK["report_images"],
                                             step=100, key="nr_report_images")
-            latency_repeats = st.number_input("Latency repeats", min_value=1, value=forms.QUICK["latency_repeats"],
+            latency_repeats = st.number_input("Latency repeats", value=forms.QUICK["latency_repeats"],
                                               step=5, key="nr_latency_repeats")
-            seed = st.number_input("Seed", min_value=0, value=0, step=1, key="nr_seed")
+            seed = st.number_input("Seed", value=0, step=1, key="nr_seed")
         st.markdown("**Hardware and scale-out**")
         h1, h2, h3 = st.columns(3)
         with h1:
-            round_to = st.number_input("Align channels to a multiple of (0 = auto)", min_value=0, value=0, step=1,
+            round_to = st.number_input("Align channels to a multiple of (0 = auto)", value=0, step=1,
                                        key="nr_round_to",
                                        help="Kept channels per group a multiple of N, so GPU tensor-core kernels stay "
                                             "fast; auto = 8 on CUDA, 1 (off) on the CPU")
-            latency_batch = st.number_input("Throughput batch for latency (0 = auto)", min_value=0, value=0, step=32,
+            latency_batch = st.number_input("Throughput batch for latency (0 = auto)", value=0, step=32,
                                             key="nr_latency_batch",
                                             help="Latency is timed at batch 1 and at this batch on the run's device; a "
                                                  "latency budget is held at it. Auto: 256 on CUDA, none on the CPU")
         with h2:
-            workers = st.number_input("Ray workers (0 = in the job)", min_value=0, value=0, step=1, key="nr_workers",
+            workers = st.number_input("Ray workers (0 = in the job)", value=0, step=1, key="nr_workers",
                                       help="Score candidates on N Ray actors in parallel (one GPU each on CUDA); the "
                                            "candidates and the answer do not depend on N")
         with h3:
@@ -116,26 +116,26 @@ with left:
         st.markdown("**Fine-tuning**")
         f1, f2, f3 = st.columns(3)
         with f1:
-            max_batches = st.number_input("Batches per epoch (0 = all)", min_value=0, value=forms.QUICK["max_batches"],
+            max_batches = st.number_input("Batches per epoch (0 = all)", value=forms.QUICK["max_batches"],
                                           step=10, key="nr_max_batches")
-            batch_size = st.number_input("Batch size", min_value=1, value=forms.QUICK["batch_size"], step=16,
+            batch_size = st.number_input("Batch size", value=forms.QUICK["batch_size"], step=16,
                                          key="nr_batch_size")
-            warmup = st.number_input("Warm-up share of the steps", min_value=0.0, max_value=0.95,
+            warmup = st.number_input("Warm-up share of the steps",
                                      value=forms.FT_DEFAULTS.warmup, step=0.05, format="%g", key="nr_warmup",
                                      help="The learning rate rises linearly over this share of the steps, then "
                                           "decays on a cosine to zero")
         with f2:
-            lr = st.number_input("Learning rate", min_value=0.0, value=forms.FT_DEFAULTS.lr, format="%g", step=0.005,
+            lr = st.number_input("Learning rate", value=forms.FT_DEFAULTS.lr, format="%g", step=0.005,
                                  key="nr_lr")
-            kd_weight = st.number_input("Distillation weight", min_value=0.0, max_value=1.0,
+            kd_weight = st.number_input("Distillation weight",
                                         value=forms.FT_DEFAULTS.kd_weight, step=0.1,
                                         key="nr_kd_weight")
         with f3:
-            kd_temperature = st.number_input("Distillation temperature", min_value=0.1,
+            kd_temperature = st.number_input("Distillation temperature",
                                              value=forms.FT_DEFAULTS.kd_temperature, step=0.5,
                                              key="nr_kd_temperature")
             export = st.checkbox("Export ONNX", value=True, key="nr_export")
-            calibration_images = st.number_input("INT8 calibration images", min_value=1,
+            calibration_images = st.number_input("INT8 calibration images",
                                                  value=forms.RUN_DEFAULTS["calibration_images"], step=64,
                                                  key="nr_calibration_images", disabled=not quantize,
                                                  help="Fine-tune-split images the INT8 model is calibrated on")
@@ -143,6 +143,9 @@ with left:
     run_name = st.text_input("Run name (optional)", key="nr_run_name", placeholder="automatic: date-model-strategy")
 
 # ---------------------------------------------------------------------- validation
+# The number fields carry no min/max: a browser would refuse an out-of-range entry silently and keep the
+# previous value while Start stayed enabled; here every value reaches the engine's own checks, which
+# name what is allowed and keep Start disabled until it is fixed.
 name = run_name.strip()
 config, errors = forms.check_new_run(
     md, ft=dict(epochs=ft_epochs, max_batches=max_batches, batch_size=batch_size, lr=lr, kd_weight=kd_weight,
@@ -206,6 +209,9 @@ with left:
     for msg in errors:
         if msg not in shown_in_summary:
             st.error(msg, icon=":material/error:")
+    if config is not None and not errors:
+        for msg in forms.size_warnings(config, summary):
+            st.warning(msg, icon=":material/schedule:")
     if shown_in_summary:
         st.caption("Fix the problem shown in the model summary to start.")
     start = st.button("Start pruning", type="primary", key="nr_start", icon=":material/play_arrow:",

@@ -27,7 +27,7 @@ from pruner.data import PROTOCOLS
 from pruner.errors import PrunerError
 from pruner.finetune import FinetuneConfig, finetune_plan
 from pruner.models import has_pretrained, list_zoo
-from pruner.progress import plan_text
+from pruner.progress import format_seconds, plan_text
 from pruner.pruning.importance import CRITERIA
 from pruner.search.evaluator import SCORES
 from pruner.recipes import DESCRIPTIONS as RECIPE_DESCRIPTIONS, RECIPES, recipe_settings
@@ -436,6 +436,41 @@ def finetune_time_text(config: RunConfig, summary: dict) -> str | None:
         return plan_text(finetune_plan(timing, config.finetune, int(sizes["fit"]))) or None
     except (KeyError, TypeError, ValueError):
         return None
+
+
+#: above these the New run page warns (the run is allowed: the user may mean it)
+LONG_FINETUNE_S = 6 * 3600
+MANY_EVALUATIONS = 2000
+
+
+def size_warnings(config: RunConfig, summary: dict, cpu_count: int | None = None) -> list[str]:
+    """Warnings for settings that are valid but unrealistic here, each with what it will cost: a fine-tuning
+    expected to take hours (from the summary child's timed step), more search or report images than the
+    split has, more evaluations than a search needs, more Ray workers on the CPU than there are cores."""
+    out: list[str] = []
+    sizes = (summary.get("data") or {}).get("sizes") or {}
+    timing = summary.get("finetune_timing")
+    if config.finetune.epochs > 0 and isinstance(timing, dict) and sizes.get("fit"):
+        try:
+            seconds = finetune_plan(timing, config.finetune, int(sizes["fit"]))["seconds"]
+        except (KeyError, TypeError, ValueError):
+            seconds = None
+        if seconds is not None and seconds > LONG_FINETUNE_S:
+            out.append(f"{config.finetune.epochs:,} fine-tuning epochs are expected to take about "
+                       f"{format_seconds(seconds)} on this device; lower the epochs or the batches per epoch")
+    for label, asked, have in (("search", config.search_images, sizes.get("search")),
+                               ("report", config.report_images, sizes.get("report"))):
+        if asked and have and asked > have:
+            out.append(f"{asked:,} {label} images asked but the {label} split has {have:,}: all {have:,} are used")
+    if config.search_evals and config.search_evals > MANY_EVALUATIONS:
+        out.append(f"{config.search_evals:,} candidate evaluations: the search scores each one; at the model "
+                   "summary's CPU latency this is hours of work (a few hundred are plenty for every strategy)")
+    cores = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
+    if config.workers and config.workers > cores and not config.ray_address and \
+            not str(config.device or "").startswith("cuda"):
+        out.append(f"{config.workers} Ray workers on a machine with {cores} CPU cores: they share the cores, so "
+                   f"more than {cores} is no faster and uses {config.workers} copies of the model's memory")
+    return out
 
 
 # ---------------------------------------------------------------------- model summary

@@ -190,6 +190,34 @@ def test_new_run_validation_messages(runs_dir):
     assert at.button(key="nr_start").disabled
 
 
+def test_new_run_refuses_out_of_range_numbers_and_warns_of_unrealistic_ones(runs_dir):
+    """A number out of range is not kept at its previous value with Start enabled (a browser's min/max
+    would do that silently): it reaches the engine's check, which names what is allowed, and Start
+    stays disabled until it is fixed. Valid but unrealistic values get a warning with their cost."""
+    at = app()
+    assert_clean(at)
+    for key, bad, needle in (("nr_search_evals", 0, "search_evals"), ("nr_ft_epochs", -3, "fine-tune epochs"),
+                             ("nr_batch_size", 0, "batch size"), ("nr_recal_images", 0, "recal_images"),
+                             ("nr_lr", -0.1, "learning rate")):
+        good = at.number_input(key=key).value
+        at.number_input(key=key).set_value(bad).run()
+        assert not at.exception
+        assert any(needle in m and "must be" in m for m in texts(at.error)), (key, texts(at.error))
+        assert at.button(key="nr_start").disabled, key
+        at.number_input(key=key).set_value(good).run()
+        assert_clean(at)
+        assert not at.button(key="nr_start").disabled
+    at.number_input(key="nr_workers").set_value(64).run()
+    assert not at.exception and not at.error
+    assert any("64 Ray workers" in m and "CPU cores" in m for m in texts(at.warning)), texts(at.warning)
+    assert not at.button(key="nr_start").disabled                      # a warning, not a refusal
+    at.number_input(key="nr_workers").set_value(0)
+    at.number_input(key="nr_max_batches").set_value(0)                 # all batches
+    at.number_input(key="nr_ft_epochs").set_value(10_000).run()
+    assert any("10,000 fine-tuning epochs are expected to take about" in m for m in texts(at.warning)), \
+        texts(at.warning)
+
+
 def test_sensitivity_validation_messages(runs_dir):
     at = app(SENS)
     assert_clean(at)
