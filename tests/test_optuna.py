@@ -4,6 +4,8 @@ Real model (resnet20, random init), real data (the offline digits set), real Opt
 """
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +15,7 @@ from pruner.finetune import FinetuneConfig
 from pruner.runs.config import RunConfig
 from pruner.runs.job import Session, run_job
 from pruner.runs.rundir import RunDir
+from pruner.search import SearchContext, make_strategy, run_search
 from pruner.search.base import best_meeting
 from pruner.search.evaluator import Candidate, Evaluator
 from test_strategies_extra import overhead_latency
@@ -58,7 +61,14 @@ def tpe_run(tmp_path_factory):
     return out, run_job(tiny(strategy_params={"batch": 4}), out)
 
 
-def test_warm_started_tpe_spends_the_evaluations_and_keeps_the_best_on_the_budget(tpe_run, tmp_path):
+@pytest.fixture(scope="module")
+def sensitivity_answer(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sens") / "run"
+    assert run_job(tiny("sensitivity", search_evals=20), out)["status"] == "done"
+    return chosen_counts(out)
+
+
+def test_warm_started_tpe_spends_the_evaluations_and_keeps_the_best_on_the_budget(tpe_run, sensitivity_answer):
     out, summary = tpe_run
     assert summary["status"] == "done", summary["error"]
     fresh = [c for c in cands(out) if not c["meta"]["cached"]]
@@ -69,9 +79,7 @@ def test_warm_started_tpe_spends_the_evaluations_and_keeps_the_best_on_the_budge
     assert all(c["cost"] <= 0.5 for c in mine)                            # every trial solved onto the budget
     # the first trial is the sensitivity strategy's answer from the same probes (the warm start) ...
     assert mine[0]["meta"]["trial"] == 0 and mine[0]["meta"]["warm_start"].startswith("sensitivity")
-    sens = tmp_path / "sens"
-    assert run_job(tiny("sensitivity", search_evals=20), sens)["status"] == "done"
-    assert mine[0]["counts"] == chosen_counts(sens)
+    assert mine[0]["counts"] == sensitivity_answer
     # ... and the sampler then proposes other structures
     assert len({tuple(c["counts"]) for c in mine}) >= 4
     # the answer is the best trial meeting the budget
@@ -80,6 +88,33 @@ def test_warm_started_tpe_spends_the_evaluations_and_keeps_the_best_on_the_budge
                 for c in mine]
     best = best_meeting(as_cands, Budget.parse("flops=0.5"))
     assert chosen_counts(out) == best.counts
+
+
+SHARED_DATA = Path(os.environ.get("PRUNER_DATA_ROOT", "")) / "cifar10-jpeg"
+SHARED_R20 = Path(os.environ.get("PRUNER_WEIGHTS_DIR", "")) / "resnet20-12fca82f.th"
+
+
+@pytest.mark.skipif(not (SHARED_DATA.is_dir() and SHARED_R20.is_file()),
+                    reason="needs the pretrained ResNet-20 and the CIFAR-10 copy (real, uneven damage)")
+def test_the_warm_start_is_exact_even_below_the_weight_range():
+    """A sensitivity allocation whose smallest weight lies below exp(-log_range) is not clipped: the
+    range reaches it, so trial 0 is the heuristic's answer and optuna can only do better than it."""
+    session = Session(tiny(weights="pretrained", data="cifar10-jpeg", protocol="test-halves", search_images=100))
+
+    def search(name, **params):
+        ev = session.evaluator(max_evals=16)
+        log = []
+        ctx = SearchContext(ev, seed=0, scores=session.scores, emit=lambda kind, **f: log.append(f))
+        return run_search(make_strategy(name, **params), ctx), ev
+
+    answer, ev = search("sensitivity")
+    probes = [c for c in ev.candidates if "probe" in c.meta and c.meta["probe"] != "base"]
+    damage = [ev.candidates[0].score - c.score for c in probes]
+    assert max(damage) - min(damage) > 1.0          # real, uneven damage: the allocation's weights differ
+    best, ev = search("optuna", log_range=0.01, batch=2)
+    first = next(c for c in ev.candidates if c.meta.get("trial") == 0)
+    assert first.meta["warm_start"].startswith("sensitivity") and first.counts == answer.counts
+    assert best.score >= answer.score
 
 
 def test_cancel_then_resume_replays_the_same_trials(tpe_run, tmp_path):

@@ -7,7 +7,8 @@ CMA-ES, ``sampler=cmaes``) at the same ``--search-evals``, through the same eval
    (:func:`~pruner.search.sensitivity_strategy.measure_probes`, every probe an evaluation counted
    against ``--search-evals``) and enqueues its allocation as the first trial
    (``Study.enqueue_trial``); ``uniform`` enqueues the even allocation; ``none`` starts cold.
-2. a trial proposes one log-weight per group in ``[-log_range, 0]``; the shared solver
+2. a trial proposes one log-weight per group in ``[-log_range, 0]`` (widened to reach the warm start's
+   smallest weight, so that trial 0 is exactly that allocation); the shared solver
    (:meth:`~pruner.search.evaluator.Evaluator.solve`) puts ``exp(weights)`` on the budget, so every
    proposal meets a FLOPs/params/sparsity budget exactly.
 3. ``batch`` trials are asked at a time (TPE's constant liar keeps them apart), scored together
@@ -97,6 +98,9 @@ class OptunaSearch(Strategy):
         elif p["warm_start"] == "uniform":
             first.append(("uniform", np.ones(n)))
 
+        if first:   # the range reaches the warm start, so that its first trial is exactly that allocation
+            a = np.asarray(first[0][1], dtype=float)
+            span = max(span, float(-np.log(np.maximum(a / a.max(), 1e-12)).min()) + 1e-9)
         macs_range = self._macs_range(ctx, first[0][1] if first else np.ones(n)) if latency else None
         x0 = {k: 0.0 for k in names}
         if first:
@@ -157,7 +161,7 @@ class OptunaSearch(Strategy):
     @staticmethod
     def _log_weights(alloc: np.ndarray, span: float) -> list[float]:
         a = np.asarray(alloc, dtype=float)
-        z = np.log(np.maximum(a / a.max(), math.exp(-span)))
+        z = np.log(np.maximum(a / a.max(), math.exp(-span)))   # span reaches the warm start (search)
         return [float(v) for v in np.clip(z, -span, 0.0)]
 
     def _study(self, ctx: SearchContext, total: int, x0: dict, latency: bool) -> optuna.Study:
