@@ -348,10 +348,43 @@ def strategy_param_inputs(strategy: str, prefix: str = "") -> dict[str, Any]:
     cols = st.columns(3)
     for i, (name, spec) in enumerate(specs.items()):
         with cols[i % 3]:
-            value = _param_widget(name, spec, f"{prefix}sp_{strategy}_{name}")
+            if (strategy, name) == ("rl", "start"):
+                value = _start_widget(spec, f"{prefix}sp_{strategy}_{name}")
+            else:
+                value = _param_widget(name, spec, f"{prefix}sp_{strategy}_{name}")
         if value != spec.default:
             changed[name] = value
     return changed
+
+
+def finished_analyses() -> dict[str, str]:
+    """The finished Sensitivity analyses under the runs folder that hold their result: label → the run
+    directory's path (what ``rl``'s ``start`` takes), newest first."""
+    from pruner.runs.rundir import SENSITIVITY, Status
+    from pruner.search.sensitivity_strategy import analysis_file
+
+    from .state import all_runs
+
+    out = {}
+    for rd in all_runs(SENSITIVITY):
+        if rd.status() == Status.DONE and analysis_file(rd.path) is not None:
+            cfg = rd.config() or {}
+            out[f"analysis: {rd.name} ({cfg.get('model')} · {cfg.get('data')} · seed {cfg.get('seed', 0)})"] = \
+                str(rd.path)
+    return out
+
+
+def _start_widget(spec: Param, key: str) -> str:
+    """``rl``'s start as a choice: the start names, then the finished Sensitivity analyses (by name,
+    with their model, data and seed) instead of a path typed by hand."""
+    from pruner.search.rl_pruner import START_NAMES
+
+    analyses = finished_analyses()
+    options = [*START_NAMES, *analyses]
+    label = st.selectbox("start", options, index=options.index(spec.default), key=key,
+                         help=f"{spec.help} (a finished analysis must share this run's model, data, protocol and "
+                              "seed; the Sensitivity page makes one)")
+    return analyses.get(label, label)
 
 
 def budget_problem(config: RunConfig, summary: dict) -> str | None:

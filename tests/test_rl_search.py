@@ -124,7 +124,16 @@ def test_a_mismatched_analysis_is_refused(analysis, tmp_path):
     other_weights = run_job(tiny(strategy_params={"start": str(analysis)}, seed=1), tmp_path / "seed1")
     assert other_weights["status"] == "failed"
     assert "different model weights" in other_weights["error"] and "\n" not in other_weights["error"]
-    missing = run_job(tiny(strategy_params={"start": str(tmp_path / "nowhere")}), tmp_path / "missing")
+    for bad in (str(tmp_path / "nowhere"), "banana"):   # refused with the settings, before any work
+        with pytest.raises(PrunerError, match="neither one of sensitivity, probe, uniform, cost nor a finished "
+                                              "Sensitivity analysis"):
+            tiny(strategy_params={"start": bad})
+    gone = tmp_path / "gone"                            # deleted between the settings and the run
+    gone.mkdir()
+    (gone / "sensitivity.json").write_text((analysis / "sensitivity.json").read_text())
+    config = tiny(strategy_params={"start": str(gone)})
+    (gone / "sensitivity.json").unlink()
+    missing = run_job(config, tmp_path / "missing")
     assert missing["status"] == "failed" and "no sensitivity analysis" in missing["error"]
     legacy = tmp_path / "legacy"
     legacy.mkdir()

@@ -25,14 +25,15 @@ def tiny(**kw) -> RunConfig:
     return RunConfig(**base)
 
 
-def test_bad_scores_are_one_line_errors():
+def test_bad_scores_are_one_line_errors(tmp_path):
     with pytest.raises(PrunerError, match="unknown score 'acc'.*top1, kl"):
         tiny(score="acc")
     with pytest.raises(PrunerError, match="score must be a name"):
         tiny(score=1)
     # a finished analysis measured top-1: rl cannot start from it while maximising KL
     with pytest.raises(PrunerError, match="cannot start from one"):
-        tiny(strategy="rl", score="kl", strategy_params={"start": "/some/analysis"})
+        (tmp_path / "sensitivity.json").write_text("{}")
+        tiny(strategy="rl", score="kl", strategy_params={"start": str(tmp_path)})
     tiny(strategy="rl", score="kl", strategy_params={"start": "sensitivity"})   # probes in the run's score: fine
     assert SCORES == ("top1", "kl")
 

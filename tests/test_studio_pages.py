@@ -318,6 +318,28 @@ def test_optuna_strategy_from_the_form(runs_dir):
     assert len(trials) == 4 and trials[0]["meta"]["warm_start"] == "uniform"
 
 
+def test_rl_start_offers_the_finished_analyses(runs_dir):
+    """rl's start is a choice of the start names and the finished Sensitivity analyses (not a path typed
+    by hand, where an analysis's name used to fail inside the job); the run starts from the one chosen."""
+    assert run_sensitivity(tiny(search_images=60, recal_images=32), runs_dir / "my-analysis",
+                           ratios=[0.5])["status"] == "done"
+    at = tiny_prune_settings(app(), "from-analysis", evals=3, epochs=0, export=False)
+    at.selectbox(key="nr_strategy").set_value("rl").run()
+    assert_clean(at)
+    box = at.selectbox(key="nr_sp_rl_start")
+    assert box.value == "sensitivity" and box.options[:4] == ["sensitivity", "probe", "uniform", "cost"]
+    label = next(o for o in box.options if o.startswith("analysis: my-analysis (resnet20 · digits"))
+    box.set_value(label).run()
+    assert_clean(at)
+    at.button(key="nr_start").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    run = runs_dir / "from-analysis"
+    summary = wait_for_summary(run)
+    assert summary["status"] == "done", summary.get("error")
+    assert json.loads((run / "config.json").read_text())["strategy_params"]["start"] == str(runs_dir / "my-analysis")
+    assert RunDir(run).events("prior")[0]["source"].endswith("sensitivity.json")
+
+
 def test_sensitivity_analysis_start_to_heatmap(runs_dir):
     at = app(SENS)
     assert_clean(at)

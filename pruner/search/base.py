@@ -150,6 +150,11 @@ class Strategy(ABC):
     def check_score(cls, score: str, params: Mapping[str, Any]) -> None:
         """Refuse a search score (``--score``, checked) that these parameters cannot work with."""
 
+    @classmethod
+    def check_setting(cls, params: Mapping[str, Any]) -> None:
+        """Refuse parameters (set ones, type-checked) whose values make no sense together or name
+        something that does not exist (e.g. a file), before any data or model loads."""
+
     def __init__(self, **params: Any):
         self.params = {**self.defaults(), **check_params(self.name, self.param_specs, params)}
 
@@ -250,6 +255,7 @@ def validate_strategy(name: str, params: Mapping[str, Any] | None = None, budget
     form); returns the set parameters, type-converted."""
     cls = strategy_class(name)
     checked = check_params(name, cls.param_specs, params or {})
+    cls.check_setting(checked)
     if budget_kind is not None:
         cls.check_budget(budget_kind, checked)
     return checked

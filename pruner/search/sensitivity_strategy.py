@@ -154,11 +154,17 @@ def fingerprint(ev: Evaluator) -> dict:
             "groups": [[g.name, g.channels] for g in ev.space.groups]}
 
 
-def load_analysis(path: str | Path) -> tuple[dict, Path]:
-    """``sensitivity.json`` from a run directory or the file itself."""
+def analysis_file(path: str | Path) -> Path | None:
+    """The ``sensitivity.json`` that ``path`` (a run directory or the file itself) names, or None."""
     p = Path(path).expanduser()
     f = p / SENSITIVITY_RESULT if p.is_dir() else p
-    if not f.is_file():
+    return f if f.is_file() else None
+
+
+def load_analysis(path: str | Path) -> tuple[dict, Path]:
+    """``sensitivity.json`` from a run directory or the file itself."""
+    f = analysis_file(path)
+    if f is None:
         raise PrunerError(f"no sensitivity analysis at {path}: give a finished Sensitivity run directory "
                           "or its sensitivity.json")
     try:
