@@ -15,6 +15,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -415,12 +416,47 @@ def calibration_size_problem(images: int, summary: dict | None, *, where: str = 
 
 
 # ---------------------------------------------------------------------- building configs
+#: the engine's names for a setting (its messages say ``name (--flag) must be ...``) → the forms' labels
+PAGE_LABELS = {
+    "search_evals": "Candidate evaluations", "search_images": "Search images per candidate",
+    "recal_images": "BN recalibration images", "report_images": "Report images", "latency_repeats": "Latency repeats",
+    "seed": "Seed", "min_channels": "Min channels per group", "max_prune": "Max fraction pruned per group",
+    "latency_batch": "Throughput batch for latency", "workers": "Ray workers",
+    "calibration_images": "INT8 calibration images", "round_to": "Align channels to a multiple of",
+    "fine-tune epochs": "Fine-tune epochs", "batch size": "Batch size", "batches per epoch": "Batches per epoch",
+    "learning rate": "Learning rate", "distillation weight": "Distillation weight",
+    "distillation temperature": "Distillation temperature", "warm-up": "Warm-up share of the steps",
+}
+_FLAG_WORDS = {"use weights=None for random init": "choose random weights",
+               "weights=None to start from random init": "random weights",
+               "--search-evals": "the candidate evaluations", "--finetune-epochs": "the fine-tune epochs",
+               "--calibration-images": "the INT8 calibration images", "weights=None": "random weights",
+               "--trust-checkpoint": "the trust box", "--workers": "the Ray workers", "--max-prune": "the max "
+               "fraction pruned", "--budget": "the budget"}
+
+
+def page_words(message: str) -> str:
+    """An engine message in the page's words: the setting named by its form label, not its config name and
+    CLI flag (``search_evals (--search-evals) must be ...`` → ``Candidate evaluations must be ...``), and
+    the CLI's flags in a remedy named as what to change on the form."""
+    def label(m: re.Match) -> str:
+        return f"{PAGE_LABELS.get(m.group(1), m.group(1))}"
+
+    out = re.sub(r"\b([a-z_][a-z0-9_ -]*?) \(--[a-z0-9-]+\)", label, message)
+    first = out.split(" ", 1)
+    if first[0] in PAGE_LABELS:        # a bare config name leading the message (e.g. round_to must be ...)
+        out = " ".join([PAGE_LABELS[first[0]], *first[1:]])
+    for flag, words in _FLAG_WORDS.items():
+        out = out.replace(flag, words)
+    return out
+
+
 def build_config(**fields: Any) -> tuple[RunConfig | None, str | None]:
-    """``RunConfig(**fields)`` or the user-facing reason it is invalid."""
+    """``RunConfig(**fields)`` or the user-facing reason it is invalid (in the page's words)."""
     try:
         return RunConfig(**fields), None  # checks every setting, the strategy's parameters included
     except PrunerError as exc:
-        return None, str(exc)
+        return None, page_words(str(exc))
     except (TypeError, ValueError) as exc:
         return None, f"invalid setting: {exc}"
 
@@ -558,7 +594,7 @@ def check_new_run(md: ModelData, *, ft: dict[str, Any], budget: str, strategy: s
     try:
         finetune = finetune_config(**ft)
     except PrunerError as exc:
-        errors.append(str(exc))
+        errors.append(page_words(str(exc)))
         finetune = None
     if finetune is not None and md.model and md.data:
         config, problem = build_config(model=md.model, weights=md.weights, trust_checkpoint=md.trust_checkpoint,

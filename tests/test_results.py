@@ -273,7 +273,7 @@ def test_new_run_form_checks_collect_every_problem(tmp_path, monkeypatch):
     config, errors = forms.check_new_run(md, ft={**ft, "batch_size": 0}, budget="flops=0.5", strategy="random",
                                          strategy_params={}, trust_cost_code=False, cost_code=[], device="cpu",
                                          name="")
-    assert config is None and len(errors) == 1 and "batch" in errors[0]
+    assert config is None and len(errors) == 1 and errors[0].startswith("Batch size must be")
 
 
 def test_analysis_form_checks(tmp_path, monkeypatch):
@@ -328,3 +328,16 @@ def test_a_one_off_strategy_event_is_a_line_not_a_chart(finished_runs):
     assert len(prior) == 1
     line = results.event_line("prior", prior[0])
     assert line.startswith("prior: ") and "ratio 0.5" in line and "[" not in line and "\n" not in line  # no lists
+
+
+def test_engine_messages_in_the_pages_words():
+    assert forms.page_words("search_evals (--search-evals) must be an integer >= 1, got 0") == \
+        "Candidate evaluations must be an integer >= 1, got 0"
+    assert forms.page_words("fine-tune epochs (--finetune-epochs) must be an integer >= 0, got -3") == \
+        "Fine-tune epochs must be an integer >= 0, got -3"
+    assert forms.page_words("round_to must be between 1 (off) and 1024, got -1").startswith("Align channels")
+    assert forms.page_words("no weights for vgg16 on cifar10; pass a weights file, or use weights=None for random "
+                            "init").endswith("or choose random weights")
+    assert forms.page_words("rl needs 8 evaluations (3 left); raise --search-evals") == \
+        "rl needs 8 evaluations (3 left); raise the candidate evaluations"
+    assert forms.page_words("budget flops=2 is outside (0, 1)") == "budget flops=2 is outside (0, 1)"
