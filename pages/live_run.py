@@ -4,7 +4,7 @@ import time
 
 import streamlit as st
 
-from pruner.runs.rundir import PRUNE, RunDir, Status
+from pruner.runs.rundir import PRUNE, RunDir, Status, failed_on_settings
 from studio import charts, forms, results, state, widgets
 from studio.markup import plain_md
 from studio.events import (RunView, best_feasible, budget_of, finetune_note, format_seconds, is_final, progress,
@@ -126,7 +126,8 @@ def live_panel() -> None:
                      "original model)")
 
     widgets.status_banner(rd, status, (summary or {}).get("error") or view.error,
-                          hint="Resume it from the **Runs** page.")
+                          hint="Fix what the message says and start a new run on the **New run** page."
+                          if failed_on_settings(summary) else "Resume it from the **Runs** page.")
     if summary and status == Status.DONE:
         if (summary.get("search") or {}).get("note"):
             st.info(plain_md(summary["search"]["note"]), icon=":material/info:")

@@ -4,7 +4,7 @@ a comparison like an experiment tracker's, and one run's network, tags, error an
 import pandas as pd
 import streamlit as st
 
-from pruner.runs.rundir import PRUNE, SENSITIVITY, RunDir, Status
+from pruner.runs.rundir import PRUNE, SENSITIVITY, RunDir, Status, failed_on_settings
 from studio import charts, history, results, state, widgets
 from studio.events import format_seconds, is_final
 
@@ -108,7 +108,10 @@ if live == "active":
         state.cancel(choice)
         st.toast("Cancel requested: the job stops after the current evaluation.")
 
-if kind == PRUNE and status != Status.DONE and live != "active":
+if kind == PRUNE and failed_on_settings(summary):
+    st.caption("This run failed on its settings: a resume would repeat them and fail again. Fix what the message "
+               "says and start a new run on the **New run** page.")
+elif kind == PRUNE and status != Status.DONE and live != "active":
     exiting = state.job_state(choice) in ("queued", "running")   # its summary is written; its process is exiting
     ft = cfg.get("finetune") or {}
     with st.expander("Resume settings", icon=":material/tune:"):

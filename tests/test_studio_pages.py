@@ -464,6 +464,10 @@ def test_failed_runs_show_their_error(runs_dir):
     assert not at.exception
     assert any("The run failed" in m and plain_md(str(missing)) in m for m in texts(at.error)), texts(at.error)
     assert labels(at, "download_button") == ["Summary JSON"]
+    # it failed on its settings (the images are missing): no Resume that would fail again, but what to do
+    assert prune["failure"] == "settings"
+    assert not [b for b in at.button if b.key == "runs_resume"]
+    assert any("failed on its settings" in c and "New run" in c for c in texts(at.caption)), texts(at.caption)
     at.selectbox[0].set_value("bad-sens").run()
     assert not at.exception
     assert any("The run failed" in m for m in texts(at.error)), texts(at.error)

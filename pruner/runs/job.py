@@ -51,8 +51,8 @@ from ..search.base import best_meeting
 from ..search.evaluator import Candidate, Evaluator, EvaluatorSettings
 from ..settings import resolve_device
 from .config import RunConfig
-from .rundir import (BASE_STATE, PRUNE, SENSITIVITY, SENSITIVITY_RESULT, Event, RunDir, RunLock, Status, config_with_kind,
-                     read_json, run_config, write_json_atomic)
+from .rundir import (BASE_STATE, FAILED_ON_SETTINGS, PRUNE, SENSITIVITY, SENSITIVITY_RESULT, Event, RunDir, RunLock,
+                     Status, config_with_kind, read_json, run_config, write_json_atomic)
 from .workers import attach_workers
 from ..csv_cells import SafeWriter
 
@@ -417,6 +417,7 @@ def _run_job(config: RunConfig, run: RunDir, *, resume: bool, should_stop: StopF
         signals.disarm()
         summary["status"] = Status.FAILED
         summary["error"] = str(exc)
+        summary["failure"] = FAILED_ON_SETTINGS   # a resume with the same settings would fail again
     except Exception as exc:  # out of memory, or a bug: keep the traceback in the log, a one-line error
         signals.disarm()
         summary["status"] = Status.FAILED

@@ -116,6 +116,15 @@ class Event:
 
 #: Run kinds: a pruning run, or a per-group sensitivity analysis (config key ``analysis``).
 PRUNE, SENSITIVITY = "prune", "sensitivity"
+#: summary.json's ``failure`` of a run that failed on its settings (a one-line PrunerError: a missing file, a
+#: budget the model cannot reach, ...): resuming it with the same settings fails again, so no page offers it
+FAILED_ON_SETTINGS = "settings"
+
+
+def failed_on_settings(summary: dict | None) -> bool:
+    """Whether the run failed on its settings (:data:`FAILED_ON_SETTINGS`), not on its machine (out of
+    memory, a killed process, a bug): such a run is started again with changed settings, not resumed."""
+    return bool(summary) and summary.get("status") == Status.FAILED and summary.get("failure") == FAILED_ON_SETTINGS
 KINDS = (PRUNE, SENSITIVITY)
 _KIND_KEY = "analysis"            # how config.json records a run that is not a pruning run
 _KIND_KEYS = (_KIND_KEY, "ratios")   # the config keys that are about the run kind, not a RunConfig
@@ -263,7 +272,7 @@ CONFIG_SHAPE: dict[str, Any] = {
 }
 #: summary.json: each key's type when present; the sections' own numeric fields below
 SUMMARY_SHAPE: dict[str, Any] = {
-    "status": str, "error": str, "seconds": _NUMBER, "base_top1": _NUMBER, "base": dict, "pruned": dict,
+    "status": str, "error": str, "failure": str, "seconds": _NUMBER, "base_top1": _NUMBER, "base": dict, "pruned": dict,
     "search": dict, "budget": dict, "data": dict, "preprocess": dict, "artifacts": dict, "sparsity": dict,
     "groups": list, "layers": list, "finetune": list,
 }
