@@ -168,3 +168,34 @@ def test_latency_search_answer_is_retimed(monkeypatch):
     assert chosen.counts == retimed[1] != retimed[0]  # ... misses, and the next most accurate is taken
     assert chosen.meta["verified_latency"] == 0.5
     assert any("misses" in m for m in logs) and any("meets" in m for m in logs)
+
+
+def test_latency_candidates_stream_one_at_a_time(monkeypatch):
+    """Under a latency budget each candidate is reported as soon as it is scored and timed: a batch of
+    proposals is not scored on threads first (which held every event back until the whole batch had
+    been timed, so the page showed nothing and then everything at once)."""
+    from pruner.runs.job import Session
+    from pruner.search.evaluator import Evaluator
+
+    order = []
+
+    def timed(self, counts, repeats):  # deterministic latency; records when each structure is timed
+        order.append(("timed", tuple(self.space.align(list(counts)))))
+        ratio = 0.3 + 0.7 * self.space.predict(counts=list(counts))[0] / self.space.base_macs
+        return {"ms": 10.0 * ratio, "ratio": ratio, "reference_ms": 10.0, "repeats": repeats}
+
+    monkeypatch.setattr(Evaluator, "_time", timed)
+    monkeypatch.setattr(Evaluator, "scoring_threads", lambda self: 2)   # a CPU that would score two at once
+    session = Session(tiny(budget="latency=0.7", strategy="random", strategy_params={}))
+    ev = session.evaluator(max_evals=None)
+    ev.on_candidate = lambda c: order.append(("candidate", tuple(c.counts)))
+    n = len(session.space)
+    props = [session.space.counts([1.0 - 0.1 * (k + 1)] * n) for k in range(3)]
+    assert ev.prefetch(props) == 0                          # nothing scored ahead of its timing
+    for counts in props:
+        ev.evaluate(counts)
+    seen = [e for e in order if e[0] == "candidate"]
+    assert len(seen) == 3
+    for counts in (c for _, c in seen):   # every candidate is reported right after its own timing
+        i = order.index(("candidate", counts))
+        assert order[i - 1] == ("timed", counts)

@@ -508,7 +508,10 @@ class Evaluator:
         Returns how many structures were scored.
         """
         threads = self.scoring_threads() if self.pool is None else 0
-        if self.pool is None and threads < 2:
+        if self.pool is None and (threads < 2 or self.budget.kind == "latency"):
+            # under a latency budget each structure is also timed here, alone: scoring a batch on threads
+            # first would hold every candidate back until the whole batch is timed (the page would see
+            # nothing, then all at once), for a speed-up the timing dominates anyway
             return 0
         if self.should_stop():
             raise CancelledError("search cancelled")
