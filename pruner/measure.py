@@ -209,7 +209,8 @@ def paired_timing(run: Callable[[], object], reference: Callable[[], object], *,
     """Time ``run`` and ``reference`` alternately (a, b, a, b, ...) with ``timer`` (default :func:`wall_ms`).
 
     Returns ``ms`` and ``reference_ms`` (medians) and ``ratio``, the median of the per-pair
-    ratios. Machine speed that drifts over seconds (shared hosts, frequency scaling: seen
+    ratios, with their spread: ``ratio_q1`` and ``ratio_q3``, the quartiles of the per-pair ratios
+    (a wide interquartile range says the machine was busy while it was timed). Machine speed that drifts over seconds (shared hosts, frequency scaling: seen
     here as a twofold slow-down lasting half a minute; a GPU shared with other jobs) hits
     both halves of a pair alike, so the ratio stays meaningful where two separately
     measured medians would not.
@@ -219,8 +220,10 @@ def paired_timing(run: Callable[[], object], reference: Callable[[], object], *,
         run()
         reference()
     pairs = [(timer(run), timer(reference)) for _ in range(repeats)]
+    ratios = [a / b for a, b in pairs]
+    q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
     return {"ms": statistics.median(a for a, _ in pairs), "reference_ms": statistics.median(b for _, b in pairs),
-            "ratio": statistics.median(a / b for a, b in pairs), "repeats": repeats}
+            "ratio": statistics.median(ratios), "ratio_q1": q1, "ratio_q3": q3, "repeats": repeats}
 
 
 def relative_latency(model: nn.Module, reference: nn.Module, input_size: Sequence[int] = (3, 32, 32), *,

@@ -38,8 +38,33 @@ def latency(summary: dict | None, batch: int | None = None) -> dict[str, Any] | 
         ratio = fallback_ms / ref_ms
     ms = ref_ms * ratio if ratio is not None and ref_ms is not None else fallback_ms
     device, at = device or "cpu", at or 1
-    return {"ms": ms, "ratio": ratio, "base_ms": ref_ms, "device": device, "batch": at,
+    if entry is None:
+        entry = next((e for e in entries if e.get("batch") == at), {})
+    iqr = entry.get("vs_base_iqr") if isinstance(entry.get("vs_base_iqr"), list) else None
+    return {"ms": ms, "ratio": ratio, "base_ms": ref_ms, "device": device, "batch": at, "iqr": iqr,
             "where": f"{device}, batch {at}", "label": f"PyTorch latency ({device}, batch {at})"}
+
+
+#: a latency ratio whose interquartile range is wider than this share of it is flagged as noisy
+WIDE_SPREAD = 0.2
+
+
+def latency_flags(summary: dict | None) -> list[str]:
+    """What the page says under a latency figure that should not be trusted as it stands: a wide spread
+    of the paired ratios (the machine was busy), or a pruned model timed slower than the original
+    although it has fewer MACs."""
+    lat = latency(summary) or {}
+    ratio, iqr = lat.get("ratio"), lat.get("iqr")
+    out = []
+    if ratio and iqr and len(iqr) == 2 and (iqr[1] - iqr[0]) > WIDE_SPREAD * ratio:
+        out.append(f"The latency ratio's spread is wide (middle half of the paired timings {iqr[0]:.0%}–{iqr[1]:.0%} "
+                   f"of the original): the machine was busy while it was timed; time it again on a quiet machine")
+    pruned, base = (summary or {}).get("pruned") or {}, (summary or {}).get("base") or {}
+    if ratio and ratio > 1.0 and pruned.get("macs") and base.get("macs") and pruned["macs"] < base["macs"]:
+        out.append(f"Timed at {ratio:.0%} of the original although it keeps {pruned['macs'] / base['macs']:.0%} of the "
+                   f"MACs: at batch {lat.get('batch')} on {lat.get('device')} the time is not in the convolutions "
+                   "(overheads, or a busy machine)")
+    return out
 
 
 def workers_table(stats: list[dict] | None) -> list[dict[str, Any]]:
@@ -127,10 +152,13 @@ def metrics(summary: dict | None, *, top5: bool = True, ort: bool = True) -> lis
     out.append({"label": "Parameters", "value": fmt((pruned.get("params") or 0) / 1e6, ",.3f", " M"),
                 "delta": _share(pruned, base, "params"), "neutral": True})
     lat = latency(summary) or {}
+    iqr = lat.get("iqr")
+    spread = f" (middle half {iqr[0]:.0%}–{iqr[1]:.0%})" if iqr else ""
     out.append({"label": lat.get("label", "PyTorch latency"), "value": fmt(lat.get("ms"), ".2f", " ms"),
                 "delta": f"{lat['ratio']:.0%} of original" if lat.get("ratio") is not None else None, "neutral": True,
-                "help": "Pruned and original timed alternately on the same device (their ratio); the ms is the "
-                        "original's ms times that ratio"})
+                "help": "Pruned and original timed alternately on the same device: the median of the per-pair "
+                        f"ratios{spread}; the ms is the original's median ms in those pairs "
+                        f"({fmt(lat.get('base_ms'), '.2f', ' ms')}) times that ratio"})
     if ort:
         out.append({"label": f"ONNX Runtime latency ({pruned.get('ort_latency_device', 'cpu')}, batch "
                              f"{pruned.get('ort_latency_batch', 1)})",

@@ -333,3 +333,16 @@ def test_latency_batches_and_budget_batch_by_device(device, latency_batch, expec
     assert Session.latency_batches(fake) == expected
     fake.latency_batches = lambda: Session.latency_batches(fake)
     assert Session.budget_batch.fget(fake) == expected[-1]
+
+
+def test_paired_timing_reports_the_spread_of_the_ratios():
+    """The quartiles of the per-pair ratios come with the median: a busy stretch widens them."""
+    def clock(ms):     # the timer: what each timed call took, in turn (the calls themselves do nothing)
+        it = iter(ms)
+        return lambda fn: (fn(), next(it))[1]
+
+    busy = [t for r in (2, 2, 2, 2, 4, 2, 6, 2) for t in (float(r), 1.0)]   # pruned, original; ratios r
+    out = paired_timing(lambda: None, lambda: None, warmup=0, repeats=8, timer=clock(busy))
+    assert out["ratio"] == 2.0 and out["ratio_q1"] == 2.0 and out["ratio_q3"] == pytest.approx(3.5)
+    steady = paired_timing(lambda: None, lambda: None, warmup=0, repeats=8, timer=clock([2.0, 1.0] * 8))
+    assert steady["ratio_q1"] == steady["ratio"] == steady["ratio_q3"] == 2.0

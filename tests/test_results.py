@@ -341,3 +341,20 @@ def test_engine_messages_in_the_pages_words():
     assert forms.page_words("rl needs 8 evaluations (3 left); raise --search-evals") == \
         "rl needs 8 evaluations (3 left); raise the candidate evaluations"
     assert forms.page_words("budget flops=2 is outside (0, 1)") == "budget flops=2 is outside (0, 1)"
+
+
+def test_latency_spread_and_a_slower_pruned_model_are_flagged():
+    def summary(ratio, iqr, macs=50):
+        return {"base": {"macs": 100, "latency_ms": 10.0}, "pruned": {"macs": macs, "latency": [
+            {"device": "cpu", "batch": 1, "ms": 10 * ratio, "reference_ms": 10.0, "vs_base": ratio,
+             "vs_base_iqr": iqr}], "latency_vs_base": ratio, "latency_ms": 10 * ratio, "latency_batch": 1,
+            "latency_device": "cpu"}}
+
+    assert results.latency_flags(summary(0.6, [0.58, 0.63])) == []
+    wide = results.latency_flags(summary(0.6, [0.45, 0.9]))
+    assert len(wide) == 1 and "spread is wide" in wide[0] and "45%–90%" in wide[0]
+    slower = results.latency_flags(summary(1.3, [1.25, 1.35]))
+    assert len(slower) == 1 and "130% of the original although it keeps 50% of the MACs" in slower[0]
+    lat = next(m for m in results.metrics(summary(0.6, [0.58, 0.63])) if m["label"].startswith("PyTorch latency"))
+    assert "middle half 58%–63%" in lat["help"] and lat["delta"] == "60% of original"
+    assert results.latency_flags({"pruned": {"latency_vs_base": 0.5}}) == []   # an old run without a spread

@@ -300,7 +300,8 @@ class Session:
                 m = relative_latency(model, reference, self.data.input_size, batch_size=batch, device=self.device,
                                      repeats=self.config.latency_repeats)
                 entries.append({"device": m["device"], "batch": batch, "ms": m["ms"],
-                                "reference_ms": m["reference_ms"], "vs_base": m["ratio"]})
+                                "reference_ms": m["reference_ms"], "vs_base": m["ratio"],
+                                "vs_base_iqr": [m["ratio_q1"], m["ratio_q3"]], "repeats": m["repeats"]})
         out.update(latency=entries, latency_ms=entries[0]["ms"], latency_device=entries[0]["device"],
                    latency_batch=entries[0]["batch"])
         if reference is not None:
