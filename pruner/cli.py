@@ -279,16 +279,22 @@ def _print_summary(summary: dict, out) -> None:
     ms_cols = [f"ms b{e['batch']}" for e in pruned_lat]
     print(f"{'':10} {'top1 %':>8} {'MMACs':>9} {'params M':>9} " + " ".join(f"{c:>9}" for c in ms_cols)
           + f" {'ORT ms':>8}")
-    for name, r, lat in (("base", b, base_lat), ("pruned", p, pruned_lat)):
+    # one latency story: where the pruned model was timed in pairs with the original, the original's ms
+    # are its median in those pairs (not a separately timed figure that drifted with the machine)
+    paired_base = [{"batch": e["batch"], "ms": e["reference_ms"]} for e in pruned_lat if e.get("reference_ms")]
+    for name, r, lat in (("base", b, paired_base or base_lat), ("pruned", p, pruned_lat)):
         ort = f"{r['ort_latency_ms']:.2f}" if r.get("ort_latency_ms") else "-"
         by_batch = {e["batch"]: e["ms"] for e in lat}
         ms = " ".join(f"{by_batch[e['batch']]:>9.2f}" if e["batch"] in by_batch else f"{'-':>9}" for e in pruned_lat)
         print(f"{name:10} {r['top1']:>8.2f} {r['macs'] / 1e6:>9.2f} {r['params'] / 1e6:>9.3f} {ms} {ort:>8}")
     paired = [e for e in pruned_lat if e.get("vs_base") is not None]
     if paired:
-        ratios = ", ".join(f"batch {e['batch']}: {e['vs_base']:.3f}" for e in paired)
-        print(f"pruned/base PyTorch latency on {device}, timed in interleaved pairs: {ratios} "
-              "(the base ms columns are timed separately and drift with the machine's speed)")
+        def one(e: dict) -> str:
+            iqr = e.get("vs_base_iqr")
+            return f"batch {e['batch']}: {e['vs_base']:.3f}" + (f" (middle half {iqr[0]:.3f}-{iqr[1]:.3f})" if iqr else "")
+
+        print(f"pruned/base PyTorch latency on {device}, median of interleaved pairs: "
+              + ", ".join(one(e) for e in paired) + "; the ms columns are both models' medians in those pairs")
     sp = summary.get("sparsity")
     if sp:
         onnx = sp.get("onnx") or {}

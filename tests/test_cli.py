@@ -137,6 +137,13 @@ def test_prune_says_when_candidates_were_scored_on_threads(tmp_path, threads, sa
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["search"]["scoring_threads"] == int(threads)
     assert ("2 candidates at a time on CPU threads" in res.stdout) is said, res.stdout
+    # one latency story: the base row's ms is the original's median in the pairs the ratio comes from
+    entry = summary["pruned"]["latency"][0]
+    base_row = next(l for l in res.stdout.splitlines() if l.startswith("base "))
+    assert f"{entry['reference_ms']:.2f}" in base_row.split()
+    line = next(l for l in res.stdout.splitlines() if l.startswith("pruned/base PyTorch latency"))
+    q1, q3 = entry["vs_base_iqr"]
+    assert f"batch 1: {entry['vs_base']:.3f} (middle half {q1:.3f}-{q3:.3f})" in line
 
 
 def test_bad_scoring_threads_is_a_one_line_error(tmp_path):
