@@ -296,6 +296,16 @@ def test_prune_run_from_new_run_to_live_and_runs_pages(runs_dir):
     assert table[table["name"] == "e2e-prune"].iloc[0]["tags"] == "baseline"
 
 
+def start_and_finish(at: AppTest, run: Path) -> tuple[Path, dict]:
+    """Press Start on a clean New run form and wait for the run to finish: its directory and config.json."""
+    assert_clean(at)
+    at.button(key="nr_start").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    summary = wait_for_summary(run)
+    assert summary["status"] == "done", summary.get("error")
+    return run, json.loads((run / "config.json").read_text())
+
+
 def test_optuna_strategy_from_the_form(runs_dir):
     """The black-box peer on the New run form: its declared parameters as widgets, its help, and a
     run with the sampler and warm start chosen there."""
@@ -306,13 +316,7 @@ def test_optuna_strategy_from_the_form(runs_dir):
     at.selectbox(key="nr_sp_optuna_sampler").set_value("cmaes")
     at.selectbox(key="nr_sp_optuna_warm_start").set_value("uniform")
     at.number_input(key="nr_sp_optuna_batch").set_value(2).run()
-    assert_clean(at)
-    at.button(key="nr_start").click().run()
-    assert not at.exception, [e.message for e in at.exception]
-    run = runs_dir / "optuna-form"
-    summary = wait_for_summary(run)
-    assert summary["status"] == "done", summary.get("error")
-    config = json.loads((run / "config.json").read_text())
+    run, config = start_and_finish(at, runs_dir / "optuna-form")
     assert config["strategy"] == "optuna"
     assert config["strategy_params"] == {"sampler": "cmaes", "warm_start": "uniform", "batch": 2}
     trials = [c for c in RunDir(run).events("candidate") if c["meta"].get("sampler") == "cmaes"]
@@ -331,13 +335,8 @@ def test_rl_start_offers_the_finished_analyses(runs_dir):
     assert box.value == "sensitivity" and box.options[:4] == ["sensitivity", "probe", "uniform", "cost"]
     label = next(o for o in box.options if o.startswith("analysis: my-analysis (resnet20 · digits"))
     box.set_value(label).run()
-    assert_clean(at)
-    at.button(key="nr_start").click().run()
-    assert not at.exception, [e.message for e in at.exception]
-    run = runs_dir / "from-analysis"
-    summary = wait_for_summary(run)
-    assert summary["status"] == "done", summary.get("error")
-    assert json.loads((run / "config.json").read_text())["strategy_params"]["start"] == str(runs_dir / "my-analysis")
+    run, config = start_and_finish(at, runs_dir / "from-analysis")
+    assert config["strategy_params"]["start"] == str(runs_dir / "my-analysis")
     assert RunDir(run).events("prior")[0]["source"].endswith("sensitivity.json")
 
 
