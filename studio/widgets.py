@@ -276,7 +276,8 @@ GROUPS_COLUMNS = {   # the model summary's groups, in the New run page's narrow 
     "group": _T("group"),
     "channels": _N("ch.", help="Output channels of the group"),
     "layers": _N("layers", help="Layers whose output channels the group prunes together"),
-    "MMACs": _N("MMACs", format="%.2f", help="MACs touched by the group, millions"),
+    "MMACs": _N("MMACs", format="%.2f", help="MACs of the layers whose output or input channels the group removes, "
+                                             "millions (a layer between two groups counts in both)"),
     "params": _N("params", help="Parameters touched by the group"),
     "coupled": st.column_config.CheckboxColumn("coupled", help="Several layers coupled (e.g. by a residual add)"),
 }
