@@ -27,8 +27,9 @@ from pruner.budget import KINDS, Budget
 from pruner.data import PROTOCOLS
 from pruner.errors import PrunerError
 from pruner.finetune import FinetuneConfig, finetune_plan
-from pruner.models import has_pretrained, list_zoo
+from pruner.models import has_pretrained, list_zoo, pretrained_file
 from pruner.progress import format_seconds, plan_text
+from pruner.settings import WEIGHTS_DIR_ENV
 from pruner.pruning.importance import CRITERIA
 from pruner.search.evaluator import SCORES
 from pruner.recipes import DESCRIPTIONS as RECIPE_DESCRIPTIONS, RECIPES, recipe_settings
@@ -237,6 +238,11 @@ def model_data_inputs(prefix: str = "") -> ModelData:
                             "ImageNet weights (downloaded when missing).")
     if weights == "pretrained":
         out.weights = "pretrained"
+        found = pretrained_file(out.model) if out.model else None
+        if found is not None and not found[1]:
+            st.caption(f":material/cloud_download: The pretrained weights ({found[0]}) are not on this machine: "
+                       "the run downloads them, which fails without internet. Put the file in the folder "
+                       f"{WEIGHTS_DIR_ENV} names, or choose random init.")
     elif weights == "random":
         out.weights = None
     else:

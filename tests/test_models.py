@@ -287,3 +287,19 @@ def test_pickled_module_needs_trust(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(x), ref(x))
+
+
+def test_pretrained_file_says_whether_the_weights_are_on_this_machine(tmp_path, monkeypatch):
+    """Before a run: which file a pretrained load needs and whether it is here (else the run downloads it,
+    which fails offline: the New run page says so)."""
+    from pruner.models import pretrained_file
+
+    monkeypatch.setenv("PRUNER_WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    name, here = pretrained_file("resnet20")
+    assert name.startswith("resnet20-") and name.endswith(".th") and here is False
+    (tmp_path / name).write_bytes(b"")
+    assert pretrained_file("resnet20") == (name, True)
+    tv, here = pretrained_file("torchvision:resnet18")
+    assert tv.startswith("resnet18-") and here is False
+    assert pretrained_file("vgg16") is None and pretrained_file("torchvision:not_a_model") is None

@@ -181,6 +181,10 @@ def test_new_run_validation_messages(runs_dir):
 
     at.selectbox(key="nr_data").set_value("digits").run()
     at.radio(key="nr_source").set_value("torchvision").run()
+    at.radio(key="nr_weights").set_value("pretrained").run()
+    from pruner.models import pretrained_file
+    offline = "not on this machine" in " ".join(texts(at.caption))
+    assert offline is (not pretrained_file("torchvision:resnet18")[1])   # said before Start, not after a download fails
     at.text_input(key="nr_tv_model").set_value("   ").run()
     assert not at.exception
     assert any("torchvision model name" in m for m in texts(at.error)), texts(at.error)

@@ -3,6 +3,7 @@
 >>> model, spec = load_model("resnet56", num_classes=10, weights="pretrained")  # doctest: +SKIP
 """
 
-from .registry import ModelSpec, build_model, has_pretrained, list_zoo, load_model, parse_model_spec
+from .registry import ModelSpec, build_model, has_pretrained, list_zoo, load_model, parse_model_spec, pretrained_file
 
-__all__ = ["ModelSpec", "build_model", "has_pretrained", "list_zoo", "load_model", "parse_model_spec"]
+__all__ = ["ModelSpec", "build_model", "has_pretrained", "list_zoo", "load_model", "parse_model_spec",
+           "pretrained_file"]

@@ -201,13 +201,33 @@ def _replace_classifier(model: nn.Module, num_classes: int) -> None:
         model.num_classes = num_classes
 
 
+def _local_weights(file_name: str) -> Path | None:
+    """``file_name`` in PRUNER_WEIGHTS_DIR or torch.hub's cache, where a pretrained load looks first."""
+    for folder in (weights_dir(), Path(torch.hub.get_dir()) / "checkpoints"):
+        if (folder / file_name).is_file():
+            return folder / file_name
+    return None
+
+
+def pretrained_file(name: str) -> tuple[str, bool] | None:
+    """For a zoo name or ``torchvision:NAME`` with public weights: their file name and whether it is on
+    this machine already (else a pretrained run downloads it, which fails offline); None without weights."""
+    if not has_pretrained(name):
+        return None
+    name = name.strip()
+    if name.startswith("torchvision:"):
+        file_name = Path(_torchvision_weights(name.split(":", 1)[1]).url).name
+    else:
+        file_name = PRETRAINED[ALIASES.get(name.removeprefix("zoo:").lower(), name.removeprefix("zoo:").lower())]
+    return file_name, _local_weights(file_name) is not None
+
+
 def _pretrained_state(file_name: str, url: str, what: str) -> dict[str, torch.Tensor]:
     """Read ``file_name`` from PRUNER_WEIGHTS_DIR (or torch.hub's cache), else download it there."""
     wdir = weights_dir()
-    for folder in (wdir, Path(torch.hub.get_dir()) / "checkpoints"):
-        local = folder / file_name
-        if local.is_file():
-            return extract_state_dict(read_checkpoint(local), local)
+    local = _local_weights(file_name)
+    if local is not None:
+        return extract_state_dict(read_checkpoint(local), local)
     try:
         obj = torch.hub.load_state_dict_from_url(url, model_dir=str(wdir), map_location="cpu", progress=False,
                                                  weights_only=True)
