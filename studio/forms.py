@@ -432,6 +432,7 @@ PAGE_LABELS = {
     "fine-tune epochs": "Fine-tune epochs", "batch size": "Batch size", "batches per epoch": "Batches per epoch",
     "learning rate": "Learning rate", "distillation weight": "Distillation weight",
     "distillation temperature": "Distillation temperature", "warm-up": "Warm-up share of the steps",
+    "image_size": "Resize images to", "val_size": "Validation images",
 }
 _FLAG_WORDS = {"use weights=None for random init": "choose random weights",
                "weights=None to start from random init": "random weights",

@@ -289,8 +289,13 @@ def test_studio_end_to_end(studio, tmp_path):
             _screenshot(page, "live_run")
 
             # the ONNX model, downloaded through the page, runs in ONNX Runtime
-            with page.expect_download(timeout=60_000) as dl_info:
-                page.locator('[data-testid="stDownloadButton"]').get_by_role("button", name="ONNX model").click()
+            # wait on the state the download needs (the button there and the script idle), not on a fixed
+            # time: on a loaded machine a rerun of the page can take longer than any fixed allowance
+            button = page.locator('[data-testid="stDownloadButton"]').get_by_role("button", name="ONNX model")
+            button.wait_for(state="visible", timeout=600_000)
+            page.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden", timeout=600_000)
+            with page.expect_download(timeout=600_000) as dl_info:
+                button.click()
             onnx_file = tmp_path / "downloaded.onnx"
             dl_info.value.save_as(onnx_file)
             run_dirs = [p for p in studio["runs"].iterdir() if (p / "summary.json").is_file()]

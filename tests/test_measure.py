@@ -258,7 +258,7 @@ def test_paired_timing_uses_the_given_timer():
         pass
 
     out = paired_timing(a, b, warmup=0, repeats=4, timer=timer)
-    assert out == {"ms": 2.0, "reference_ms": 8.0, "ratio": 0.25, "repeats": 4}
+    assert out == {"ms": 2.0, "reference_ms": 8.0, "ratio": 0.25, "ratio_q1": 0.25, "ratio_q3": 0.25, "repeats": 4}
     assert seen == [a, b] * 4
 
 
