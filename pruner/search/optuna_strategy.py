@@ -102,21 +102,18 @@ class OptunaSearch(Strategy):
             a = np.asarray(first[0][1], dtype=float)
             span = max(span, float(-np.log(np.maximum(a / a.max(), 1e-12)).min()) + 1e-9)
         macs_range = self._macs_range(ctx, first[0][1] if first else np.ones(n)) if latency else None
-        x0 = {k: 0.0 for k in names}
-        if first:
-            x0 = dict(zip(names, self._log_weights(first[0][1], span)))
+        # the warm start's trial parameters, once: CMA-ES's mean and the enqueued trial 0
+        start = dict(zip(names, self._log_weights(first[0][1], span) if first else [0.0] * n))
         if macs_range is not None:
-            x0["macs"] = macs_range[2]
+            start["macs"] = macs_range[2]
         dists = {k: optuna.distributions.FloatDistribution(-span, 0.0) for k in names}
         if macs_range is not None:
             dists["macs"] = optuna.distributions.FloatDistribution(macs_range[0], macs_range[1])
 
         total = ev.remaining if ev.remaining is not None else int(p["trials"])
-        study = self._study(ctx, total, x0, latency)
-        for label, alloc in first:
-            study.enqueue_trial({**dict(zip(names, self._log_weights(alloc, span))),
-                                 **({"macs": macs_range[2]} if macs_range is not None else {})},
-                                user_attrs={"warm_start": label})
+        study = self._study(ctx, total, start, latency)
+        if first:
+            study.enqueue_trial(start, user_attrs={"warm_start": first[0][0]})
 
         mine: list[Candidate] = []
         told, stale = 0, 0
