@@ -352,6 +352,19 @@ def test_cuda_out_of_memory_names_the_gpu():
     assert "--resume --out runs/a --batch-size 128" in msg and "\n" not in msg
 
 
+def test_onednn_allocation_failure_is_out_of_memory():
+    """PyTorch's CPU kernels raise this generic text when a large batch's buffers cannot be allocated (seen in CI
+    under the address-space limit above): it gets the same one-line advice, naming what was raised."""
+    from pruner.runs.job import _oom_message, _out_of_memory
+
+    exc = RuntimeError("could not create a primitive")
+    assert _out_of_memory(exc)
+    msg = _oom_message(exc, "fine-tuning", tiny(finetune=FinetuneConfig(epochs=1, batch_size=1024)), "runs/a")
+    assert msg.startswith("out of memory on the machine (RAM), as oneDNN's 'could not create a primitive' while "
+                          "fine-tuning with batch size 1024")
+    assert "--batch-size 512" in msg and "\n" not in msg
+
+
 # ---------------------------------------------------------------------- the studio after a resume
 def test_live_page_follows_a_resumed_run_and_resume_may_lower_the_batch_size(tmp_path, monkeypatch):
     import streamlit as st

@@ -129,15 +129,23 @@ class _StopOnSignal:
         return f"cancelled by {self.received}; resume the run to continue it"
 
 
+# oneDNN (PyTorch's CPU kernels) reports a failed allocation for a layer's buffers as this generic error; on a
+# machine short of RAM it is what a large fine-tuning batch raises instead of "out of memory"
+_ONEDNN_ALLOCATION = "could not create a primitive"
+
+
 def _out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return True
     text = str(exc)
-    return isinstance(exc, RuntimeError) and ("out of memory" in text.lower() or "can't allocate memory" in text)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text.lower() or "can't allocate memory" in text
+                                              or _ONEDNN_ALLOCATION in text)
 
 
 def _oom_message(exc: BaseException, phase: str, config: RunConfig, out: str | Path) -> str:
     where = "the GPU" if "CUDA" in str(exc) else "the machine (RAM)"
+    if _ONEDNN_ALLOCATION in str(exc):
+        where += ", as oneDNN's 'could not create a primitive'"
     bs = config.finetune.batch_size
     if phase == Status.FINE_TUNING:
         return (f"out of memory on {where} while fine-tuning with batch size {bs}: resume with a smaller batch size "
