@@ -179,10 +179,7 @@ def open_analysis() -> None:
         elif status not in (Status.FAILED, Status.CANCELLED) and not sens.get("groups"):
             st.caption("Waiting for the first points (the data and model load first)…")
 
-        heat = charts.sensitivity_heatmap(
-            sens, value=value,
-            title=None if value == "drop" else "Sensitivity: top-1 when one layer group is pruned "
-                                               "(drop shown when the analysis finishes)")
+        heat = charts.sensitivity_heatmap(sens, value=value)   # "drop" once the unpruned score is in (first event)
         curves = charts.sensitivity_curves(sens, value="top1")
         for fig in (heat, curves):
             fig.update_layout(uirevision=choice)

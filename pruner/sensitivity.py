@@ -73,7 +73,8 @@ class SensitivityResult:
 
 def analyse(evaluator: Evaluator, ratios: Sequence[float] = DEFAULT_RATIOS, *,
             progress: Callable[[int, int, dict], None] | None = None) -> SensitivityResult:
-    """Prune each group alone at each ratio; ``progress(done, total, point)`` after every point."""
+    """Prune each group alone at each ratio; ``progress(done, total, point)`` after the unpruned model's score
+    (``point["group"]`` is None) and after every point."""
     from .search.sensitivity_strategy import fingerprint
 
     ratios = check_ratios(ratios)
@@ -82,6 +83,8 @@ def analyse(evaluator: Evaluator, ratios: Sequence[float] = DEFAULT_RATIOS, *,
     full = [g.channels for g in space.groups]
     base = evaluator.evaluate(full, step=-1, meta={"analysis": "sensitivity", "group": None, "ratio": 0.0})
     total = len(space.groups) * len(ratios)
+    if progress is not None:   # the unpruned score first, so a live view shows drops from the first point on
+        progress(0, total, {"group": None, "ratio": 0.0, "top1": base.top1})
 
     def probe(gi: int, r: float) -> list[int]:
         counts = list(full)

@@ -385,13 +385,19 @@ def _result(status, frac, eta, text, **extra) -> dict[str, Any]:
 
 
 def sensitivity_from_events(events: Iterable[dict]) -> dict:
-    """Partial sensitivity table (``groups``, ``ratios``, ``top1[group][ratio]``, None where missing)."""
+    """Partial sensitivity table (``groups``, ``ratios``, ``top1[group][ratio]``, None where missing, and
+    ``base_top1``, the unpruned model's score, which the analysis reports before its first point)."""
     groups: list[str] = []
     ratios: set[float] = set()
     values: dict[tuple[str, float], float] = {}
     total = done = 0
+    base_top1 = None
     for e in events:
         g, r = e.get("group"), e.get("ratio")
+        if g is None and r is not None and e.get("top1") is not None:
+            base_top1 = e["top1"]
+            total = e.get("total", total)
+            continue
         if g is None or r is None:
             continue
         if g not in groups:
@@ -400,5 +406,8 @@ def sensitivity_from_events(events: Iterable[dict]) -> dict:
         values[(g, float(r))] = e.get("top1")
         total, done = e.get("total", total), e.get("done", done)
     rs = sorted(ratios)
-    return {"groups": groups, "ratios": rs, "top1": [[values.get((g, r)) for r in rs] for g in groups],
-            "done": done, "total": total}
+    out = {"groups": groups, "ratios": rs, "top1": [[values.get((g, r)) for r in rs] for g in groups],
+           "done": done, "total": total}
+    if base_top1 is not None:
+        out["base_top1"] = base_top1
+    return out

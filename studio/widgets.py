@@ -239,7 +239,8 @@ RUNS_TABLE_COLUMNS = {
     "strategy": _T("strategy"),
     "budget": _T("budget"),
     "base top-1 (%)": _N("base top-1", format="%.2f",
-                         help="Original model's top-1 (%): report split; search split for sensitivity analyses"),
+                         help="Original model's top-1 (%), report split (pruning runs; an analysis's figure, on the "
+                              "search split, is on its Sensitivity page)"),
     "pruned top-1 (%)": _N("top-1", format="%.2f", help="Pruned and fine-tuned model's top-1 (%), report split"),
     "MACs (M)": None,    # in the data (and the comparison), not shown: MACs kept says it relative to the original
     "MACs kept (%)": _N("MACs %", format="%.1f", help="Pruned model's MACs as a % of the original's"),

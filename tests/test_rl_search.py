@@ -103,6 +103,28 @@ def analysis(tmp_path_factory):
     return out
 
 
+def test_a_live_analysis_shows_drops_from_its_first_point(analysis):
+    """The unpruned score is the analysis's first event, so the live heatmap has one meaning (top-1 drop, numbers in
+    its cells, a scale from zero) from the first point to the last; the Runs table keeps it out of the report-split
+    column."""
+    from studio import charts, history, sensitivity_table
+    from studio.events import sensitivity_from_events
+
+    run = RunDir(analysis)
+    events = run.events("sensitivity")
+    assert events[0]["group"] is None and events[0]["done"] == 0 and events[0]["top1"] == run.summary()["base_top1"]
+    for upto in (2, len(events)):                      # after one point, and at the end
+        sens, value = sensitivity_table.complete(sensitivity_from_events(events[:upto]))
+        assert value == "drop" and sens["base_top1"] == run.summary()["base_top1"]
+        heat = charts.sensitivity_heatmap(sens, value=value).data[0]
+        assert heat.texttemplate == "%{z:.1f}" and heat.zmin == 0.0
+        assert sum(v is not None for row in heat.z for v in row) == upto - 1
+    final = run.sensitivity_result()
+    assert np.allclose(sens["drop"], final["drop"])   # the live matrix at the end is the saved one
+    row = history.table_row(run)
+    assert row["kind"] == "sensitivity" and row["base top-1 (%)"] is None
+
+
 def test_rl_starts_from_a_finished_analysis_and_records_it(analysis, tmp_path):
     summary = run_job(tiny(strategy_params={"start": str(analysis)}, search_evals=6), tmp_path / "run")
     assert summary["status"] == "done", summary["error"]
