@@ -308,6 +308,9 @@ def _print_summary(summary: dict, out) -> None:
     print(f"search: {s['strategy']}, {s['evaluations']} evaluations, best val top-1 {s['best_val_top1']:.2f}% "
           f"in {s['seconds']:.0f} s" + (f" ({threads} candidates at a time on CPU threads)" if threads > 1 else "")
           + f"; ONNX max |diff| {summary.get('onnx_max_abs_diff')}")
+    check = s.get("latency_check") or {}
+    if check.get("advice"):
+        print(f"warning: {check['advice']}", file=sys.stderr)
     if summary.get("quantized"):
         _print_quantized(summary["quantized"])
 

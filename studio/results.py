@@ -49,6 +49,16 @@ def latency(summary: dict | None, batch: int | None = None) -> dict[str, Any] | 
 WIDE_SPREAD = 0.2
 
 
+def budget_missed(summary: dict | None) -> str | None:
+    """The banner of a latency-budget run whose answer missed the budget when re-timed (none of the most
+    accurate candidates predicted to meet it did), with what the user can do; None when it met it."""
+    check = ((summary or {}).get("search") or {}).get("latency_check") or {}
+    if check.get("met") is not False:
+        return None
+    return "This model misses its latency budget. " + (check.get("advice") or "")[:1].upper() + \
+        (check.get("advice") or "")[1:] + "."
+
+
 def latency_flags(summary: dict | None) -> list[str]:
     """What the page says under a latency figure that should not be trusted as it stands: a wide spread
     of the paired ratios (the machine was busy), or a pruned model timed slower than the original

@@ -105,7 +105,11 @@ def status_banner(rd: RunDir, status: str | None, error: str | None, *, noun: st
 
 def result_metrics(summary: dict | None, *, per_row: int = 3, top5: bool = True, ort: bool = True) -> None:
     """The result metrics of a finished run, ``per_row`` to a row (so no label or value is cut off), and
-    under them what makes its latency untrustworthy as it stands (:func:`results.latency_flags`)."""
+    under them what makes its latency untrustworthy as it stands (:func:`results.latency_flags`); above them, a
+    banner when the model misses its latency budget (:func:`results.budget_missed`)."""
+    missed = results.budget_missed(summary)
+    if missed:
+        st.warning(plain_md(missed), icon=LEVEL_ICONS["warning"])
     _metric_rows(results.metrics(summary, top5=top5, ort=ort), per_row)
     for flag in results.latency_flags(summary):
         st.caption(f":material/warning: {plain_md(flag)}")

@@ -167,6 +167,8 @@ def test_latency_search_answer_is_retimed(monkeypatch):
     assert retimed[0] in best                        # the strategy's (most accurate) answer is re-timed first ...
     assert chosen.counts == retimed[1] != retimed[0]  # ... misses, and the next most accurate is taken
     assert chosen.meta["verified_latency"] == 0.5
+    assert chosen.meta["latency_check"] == {"met": True, "checked": 2, "best_ratio": 0.5, "target": 0.7,
+                                            "tolerance": ctx.budget.tolerance}
     assert any("misses" in m for m in logs) and any("meets" in m for m in logs)
 
 

@@ -547,6 +547,8 @@ class _Pipeline:
                   "params": make_strategy(config.strategy, **config.strategy_params).params,
                   "answer_is_start": bool(found.get("answer_is_start")),
                   "start_source": found.get("start_source")}
+        if found.get("latency_check"):
+            search["latency_check"] = found["latency_check"]
         if search["answer_is_start"]:
             search["note"] = (f"the answer is the search's starting point ({found.get('start_source')}): no "
                               f"other candidate scored higher in {found['evaluations']} evaluations")
@@ -577,6 +579,7 @@ class _Pipeline:
                  "score": config.score, "best_score": best.score, "best_kl": best.kl,
                  "evaluations": evaluator.evaluations, "seconds": time.perf_counter() - t0,
                  "cost": best.cost, "verified_cost": best.meta.get("verified_latency"),
+                 "latency_check": best.meta.get("latency_check"),
                  "timing": evaluator.timing, "answer_is_start": bool(best.meta.get("is_start")),
                  "start_source": best.meta.get("start_source"),
                  "workers": worker_stats, "scoring_threads": None if pool is not None else evaluator.scoring_threads()}

@@ -200,7 +200,8 @@ def verify_latency(ctx: SearchContext, chosen: Candidate) -> Candidate:
     Choosing the most accurate of many noisily timed candidates favours one whose latency was
     under-estimated (the winner's curse); a fresh measurement with three times the repeats
     catches it. The accepted candidate carries ``meta["verified_latency"]``. When none passes,
-    the strategy's answer stands, with a warning in the log.
+    the strategy's answer stands, with a warning in the log. Either way the answer carries
+    ``meta["latency_check"]`` (:func:`latency_check`): how many were re-timed, the best ratio, whether one met.
     """
     if ctx.budget.kind != "latency":
         return chosen
@@ -209,8 +210,10 @@ def verify_latency(ctx: SearchContext, chosen: Candidate) -> Candidate:
     for c in sorted(ev.candidates, key=lambda c: -c.score):
         if ctx.feasible(c) and c.meta.get("model_version", 0) == ev.model_version:
             ranked.setdefault(tuple(c.counts), c)
+    timed: list[float] = []
     for cand in list(ranked.values())[:VERIFY_CANDIDATES]:
         ratio = ev.remeasure_latency(cand.counts, repeats_factor=3)
+        timed.append(ratio)
         ok = ctx.budget.feasible(ratio)
         ctx.emit("log", level="info" if ok else "warning",
                  message=f"latency check: candidate {cand.id} (search top-1 {cand.top1:.2f}%) timed at {cand.cost:.3f} "
@@ -218,10 +221,26 @@ def verify_latency(ctx: SearchContext, chosen: Candidate) -> Candidate:
                          f"{ctx.budget.target:g} + {ctx.budget.tolerance:.0%})")
         if ok:
             cand.meta["verified_latency"] = ratio
+            cand.meta["latency_check"] = latency_check(ctx.budget, timed, met=True)
             return cand
     ctx.emit("log", level="warning", message="no candidate re-timed within the latency budget; keeping the "
              "strategy's answer (is the machine busy? latency is only meaningful on a quiet one)")
+    chosen.meta["latency_check"] = latency_check(ctx.budget, timed, met=False)
     return chosen
+
+
+def latency_check(budget, timed: list[float], *, met: bool) -> dict:
+    """What the re-timing of a latency-budget answer found (``summary["search"]["latency_check"]``); when none
+    met the budget, ``advice`` is the one line the CLI and the page show with the model."""
+    out = {"met": met, "checked": len(timed), "best_ratio": min(timed) if timed else None,
+           "target": budget.target, "tolerance": budget.tolerance}
+    if not met:
+        best = f"{min(timed):.3f}" if timed else "—"
+        out["advice"] = (f"no candidate met the latency budget when re-timed: the {len(timed)} most accurate "
+                         f"candidates predicted to meet it timed at best {best} of the original (budget "
+                         f"{budget.target:g} + {budget.tolerance:.0%}); the model kept is the search's answer, "
+                         "which misses it. Time on a quiet machine, raise --search-evals, or loosen the budget")
+    return out
 
 
 _REGISTRY: dict[str, type[Strategy]] = {}
