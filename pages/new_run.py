@@ -8,7 +8,8 @@ from studio import charts, forms, state, widgets
 
 st.title("New pruning run")
 st.caption("The defaults (ResNet-20 pretrained on CIFAR-10 when the CIFAR-10 copy and its weights are on this "
-           "machine, else the offline digits demo; a short RL search) finish in about a minute on a laptop CPU: "
+           "machine, else the offline digits demo; a short RL search) finish in a few minutes on a laptop CPU (the "
+           "expected time shows above Start): "
            "press **Start pruning** to try it.")
 
 left, right = st.columns([5, 4], gap="large")  # the right column fits the groups table
@@ -167,16 +168,18 @@ with right:
     if config is None:
         st.info("Fix the settings on the left to see the model's layer groups and costs.")
     else:
-        with st.spinner("Loading the dataset and tracing the model…"):
-            summary = forms.model_summary(config)
-        if summary.get("error"):
+        summary = widgets.model_summary(config, key="nr")
+        if summary is None:   # still being built: Start waits for it (the budget is checked against it)
+            errors.append(forms.SUMMARY_PENDING)
+            shown_in_summary.append(forms.SUMMARY_PENDING)
+        elif summary.get("error"):
             st.error(summary["error"], icon=":material/error:")
             errors.append(summary["error"])
             shown_in_summary.append(summary["error"])
         else:
             errors += [p for p in (forms.budget_problem(config, summary), forms.calibration_problem(config, summary))
                        if p]
-        if not summary.get("error"):
+        if summary is not None and not summary.get("error"):
             data = summary["data"]
             # two metrics a row: three do not fit this column at laptop width
             m1, m2 = st.columns(2)
@@ -208,6 +211,9 @@ with left:
         changed = forms.recipe_changes(config.recipe, config.finetune)
         st.caption(f"Recipe **{config.recipe}**" + (f", changed: {', '.join(changed)}" if changed else ""))
     expected = forms.finetune_time_text(config, summary) if config is not None and not errors else None
+    whole = forms.run_estimate_text(config, summary) if config is not None and not errors else None
+    if whole:
+        st.caption(whole)
     if expected:
         st.caption(expected[0].upper() + expected[1:] + ".")
     for msg in errors:
@@ -216,7 +222,9 @@ with left:
     if config is not None and not errors:
         for msg in forms.size_warnings(config, summary):
             st.warning(msg, icon=":material/schedule:")
-    if shown_in_summary:
+    if forms.SUMMARY_PENDING in shown_in_summary:
+        st.caption("Start is enabled once the model summary is in.")
+    elif shown_in_summary:
         st.caption("Fix the problem shown in the model summary to start.")
     start = st.button("Start pruning", type="primary", key="nr_start", icon=":material/play_arrow:",
                       disabled=bool(errors))

@@ -78,9 +78,11 @@ def new_analysis() -> None:
         if config is None:
             st.info("Fix the settings on the left to see the model's layer groups.")
         else:
-            with st.spinner("Loading the dataset and tracing the model…"):
-                summary = forms.model_summary(config)
-            if summary.get("error"):
+            summary = widgets.model_summary(config, key="sens")
+            if summary is None:   # still being built: Start waits for it
+                errors.append(forms.SUMMARY_PENDING)
+                shown_in_summary.append(forms.SUMMARY_PENDING)
+            elif summary.get("error"):
                 st.error(summary["error"], icon=":material/error:")
                 errors.append(summary["error"])
                 shown_in_summary.append(summary["error"])
@@ -101,7 +103,9 @@ def new_analysis() -> None:
         for msg in errors:
             if msg not in shown_in_summary:
                 st.error(msg, icon=":material/error:")
-        if shown_in_summary:
+        if forms.SUMMARY_PENDING in shown_in_summary:
+            st.caption("Start is enabled once the model summary is in.")
+        elif shown_in_summary:
             st.caption("Fix the problem shown on the right to start.")
         start = st.button("Start analysis", type="primary", key="sens_start", icon=":material/play_arrow:",
                           disabled=bool(errors))

@@ -22,6 +22,8 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +66,9 @@ def summarize(config: dict[str, Any]) -> dict[str, Any]:
     cfg = RunConfig.from_dict({**config, "device": "cpu", "importance": "l1"})
     job_threads = torch.get_num_threads()   # what a job's fine-tuning will use
     torch.set_num_threads(max(1, min(4, job_threads)))
+    t_load = time.perf_counter()
     session = Session(cfg)
+    load_seconds = time.perf_counter() - t_load
     model = session.model.cpu().eval()
     try:
         lat = latency_ms(model, session.data.input_size, repeats=20, warmup=3)
@@ -79,12 +83,36 @@ def summarize(config: dict[str, Any]) -> dict[str, Any]:
                             device=resolve_device(str(config.get("device") or "auto"))).to_dict()
     except Exception:  # noqa: BLE001 - a nicety too (e.g. the device is busy or out of memory)
         timing = None
+    try:   # one typical candidate through the real evaluator, for the run estimate (pruner.runs.estimate)
+        candidate_timing = _time_candidate(session)
+    except Exception:  # noqa: BLE001 - a nicety too: the estimate says it is not known
+        candidate_timing = None
     space = session.space
-    return {"finetune_timing": timing, "groups": [g.to_dict() for g in space.groups], "macs": int(space.base_macs),
+    return {"finetune_timing": timing, "candidate_timing": candidate_timing, "load_seconds": load_seconds, "groups": [g.to_dict() for g in space.groups], "macs": int(space.base_macs),
             "params": int(space.base_params), "latency_ms": lat, "data": session.data.describe(), "error": None,
             "floors": {**{kind: cost_floor(space, kind) for kind in CHANNEL_KINDS},
                        # the unstructured pattern's floor (a 2:4 budget is checked by the job)
                        "sparsity": SparsitySpace(model, session.data.input_size, max_prune=cfg.max_prune).floor()}}
+
+
+def _time_candidate(session) -> dict:
+    """Two evaluations of the same typical structure (every group at :data:`~pruner.runs.estimate.TIMED_KEEP`
+    of its channels; the second steady-state, the first with the one-off teacher outputs and warm-up):
+    seconds, and the scoring part of the second with its image count."""
+    from .runs.estimate import TIMED_KEEP
+
+    space = session.space
+    counts = space.counts([TIMED_KEEP] * len(space.groups))
+    ev = session.evaluator(max_evals=None)
+    times, evaluation = [], 0.0
+    for _ in range(2):
+        before = ev.timing["evaluation"]
+        t0 = time.perf_counter()
+        ev.measure(counts)   # what Evaluator.evaluate does for a structure it has not scored (no memo)
+        times.append(time.perf_counter() - t0)
+        evaluation = ev.timing["evaluation"] - before
+    return {"first_s": times[0], "steady_s": times[1], "evaluation_s": evaluation, "images": len(ev.search_set.y),
+            "keep": TIMED_KEEP}
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -96,8 +124,14 @@ def _kill_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def summary_in_child(config: dict[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
-    """:func:`summarize` in a fresh Python process, stopped after ``timeout`` seconds.
+#: the ``stopped`` flag of a summary that :func:`summary_in_child` stopped on request (``cancel``)
+STOPPED = "stopped"
+
+
+def summary_in_child(config: dict[str, Any], *, timeout: float | None = None,
+                     cancel: threading.Event | None = None) -> dict[str, Any]:
+    """:func:`summarize` in a fresh Python process, stopped after ``timeout`` seconds, or as soon as
+    ``cancel`` is set (the studio's Stop: the answer then has ``"stopped": True``).
 
     Returns the summary, or ``{"error": "<one line>"}`` (settings problems, a failing model
     file, a crash, the timeout). Nothing from the child is unpickled or imported here.
@@ -117,13 +151,28 @@ def summary_in_child(config: dict[str, Any], *, timeout: float | None = None) ->
                                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err, env=env,
                                     start_new_session=True)
             try:
+                t0 = time.monotonic()
                 try:
-                    proc.communicate(payload.encode(), timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    _kill_group(proc)
-                    return {"error": f"building the model summary took longer than {timeout:g} s and was stopped; "
-                                     "check that the model file does not run forever (or raise "
-                                     f"{TIMEOUT_ENV} for a large dataset)"}
+                    proc.stdin.write(payload.encode())
+                    proc.stdin.close()
+                except BrokenPipeError:   # the child exited before reading: its stderr says why
+                    pass
+                while True:
+                    try:
+                        proc.wait(timeout=0.2)
+                        break
+                    except subprocess.TimeoutExpired:
+                        pass
+                    if cancel is not None and cancel.is_set():
+                        _kill_group(proc)
+                        return {"error": f"building the model summary was stopped after "
+                                         f"{time.monotonic() - t0:.0f} s; if the model file hangs, fix it, then "
+                                         "press Try again or change a setting", STOPPED: True}
+                    if time.monotonic() - t0 > timeout:
+                        _kill_group(proc)
+                        return {"error": f"building the model summary took longer than {timeout:g} s and was "
+                                         "stopped; check that the model file does not run forever (or raise "
+                                         f"{TIMEOUT_ENV} for a large dataset)"}
             finally:
                 if proc.poll() is None:  # interrupted while waiting (e.g. the page reran): leave nothing behind
                     _kill_group(proc)

@@ -514,6 +514,25 @@ def finetune_time_text(config: RunConfig, summary: dict) -> str | None:
         return None
 
 
+def run_estimate_text(config: RunConfig, summary: dict) -> str | None:
+    """The whole run's expected duration before Start (:func:`pruner.runs.estimate.estimate_run`), with its
+    parts and what it leaves out; None when the summary has no timings to build it from."""
+    from pruner.runs.estimate import estimate_run
+
+    try:
+        est = estimate_run(config, summary)
+    except (KeyError, TypeError, ValueError):
+        return None
+    if est.total is None:
+        return None
+    parts = [f"{label} {format_seconds(v)}" for label, v in (
+        ("loading", est.load), ("unpruned model", est.base), (f"search ({config.search_evals} evaluations)", est.search),
+        ("fine-tuning", est.finetune), ("report", est.report)) if v]
+    text = (f"The whole run is expected to take about {format_seconds(est.total)} on this machine as it is now "
+            f"({', '.join(parts)}), from the model summary's timed candidate and training step")
+    return text + ("; " + "; ".join(est.notes) if est.notes else "") + "."
+
+
 #: above these the New run page warns (the run is allowed: the user may mean it)
 LONG_FINETUNE_S = 6 * 3600
 MANY_EVALUATIONS = 2000
@@ -559,23 +578,9 @@ def summary_key(cfg: RunConfig) -> str:
     return json.dumps({k: d.get(k) for k in SUMMARY_FIELDS}, sort_keys=True)
 
 
-@st.cache_data(show_spinner=False, max_entries=32)
-def _model_summary(key: str) -> dict:
-    """The summary of one distinct setting, built in a child process (errors are cached too).
-
-    Only the child's JSON answer (a few kB) is kept here: the dataset and the model live and
-    die in the child, and a user's model file is imported there, never in this server.
-    """
-    from pruner.model_summary import summary_in_child
-
-    try:
-        return summary_in_child(json.loads(key))
-    except Exception as exc:  # noqa: BLE001 - e.g. the child could not be started: one line, never a traceback
-        return {"error": f"could not build the model summary ({type(exc).__name__}: {exc})"}
-
-
-def model_summary(cfg: RunConfig) -> dict:
-    return _model_summary(summary_key(cfg))
+# the summary itself is built off the script thread, with a Stop: studio.summaries and widgets.model_summary
+#: what holds Start back while the summary is being built (shown as a caption, not an error)
+SUMMARY_PENDING = "the model summary is still being built"
 
 
 # ---------------------------------------------------------------------- a whole form checked

@@ -103,6 +103,40 @@ def status_banner(rd: RunDir, status: str | None, error: str | None, *, noun: st
     return True
 
 
+def model_summary(cfg, *, key: str) -> dict | None:
+    """The model summary of ``cfg`` (:mod:`studio.summaries`), or None while it is still being built: then the
+    elapsed time and a Stop are shown, and the page reruns when the summary is in. A stopped summary is an error
+    with a Try again."""
+    from pruner.model_summary import STOPPED
+
+    from . import forms, summaries
+
+    reg, skey = summaries.registry(), forms.summary_key(cfg)
+    build = reg.get(skey)
+    build.done.wait(summaries.wait_seconds())
+    if build.done.is_set():
+        result = build.result or {"error": "the model summary ended without a result; press Try again"}
+        if result.get(STOPPED) and st.button("Try again", key=f"{key}_summary_retry", icon=":material/refresh:"):
+            reg.forget(skey)
+            st.rerun()
+        return result
+
+    @st.fragment(run_every=1.0)
+    def building() -> None:
+        if build.done.is_set():
+            st.rerun()   # the whole page, now with the summary
+        c1, c2 = st.columns([4, 1])
+        c1.info(f"Building the model summary: loading the dataset and tracing the model in a separate process "
+                f"({build.elapsed:.0f} s)…", icon=":material/hourglass_top:")
+        if c2.button("Stop", key=f"{key}_summary_stop", icon=":material/stop_circle:",
+                     help="Stop the process building the summary (e.g. a model file that hangs)"):
+            reg.stop(skey)
+            st.rerun()
+
+    building()
+    return None
+
+
 def result_metrics(summary: dict | None, *, per_row: int = 3, top5: bool = True, ort: bool = True) -> None:
     """The result metrics of a finished run, ``per_row`` to a row (so no label or value is cut off), and
     under them what makes its latency untrustworthy as it stands (:func:`results.latency_flags`); above them, a

@@ -6,6 +6,9 @@ from pathlib import Path
 # Several processes share two cores in some tests (a Streamlit server, its job children, pytest):
 # busy-waiting OpenMP threads would then slow each other down by an order of magnitude.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# pages wait for a model summary instead of showing "building…" with a Stop after 3 s (studio.summaries), so a
+# page test sees the summary in one script run; tests/test_studio_pages.py tests the Stop with a short wait
+os.environ.setdefault("PRUNER_SUMMARY_WAIT_S", "600")
 
 _shared = Path(__file__).resolve().parents[1].parent / "shared"
 if (_shared / "data").is_dir():

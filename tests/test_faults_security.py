@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -233,6 +234,43 @@ def test_uploaded_model_runs_only_after_consent_and_never_in_the_server(runs_dir
     assert at.checkbox(key="nr_trust_code").value is False
     assert at.button(key="nr_start").disabled
     assert not other_marker.exists() and pids(marker) == ran_in
+
+
+def test_a_model_file_that_hangs_can_be_stopped_from_the_page(runs_dir, tmp_path, monkeypatch):
+    """The summary is built off the script thread: after a moment the page shows its elapsed time and a Stop
+    (not a spinner for the 300 s timeout); Stop kills the child (the user's code was running in it), the page
+    says so in one line with Try again, and Start stays disabled."""
+    monkeypatch.setenv("PRUNER_SUMMARY_WAIT_S", "1")
+    marker = tmp_path / "reached"
+    sleeper = ("import os, time\n"
+               f"open({str(marker)!r}, 'w').write(str(os.getpid()))\n"
+               "time.sleep(3600)\n"
+               "def build(num_classes=10):\n    raise SystemExit\n")
+    at = new_run_page(nr_source="upload")
+    at.file_uploader(key="nr_upload_py").upload("hangs.py", sleeper.encode(), "text/x-python").run()
+    at.checkbox(key="nr_trust_code").check().run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert any(m.startswith("Building the model summary") for m in texts(at.info)), texts(at.info)
+    assert at.button(key="nr_start").disabled
+    assert any("once the model summary is in" in c for c in texts(at.caption)), texts(at.caption)
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline:   # the child reaches the user's code
+        time.sleep(0.2)
+    child = int(marker.read_text())
+    assert child != os.getpid() and alive(child)
+    at.button(key="nr_summary_stop").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert not alive(child)
+    (msg,) = [m for m in texts(at.error) if "model summary" in m]
+    assert msg.startswith("building the model summary was stopped after") and "\n" not in msg
+    assert at.button(key="nr_start").disabled
+    marker.unlink()
+    at.button(key="nr_summary_retry").click().run()          # Try again: built again (and hangs again)
+    assert any(m.startswith("Building the model summary") for m in texts(at.info)), texts(at.info)
+    while not marker.exists() and time.monotonic() < deadline + 60:
+        time.sleep(0.2)
+    at.button(key="nr_summary_stop").click().run()
+    assert not alive(int(marker.read_text()))
 
 
 def test_the_server_never_decodes_the_dataset(runs_dir, tmp_path):
