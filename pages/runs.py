@@ -4,7 +4,7 @@ a comparison like an experiment tracker's, and one run's network, tags, error an
 import pandas as pd
 import streamlit as st
 
-from pruner.runs.rundir import PRUNE, SENSITIVITY, RunDir, Status, failed_on_settings
+from pruner.runs.rundir import ARCHIVE_DIR, PRUNE, SENSITIVITY, RunDir, Status, failed_on_settings
 from studio import charts, history, results, state, widgets
 from studio.events import format_seconds, is_final
 
@@ -41,6 +41,8 @@ st.dataframe(table, hide_index=True, key="runs_table", height=min(520, 38 + 35 *
 # ---------------------------------------------------------------------- comparison
 st.subheader("Compare runs")
 prune_names = [r["name"] for r in rows if r["kind"] == PRUNE]
+if isinstance(st.session_state.get("runs_compare"), list):   # a run archived or deleted is compared no more
+    st.session_state["runs_compare"] = [n for n in st.session_state["runs_compare"] if n in prune_names]
 compare = st.multiselect("Runs to compare", prune_names, key="runs_compare", max_selections=MAX_COMPARE,
                          placeholder="choose pruning runs",
                          help=f"Up to {MAX_COMPARE} pruning runs: results side by side, search and fine-tuning "
@@ -139,12 +141,35 @@ elif kind == SENSITIVITY and status in (Status.FAILED, Status.CANCELLED):
 with st.expander("Tags and note", icon=":material/sell:", expanded=False):
     widgets.notes_editor(rd, key="runs_notes", known_tags=all_tags)
 
+if live != "active":
+    with st.expander("Archive or delete", icon=":material/inventory_2:", expanded=False):
+        st.caption(f"Archive moves the run to `{state.runs_root() / ARCHIVE_DIR}` (out of these lists, kept on disk: "
+                   "move it back to restore it). Delete removes the run and all its files, its models too.")
+        d1, d2 = st.columns(2)
+        archive = d1.button("Archive", key="runs_archive", icon=":material/archive:")
+        sure = d2.checkbox(f"Delete {choice} and its files for good", key="runs_delete_sure")
+        delete = d2.button("Delete", key="runs_delete", icon=":material/delete:", disabled=not sure)
+        if archive or delete:
+            problem = state.remove(choice, delete=bool(delete))
+            if problem:
+                st.error(problem, icon=":material/error:")
+            else:
+                st.session_state.pop("runs_delete_sure", None)
+                state.forget(choice)
+                st.toast(f"{choice} {'deleted' if delete else 'archived'}.")
+                st.rerun()
+
 if kind == PRUNE:
     widgets.result_metrics(summary, per_row=4, top5=False, ort=False)
     if summary.get("seconds") is not None:
         st.caption(f"Total time {format_seconds(summary.get('seconds'))}")
-    st.plotly_chart(charts.network_chart(summary.get("layers") or [], summary.get("groups") or []),
-                    key="runs_network")
+    tab_graph, tab_layers = st.tabs(["Network graph", "Channels per layer"])
+    with tab_graph:
+        st.plotly_chart(charts.network_graph(summary.get("graph"), summary.get("layers") or [],
+                                             summary.get("groups") or []), key="runs_graph")
+    with tab_layers:
+        st.plotly_chart(charts.network_chart(summary.get("layers") or [], summary.get("groups") or []),
+                        key="runs_network")
     worker_rows = results.workers_table((summary.get("search") or {}).get("workers"))
     if worker_rows:
         st.markdown(f"**Ray workers** that scored this run's candidates ({len(worker_rows)})")

@@ -136,6 +136,24 @@ def cancel(name: str) -> None:
         job_manager().cancel(path)
 
 
+def remove(name: str, *, delete: bool) -> str | None:
+    """Archive (``delete=False``: moved to the runs root's ``.archive`` folder) or delete the run ``name``;
+    the reason in one line when it cannot be (a job is writing it, it is gone), else None."""
+    from pruner.errors import PrunerError
+    from pruner.runs.rundir import archive_run, delete_run
+
+    path = run_path(name)
+    if path is None:
+        return f"There is no run named {name!r} any more."
+    if job_manager().state(path) in ("queued", "running"):
+        return f"{name} is queued or running: cancel it first."
+    try:
+        delete_run(path) if delete else archive_run(path)
+    except (PrunerError, OSError) as exc:
+        return plain_md(str(exc))
+    return None
+
+
 def job_state(name: str) -> str | None:
     """queued / running / finished for jobs of this server process, None for others."""
     path = run_path(name)
@@ -186,6 +204,14 @@ def attach(name: str) -> None:
     st.session_state["run_id"] = name
     if st.query_params.get(QUERY_KEY) != name:
         st.query_params[QUERY_KEY] = name
+
+
+def forget(name: str) -> None:
+    """This session stops naming ``name`` (archived or deleted): not the current run, not in the URL."""
+    if st.session_state.get("run_id") == name:
+        st.session_state.pop("run_id", None)
+    if st.query_params.get(QUERY_KEY) == name:
+        del st.query_params[QUERY_KEY]
 
 
 def requested_run(kind: str | None = None) -> str | None:

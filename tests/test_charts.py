@@ -97,6 +97,51 @@ def test_network_chart_shows_every_layer_kept_and_removed_by_group(finished_runs
     assert not empty.data and "has not finished" in empty.layout.annotations[0].text
 
 
+def test_network_graph_of_a_finished_run(finished_runs):
+    """summary["graph"] (torch.fx on the pruned model): every conv/linear layer is a node with its output shape
+    (the kept channels), residual adds merge two paths, and the chart draws each layer in its group's colour
+    with kept → removed channels in its label and the skip connections as arcs."""
+    import json
+
+    summary = json.loads((finished_runs["rl"] / "summary.json").read_text())
+    graph, layers, groups = summary["graph"], summary["layers"], summary["groups"]
+    nodes = {n["name"]: n for n in graph["nodes"]}
+    for layer in layers:                                   # every layer, its output shape the pruned width
+        assert nodes[layer["name"]]["shape"][0] == layer["after"]
+    adds = [n["id"] for n in graph["nodes"] if n["op"] == "add"]
+    assert len(adds) == 9                                  # resnet20: nine residual blocks
+    into = {a: [e[0] for e in graph["edges"] if e[1] == a] for a in adds}
+    assert all(len(v) == 2 for v in into.values())         # the block's path and its shortcut
+    assert graph["nodes"][0]["op"] == "input" and graph["nodes"][-1]["op"] == "output"
+    assert nodes["conv1"]["folded"] == ["BatchNorm2d"]     # BN folded into its conv's node
+
+    fig = charts.network_graph(graph, layers, groups)
+    edge_trace, *node_traces = fig.data
+    owner = charts.layer_groups(groups)
+    labels = {}
+    for t in node_traces:
+        for text in t.text:
+            labels[text.split()[0]] = (t.name, text)
+    for layer in layers:
+        group, text = labels[layer["name"]]
+        assert group == owner.get(layer["name"], "layers not pruned")
+        assert (f"{layer['before']}→{layer['after']}" if layer["after"] != layer["before"] else
+                f"{layer['before']}") in text
+    # a skip connection is an arc: more than two points between two Nones
+    segments, current = [], []
+    for x in edge_trace.x:
+        if x is None:
+            segments.append(current)
+            current = []
+        else:
+            current.append(x)
+    # resnet20: seven identity shortcuts (arcs beside the path) and two downsampling ones (a slice node each,
+    # in a lane of their own, drawn straight)
+    assert sum(len(s) > 2 for s in segments) == 7 and len(segments) == len(graph["edges"])
+    assert sum(n["op"] == "slice" for n in graph["nodes"]) == 2
+    assert "no graph" in charts.network_graph(None).layout.annotations[0].text
+
+
 def test_compare_search_chart_overlays_each_runs_best_within_the_budget(finished_runs):
     series = _series(finished_runs)
     fig = charts.compare_search_chart(series)

@@ -82,11 +82,11 @@ def wait_for_summary(path: Path, timeout: float = JOB_TIMEOUT, statuses=("done",
     raise AssertionError(f"{path.name} did not reach {statuses} within {timeout} s; last events: {events[-5:]}")
 
 
-def wait_for_event(path: Path, kind: str, timeout: float = JOB_TIMEOUT) -> None:
+def wait_for_event(path: Path, kind: str, timeout: float = JOB_TIMEOUT, where=lambda e: True) -> None:
     rd = RunDir(path)
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if any(e.get("kind") == kind for e in rd.iter_events()):
+        if any(e.get("kind") == kind and where(e) for e in rd.iter_events()):
             return
         time.sleep(0.2)
     raise AssertionError(f"no {kind} event in {path.name} within {timeout} s")
@@ -135,6 +135,9 @@ def test_every_page_renders_its_defaults(runs_dir):
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Prunable groups"] == "12"          # resnet20's model summary on the digits demo
     assert not at.button(key="nr_start").disabled
+    # the whole run's expected duration, before Start, with its parts (pruner.runs.estimate)
+    assert any(c.startswith("The whole run is expected to take about") and "search (" in c and "report" in c
+               for c in texts(at.caption)), texts(at.caption)
 
     at.switch_page(LIVE).run()
     assert_clean(at)
@@ -287,7 +290,7 @@ def test_prune_run_from_new_run_to_live_and_runs_pages(runs_dir):
     cmp = at.dataframe[1].value
     assert list(cmp["name"]) == ["e2e-prune"]
     # compared fronts, search curves, fine-tuning curves (tabs), the selected run's network
-    assert len(at.get("plotly_chart")) == 4
+    assert len(at.get("plotly_chart")) == 5   # ... its graph and its channels per layer (tabs)
     assert "Pick a second run" in " ".join(texts(at.caption))
 
     # tags and a note, saved into the run directory and shown in the table
@@ -388,7 +391,7 @@ def test_sensitivity_cancel_keeps_the_points_measured(runs_dir):
     assert_clean(at)
     at.button(key="sens_start").click().run()
     run = runs_dir / "e2e-sens-cancel"
-    wait_for_event(run, "sensitivity")
+    wait_for_event(run, "sensitivity", where=lambda e: e.get("done"))   # a point (the first event is the base)
     at.run()
     assert not at.exception
     at.button(key="sens_cancel").click().run()
@@ -536,3 +539,46 @@ def test_interrupted_and_compared_runs(runs_dir):
     assert "strategy" in list(diff["setting"])
     row = diff[diff["setting"] == "strategy"].iloc[0]
     assert (row["a"], row["b"]) == ("random", "uniform")
+
+
+# ---------------------------------------------------------------------- archive and delete
+def test_runs_are_archived_or_deleted_from_the_runs_page_never_while_written(runs_dir):
+    """Archive moves a run out of every list into the runs root's .archive folder (kept, restorable); Delete,
+    behind a confirmation, removes it; a run whose lock is held (a job writing it) is refused in one line."""
+    from pruner.errors import PrunerError
+    from pruner.runs.rundir import ARCHIVE_DIR, LOCK_FILE, RunLock, archive_run, delete_run
+
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("keep", "old", "gone"):
+        assert run_job(tiny(search_evals=2, export=False), runs_dir / name)["status"] == "done"
+    lock = RunLock.acquire(runs_dir / "keep" / LOCK_FILE)          # as a job writing it would
+    try:
+        with pytest.raises(PrunerError, match="cannot archive keep: .* being written by another job"):
+            archive_run(runs_dir / "keep")
+        with pytest.raises(PrunerError, match="cannot delete keep"):
+            delete_run(runs_dir / "keep")
+    finally:
+        lock.release()
+    with pytest.raises(PrunerError, match="not a run directory"):
+        delete_run(runs_dir / "no-such-run")
+
+    at = app(RUNS)
+    assert_clean(at)
+    at.multiselect(key="runs_compare").set_value(["old", "gone"]).run()
+    at.selectbox[0].set_value("old").run()
+    at.button(key="runs_archive").click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    assert (runs_dir / ARCHIVE_DIR / "old" / "summary.json").is_file() and not (runs_dir / "old").exists()
+    assert set(at.dataframe[0].value["name"]) == {"keep", "gone"}   # out of the list ...
+    assert at.multiselect(key="runs_compare").value == ["gone"]     # ... and out of the comparison
+
+    at.selectbox[0].set_value("gone").run()
+    assert at.button(key="runs_delete").disabled                    # not before the confirmation
+    at.checkbox(key="runs_delete_sure").check().run()
+    at.button(key="runs_delete").click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    assert not (runs_dir / "gone").exists()
+    assert set(at.dataframe[0].value["name"]) == {"keep"}
+    # archiving a second run of the same name keeps both
+    assert run_job(tiny(search_evals=2, export=False), runs_dir / "old")["status"] == "done"
+    assert archive_run(runs_dir / "old") == runs_dir / ARCHIVE_DIR / "old-2"

@@ -43,6 +43,7 @@ from ..measure import count_cost, latency_stats, ort_latency_ms, relative_latenc
 from ..models import build_model, parse_model_spec
 from ..models.checkpoints import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint  # noqa: F401 (re-exported)
 from ..quantize import check_calibration_images, quantize_int8, verify_int8
+from ..pruning.graph import model_graph
 from ..pruning.importance import channel_scores, ranking_from_scores
 from ..pruning.space import PruningRecord, PruningSpace
 from ..pruning.sparsity import SparsitySpace, apply_masks, make_permanent, measure_sparsity, onnx_sparsity, weight_scores
@@ -669,6 +670,7 @@ class _Pipeline:
         if config.budget_obj.kind == "latency":  # where the budget was measured (the search's device and batch)
             summary["budget"].update(device=summary["pruned"]["latency_device"], batch=session.budget_batch)
         summary["layers"] = _layers(session.model, pruned)
+        summary["graph"] = model_graph(pruned, data.input_size)   # None: torch.fx cannot trace it
         _write_candidates_csv(run.artifact_path("candidates"), run, session.space.names, config.budget_obj)
         self.artifacts["candidates"] = run.artifact_ref("candidates")
         summary["artifacts"] = self.artifacts

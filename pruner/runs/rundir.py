@@ -50,6 +50,8 @@ CONFIG_FILE = "config.json"
 EVENTS_FILE = "events.jsonl"
 SUMMARY_FILE = "summary.json"
 QUEUED_MARKER = ".queued"
+#: archived runs: ``<runs root>/.archive/<name>`` (out of every listing, kept on disk; move one back to restore it)
+ARCHIVE_DIR = ".archive"
 LOCK_FILE = "job.lock"
 LOCK_RETRY_S = 2.0      # a reader's probe holds the lock for microseconds; a writer retries this long
 SEARCH_STATE = "search.json"       # state/search.json: the finished search (the chosen structure)
@@ -763,3 +765,41 @@ def list_runs(root: str | Path) -> list[RunDir]:
         return []
     runs = [RunDir(p) for p in root.iterdir() if not p.is_symlink() and (p / CONFIG_FILE).is_file()]
     return sorted(runs, key=lambda r: r.config_path.stat().st_mtime, reverse=True)
+
+
+def _unwritten(path: Path, what: str):
+    """The run's lock, taken at once (a run that a job or a queue holds is refused with who holds it)."""
+    if not (path / CONFIG_FILE).is_file() or path.is_symlink():
+        raise PrunerError(f"{path} is not a run directory (no {CONFIG_FILE}); nothing was {what}")
+    try:
+        return RunLock.acquire(path / LOCK_FILE, retry_s=0.0)
+    except PrunerError as exc:
+        raise PrunerError(f"cannot {what.rstrip('d')} {path.name}: {exc}") from None
+
+
+def archive_run(path: str | Path) -> Path:
+    """Move a run that nobody is writing into ``<its folder>/.archive/`` (out of :func:`list_runs`, kept on
+    disk); returns where it went (a ``-2``, ``-3``... suffix when that name is archived already)."""
+    path = Path(path)
+    lock = _unwritten(path, "archived")
+    try:
+        archive = path.parent / ARCHIVE_DIR
+        archive.mkdir(exist_ok=True)
+        dest, n = archive / path.name, 1
+        while dest.exists():
+            n += 1
+            dest = archive / f"{path.name}-{n}"
+        os.rename(path, dest)   # same file system: atomic; the lock file moves with it
+        return dest
+    finally:
+        lock.release()
+
+
+def delete_run(path: str | Path) -> None:
+    """Remove a run that nobody is writing, with all its files (its artifacts too)."""
+    path = Path(path)
+    lock = _unwritten(path, "deleted")
+    try:
+        shutil.rmtree(path)
+    finally:
+        lock.release()

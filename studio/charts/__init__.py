@@ -18,7 +18,7 @@ chart redrawn with new data keeps the user's zoom.
 from ._common import PALETTE, empty_figure, palette, pareto_front
 from .finetune import finetune_chart
 from .compare import compare_finetune_chart, compare_fronts_chart, compare_search_chart
-from .network import layer_groups, network_chart
+from .network import layer_groups, network_chart, network_graph
 from .runs import group_cost_chart
 from .search import keep_ratio_chart, policy_heatmap, reward_chart, tradeoff_chart
 from .sensitivity import sensitivity_curves, sensitivity_heatmap
@@ -27,5 +27,5 @@ from .strategies import (STRATEGY_CHARTS, constrained_chart, event_series_chart,
 
 __all__ = ["PALETTE", "STRATEGY_CHARTS", "compare_finetune_chart", "compare_fronts_chart", "compare_search_chart", "constrained_chart", "empty_figure",
            "event_series_chart", "finetune_chart", "group_cost_chart", "joint_chart", "keep_ratio_chart",
-           "layer_groups", "network_chart", "palette", "pareto_front", "policy_heatmap", "purl_chart", "reward_chart",
+           "layer_groups", "network_chart", "network_graph", "palette", "pareto_front", "policy_heatmap", "purl_chart", "reward_chart",
            "sensitivity_curves", "sensitivity_heatmap", "strategy_chart", "tradeoff_chart"]
