@@ -40,6 +40,10 @@ with left:
                                        step=4, key="nr_search_evals",
                                        help="Cap on candidates scored during the search (more = better, slower)")
     st.caption(forms.STRATEGY_HELP.get(strategy, ""))
+    start_from = forms.requested_analysis()
+    if start_from and strategy == "rl":
+        st.info(f"rl starts from the {start_from.removeprefix('analysis: ')} (Advanced → start): choose the same "
+                "model, data and seed as the analysis.", icon=":material/grid_on:")
     if forms.strategy_uses_evaluations(strategy) and int(search_evals) < 40:
         st.caption(f"With {int(search_evals)} evaluations a search can refine a good start, not learn one: `rl` and "
                    "`sensitivity` spend about one evaluation per layer group on probes (or `rl` starts from a finished "

@@ -195,6 +195,11 @@ def open_analysis() -> None:
                              else "Table: top-1 (%) per group and ratio"):
                 st.dataframe(pd.DataFrame(sens_table.table(sens, value)), hide_index=True, key="sens_table")
         if final:
+            cfg = rd.config() or {}
+            st.page_link(state.PAGES["new"], label="Use in a new rl run", icon=":material/add_circle:",
+                         query_params={forms.START_QUERY: choice},
+                         help=f"A New run with rl starting from this analysis (instead of its own probes); choose "
+                              f"the same model ({cfg.get('model')}), data ({cfg.get('data')}) and seed there")
             c1, c2 = st.columns(2)
             c1.download_button("Sensitivity JSON", data=lambda: (rd.path / "sensitivity.json").read_bytes(),
                                file_name=f"{choice}-sensitivity.json", mime="application/json", key="sens_dl_json",

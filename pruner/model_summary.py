@@ -79,16 +79,20 @@ def summarize(config: dict[str, Any]) -> dict[str, Any]:
         from .settings import resolve_device
 
         torch.set_num_threads(job_threads)
+        t0 = time.perf_counter()
         timing = time_steps(model, session.data.input_size, session.data.num_classes,
                             device=resolve_device(str(config.get("device") or "auto"))).to_dict()
+        timing_seconds = time.perf_counter() - t0
     except Exception:  # noqa: BLE001 - a nicety too (e.g. the device is busy or out of memory)
-        timing = None
-    try:   # one typical candidate through the real evaluator, for the run estimate (pruner.runs.estimate)
+        timing, timing_seconds = None, None
+    try:   # one typical candidate through the real evaluator, and a small report, for the run estimate
         candidate_timing = _time_candidate(session)
+        report_timing = {**_time_report(session, model), "finetune_timing_s": timing_seconds}
     except Exception:  # noqa: BLE001 - a nicety too: the estimate says it is not known
-        candidate_timing = None
+        candidate_timing = report_timing = None
     space = session.space
-    return {"finetune_timing": timing, "candidate_timing": candidate_timing, "load_seconds": load_seconds, "groups": [g.to_dict() for g in space.groups], "macs": int(space.base_macs),
+    return {"finetune_timing": timing, "candidate_timing": candidate_timing, "report_timing": report_timing,
+            "load_seconds": load_seconds, "groups": [g.to_dict() for g in space.groups], "macs": int(space.base_macs),
             "params": int(space.base_params), "latency_ms": lat, "data": session.data.describe(), "error": None,
             "floors": {**{kind: cost_floor(space, kind) for kind in CHANNEL_KINDS},
                        # the unstructured pattern's floor (a 2:4 budget is checked by the job)
@@ -113,6 +117,42 @@ def _time_candidate(session) -> dict:
         evaluation = ev.timing["evaluation"] - before
     return {"first_s": times[0], "steady_s": times[1], "evaluation_s": evaluation, "images": len(ev.search_set.y),
             "keep": TIMED_KEEP}
+
+
+#: the small report the summary child times (images, latency repeats): the run estimate scales it
+REPORT_TIMING = (64, 5)
+
+
+def _time_report(session, model) -> dict:
+    """A job's report of the unpruned model (:meth:`~pruner.runs.job.Session.report`) on a few images and
+    latency repeats, and its ONNX export with an ONNX Runtime timing and the network graph (what the final
+    report adds): seconds of each."""
+    import dataclasses
+
+    from .data.batching import batches
+    from .export import export_onnx
+    from .measure import ort_latency_ms
+    from .pruning.graph import model_graph
+
+    images, repeats = REPORT_TIMING
+    config = session.config
+    session.config = dataclasses.replace(config, report_images=images, latency_repeats=repeats)
+    try:
+        t0 = time.perf_counter()
+        session.report(model)
+        seconds = time.perf_counter() - t0
+    finally:
+        session.config = config
+    data = session.data
+    with tempfile.TemporaryDirectory(prefix="pruner-summary-onnx-") as tmp:
+        t0 = time.perf_counter()
+        sample, _ = next(batches(data.report.subset(8), 8, mean=data.mean, std=data.std))   # as the job's
+        export_onnx(model, Path(tmp) / "m.onnx", input_size=data.input_size, mean=data.mean, std=data.std,
+                    class_names=data.classes, sample=sample)
+        ort_latency_ms(Path(tmp) / "m.onnx", data.input_size, batch_size=1, repeats=repeats)
+        model_graph(model, data.input_size)
+        export_s = time.perf_counter() - t0
+    return {"seconds": seconds, "images": images, "repeats": repeats, "export_s": export_s}
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -381,6 +381,21 @@ def finished_analyses() -> dict[str, str]:
     return out
 
 
+START_QUERY = "start"
+
+
+def requested_analysis(analyses: dict[str, str] | None = None) -> str | None:
+    """The start label of the finished analysis the URL's ``?start=NAME`` names (the Sensitivity page's
+    "Use in a new run"), or None."""
+    from pathlib import Path as _Path
+
+    wanted = st.query_params.get(START_QUERY)
+    if not wanted:
+        return None
+    analyses = finished_analyses() if analyses is None else analyses
+    return next((label for label, path in analyses.items() if _Path(path).name == wanted), None)
+
+
 def _start_widget(spec: Param, key: str) -> str:
     """``rl``'s start as a choice: the start names, then the finished Sensitivity analyses (by name,
     with their model, data and seed) instead of a path typed by hand."""
@@ -388,7 +403,8 @@ def _start_widget(spec: Param, key: str) -> str:
 
     analyses = finished_analyses()
     options = [*START_NAMES, *analyses]
-    label = st.selectbox("start", options, index=options.index(spec.default), key=key,
+    chosen = requested_analysis(analyses)   # "Use in a new run" on the Sensitivity page names one in the URL
+    label = st.selectbox("start", options, index=options.index(chosen or spec.default), key=key,
                          help=f"{spec.help} (a finished analysis must share this run's model, data, protocol and "
                               "seed; the Sensitivity page makes one)")
     return analyses.get(label, label)

@@ -27,6 +27,9 @@ def test_the_summary_times_a_typical_candidate_through_the_evaluator(summary):
     t = summary["candidate_timing"]
     assert t["keep"] == TIMED_KEEP and t["images"] == summary["data"]["sizes"]["search"]
     assert 0 < t["evaluation_s"] < t["steady_s"] and t["first_s"] > 0 and summary["load_seconds"] > 0
+    r = summary["report_timing"]
+    assert (r["images"], r["repeats"]) == (64, 5) and r["seconds"] > 0 and r["export_s"] > 0
+    assert r["finetune_timing_s"] > 0
 
 
 def test_each_part_follows_the_settings(summary):
@@ -45,6 +48,16 @@ def test_each_part_follows_the_settings(summary):
     # a latency budget times every candidate in pairs with the unpruned model
     lat = estimate_run(dataclasses.replace(BASE, budget="latency=0.7"), summary)
     assert lat.search - est.search == pytest.approx(10 * 2 * BASE.latency_repeats * summary["latency_ms"] / 1000)
+    # the reports scale with the report images and the latency repeats (the final one times in pairs)
+    per_image = t["evaluation_s"] / t["images"]
+    more_images = estimate_run(dataclasses.replace(BASE, report_images=300), summary)
+    assert more_images.base - est.base == pytest.approx(100 * per_image)
+    assert more_images.report - est.report == pytest.approx(100 * per_image)
+    reps = estimate_run(dataclasses.replace(BASE, latency_repeats=BASE.latency_repeats + 10), summary)
+    assert reps.base - est.base == pytest.approx(10 * summary["latency_ms"] / 1000)
+    assert reps.report - est.report == pytest.approx(2 * 10 * summary["latency_ms"] / 1000)
+    no_export = estimate_run(dataclasses.replace(BASE, export=False), summary)
+    assert est.report - no_export.report == pytest.approx(2 * summary["report_timing"]["export_s"])
     # fine-tuning is the timed step's plan
     ft = FinetuneConfig(epochs=2, batch_size=32)
     tuned = estimate_run(dataclasses.replace(BASE, finetune=ft), summary)

@@ -341,6 +341,13 @@ def test_rl_start_offers_the_finished_analyses(runs_dir):
     box = at.selectbox(key="nr_sp_rl_start")
     assert box.value == "sensitivity" and box.options[:4] == ["sensitivity", "probe", "uniform", "cost"]
     label = next(o for o in box.options if o.startswith("analysis: my-analysis (resnet20 · digits"))
+    # the Sensitivity page's "Use in a new rl run" opens New run with ?start=NAME: that analysis is preselected
+    linked = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    linked.query_params["start"] = "my-analysis"
+    linked.run()
+    assert not linked.exception
+    assert linked.selectbox(key="nr_sp_rl_start").value == label
+    assert any("starts from the my-analysis" in m for m in texts(linked.info)), texts(linked.info)
     box.set_value(label).run()
     run, config = start_and_finish(at, runs_dir / "from-analysis")
     assert config["strategy_params"]["start"] == str(runs_dir / "my-analysis")
@@ -373,6 +380,8 @@ def test_sensitivity_analysis_start_to_heatmap(runs_dir):
     assert len(at.get("plotly_chart")) == 2            # heatmap + curves
     assert {"Sensitivity JSON", "Sensitivity CSV"} == set(labels(at, "download_button"))
     assert at.dataframe[0].value.shape[0] == 12
+    (link,) = [p for p in at.get("page_link") if p.proto.label == "Use in a new rl run"]
+    assert "new_run" in link.proto.page and "start=e2e-sens" in link.proto.query_string
 
     at.switch_page(RUNS).run()
     assert_clean(at)

@@ -41,13 +41,16 @@ class RunEstimate:
         return None if any(p is None for p in parts) else float(sum(parts))
 
 
-def _report_seconds(config: RunConfig, sizes: dict, per_image: float, latency_ms: float | None) -> float:
-    """Scoring the report images (None: all of the split) plus timing pruned and unpruned in
-    ``latency_repeats`` interleaved pairs."""
+def _report_seconds(config: RunConfig, sizes: dict, per_image: float, latency_ms: float | None,
+                    report: dict, *, paired: bool) -> float:
+    """A report (:meth:`~pruner.runs.job.Session.report`) as the summary child timed it on a few images and
+    repeats (``report``), scaled to the run's report images (None: all of the split) and latency repeats
+    (``paired``: the pruned model is timed in pairs with the unpruned one, twice the forward passes)."""
     have = int(sizes.get("report") or 0)
     images = min(config.report_images, have) if config.report_images and have else (config.report_images or have)
-    pairs = 2 * config.latency_repeats * (latency_ms or 0.0) / 1000.0
-    return images * per_image + pairs
+    lat = (latency_ms or 0.0) / 1000.0
+    fixed = max(0.0, float(report["seconds"]) - int(report["images"]) * per_image - int(report["repeats"]) * lat)
+    return fixed + images * per_image + (2 if paired else 1) * config.latency_repeats * lat
 
 
 def estimate_run(config: RunConfig, summary: dict) -> RunEstimate:
@@ -66,8 +69,14 @@ def estimate_run(config: RunConfig, summary: dict) -> RunEstimate:
             candidate += 2 * config.latency_repeats * (lat or 0.0) / 1000.0
         first = max(0.0, float(timing["first_s"]) - float(timing["steady_s"]))   # teacher outputs, warm-up
         est.search = first + config.search_evals * candidate
-        est.base = _report_seconds(config, sizes, per_image, lat)
-        est.report = _report_seconds(config, sizes, per_image, lat)
+        report = summary.get("report_timing")
+        if isinstance(report, dict):
+            est.base = _report_seconds(config, sizes, per_image, lat, report, paired=False)
+            if config.finetune.epochs > 0:   # the fine-tuning step is timed before the search
+                est.base += float(report.get("finetune_timing_s") or 0.0)
+            est.report = _report_seconds(config, sizes, per_image, lat, report, paired=True)
+            if config.export:   # the pruned model and the original exported and timed in ONNX Runtime
+                est.report += 2 * float(report.get("export_s") or 0.0)
     ft = summary.get("finetune_timing")
     if config.finetune.epochs <= 0:
         est.finetune = 0.0

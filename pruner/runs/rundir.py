@@ -112,7 +112,7 @@ class Event:
     EPOCH = "epoch"              # one fine-tuning epoch (finetune's record)
     PROGRESS = "progress"        # within a stage: stage=<Status>, done, total (batches), at most one a second
     LOG = "log"                  # level, message
-    SENSITIVITY = "sensitivity"  # one sensitivity point (done, total, group, ratio, top1)
+    SENSITIVITY = "sensitivity"  # one sensitivity point (done, total, group, ratio, top1); first the unpruned (group None)
     WORKERS = "workers"          # the Ray workers' statistics
 
 
