@@ -8,8 +8,8 @@ from studio import charts, forms, state, widgets
 
 st.title("New pruning run")
 st.caption("The defaults (ResNet-20 pretrained on CIFAR-10 when the CIFAR-10 copy and its weights are on this "
-           "machine, else the offline digits demo; a short RL search) finish in a few minutes on a laptop CPU (the "
-           "expected time shows above Start): "
+           "machine, else the offline digits demo; a short RL search) take about half a minute on a quiet 2-core CPU "
+           "(the expected time on this machine shows above Start): "
            "press **Start pruning** to try it.")
 
 left, right = st.columns([5, 4], gap="large")  # the right column fits the groups table

@@ -67,7 +67,8 @@ STRATEGY_HELP = {
     "sensitivity": "Sensitivity: probe each layer group, prune in inverse proportion to its measured damage (per unit of cost saved under params and sparsity budgets)",
 }
 
-# Defaults that finish in about a minute on a 2-core CPU (digits demo, or ResNet-20 on the CIFAR-10 copy).
+# Defaults that finish in about half a minute on a quiet 2-core CPU (22 s for ResNet-20 on the CIFAR-10 copy:
+# bench/results/run_estimate.txt).
 QUICK = {
     "search_evals": 16, "search_images": 200, "recal_images": 128, "report_images": 300,
     "latency_repeats": 10, "finetune_epochs": 2, "max_batches": 15, "batch_size": 64,

@@ -346,7 +346,10 @@ def test_studio_end_to_end(studio, tmp_path):
             _go(page, "Runs")
             run_name = run_dirs[0].name
             page.get_by_text(run_name).first.wait_for(state="attached", timeout=30_000)  # the runs table
-            assert page.get_by_role("combobox", name="Run", exact=True).input_value().startswith(run_name)
+            page.goto(f"{studio['url']}runs?run={run_name}")    # the finished run's details (its graph)
+            _settle(page, 90_000)
+            page.get_by_text(run_name).first.wait_for(state="attached", timeout=30_000)
+            assert page.get_by_role("combobox", name="Run", exact=True).input_value().startswith(f"{run_name}  ·  ")
             page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=30_000)  # its network
             _settle(page)
             _no_exception(page, "Runs", log)
@@ -359,7 +362,10 @@ def test_studio_end_to_end(studio, tmp_path):
                 page.get_by_role("tab", name=tab).click()
                 page.wait_for_timeout(400)
             assert page.locator('[data-testid="stDataFrame"]').count() == 4   # runs, results, speed, settings
+            page.get_by_role("tab", name="Channels per layer").click()
             page.get_by_text("The network before and after pruning").first.wait_for(timeout=30_000)
+            page.get_by_role("tab", name="Network graph").click()
+            page.get_by_text("The pruned network as a graph").first.wait_for(timeout=30_000)
             page.wait_for_timeout(800)
             _no_exception(page, "Runs (compared)", log)
             assert _cut_off(page) == [], _cut_off(page)      # the tables fit: nothing hidden on the right
