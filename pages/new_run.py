@@ -2,9 +2,11 @@
 
 import streamlit as st
 
+from pruner.pruning.space import frozen_note
 from pruner.runs.rundir import PRUNE
 from pruner.userfile import code_references
 from studio import charts, forms, state, widgets
+from studio.markup import plain_md
 
 st.title("New pruning run")
 st.caption("The defaults (ResNet-20 pretrained on CIFAR-10 when the CIFAR-10 copy and its weights are on this "
@@ -208,6 +210,11 @@ with right:
             st.caption("MACs touched: every MAC of the layers whose output or input channels the group removes. "
                        "A layer between two groups is touched by both, so the column sums to more than the model's "
                        "MACs.")
+            frozen = forms.frozen_table(summary)
+            if frozen:
+                st.warning(plain_md(frozen_note(summary["frozen"])), icon=":material/ac_unit:")
+                with st.expander(f"Frozen groups ({len(frozen)}): kept whole, with the op that blocks each"):
+                    st.dataframe(frozen, hide_index=True, height=38 + 35 * min(len(frozen), 10))
 
 # ---------------------------------------------------------------------- start
 with left:

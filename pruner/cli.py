@@ -146,6 +146,7 @@ def _config(args):
 
 
 def cmd_info(args) -> int:
+    from .pruning.space import frozen_note
     from .runs.job import Session
 
     s = Session(_config(args))
@@ -156,8 +157,14 @@ def cmd_info(args) -> int:
     for g in s.space.groups:
         print(f"{g.index:>3} {g.name:<28} {g.channels:>8} {len(g.layers):>6} "
               f"{100 * g.macs / s.space.base_macs:>7.1f} {100 * g.params / s.space.base_params:>8.1f}")
+    frozen = s.space.frozen_report()
+    if frozen["groups"]:
+        print(frozen_note(frozen))
+        print(f"{'':>3} {'frozen group':<28} {'channels':>8} {'layers':>6}  why")
+        for f in frozen["groups"]:
+            print(f"{'':>3} {f['name']:<28} {f['channels']:>8} {len(f['layers']):>6}  {f['reason']}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"groups": [g.to_dict() for g in s.space.groups],
+        Path(args.json).write_text(json.dumps({"groups": [g.to_dict() for g in s.space.groups], "frozen": frozen,
                                                "macs": s.space.base_macs, "params": s.space.base_params}, indent=2))
     return 0
 

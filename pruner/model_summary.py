@@ -92,7 +92,7 @@ def summarize(config: dict[str, Any]) -> dict[str, Any]:
         candidate_timing = report_timing = None
     space = session.space
     return {"finetune_timing": timing, "candidate_timing": candidate_timing, "report_timing": report_timing,
-            "load_seconds": load_seconds, "groups": [g.to_dict() for g in space.groups], "macs": int(space.base_macs),
+            "load_seconds": load_seconds, "groups": [g.to_dict() for g in space.groups], "frozen": space.frozen_report(), "macs": int(space.base_macs),
             "params": int(space.base_params), "latency_ms": lat, "data": session.data.describe(), "error": None,
             "floors": {**{kind: cost_floor(space, kind) for kind in CHANNEL_KINDS},
                        # the unstructured pattern's floor (a 2:4 budget is checked by the job)

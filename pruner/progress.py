@@ -351,6 +351,8 @@ class PlainDisplay(_Display):
             line = self.plan_line()
             if line:
                 self._print(now, line)
+        elif kind == Event.LOG and e.get("level") == "warning":
+            self._print(now, f"warning: {e.get('message')}")
         elif kind == Event.EPOCH and tr.status == Status.FINE_TUNING:
             self._print(now, self.epoch_line(e, now))
         elif kind in (Event.CANDIDATE, Event.SENSITIVITY) or (kind == Event.PROGRESS and tr.status == Status.FINE_TUNING):
@@ -420,6 +422,8 @@ class BarDisplay(_Display):
                 return
         if kind == Event.EPOCH and tr.status == Status.FINE_TUNING:
             self._line(self.epoch_line(e, now), now)
+        if kind == Event.LOG and e.get("level") == "warning":
+            self._line(f"warning: {e.get('message')}", now)
         for line in (self.plan_line(), self.estimate_line()):
             if line:
                 self._line(line, now)

@@ -658,6 +658,12 @@ def check_analysis(md: ModelData, *, ratios_text: str, device: str, name: str,
     return config, ratios, errors
 
 
+def frozen_table(summary: dict) -> list[dict[str, Any]]:
+    """The model summary's frozen groups (left unpruned, :mod:`pruner.pruning.opaque`) as table rows."""
+    return [{"group": f["name"], "channels": f["channels"], "layers": ", ".join(f["layers"]), "why": f["reason"]}
+            for f in (summary.get("frozen") or {}).get("groups") or []]
+
+
 def groups_table(summary: dict) -> list[dict[str, Any]]:
     """The model summary's prunable groups as table rows."""
     return [{"group": g["name"], "channels": g["channels"], "layers": len(g["layers"]),

@@ -182,12 +182,6 @@ def test_importance_criteria(criterion):
         assert conv.weight.shape[0] == g.channels
 
 
-def test_channel_shuffle_is_refused_clearly():
-    """ShuffleNet's channel shuffle is beyond Torch-Pruning's graph: a clear error, not a crash later."""
-    with pytest.raises(PrunerError, match="channel shuffle"):
-        PruningSpace(torchvision.models.shufflenet_v2_x1_0(num_classes=10).eval(), (3, 32, 32))
-
-
 def test_bad_inputs():
     model = cifar_resnet("resnet20").eval()
     space = PruningSpace(model, (3, 32, 32))
@@ -208,3 +202,37 @@ def test_bad_inputs():
 
     with pytest.raises(PrunerError, match="no prunable"):
         PruningSpace(NoGroups(), (3, 32, 32))
+
+
+def test_cost_model_counts_a_channel_flattened_into_the_classifier_once_per_feature():
+    """A conv whose C x 4 x 4 outputs are flattened into a linear layer: removing one channel removes 16 of the
+    linear layer's inputs; the predicted MACs match ``torch.utils.flop_counter`` on the pruned model."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    class Flat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 16, 3, padding=1)
+            self.b = nn.Conv2d(16, 32, 3, padding=1, stride=2)
+            self.fc1 = nn.Linear(32 * 4 * 4, 64)
+            self.fc2 = nn.Linear(64, 10)
+
+        def forward(self, x):
+            x = F.relu(self.b(F.relu(self.a(x))))
+            return self.fc2(F.relu(self.fc1(x.flatten(1))))
+
+    def macs(m):
+        with torch.no_grad(), FlopCounterMode(display=False) as c:
+            m(torch.randn(1, 3, 8, 8))
+        return c.get_total_flops() / 2
+
+    torch.manual_seed(0)
+    model = Flat().eval()
+    space = PruningSpace(model, (3, 8, 8))
+    assert space.base_macs == macs(model)
+    space.set_ranking([torch.randperm(g.channels) for g in space.groups])
+    counts = space.counts([0.5] * len(space))
+    pruned, _ = space.prune(model, counts)
+    assert pruned.fc1.in_features == 16 * 4 * 4
+    assert space.predict(counts=counts)[0] == macs(pruned)
+    assert space.predict(counts=counts)[1] == sum(p.numel() for p in pruned.parameters())

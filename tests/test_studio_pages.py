@@ -197,6 +197,22 @@ def test_new_run_validation_messages(runs_dir):
     assert at.button(key="nr_start").disabled
 
 
+def test_new_run_says_which_groups_are_frozen(runs_dir):
+    """ShuffleNetV2 (torchvision, random weights): the summary names the frozen groups and why, in the page's
+    warning and a table, and Start stays enabled (the rest of the model is pruned)."""
+    at = app()
+    at.selectbox(key="nr_data").set_value("digits").run()
+    at.radio(key="nr_source").set_value("torchvision").run()
+    at.radio(key="nr_weights").set_value("random").run()
+    at.text_input(key="nr_tv_model").set_value("shufflenet_v2_x0_5").run()
+    assert not at.exception, [e.message for e in at.exception]
+    warning = [m for m in texts(at.warning) if "channel groups frozen" in m]
+    assert warning and "channel axis" in warning[0] and "floor" in warning[0], texts(at.warning)
+    assert any(e.label.startswith("Frozen groups (13)") for e in at.expander)
+    assert not at.error, texts(at.error)
+    assert not at.button(key="nr_start").disabled
+
+
 def test_new_run_refuses_out_of_range_numbers_and_warns_of_unrealistic_ones(runs_dir):
     """A number out of range is not kept at its previous value with Start enabled (a browser's min/max
     would do that silently): it reaches the engine's check, which names what is allowed, and Start

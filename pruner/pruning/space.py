@@ -33,6 +33,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from ..errors import PrunerError
+from .opaque import FollowingGraph
 from .shortcut import CUSTOM_PRUNERS
 
 _PRUNABLE_TYPES = (nn.Conv2d, nn.Conv1d, nn.Linear)
@@ -63,6 +64,19 @@ class ChannelGroup:
         }
 
 
+@dataclass(frozen=True)
+class FrozenGroup:
+    """Channels left out of the pruning space: the layers that produce them keep every channel."""
+
+    name: str                 # root layer name
+    channels: int
+    layers: tuple[str, ...]   # layers whose output channels belong to the group
+    reason: str               # why, naming the op that blocks it
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "channels": self.channels, "layers": list(self.layers), "reason": self.reason}
+
+
 @dataclass
 class PruningRecord:
     """What was removed: per group name, the removed channel indices (root index space)."""
@@ -88,18 +102,14 @@ class _Term:
     in_total: int
 
 
-def build_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
-    """Trace ``model`` with Torch-Pruning, including the project's custom layer handlers."""
+def build_graph(model: nn.Module, example_input: torch.Tensor) -> FollowingGraph:
+    """Trace ``model`` with Torch-Pruning, including the project's custom layer handlers; the graph
+    knows which ops it cannot follow (:class:`~pruner.pruning.opaque.FollowingGraph`)."""
     try:
         with torch.enable_grad():
-            return tp.DependencyGraph().build_dependency(
+            return FollowingGraph().build_dependency(
                 model, example_input, customized_pruners=CUSTOM_PRUNERS, verbose=False
             )
-    except ZeroDivisionError as exc:
-        raise PrunerError(
-            "this model reshapes its channel dimension (e.g. ShuffleNet's channel shuffle: view, transpose, view), "
-            "which Torch-Pruning's dependency graph cannot follow; pick a model without channel shuffles"
-        ) from exc
     except Exception as exc:  # tracing failures are model problems the user must hear about
         raise PrunerError(
             f"Torch-Pruning could not trace this model ({type(exc).__name__}: {exc}); "
@@ -189,7 +199,12 @@ class PruningSpace(GroupedSpace):
         finally:
             model.train(was_training)
         if not self.groups:
-            raise PrunerError("this model has no prunable channel groups (only its classifier or unsupported layers)")
+            if self.frozen:
+                f = self.frozen[0]
+                raise PrunerError(f"every channel group of this model is frozen, so nothing can be pruned: the first, "
+                                  f"{f.name}, because {f.reason}; a model whose layers' channels do not all pass through "
+                                  "such an op can be pruned")
+            raise PrunerError("this model has no prunable channel groups (only its classifier)")
         self.ranking: list[torch.Tensor] | None = None
         self._given: list[torch.Tensor] | None = None
         self.base_macs = sum(t.base for t in self._terms_macs)
@@ -216,7 +231,9 @@ class PruningSpace(GroupedSpace):
                     continue
                 total[k] = tot
                 for g, idx in share.items():
-                    rows[k, self._offsets[g] + idx] += 1.0
+                    # one entry per index of the layer's dimension: a channel flattened into the classifier
+                    # (C x H x W inputs) counts H x W times
+                    rows[k].index_add_(0, self._offsets[g] + idx, torch.ones(len(idx), dtype=torch.float64))
                 rest[k] = tot - sum(len(idx) for idx in share.values())
             return rows, rest, total
 
@@ -229,12 +246,18 @@ class PruningSpace(GroupedSpace):
     def _analyse(self, model, graph, example, outputs, unsupported, min_channels):
         macs_of = self._layer_macs(model, example)
         groups_raw = []
-        for group in graph.get_all_groups(ignored_layers=outputs + unsupported, root_module_types=_PRUNABLE_TYPES):
-            if any(dep.target.module in unsupported for dep, _ in group):
-                continue  # pruning it would reshape a grouped convolution, which Torch-Pruning cannot keep valid
+        self.frozen = []
+        for group in graph.get_all_groups(ignored_layers=outputs, root_module_types=_PRUNABLE_TYPES):
             if any(dep.target.module in outputs and graph.is_out_channel_pruning_fn(dep.handler) for dep, _ in group):
                 continue  # it would change the model's output
             root = group[0].dep.target.module
+            reason = self._frozen_reason(graph, group, unsupported)
+            if reason is not None:
+                self.frozen.append(FrozenGroup(self._names[root], len(group[0].idxs), tuple(dict.fromkeys(
+                    self._names[dep.target.module] for dep, _ in group
+                    if isinstance(dep.target.module, _PRUNABLE_TYPES) and graph.is_out_channel_pruning_fn(dep.handler)
+                    and dep.target.module in self._names)) or (self._names[root],), reason))
+                continue
             groups_raw.append((root, group))
 
         out_share: dict[nn.Module, dict[int, int]] = {}
@@ -247,15 +270,18 @@ class PruningSpace(GroupedSpace):
                 if not isinstance(mod, nn.Module) or mod not in self._names:
                     continue
                 root_idxs = torch.as_tensor(sorted({int(i) for i in item.root_idxs}), dtype=torch.long)
+                # the root channel of every index of this layer's dimension (repeated where a flatten maps one
+                # channel to several features)
+                each = torch.as_tensor(sorted(int(i) for i in item.root_idxs), dtype=torch.long)
                 if graph.is_out_channel_pruning_fn(dep.handler):
-                    out_share.setdefault(mod, {})[gi] = root_idxs
+                    out_share.setdefault(mod, {})[gi] = each
                     if isinstance(mod, _PRUNABLE_TYPES):
                         out_layers.setdefault(gi, []).append(self._names[mod])
                         segs = segments.setdefault(gi, [])
                         if not any(torch.equal(root_idxs, other) for other in segs):
                             segs.append(root_idxs)
                 elif graph.is_in_channel_pruning_fn(dep.handler):
-                    in_share.setdefault(mod, {})[gi] = root_idxs
+                    in_share.setdefault(mod, {})[gi] = each
 
         terms_macs, terms_params = [], []
         touched_macs: dict[int, int] = {}
@@ -292,6 +318,30 @@ class PruningSpace(GroupedSpace):
                 macs=touched_macs.get(gi, 0), params=touched_params.get(gi, 0),
             ))
         return groups, terms_macs, terms_params
+
+    def _frozen_reason(self, graph: FollowingGraph, group, unsupported) -> str | None:
+        """Why ``group`` stays out of the pruning space (``None``: it is pruned): it reaches an op
+        the graph cannot follow, or a grouped convolution."""
+        op = graph.crosses_opaque(group)
+        if op is not None:
+            return f"its channels reach {op.describe()}"
+        for dep, _ in group:
+            if dep.target.module in unsupported:
+                conv = dep.target.module
+                return (f"its channels reach the grouped convolution {self._names.get(conv, '?')} (groups={conv.groups}), "
+                        "whose group structure Torch-Pruning cannot keep")
+        return None
+
+    @property
+    def prunable_macs_share(self) -> float:
+        """The share of the model's MACs in layers that at least one pruning group shrinks."""
+        touched = sum(t.base for t in self._terms_macs if t.out or t.inp)
+        return touched / self.base_macs if self.base_macs else 0.0
+
+    def frozen_report(self) -> dict:
+        """The frozen groups and the share of MACs left prunable, as plain data (summaries, pages)."""
+        return {"groups": [f.to_dict() for f in self.frozen], "channels": sum(f.channels for f in self.frozen),
+                "prunable_macs_share": self.prunable_macs_share}
 
     @staticmethod
     def _layer_macs(model: nn.Module, example: torch.Tensor) -> dict[nn.Module, int]:
@@ -436,6 +486,22 @@ class PruningSpace(GroupedSpace):
                 removed[g.name] = sorted(int(i) for i in order[:n_remove])
         record = PruningRecord(removed)
         return apply_record(model, record, self.input_size, inplace=inplace), record
+
+
+def frozen_note(report: dict | None) -> str | None:
+    """One sentence on a :meth:`PruningSpace.frozen_report` (``None`` when nothing is frozen): how many
+    groups, the first one and why, the share of MACs still prunable."""
+    groups = (report or {}).get("groups") or []
+    if not groups:
+        return None
+    first = groups[0]
+    layers = sum(len(g.get("layers") or []) for g in groups)
+    share = report.get("prunable_macs_share")
+    return (f"{len(groups)} channel group{'s' if len(groups) > 1 else ''} frozen ({report.get('channels', 0):,} "
+            f"channels of {layers} layer{'s' if layers != 1 else ''} keep their width), e.g. {first['name']}: "
+            f"{first['reason']}"
+            + (f"; {100 * share:.0f} % of the MACs are in layers that pruning shrinks, and the budget's floor counts "
+               "the frozen channels as kept" if share is not None else ""))
 
 
 def apply_record(model: nn.Module, record: PruningRecord, input_size: Sequence[int], *, inplace: bool = False) -> nn.Module:

@@ -45,7 +45,7 @@ from ..models.checkpoints import CHECKPOINT_FORMAT, load_checkpoint, save_checkp
 from ..quantize import check_calibration_images, quantize_int8, verify_int8
 from ..pruning.graph import model_graph
 from ..pruning.importance import channel_scores, ranking_from_scores
-from ..pruning.space import PruningRecord, PruningSpace
+from ..pruning.space import PruningRecord, PruningSpace, frozen_note
 from ..pruning.sparsity import SparsitySpace, apply_masks, make_permanent, measure_sparsity, onnx_sparsity, weight_scores
 from ..search import SearchContext, make_strategy, run_search
 from ..search.base import best_meeting
@@ -499,6 +499,10 @@ class _Pipeline:
         summary["data"] = data.describe()
         summary["preprocess"] = {"mean": list(data.mean), "std": list(data.std), "input_size": list(data.input_size)}
         summary["groups"] = [g.to_dict() for g in session.space.groups]
+        summary["frozen"] = session.space.frozen_report()
+        note = frozen_note(summary["frozen"])
+        if note and not self.resume:
+            run.event(Event.LOG, level="warning", message=note)
         run.event(Event.STATUS, status=Status.MEASURING_BASE)
         base = read_json(self.base_state) if self.resume else None
         if base is None:
