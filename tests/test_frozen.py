@@ -16,6 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from pruner.budget import Budget, cost_floor, solve
 from pruner.errors import PrunerError
 from pruner.export import export_onnx
+from pruner.pruning.masks import ChannelMasker, ChannelSlicer
 from pruner.pruning.importance import channel_scores, ranking_from_scores
 from pruner.pruning.opaque import classify
 from pruner.pruning.space import PruningSpace, frozen_note
@@ -122,6 +123,9 @@ def test_torchvision_shufflenet_v2_half_its_macs(tmp_path):
     ratio = _macs(pruned, 64) / _macs(model, 64)
     assert 0.45 < ratio <= 0.5 + 1e-9 and ratio == pytest.approx(sol.achieved, rel=1e-6)
     _onnx_matches(pruned, 64, tmp_path)
+    # the search's fast paths (channel masks on the unpruned model, a slicing plan) agree with the surgery
+    assert ChannelMasker(model, space).verify(sol.counts, torch.randn(2, 3, 64, 64)) < 1e-3
+    ChannelSlicer(model, space).verify(sol.counts)
 
 
 class PixelShuffleNet(nn.Module):
