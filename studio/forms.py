@@ -660,7 +660,7 @@ def check_analysis(md: ModelData, *, ratios_text: str, device: str, name: str,
 
 def frozen_table(summary: dict) -> list[dict[str, Any]]:
     """The model summary's frozen groups (left unpruned, :mod:`pruner.pruning.opaque`) as table rows."""
-    return [{"group": f["name"], "channels": f["channels"], "layers": ", ".join(f["layers"]), "why": f["reason"]}
+    return [{"group": f["name"], "channels": f["channels"], "why": f["reason"], "layers": ", ".join(f["layers"])}
             for f in (summary.get("frozen") or {}).get("groups") or []]
 
 
