@@ -52,7 +52,7 @@ from ..search.base import best_meeting
 from ..search.evaluator import Candidate, Evaluator, EvaluatorSettings
 from ..settings import resolve_device
 from .config import RunConfig
-from .rundir import (BASE_STATE, FAILED_ON_SETTINGS, PRUNE, SENSITIVITY, SENSITIVITY_RESULT, Event, RunDir, RunLock,
+from .rundir import (BASE_STATE, CONFIG_FILE, FAILED_ON_SETTINGS, SUMMARY_FILE, PRUNE, SENSITIVITY, SENSITIVITY_RESULT, Event, RunDir, RunLock,
                      Status, config_with_kind, read_json, run_config, write_json_atomic)
 from .workers import attach_workers
 from ..csv_cells import SafeWriter
@@ -67,7 +67,6 @@ RESUME_OVERRIDES = ("finetune.epochs", "finetune.lr", "finetune.momentum", "fine
                     "finetune.batch_size", "finetune.kd_temperature", "finetune.kd_weight",
                     "finetune.max_batches_per_epoch", "finetune.warmup", "report_images", "export", "workers", "ray_address",
                     "scoring_threads", "quantize", "calibration_images")
-OVERRIDES_STATE = "overrides.json"
 
 
 def apply_resume_overrides(stored: dict, overrides: dict | None) -> tuple[RunConfig, dict]:
@@ -181,7 +180,7 @@ def _record_overrides(run: RunDir, config: RunConfig, changes: dict) -> None:
     """A resume's changed settings: into config.json (so a later resume keeps them) and the history
     in ``state/overrides.json``."""
     write_json_atomic(run.config_path, config.to_dict())
-    path = run.state_dir / OVERRIDES_STATE
+    path = run.overrides_path
     history = (read_json(path) or {}).get("resumes", [])
     history.append({"time": time.time(), "changes": changes})
     write_json_atomic(path, {"resumes": history})
@@ -372,10 +371,10 @@ def run_job(config: RunConfig, out: str | Path, *, resume: bool = False, should_
     run = RunDir(out, on_event=on_event)
     if resume:
         if not run.config_path.exists():
-            raise PrunerError(f"nothing to resume in {out}: it has no config.json")
+            raise PrunerError(f"nothing to resume in {out}: it has no {CONFIG_FILE}")
         stored = run.config()
         if stored is None:
-            raise PrunerError(f"cannot resume {out}: its config.json is unreadable")
+            raise PrunerError(f"cannot resume {out}: its {CONFIG_FILE} is unreadable")
         config, changes = apply_resume_overrides(stored, overrides)
     else:
         if overrides:
@@ -607,7 +606,7 @@ class _Pipeline:
         """The chosen structure built, recalibrated and (with epochs) fine-tuned from the last checkpoint."""
         config, run, session = self.config, self.run, self.session
         pruned, record = session.build_pruned(found["counts"])
-        ft_dir = run.state_dir / "finetune"
+        ft_dir = run.finetune_dir
         done_epochs = sorted(int(p.stem.split("-")[1]) for p in ft_dir.glob("epoch-*.pt")) if self.resume else []
         if config.finetune.epochs > 0:
             run.event(Event.STATUS, status=Status.FINE_TUNING, epochs=config.finetune.epochs)
@@ -744,7 +743,7 @@ def check_quantizable(run: RunDir) -> tuple[dict, dict]:
     ``(summary, config.json)``, else a one-line PrunerError saying what is missing."""
     summary, stored = run.summary(), run.config()
     if stored is None or summary is None:
-        raise PrunerError(f"{run.path} is not a finished run (no config.json or summary.json); pass a prune run's "
+        raise PrunerError(f"{run.path} is not a finished run (no {CONFIG_FILE} or {SUMMARY_FILE}); pass a prune run's "
                           "directory")
     if run.kind() != PRUNE or summary.get("status") != Status.DONE:
         raise PrunerError(f"{run.path} is not a finished pruning run (status {summary.get('status')}); quantize a "
@@ -849,7 +848,7 @@ def _run_sensitivity(config: RunConfig, run: RunDir, *, ratios, should_stop: Sto
             result = analyse(evaluator, ratios or DEFAULT_RATIOS,
                              progress=lambda done, total, point: run.event(Event.SENSITIVITY, done=done, total=total,
                                                                            **point))
-        write_json_atomic(run.path / SENSITIVITY_RESULT, result.to_dict())
+        write_json_atomic(run.sensitivity_path, result.to_dict())
         summary.update({"status": Status.DONE, "sensitivity": SENSITIVITY_RESULT, "evaluations": result.evaluations,
                         "base_top1": result.base_top1, "timing": evaluator.timing})
         signals.disarm()
