@@ -256,11 +256,16 @@ def default_run(kind: str) -> str | None:
     return runs[0].name if runs else None
 
 
+def strategy_uses_evaluations(name: str) -> bool:
+    """Whether more evaluations can help ``name`` (an unknown name, e.g. from an old run, counts as yes)."""
+    from pruner.search import strategy_class, strategy_names   # the search code: only where a page asks
+
+    return strategy_class(name).uses_evaluations if name in strategy_names() else True
+
+
 def _evaluations_text(cfg: dict) -> str:
     """What the run's evaluation setting means: a one-shot strategy (uniform, global) evaluates
     once whatever the cap; the others up to the cap (``None``: no cap)."""
-    from studio.forms import strategy_uses_evaluations
-
     if not strategy_uses_evaluations(str(cfg.get("strategy"))):
         return "1 evaluation"
     cap = cfg.get("search_evals")

@@ -6,7 +6,6 @@ Each widget is one call on a page; the logic behind it lives in the pure modules
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import streamlit as st
@@ -250,17 +249,6 @@ def notes_editor(rd: RunDir, *, key: str, known_tags: Sequence[str] = ()) -> Non
         else:
             st.toast("Tags and note saved.")
             st.rerun()
-
-
-def example_model_download(key: str) -> None:
-    """The example model file (``assets/example_model.py``) for the upload field."""
-    try:
-        data = assets.example_model()
-    except OSError:
-        return
-    st.download_button("Example model file", data=data, file_name=Path(assets.EXAMPLE_MODEL).name,
-                       mime="text/x-python", key=key, on_click="ignore", icon=":material/download:",
-                       help="A small CNN with a `build(num_classes)` factory: a template for your own model file")
 
 
 # ---------------------------------------------------------------------- table columns
