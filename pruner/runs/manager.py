@@ -95,7 +95,7 @@ def device_slot(device: str | None) -> str:
 
 def _child(spec: JobSpec, lock: RunLock | None = None) -> None:
     """Entry point of the spawned process (``lock``: the run's lock, handed over by the manager)."""
-    from .job import run_job, run_sensitivity
+    from .job import resume_job, run_job, run_sensitivity
 
     if spec.kind == QUANTIZE:
         _quantize_child(spec, lock)
@@ -105,9 +105,10 @@ def _child(spec: JobSpec, lock: RunLock | None = None) -> None:
         if spec.kind == SENSITIVITY:
             run_sensitivity(RunConfig.from_dict(spec.config), spec.out, ratios=spec.options.get("ratios"),
                             should_stop=stop, lock=lock)
+        elif spec.resume:   # the run's stored config (spec.config is not used)
+            resume_job(spec.out, overrides=spec.options.get("overrides"), should_stop=stop, lock=lock)
         else:
-            run_job(RunConfig.from_dict(spec.config), spec.out, resume=spec.resume, should_stop=stop,
-                    overrides=spec.options.get("overrides"), lock=lock)
+            run_job(RunConfig.from_dict(spec.config), spec.out, should_stop=stop, lock=lock)
     except PrunerError as exc:   # refused before writing anything: record it unless another writer has the run
         print(f"error: {exc}", file=sys.stderr)
         record_failure(spec.out, str(exc))

@@ -728,6 +728,28 @@ class RunDir:
         return read_json(self.sensitivity_path)
 
 
+def find_sensitivity(path: str | Path) -> Path | None:
+    """The ``sensitivity.json`` that ``path`` names (a finished Sensitivity run directory, or the file
+    itself), or None when there is none."""
+    p = Path(path).expanduser()
+    found = RunDir(p).sensitivity_path if p.is_dir() else p
+    return found if found.is_file() else None
+
+
+def read_sensitivity(path: str | Path) -> tuple[dict, Path]:
+    """A finished sensitivity analysis's table from a run directory or its file (what rl's ``start``
+    names), and the file; a one-line PrunerError when there is none or it cannot be read."""
+    found = find_sensitivity(path)
+    if found is None:
+        raise PrunerError(f"no sensitivity analysis at {path}: give a finished Sensitivity run directory or its "
+                          f"{SENSITIVITY_RESULT}")
+    table, problem = read_json_checked(found)
+    if table is None:
+        raise PrunerError(f"cannot read the sensitivity analysis {found}: {problem or 'it is gone'}; run the analysis "
+                          "again")
+    return table, found
+
+
 #: Kinds the job itself writes while a search runs (never a strategy's own record of the search): a
 #: resumed search writes them as they come. Candidates are not logged twice by the Evaluator itself
 #: (``Evaluator.preload``); workers' statistics are measurements of this attempt.
