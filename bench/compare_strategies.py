@@ -40,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pruner.finetune import FinetuneConfig  # noqa: E402
 from pruner.runs.config import RunConfig  # noqa: E402
-from pruner.runs.job import run_job  # noqa: E402
-from pruner.runs.rundir import Status  # noqa: E402
+from pruner.runs.job import resume_job, run_job  # noqa: E402
+from pruner.runs.rundir import RunDir, Status, read_sensitivity  # noqa: E402
 
 
 def main() -> int:
@@ -123,7 +123,7 @@ def run_pipeline(args, params, budgets, seed: int, out: Path) -> list[dict]:
         cfg = config_for(args, params, budgets, strategy, seed)
         run_dir = out / strategy
         t0 = time.time()
-        summary = run_job(cfg, run_dir, resume=(run_dir / "config.json").exists())
+        summary = resume_job(run_dir) if RunDir(run_dir).config_path.exists() else run_job(cfg, run_dir)
         if summary["status"] != Status.DONE:
             print(f"{strategy}: {summary['status']}: {summary['error']}", file=sys.stderr)
             continue
@@ -183,6 +183,7 @@ def run_fast(args, params, budgets, seed: int, out: Path) -> list[dict]:
         ev._logged = 0  # report every candidate to remember(), replayed ones included (it skips the known)
         notes: list[dict] = []  # the strategy's prior and log events, kept with its candidates
         ctx = SearchContext(ev, seed=seed, scores=session.scores, importance=cfg.importance,
+                            read_analysis=read_sensitivity,
                             emit=lambda kind, **f: notes.append({"kind": kind, **f}) if kind in ("prior", "log") else None)
         strat = make_strategy(strategy, **cfg.strategy_params)
         t0 = time.time()

@@ -4,7 +4,7 @@ import time
 
 import streamlit as st
 
-from pruner.runs.rundir import PRUNE, RunDir, Status, failed_on_settings
+from pruner.runs.rundir import PRUNE, JobState, RunDir, Status, failed_on_settings
 from studio import charts, forms, results, state, widgets
 from studio.markup import plain_md
 from studio.events import (RunView, best_feasible, budget_of, finetune_note, format_seconds, is_final, progress,
@@ -29,7 +29,7 @@ uses_evals = forms.strategy_uses_evaluations(str(config.get("strategy", "rl")))
 # A run is followed while it is going on, including one just resumed: a resume clears the old summary
 # and writes a "queued" status before this page runs, and a job of this server counts as going on.
 shown_status = rd.status()   # what the picker above says of this run
-active_at_start = not is_final(shown_status) or state.job_state(current) in ("queued", "running")
+active_at_start = not is_final(shown_status) or state.job_state(current) in JobState.GOING_ON
 
 
 def _view(name: str) -> RunView:

@@ -4,9 +4,9 @@ a comparison like an experiment tracker's, and one run's network, tags, error an
 import pandas as pd
 import streamlit as st
 
-from pruner.runs.rundir import ARCHIVE_DIR, PRUNE, SENSITIVITY, RunDir, Status, failed_on_settings
+from pruner.runs.rundir import ARCHIVE_DIR, PRUNE, SENSITIVITY, JobState, Liveness, RunDir, Status, failed_on_settings
 from studio import charts, history, results, state, widgets
-from studio.events import format_seconds, is_final
+from studio.events import format_seconds
 
 MAX_COMPARE = 8
 
@@ -101,11 +101,11 @@ else:
     links[0].page_link(state.PAGES["sensitivity"], label="Open on the Sensitivity page", icon=":material/grid_on:",
                        query_params={state.QUERY_KEY: choice})
 
-live = "final" if is_final(status) else state.liveness(rd, status)
+live = state.liveness(rd, status)
 widgets.status_banner(rd, status, summary.get("error"))
-if live == "active":
+if live == Liveness.ACTIVE:
     st.info(f"The run is going on ({status}); follow it on the "
-            f"{'Live run' if kind == 'prune' else 'Sensitivity'} page.", icon=":material/hourglass_top:")
+            f"{'Live run' if kind == PRUNE else 'Sensitivity'} page.", icon=":material/hourglass_top:")
     if links[1].button("Cancel", key="runs_cancel", icon=":material/stop_circle:"):
         state.cancel(choice)
         st.toast("Cancel requested: the job stops after the current evaluation.")
@@ -113,8 +113,8 @@ if live == "active":
 if kind == PRUNE and failed_on_settings(summary):
     st.caption("This run failed on its settings: a resume would repeat them and fail again. Fix what the message "
                "says and start a new run on the **New run** page.")
-elif kind == PRUNE and status != Status.DONE and live != "active":
-    exiting = state.job_state(choice) in ("queued", "running")   # its summary is written; its process is exiting
+elif kind == PRUNE and status != Status.DONE and live != Liveness.ACTIVE:
+    exiting = state.job_state(choice) in JobState.GOING_ON   # its summary is written; its process is exiting
     ft = cfg.get("finetune") or {}
     with st.expander("Resume settings", icon=":material/tune:"):
         st.caption("A resume continues the same search; only fine-tuning may change (e.g. a smaller batch size "
@@ -141,7 +141,7 @@ elif kind == SENSITIVITY and status in (Status.FAILED, Status.CANCELLED):
 with st.expander("Tags and note", icon=":material/sell:", expanded=False):
     widgets.notes_editor(rd, key="runs_notes", known_tags=all_tags)
 
-if live != "active":
+if live != Liveness.ACTIVE:
     with st.expander("Archive or delete", icon=":material/inventory_2:", expanded=False):
         st.caption(f"Archive moves the run to `{state.runs_root() / ARCHIVE_DIR}` (out of these lists, kept on disk: "
                    "move it back to restore it). Delete removes the run and all its files, its models too.")

@@ -201,7 +201,7 @@ def open_analysis() -> None:
                          help=f"A New run with rl starting from this analysis (instead of its own probes); choose "
                               f"the same model ({cfg.get('model')}), data ({cfg.get('data')}) and seed there")
             c1, c2 = st.columns(2)
-            c1.download_button("Sensitivity JSON", data=lambda: (rd.path / "sensitivity.json").read_bytes(),
+            c1.download_button("Sensitivity JSON", data=lambda: rd.sensitivity_path.read_bytes(),
                                file_name=f"{choice}-sensitivity.json", mime="application/json", key="sens_dl_json",
                                on_click="ignore", icon=":material/download:")
             c2.download_button("Sensitivity CSV", data=sens_table.to_csv(sens), file_name=f"{choice}-sensitivity.csv",

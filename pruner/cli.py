@@ -240,8 +240,7 @@ def _check_new_run(config, out) -> None:
 
 def cmd_prune(args) -> int:
     from .progress import open_progress
-    from .runs.job import apply_resume_overrides, run_job
-    from .runs.config import RunConfig
+    from .runs.job import apply_resume_overrides, resume_job, run_job
     from .runs.rundir import RunDir, Status
 
     if args.resume:
@@ -252,8 +251,7 @@ def cmd_prune(args) -> int:
         overrides = _resume_overrides(args, stored)
         shown = apply_resume_overrides(stored, overrides)[0].to_dict()   # what the resumed run will do
         with open_progress(_progress_mode(args), shown, earlier=run.iter_events()) as on_event:
-            summary = run_job(RunConfig.from_dict(stored), args.out, resume=True, overrides=overrides,
-                              on_event=on_event)
+            summary = resume_job(args.out, overrides=overrides, on_event=on_event)
     else:
         config = _config(args)
         _check_new_run(config, args.out)

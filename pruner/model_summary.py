@@ -182,7 +182,7 @@ def summary_in_child(config: dict[str, Any], *, timeout: float | None = None,
     except (TypeError, ValueError) as exc:
         return {"error": f"the settings are not plain data ({exc}); this is a bug, please report it"}
     with tempfile.TemporaryDirectory(prefix="pruner-summary-") as tmp:
-        out = Path(tmp) / "summary.json"
+        out = Path(tmp) / "answer.json"
         err_path = Path(tmp) / "stderr.txt"
         env = dict(os.environ)  # the same data root, weights and cache folders; this package importable
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH")) if p)

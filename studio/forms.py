@@ -39,7 +39,9 @@ from pruner.search.base import Param
 from pruner.settings import DEVICES
 from pruner.userfile import MAX_SOURCE_BYTES, factories_in, size_text
 
-from .state import slug, uploads_dir
+from . import assets
+from .state import strategy_uses_evaluations  # noqa: F401 (the pages ask the forms)
+from .state import all_runs, run_name_problem, slug, uploads_dir
 
 
 DATASETS = {
@@ -109,9 +111,15 @@ def strategy_defaults(name: str) -> dict[str, Any]:
     return strategy_class(name).defaults()
 
 
-def strategy_uses_evaluations(name: str) -> bool:
-    """Whether more evaluations can help ``name`` (an unknown name, e.g. from an old run, counts as yes)."""
-    return strategy_class(name).uses_evaluations if name in strategy_names() else True
+def example_model_download(key: str) -> None:
+    """The example model file (``assets/example_model.py``) for the upload field."""
+    try:
+        data = assets.example_model()
+    except OSError:
+        return
+    st.download_button("Example model file", data=data, file_name=Path(assets.EXAMPLE_MODEL).name,
+                       mime="text/x-python", key=key, on_click="ignore", icon=":material/download:",
+                       help="A small CNN with a `build(num_classes)` factory: a template for your own model file")
 
 
 # ---------------------------------------------------------------------- uploads
@@ -205,7 +213,6 @@ def model_data_inputs(prefix: str = "") -> ModelData:
         py = st.file_uploader("Model file (.py with a factory function)", type=["py"], key=f"{prefix}upload_py",
                               help=UPLOAD_PY_HELP)
         st.caption(f"At most {size_text(MAX_SOURCE_BYTES)}. The file is parsed to list its functions, not run.")
-        from .widgets import example_model_download
         example_model_download(f"{prefix}example_model")
         if py is None:
             out.errors.append("Upload the model's .py file (a factory such as `def build(num_classes): ...`), "
@@ -369,13 +376,10 @@ def finished_analyses() -> dict[str, str]:
     """The finished Sensitivity analyses under the runs folder that hold their result: label → the run
     directory's path (what ``rl``'s ``start`` takes), newest first."""
     from pruner.runs.rundir import SENSITIVITY, Status
-    from pruner.search.sensitivity_strategy import analysis_file
-
-    from .state import all_runs
 
     out = {}
     for rd in all_runs(SENSITIVITY):
-        if rd.status() == Status.DONE and analysis_file(rd.path) is not None:
+        if rd.status() == Status.DONE and rd.sensitivity_path.is_file():
             cfg = rd.config() or {}
             out[f"analysis: {rd.name} ({cfg.get('model')} · {cfg.get('data')} · seed {cfg.get('seed', 0)})"] = \
                 str(rd.path)
@@ -614,8 +618,6 @@ def check_new_run(md: ModelData, *, ft: dict[str, Any], budget: str, strategy: s
     """
     from pruner.userfile import code_references
 
-    from .state import run_name_problem
-
     errors = list(md.errors)
     config = None
     # consent (default off) must cover every piece of code the settings name: the uploaded model, any python: cost
@@ -643,7 +645,6 @@ def check_analysis(md: ModelData, *, ratios_text: str, device: str, name: str,
                    **fields: Any) -> tuple[RunConfig | None, list[float], list[str]]:
     """The Sensitivity form's settings as a :class:`RunConfig` and its ratios, or what to fix."""
     from .sensitivity_table import parse_ratios
-    from .state import run_name_problem
 
     errors = list(md.errors)
     ratios, problem = parse_ratios(ratios_text)

@@ -15,7 +15,7 @@ from pruner.runs.rundir import PRUNE, RunDir, Status, config_kind
 
 from . import results
 from .events import budget_of
-from .notes import NOTES_FILE, read_notes
+from .notes import read_notes
 
 
 def _mtime(path: Path) -> float | None:
@@ -35,7 +35,7 @@ def _size(path: Path) -> int | None:
 def stamp(rd: RunDir) -> tuple:
     """Changes whenever the run directory's records change (the cache key of anything read from it)."""
     return (_mtime(rd.config_path), _mtime(rd.summary_path), _size(rd.events_path),
-            _mtime(rd.path / NOTES_FILE))
+            _mtime(rd.notes_path))
 
 
 def short_model(spec: str | None) -> str:

@@ -11,9 +11,8 @@ import time
 from pathlib import Path
 
 from pruner.errors import PrunerError
-from pruner.runs.rundir import read_json, write_json_atomic
+from pruner.runs.rundir import CONFIG_FILE, RunDir, read_json, write_json_atomic
 
-NOTES_FILE = "notes.json"
 MAX_TAGS = 20
 MAX_TAG_LEN = 40
 MAX_NOTE_LEN = 10_000
@@ -21,7 +20,7 @@ _TAG_OK = re.compile(r"^[\w][\w .:+=/-]*$")
 
 
 def notes_path(run_dir: str | Path) -> Path:
-    return Path(run_dir) / NOTES_FILE
+    return RunDir(run_dir).notes_path
 
 
 def read_notes(run_dir: str | Path) -> dict:
@@ -57,8 +56,8 @@ def clean_tags(tags) -> list[str]:
 def write_notes(run_dir: str | Path, tags=(), note: str = "") -> dict:
     """Replace the run's tags and note (checked first: nothing is written when one is bad)."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise PrunerError(f"{run_dir} is not a run directory (no config.json); pick an existing run")
+    if not RunDir(run_dir).config_path.is_file():
+        raise PrunerError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); pick an existing run")
     tags = clean_tags(tags)
     if not isinstance(note, str):
         raise PrunerError("the note must be text")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from pruner.runs.rundir import Status
+from pruner.runs.rundir import Liveness, Status
 
 
 def latency(summary: dict | None, batch: int | None = None) -> dict[str, Any] | None:
@@ -185,7 +185,7 @@ def status_banner(status: str | None, *, liveness: str, error: str | None = None
         return "error", f"The {noun} failed: {error or 'unknown error'}"
     if status == Status.CANCELLED:
         return "warning", _sentences(f"The {noun} was cancelled: {error or 'cancelled by the user'}", hint)
-    if status != Status.DONE and liveness == "interrupted":
+    if status != Status.DONE and liveness == Liveness.INTERRUPTED:
         return "warning", _sentences(f"Interrupted: no process is running this {noun} any more (its job was killed, "
                                      "or the server stopped)", hint)
     return None

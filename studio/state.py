@@ -19,8 +19,8 @@ from typing import Any
 import streamlit as st
 
 from pruner.runs.manager import QUANTIZE, JobManager, JobSpec
-from pruner.runs.rundir import (CONFIG_FILE, PRUNE, SENSITIVITY, RunDir, Status, config_kind, is_final, list_runs,
-                                run_config)
+from pruner.runs.rundir import (CONFIG_FILE, PRUNE, SENSITIVITY, JobState, Liveness, RunDir, Status, config_kind, is_final,
+                                list_runs, run_config)
 
 from .markup import plain_md
 from .results import fmt  # noqa: F401 (pages format numbers as state.fmt)
@@ -145,7 +145,7 @@ def remove(name: str, *, delete: bool) -> str | None:
     path = run_path(name)
     if path is None:
         return f"There is no run named {name!r} any more."
-    if job_manager().state(path) in ("queued", "running"):
+    if job_manager().state(path) in JobState.GOING_ON:
         return f"{name} is queued or running: cancel it first."
     try:
         delete_run(path) if delete else archive_run(path)
@@ -174,7 +174,7 @@ def quantizing(rd: RunDir) -> bool:
     if rd.status() != Status.DONE:
         return False
     manager = job_manager()
-    if manager.state(rd.path) in ("queued", "running"):
+    if manager.state(rd.path) in JobState.GOING_ON:
         return manager.kind(rd.path) == QUANTIZE
     return rd.holder() is not None
 
@@ -241,10 +241,10 @@ def liveness(rd: RunDir, status: str | None = None) -> str:
     run's lock); or ``interrupted`` (not finished and nobody holds its lock: its process died)."""
     status = status or rd.status()
     if is_final(status):
-        return "final"
-    if job_manager().state(rd.path) in ("queued", "running"):
-        return "active"
-    return "interrupted" if rd.interrupted(status) else "active"
+        return Liveness.FINAL
+    if job_manager().state(rd.path) in JobState.GOING_ON:
+        return Liveness.ACTIVE
+    return Liveness.INTERRUPTED if rd.interrupted(status) else Liveness.ACTIVE
 
 
 def default_run(kind: str) -> str | None:
@@ -256,11 +256,16 @@ def default_run(kind: str) -> str | None:
     return runs[0].name if runs else None
 
 
+def strategy_uses_evaluations(name: str) -> bool:
+    """Whether more evaluations can help ``name`` (an unknown name, e.g. from an old run, counts as yes)."""
+    from pruner.search import strategy_class, strategy_names   # the search code: only where a page asks
+
+    return strategy_class(name).uses_evaluations if name in strategy_names() else True
+
+
 def _evaluations_text(cfg: dict) -> str:
     """What the run's evaluation setting means: a one-shot strategy (uniform, global) evaluates
     once whatever the cap; the others up to the cap (``None``: no cap)."""
-    from studio.forms import strategy_uses_evaluations
-
     if not strategy_uses_evaluations(str(cfg.get("strategy"))):
         return "1 evaluation"
     cap = cfg.get("search_evals")

@@ -6,13 +6,12 @@ Each widget is one call on a page; the logic behind it lives in the pure modules
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import streamlit as st
 
 from pruner.errors import PrunerError
-from pruner.runs.rundir import RunDir, is_final
+from pruner.runs.rundir import Liveness, RunDir
 
 from . import artifacts, assets, history, notes, results, state
 from .markup import plain_md
@@ -47,7 +46,7 @@ def runs_table_columns(any_tags: bool) -> dict:
 def table_row(rd: RunDir) -> dict:
     """The Runs table's row of ``rd`` (read again only when its files change), with a dead run marked."""
     row = dict(_table_row(str(rd.path), history.stamp(rd)))
-    if state.liveness(rd, row["status"]) == "interrupted":
+    if state.liveness(rd, row["status"]) == Liveness.INTERRUPTED:
         row["status"] = f"{row['status']} (interrupted)"
     return row
 
@@ -77,7 +76,7 @@ def statuses(runs: Sequence[RunDir], limit: int = 200) -> dict[str, str]:
     out = {}
     for rd in runs[:limit]:
         status = rd.status()
-        out[rd.name] = f"{status} (interrupted)" if state.liveness(rd, status) == "interrupted" else status
+        out[rd.name] = f"{status} (interrupted)" if state.liveness(rd, status) == Liveness.INTERRUPTED else status
     return out
 
 
@@ -93,7 +92,7 @@ def stop_if_damaged(rd: RunDir) -> None:
 
 def status_banner(rd: RunDir, status: str | None, error: str | None, *, noun: str = "run", hint: str = "") -> bool:
     """An error or warning for a failed, cancelled or interrupted run; returns whether one was shown."""
-    live = "final" if is_final(status) else state.liveness(rd, status)
+    live = state.liveness(rd, status)
     banner = results.status_banner(status, liveness=live, error=plain_md(error) if error else error, noun=noun,
                                    hint=hint)
     if banner is None:
@@ -250,17 +249,6 @@ def notes_editor(rd: RunDir, *, key: str, known_tags: Sequence[str] = ()) -> Non
         else:
             st.toast("Tags and note saved.")
             st.rerun()
-
-
-def example_model_download(key: str) -> None:
-    """The example model file (``assets/example_model.py``) for the upload field."""
-    try:
-        data = assets.example_model()
-    except OSError:
-        return
-    st.download_button("Example model file", data=data, file_name=Path(assets.EXAMPLE_MODEL).name,
-                       mime="text/x-python", key=key, on_click="ignore", icon=":material/download:",
-                       help="A small CNN with a `build(num_classes)` factory: a template for your own model file")
 
 
 # ---------------------------------------------------------------------- table columns

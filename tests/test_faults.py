@@ -20,7 +20,7 @@ import pytest
 from pruner.errors import PrunerError
 from pruner.finetune import FinetuneConfig
 from pruner.runs.config import RunConfig
-from pruner.runs.job import run_job
+from pruner.runs.job import resume_job, run_job
 from pruner.runs.manager import JobManager, JobSpec, request_cancel
 from pruner.runs.rundir import RunDir, list_runs
 from studio.events import RunView
@@ -164,7 +164,7 @@ def test_sigkill_mid_search_then_resume_loses_and_duplicates_no_candidate(tmp_pa
     with open(rd.events_path, "ab") as fh:                # as if it died in the middle of writing a line
         fh.write(b'{"kind": "candidate", "candidate_id": ' + str(killed_at).encode() + b', "counts": [1')
 
-    resumed = run_job(cfg, out, resume=True)
+    resumed = resume_job(out)
     assert resumed["status"] == "done", resumed["error"]
     assert candidates(out) == candidates(tmp_path / "straight")        # same ids, structures and scores, in order
     assert resumed["search"]["evaluations"] == straight["search"]["evaluations"]

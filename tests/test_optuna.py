@@ -13,7 +13,7 @@ from pruner.budget import LATENCY_TOLERANCE, Budget, model_cost_fn
 from pruner.errors import PrunerError
 from pruner.finetune import FinetuneConfig
 from pruner.runs.config import RunConfig
-from pruner.runs.job import Session, run_job
+from pruner.runs.job import Session, resume_job, run_job
 from pruner.runs.rundir import RunDir
 from pruner.search import SearchContext, make_strategy, run_search
 from pruner.search.base import best_meeting
@@ -130,7 +130,7 @@ def test_cancel_then_resume_replays_the_same_trials(tpe_run, tmp_path):
     assert run_job(tiny(strategy_params={"batch": 4}), out, should_stop=stop)["status"] == "cancelled"
     before = len([c for c in cands(out) if not c["meta"]["cached"]])
     assert 13 <= before < 20
-    resumed = run_job(tiny(strategy_params={"batch": 4}), out, resume=True)
+    resumed = resume_job(out)
     assert resumed["status"] == "done", resumed["error"]
     straight, _ = tpe_run
     assert [c["counts"] for c in trials(out)] == [c["counts"] for c in trials(straight)]

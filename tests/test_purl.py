@@ -14,7 +14,7 @@ from pruner.errors import PrunerError
 from pruner.finetune import FinetuneConfig
 from pruner.models.checkpoints import load_checkpoint
 from pruner.runs.config import RunConfig
-from pruner.runs.job import run_job
+from pruner.runs.job import resume_job, run_job
 from pruner.runs.rundir import RunDir
 from pruner.search import make_strategy
 from pruner.search.base import validate_strategy
@@ -117,7 +117,7 @@ def test_cancel_then_resume_replays(tmp_path, sparse_run):
         return calls["n"] > 8
 
     assert run_job(tiny(), out, should_stop=stop)["status"] == "cancelled"
-    resumed = run_job(tiny(), out, resume=True)
+    resumed = resume_job(out)
     assert resumed["status"] == "done", resumed["error"]
     counts = lambda o: json.loads((o / "state" / "search.json").read_text())["counts"]  # noqa: E731
     assert counts(out) == counts(sparse_run[0])

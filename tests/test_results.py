@@ -205,9 +205,9 @@ def test_bad_notes_are_refused_before_anything_is_written(finished_runs, tmp_pat
     with pytest.raises(PrunerError, match="not a run directory"):
         notes.write_notes(tmp_path, ["a"], "")
     (tmp_path / "config.json").write_text("{}")
-    (tmp_path / notes.NOTES_FILE).write_bytes(b"\xff{not json")               # damaged: reads as empty
+    RunDir(tmp_path).notes_path.write_bytes(b"\xff{not json")               # damaged: reads as empty
     assert notes.read_notes(tmp_path) == {"tags": [], "note": ""}
-    (tmp_path / notes.NOTES_FILE).write_text(json.dumps({"tags": "a", "note": 5}))
+    RunDir(tmp_path).notes_path.write_text(json.dumps({"tags": "a", "note": 5}))
     assert notes.read_notes(tmp_path) == {"tags": [], "note": ""}
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from pruner.errors import PrunerError
 from pruner.finetune import FinetuneConfig
 from pruner.runs.config import RunConfig
-from pruner.runs.job import Session, run_job
+from pruner.runs.job import Session, resume_job, run_job
 from pruner.runs.rundir import RunDir
 from pruner.search.base import best_meeting
 from pruner.search.evaluator import SCORES, fidelity
@@ -115,7 +115,7 @@ def test_resume_replays_kl(kl_run, tmp_path):
     for f in (copy / "state").glob("search*"):
         f.unlink()
     before = RunDir(out).search_result()
-    again = run_job(tiny(score="kl"), copy, resume=True)
+    again = resume_job(copy)
     assert again["status"] == "done", again.get("error")
     found = RunDir(copy).search_result()
     assert found["candidate_id"] == before["candidate_id"] and found["counts"] == before["counts"]

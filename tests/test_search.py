@@ -7,7 +7,7 @@ import torch
 
 from pruner.finetune import FinetuneConfig
 from pruner.runs.config import RunConfig
-from pruner.runs.job import load_checkpoint, run_job
+from pruner.runs.job import load_checkpoint, resume_job, run_job
 from pruner.runs.rundir import RunDir
 
 
@@ -90,7 +90,7 @@ def test_cancel_then_resume(tmp_path):
     assert cancelled["search"]["evaluations"] >= 1  # best so far is kept
     done_before = len([c for c in RunDir(out).events("candidate") if not c["meta"]["cached"]])
     assert 1 <= done_before < 12
-    resumed = run_job(tiny(), out, resume=True)
+    resumed = resume_job(out)
     assert resumed["status"] == "done", resumed["error"]
     cands = RunDir(out).events("candidate")
     fresh = [c for c in cands if not c["meta"]["cached"]]

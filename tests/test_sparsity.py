@@ -26,7 +26,7 @@ from pruner.pruning.importance import ranking_from_scores
 from pruner.pruning.sparsity import (SparsitySpace, apply_masks, holds_2to4, is_masked, make_permanent,
                                      onnx_sparsity, sparsity_report, weight_scores)
 from pruner.runs.config import RunConfig
-from pruner.runs.job import run_job
+from pruner.runs.job import resume_job, run_job
 from pruner.runs.rundir import RunDir
 
 from test_cli import assert_one_line_error, cli
@@ -255,7 +255,7 @@ def test_sparse_run_resumes_in_finetuning_and_keeps_its_masks(tmp_path):
     assert first["status"] == "cancelled"
     saved = torch.load(ckpt_dir / "epoch-1.pt", weights_only=True)["model"]
     assert any(k.endswith("weight_mask") for k in saved)          # the masks are part of the training state
-    summary = run_job(cfg, out, resume=True)
+    summary = resume_job(out)
     assert summary["status"] == "done", summary["error"]
     assert [e["epoch"] for e in RunDir(out).events("epoch")] == [1, 2]
     assert summary["sparsity"]["sparsity"] >= 0.8 - 1e-9

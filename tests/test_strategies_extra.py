@@ -13,7 +13,7 @@ import torch
 from pruner.errors import PrunerError
 from pruner.finetune import FinetuneConfig
 from pruner.runs.config import RunConfig
-from pruner.runs.job import run_job
+from pruner.runs.job import resume_job, run_job
 from pruner.runs.rundir import RunDir
 from pruner.search import make_strategy
 
@@ -138,7 +138,7 @@ def interrupted_then_resumed(tmp_path_factory):
 
             cancelled = run_job(tiny(strategy), out, should_stop=stop)
             before = len(fresh(out))
-            runs[strategy] = (out, cancelled, before, run_job(tiny(strategy), out, resume=True))
+            runs[strategy] = (out, cancelled, before, resume_job(out))
         return runs[strategy]
 
     return get

@@ -9,7 +9,7 @@ import pytest
 from pruner.errors import PrunerError
 from pruner.finetune import FinetuneConfig
 from pruner.runs.config import RunConfig
-from pruner.runs.job import run_job
+from pruner.runs.job import resume_job, run_job
 from pruner.runs.rundir import RunDir
 
 ray = pytest.importorskip("ray")
@@ -140,7 +140,7 @@ def test_a_cancelled_run_resumes_on_workers_with_the_same_candidates(tmp_path):
     out = tmp_path / "resumed"
     first = run_job(tiny(workers=2), out, should_stop=lambda: bool(RunDir(out).events("candidate")))
     assert first["status"] == "cancelled"
-    summary = run_job(tiny(workers=2), out, resume=True)
+    summary = resume_job(out)
     assert summary["status"] == "done", summary["error"]
     assert search_of(out)[0] == search_of(straight)[0]
     assert summary["search"]["evaluations"] == search_of(straight)[1]["search"]["evaluations"]

@@ -17,12 +17,12 @@ import torch.nn as nn
 from ..errors import PrunerError
 from ..settings import WEIGHTS_DIR_ENV, weights_dir
 from ..userfile import import_function
-from .checkpoints import (classifier_weight_key, extract_state_dict, load_state_dict_checked, load_weights_file,
-                          read_checkpoint)
 from .cifar_googlenet import cifar_googlenet
 from .cifar_mobilenetv2 import cifar_mobilenetv2
 from .cifar_resnet import DEPTHS, PRETRAINED, PRETRAINED_URL, cifar_resnet
 from .cifar_vgg import cifar_vgg
+from .weights import (classifier_weight_key, extract_state_dict, load_state_dict_checked, load_weights_file,
+                      read_checkpoint)
 
 SOURCES = ("zoo", "torchvision", "file")
 PRETRAINED_WEIGHTS = "pretrained"

@@ -30,7 +30,6 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
-import torch_pruning as tp
 
 from ..errors import PrunerError
 from .opaque import FollowingGraph

@@ -8,6 +8,7 @@ one-line ``PrunerError``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -24,6 +25,7 @@ from ..pruning.space import check_round_to
 from ..pruning.sparsity import check_pattern
 from ..recipes import recipe_settings
 from ..quantize import DEFAULT_CALIBRATION_IMAGES, QUANTIZE_CHOICES
+from .rundir import find_sensitivity
 
 
 #: most in-process scoring threads one run may use
@@ -118,7 +120,8 @@ class RunConfig:
 
         if not isinstance(self.strategy, str):
             raise PrunerError(f"strategy must be a name, got {self.strategy!r}")
-        self.strategy_params = validate_strategy(self.strategy, self.strategy_params, self.budget_obj.kind)
+        self.strategy_params = validate_strategy(self.strategy, self.strategy_params, self.budget_obj.kind,
+                                                 find_analysis=find_sensitivity)
         from ..search.base import strategy_class
         from ..search.evaluator import check_score
 
@@ -149,8 +152,6 @@ class RunConfig:
         self.calibration_images = check_number("calibration_images", self.calibration_images, int, low=1,
                                                flag="--calibration-images")
         if self.ray_address is not None:
-            from .workers import check_ray_address
-
             self.ray_address = check_ray_address(self.ray_address)
             if self.workers < 1:
                 raise PrunerError("--ray-address needs --workers N (N >= 1): the workers are what runs on the cluster")
@@ -175,3 +176,21 @@ class RunConfig:
         if unknown:
             raise PrunerError(f"unknown run settings: {', '.join(sorted(unknown))}")
         return cls(**d)
+
+
+_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?)$")
+
+
+def check_ray_address(address: str) -> str:
+    """``address`` stripped, when it is a form ``ray.init`` joins: ``auto`` (the cluster `ray start`
+    left on this machine), ``HOST:PORT`` or ``ray://HOST:PORT`` (port 1-65535; an IPv6 host in
+    brackets); else a one-line PrunerError."""
+    text = address.strip() if isinstance(address, str) else ""
+    if text == "auto":
+        return text
+    hostport = text[len("ray://"):] if text.startswith("ray://") else text
+    host, sep, port = hostport.rpartition(":")
+    if not (sep and _HOST.match(host) and port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise PrunerError(f"ray_address (--ray-address) must be HOST:PORT, ray://HOST:PORT (port 1-65535) or auto, "
+                          f"got {address!r}; `ray start --head` prints the address")
+    return text

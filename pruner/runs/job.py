@@ -1,10 +1,11 @@
 """The pipeline of one run: search → fine-tune with distillation → ONNX export and check → report.
 
-:func:`run_job` is the single code path behind ``python -m pruner prune``, the Python API
-and the studio's background jobs; its stages are the methods of :class:`_Pipeline`, each
-writing its status (:class:`~pruner.runs.rundir.Status`) first. It writes the run directory as it goes, stops within
-one candidate evaluation (or one fine-tuning batch) when ``should_stop`` says so, and with
-``resume=True`` continues an interrupted run: finished search evaluations are replayed
+:func:`run_job` (a new run from a config) and :func:`resume_job` (a run directory) are the single
+code path behind ``python -m pruner prune``, the Python API and the studio's background jobs; their
+stages are the methods of :class:`_Pipeline`, each writing its status
+(:class:`~pruner.runs.rundir.Status`) first. It writes the run directory as it goes, stops within
+one candidate evaluation (or one fine-tuning batch) when ``should_stop`` says so, and
+:func:`resume_job` continues an interrupted run: finished search evaluations are replayed
 from ``events.jsonl`` without re-evaluating (and the replayed strategy's events are not
 written twice: :class:`~pruner.runs.rundir.ReplayEmitter`), the finished search is read from
 ``state/search.json``, and fine-tuning restarts from its last epoch checkpoint.
@@ -33,31 +34,30 @@ import torch.nn as nn
 
 from .. import __version__
 from ..atomic import torch_save_atomic
-from ..budget import Budget, cost_floor, meet_measured
+from ..budget import Budget, cost_floor
+from ..csv_cells import SafeWriter
 from ..data import DataBundle, ImageTensors, batches, load_data
 from ..errors import CancelledError, PrunerError
-from ..evaluate import accuracy, recalibrate_bn
+from ..evaluate import accuracy
 from ..export import export_onnx, save_pruned_program
 from ..finetune import TIMING_BATCH, finetune, finetune_plan, time_steps
-from ..measure import count_cost, latency_stats, ort_latency_ms, relative_latency
+from ..measure import ort_latency_ms
 from ..models import build_model, parse_model_spec
 from ..models.checkpoints import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint  # noqa: F401 (re-exported)
-from ..quantize import check_calibration_images, quantize_int8, verify_int8
 from ..pruning.graph import model_graph
-from ..pruning.importance import channel_scores, ranking_from_scores
-from ..pruning.space import PruningRecord, PruningSpace, frozen_note
-from ..pruning.sparsity import SparsitySpace, apply_masks, make_permanent, measure_sparsity, onnx_sparsity, weight_scores
+from ..pruning.space import PruningRecord, frozen_note
+from ..pruning.sparsity import make_permanent, measure_sparsity, onnx_sparsity
+from ..quantize import check_calibration_images, quantize_int8, verify_int8
 from ..search import SearchContext, make_strategy, run_search
 from ..search.base import best_meeting
-from ..search.evaluator import Candidate, Evaluator, EvaluatorSettings
-from ..settings import resolve_device
+from ..search.evaluator import Evaluator, EvaluatorSettings
 from .config import RunConfig
-from .rundir import (BASE_STATE, FAILED_ON_SETTINGS, PRUNE, SENSITIVITY, SENSITIVITY_RESULT, Event, RunDir, RunLock,
-                     Status, config_with_kind, read_json, run_config, write_json_atomic)
+from .rundir import (BASE_STATE, CONFIG_FILE, FAILED_ON_SETTINGS, PRUNE, SENSITIVITY, SENSITIVITY_RESULT, SUMMARY_FILE,
+                     Event, RunDir, RunLock, Status, config_with_kind, read_json, read_sensitivity, run_config,
+                     write_json_atomic)
+from .session import Session, StopFn
 from .workers import attach_workers
-from ..csv_cells import SafeWriter
 
-StopFn = Callable[[], bool]
 EventFn = Callable[[dict], None]
 
 # Settings a resume may change: how the chosen structure is fine-tuned and reported. Everything
@@ -67,7 +67,6 @@ RESUME_OVERRIDES = ("finetune.epochs", "finetune.lr", "finetune.momentum", "fine
                     "finetune.batch_size", "finetune.kd_temperature", "finetune.kd_weight",
                     "finetune.max_batches_per_epoch", "finetune.warmup", "report_images", "export", "workers", "ray_address",
                     "scoring_threads", "quantize", "calibration_images")
-OVERRIDES_STATE = "overrides.json"
 
 
 def apply_resume_overrides(stored: dict, overrides: dict | None) -> tuple[RunConfig, dict]:
@@ -181,146 +180,10 @@ def _record_overrides(run: RunDir, config: RunConfig, changes: dict) -> None:
     """A resume's changed settings: into config.json (so a later resume keeps them) and the history
     in ``state/overrides.json``."""
     write_json_atomic(run.config_path, config.to_dict())
-    path = run.state_dir / OVERRIDES_STATE
+    path = run.overrides_path
     history = (read_json(path) or {}).get("resumes", [])
     history.append({"time": time.time(), "changes": changes})
     write_json_atomic(path, {"resumes": history})
-#: The throughput batch reported besides batch 1 on a CUDA device when ``latency_batch`` is unset.
-GPU_THROUGHPUT_BATCH = 256
-
-
-class Session:
-    """Everything a run loads once: data, base model, pruning space, importance ranking."""
-
-    def __init__(self, config: RunConfig, run: RunDir | None = None):
-        self.config = config
-        self.run = run
-        self.device = resolve_device(config.device)
-        torch.manual_seed(config.seed)
-        self.log(Event.STATUS, status=Status.LOADING_DATA)
-        self.data: DataBundle = load_data(config.data, config.data_root, protocol=config.protocol,
-                                          val_size=config.val_size, seed=config.seed, image_size=config.image_size)
-        self.log(Event.STATUS, status=Status.LOADING_MODEL)
-        self.spec = parse_model_spec(config.model, num_classes=self.data.num_classes, weights=config.weights,
-                                     trust_checkpoint=config.trust_checkpoint)
-        self.model: nn.Module = build_model(self.spec).eval()
-        self._check_classes()
-        #: a sparsity budget: the search's unit groups are each layer's weights (pruner.pruning.sparsity)
-        self.sparse = config.budget_obj.kind == "sparsity"
-        if self.sparse:
-            self.space = SparsitySpace(self.model, self.data.input_size, max_prune=config.max_prune,
-                                       pattern=config.sparsity_pattern)
-        else:
-            self.log(Event.STATUS, status=Status.ANALYSING_GRAPH)
-            self.space = PruningSpace(self.model, self.data.input_size, min_channels=config.min_channels,
-                                      max_prune=config.max_prune, round_to=config.resolved_round_to(self.device))
-        self.model.to(self.device)
-        self.scores = (weight_scores if self.sparse else channel_scores)(
-            self.model, self.space, config.importance, seed=config.seed,
-            batches=self._taylor_batches() if config.importance == "taylor" else None)
-        self.ranking = ranking_from_scores(self.scores)
-        self.space.set_ranking(self.ranking)  # predictions and surgery use the same ranking
-
-    def _check_classes(self) -> None:
-        with torch.no_grad():
-            out = self.model(torch.zeros(1, *self.data.input_size))
-        if out.shape[-1] != self.data.num_classes:
-            raise PrunerError(f"the model outputs {out.shape[-1]} classes but the dataset has {self.data.num_classes}; "
-                              "pick matching weights or dataset")
-
-    def _taylor_batches(self):
-        gen = torch.Generator().manual_seed(self.config.seed)
-        it = batches(self.data.fit.subset(256), 64, mean=self.data.mean, std=self.data.std, device=self.device,
-                     shuffle=True, generator=gen)
-        return list(it)
-
-    def log(self, kind: str, **fields) -> None:
-        if self.run is not None:
-            self.run.event(kind, **fields)
-
-    def evaluator(self, *, max_evals: int | None, should_stop: StopFn | None = None,
-                  on_candidate: Callable[[Candidate], None] | None = None) -> Evaluator:
-        c = self.config
-        return Evaluator(self.model, self.space, self.data, self.ranking, c.budget_obj, device=self.device,
-                         settings=EvaluatorSettings(search_images=c.search_images, recal_images=c.recal_images,
-                                                    latency_repeats=c.latency_repeats,
-                                                    latency_batch=self.budget_batch, threads=c.scoring_threads,
-                                                    score=c.score,
-                                                    # sparsity: masked copies (channel masks do not apply)
-                                                    scoring="physical" if self.sparse else "auto"),
-                         max_evals=max_evals, should_stop=should_stop, on_candidate=on_candidate)
-
-    def build_pruned(self, counts: list[int], *, model: nn.Module | None = None,
-                     ranking: list[torch.Tensor] | None = None) -> tuple[nn.Module, PruningRecord]:
-        """The model to fine-tune for ``counts``: channels removed physically, or, under a sparsity budget,
-        a copy with the masks attached so the zeros survive training; BN recalibrated. ``model`` and
-        ``ranking`` default to the session's (a caller comparing several searches passes a search's own,
-        e.g. ``joint``'s trained weights)."""
-        model = self.model if model is None else model
-        ranking = self.ranking if ranking is None else ranking
-        self.space.set_ranking(ranking)
-        check = meet_measured(self.space, model, counts, self.config.budget_obj)  # never above a FLOPs/params budget
-        if check.corrected:
-            self.log(Event.LOG, level="warning", message=f"the chosen structure measured above {self.config.budget}; "
-                     f"re-solved on the measured cost to {check.achieved:.4f}")
-        pruned, record = (apply_masks(model, self.space, check.counts) if self.sparse  # masks kept in training
-                          else self.space.prune(model, check.counts, ranking))
-        recalibrate_bn(pruned, self.data.fit, mean=self.data.mean, std=self.data.std, device=self.device,
-                       images=self.config.recal_images)
-        return pruned, record
-
-    @property
-    def budget_batch(self) -> int:
-        """The batch a latency budget is measured at: the throughput batch (the last of
-        :meth:`latency_batches`: 256 on CUDA, where batch 1 is bound by kernel launches, 1 on the CPU)."""
-        return self.latency_batches()[-1]
-
-    def latency_batches(self) -> list[int]:
-        """Batches every latency figure is timed at: 1, and the throughput batch (``latency_batch``
-        when set, else :data:`GPU_THROUGHPUT_BATCH` on CUDA and none on the CPU)."""
-        extra = self.config.latency_batch or (GPU_THROUGHPUT_BATCH if self.device.type == "cuda" else 1)
-        return [1] if extra == 1 else [1, extra]
-
-    def report(self, model: nn.Module, *, onnx_path: Path | None = None, reference: nn.Module | None = None) -> dict:
-        """Test-split accuracy, cost, and latency on the run's device at each of :meth:`latency_batches`.
-
-        ``latency`` lists ``{"device", "batch", "ms"}`` per batch (``device`` as
-        :func:`~pruner.measure.device_label` names it); with ``reference`` (the unpruned model) each
-        entry is timed in interleaved pairs with it and adds ``reference_ms`` and ``vs_base``
-        (robust to drifting machine speed). ``latency_ms`` / ``latency_vs_base`` are the batch-1
-        entry's (``latency_device``, ``latency_batch`` say where), and ``ort_latency_ms`` is ONNX
-        Runtime on the CPU at batch 1 (with ``onnx_path``).
-        """
-        report_set = self.data.report
-        if self.config.report_images:
-            report_set = report_set.subset(min(self.config.report_images, len(report_set)))
-        acc = accuracy(model, report_set, mean=self.data.mean, std=self.data.std, device=self.device)
-        cpu_model = copy.deepcopy(model).to("cpu").to(memory_format=torch.contiguous_format).eval()
-        cost = count_cost(cpu_model, self.data.input_size)
-        out = {"macs": cost.macs, "params": cost.params, "top1": acc["top1"], "top5": acc["top5"],
-               "report_images": len(report_set)}
-        entries = []
-        for batch in self.latency_batches():
-            if reference is None:
-                st = latency_stats(model, self.data.input_size, batch_size=batch, device=self.device,
-                                   repeats=self.config.latency_repeats)
-                entries.append({"device": st["device"], "batch": batch, "ms": st["median"]})
-            else:
-                m = relative_latency(model, reference, self.data.input_size, batch_size=batch, device=self.device,
-                                     repeats=self.config.latency_repeats)
-                entries.append({"device": m["device"], "batch": batch, "ms": m["ms"],
-                                "reference_ms": m["reference_ms"], "vs_base": m["ratio"],
-                                "vs_base_iqr": [m["ratio_q1"], m["ratio_q3"]], "repeats": m["repeats"]})
-        out.update(latency=entries, latency_ms=entries[0]["ms"], latency_device=entries[0]["device"],
-                   latency_batch=entries[0]["batch"])
-        if reference is not None:
-            out["latency_vs_base"] = entries[0]["vs_base"]
-        out["ort_latency_ms"] = (ort_latency_ms(onnx_path, self.data.input_size, batch_size=1,
-                                                repeats=self.config.latency_repeats) if onnx_path else None)
-        out.update(ort_latency_device="cpu", ort_latency_batch=1)
-        return out
-
-
 def _layers(base: nn.Module, pruned: nn.Module) -> list[dict]:
     after = dict(pruned.named_modules())
     rows = []
@@ -358,30 +221,39 @@ def _take_lock(run: RunDir, lock: RunLock | None) -> RunLock:
     return run.lock()
 
 
-def run_job(config: RunConfig, out: str | Path, *, resume: bool = False, should_stop: StopFn | None = None,
-            overrides: dict | None = None, lock: RunLock | None = None, on_event: EventFn | None = None) -> dict:
-    """Run the whole pipeline into the run directory ``out``; returns the summary (also on failure).
+def run_job(config: RunConfig, out: str | Path, *, should_stop: StopFn | None = None, lock: RunLock | None = None,
+            on_event: EventFn | None = None) -> dict:
+    """Run the whole pipeline of a new run with ``config`` into the run directory ``out``; returns the
+    summary (also on failure). An interrupted run is continued by :func:`resume_job`.
 
-    With ``resume=True`` the run's stored config is used, with ``overrides`` (see
-    :func:`apply_resume_overrides`). ``lock`` is the run's lock when a JobManager hands it over;
-    without it the job takes the lock itself. Refusals (another writer, a finished or non-empty
-    directory, a forbidden override) raise PrunerError before anything is written. ``on_event`` is
-    handed every event the job writes, once it is in ``events.jsonl`` (the CLI's progress display:
-    :mod:`pruner.progress`).
+    ``lock`` is the run's lock when a JobManager hands it over; without it the job takes the lock
+    itself. Refusals (another writer, a finished or non-empty directory) raise PrunerError before
+    anything is written. ``on_event`` is handed every event the job writes, once it is in
+    ``events.jsonl`` (the CLI's progress display: :mod:`pruner.progress`).
     """
     run = RunDir(out, on_event=on_event)
-    if resume:
-        if not run.config_path.exists():
-            raise PrunerError(f"nothing to resume in {out}: it has no config.json")
-        stored = run.config()
-        if stored is None:
-            raise PrunerError(f"cannot resume {out}: its config.json is unreadable")
-        config, changes = apply_resume_overrides(stored, overrides)
-    else:
-        if overrides:
-            raise PrunerError("setting overrides apply only when resuming a run")
-        run.check_new()
-        changes = {}
+    run.check_new()
+    return _run_locked(config, run, resume=False, should_stop=should_stop, changes={}, lock=lock)
+
+
+def resume_job(out: str | Path, *, overrides: dict | None = None, should_stop: StopFn | None = None,
+               lock: RunLock | None = None, on_event: EventFn | None = None) -> dict:
+    """Continue the interrupted run in ``out`` with its stored config and ``overrides`` (see
+    :func:`apply_resume_overrides`); returns the summary (a done run's at once). A run directory
+    without a readable config or a forbidden override is a PrunerError before anything is written;
+    ``should_stop``, ``lock``, ``on_event`` as in :func:`run_job`."""
+    run = RunDir(out, on_event=on_event)
+    if not run.config_path.exists():
+        raise PrunerError(f"nothing to resume in {out}: it has no {CONFIG_FILE}")
+    stored = run.config()
+    if stored is None:
+        raise PrunerError(f"cannot resume {out}: its {CONFIG_FILE} is unreadable")
+    config, changes = apply_resume_overrides(stored, overrides)
+    return _run_locked(config, run, resume=True, should_stop=should_stop, changes=changes, lock=lock)
+
+
+def _run_locked(config: RunConfig, run: RunDir, *, resume: bool, should_stop: StopFn | None, changes: dict,
+                lock: RunLock | None) -> dict:
     lock = _take_lock(run, lock)
     try:
         if resume and run.summary() and run.summary().get("status") == Status.DONE:
@@ -573,7 +445,7 @@ class _Pipeline:
             emit = run.replay_emitter()
         strategy = make_strategy(config.strategy, **config.strategy_params)
         ctx = SearchContext(evaluator, seed=config.seed, scores=session.scores, importance=config.importance,
-                            emit=lambda kind, **f: emit(kind, **f))
+                            emit=lambda kind, **f: emit(kind, **f), read_analysis=read_sensitivity)
         t0 = time.perf_counter()
         with attach_workers(evaluator, config, emit=ctx.emit) as pool:
             if pool is not None:   # the workers' start-up ("starting workers") is over: searching again
@@ -611,7 +483,7 @@ class _Pipeline:
         """The chosen structure built, recalibrated and (with epochs) fine-tuned from the last checkpoint."""
         config, run, session = self.config, self.run, self.session
         pruned, record = session.build_pruned(found["counts"])
-        ft_dir = run.state_dir / "finetune"
+        ft_dir = run.finetune_dir
         done_epochs = sorted(int(p.stem.split("-")[1]) for p in ft_dir.glob("epoch-*.pt")) if self.resume else []
         if config.finetune.epochs > 0:
             run.event(Event.STATUS, status=Status.FINE_TUNING, epochs=config.finetune.epochs)
@@ -748,7 +620,7 @@ def check_quantizable(run: RunDir) -> tuple[dict, dict]:
     ``(summary, config.json)``, else a one-line PrunerError saying what is missing."""
     summary, stored = run.summary(), run.config()
     if stored is None or summary is None:
-        raise PrunerError(f"{run.path} is not a finished run (no config.json or summary.json); pass a prune run's "
+        raise PrunerError(f"{run.path} is not a finished run (no {CONFIG_FILE} or {SUMMARY_FILE}); pass a prune run's "
                           "directory")
     if run.kind() != PRUNE or summary.get("status") != Status.DONE:
         raise PrunerError(f"{run.path} is not a finished pruning run (status {summary.get('status')}); quantize a "
@@ -853,7 +725,7 @@ def _run_sensitivity(config: RunConfig, run: RunDir, *, ratios, should_stop: Sto
             result = analyse(evaluator, ratios or DEFAULT_RATIOS,
                              progress=lambda done, total, point: run.event(Event.SENSITIVITY, done=done, total=total,
                                                                            **point))
-        write_json_atomic(run.path / SENSITIVITY_RESULT, result.to_dict())
+        write_json_atomic(run.sensitivity_path, result.to_dict())
         summary.update({"status": Status.DONE, "sensitivity": SENSITIVITY_RESULT, "evaluations": result.evaluations,
                         "base_top1": result.base_top1, "timing": evaluator.timing})
         signals.disarm()

@@ -48,22 +48,20 @@ from typing import Any
 
 from ..errors import PrunerError
 from .config import RunConfig
-from .rundir import PRUNE, SENSITIVITY, Event, RunDir, RunLock, Status, config_with_kind
-
-CANCEL_FILE = "cancel.request"
+from .rundir import CONFIG_FILE, PRUNE, SENSITIVITY, Event, JobState, RunDir, RunLock, Status, config_with_kind
 #: The job kind of INT8 quantization of a finished pruning run (the other jobs' kinds are run kinds).
 QUANTIZE = "quantize"
 
 
 def cancel_requested(run_dir: str | Path) -> bool:
-    return (Path(run_dir) / CANCEL_FILE).exists()
+    return RunDir(run_dir).cancel_path.exists()
 
 
 def request_cancel(run_dir: str | Path) -> None:
     """Ask the job writing ``run_dir`` to stop (it stops within one evaluation)."""
-    path = Path(run_dir)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / CANCEL_FILE).touch()
+    run = RunDir(run_dir)
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.cancel_path.touch()
 
 
 @dataclass
@@ -97,7 +95,7 @@ def device_slot(device: str | None) -> str:
 
 def _child(spec: JobSpec, lock: RunLock | None = None) -> None:
     """Entry point of the spawned process (``lock``: the run's lock, handed over by the manager)."""
-    from .job import run_job, run_sensitivity
+    from .job import resume_job, run_job, run_sensitivity
 
     if spec.kind == QUANTIZE:
         _quantize_child(spec, lock)
@@ -107,9 +105,10 @@ def _child(spec: JobSpec, lock: RunLock | None = None) -> None:
         if spec.kind == SENSITIVITY:
             run_sensitivity(RunConfig.from_dict(spec.config), spec.out, ratios=spec.options.get("ratios"),
                             should_stop=stop, lock=lock)
+        elif spec.resume:   # the run's stored config (spec.config is not used)
+            resume_job(spec.out, overrides=spec.options.get("overrides"), should_stop=stop, lock=lock)
         else:
-            run_job(RunConfig.from_dict(spec.config), spec.out, resume=spec.resume, should_stop=stop,
-                    overrides=spec.options.get("overrides"), lock=lock)
+            run_job(RunConfig.from_dict(spec.config), spec.out, should_stop=stop, lock=lock)
     except PrunerError as exc:   # refused before writing anything: record it unless another writer has the run
         print(f"error: {exc}", file=sys.stderr)
         record_failure(spec.out, str(exc))
@@ -188,7 +187,7 @@ def _bare_main():
 class Job:
     spec: JobSpec
     device: str                    # the device slot (see device_slot)
-    state: str = "queued"          # queued, running, finished
+    state: str = JobState.QUEUED   # JobState: queued, running, finished
     process: Any = None
     submitted: float = field(default_factory=time.time)
     exitcode: int | None = None
@@ -215,7 +214,7 @@ class JobManager:
         key = str(Path(spec.out).resolve())
         with self._lock:
             job = self._jobs.get(key)
-            if job is not None and job.state != "finished":
+            if job is not None and job.state != JobState.FINISHED:
                 if spec.kind == QUANTIZE and job.spec.kind != QUANTIZE:
                     raise PrunerError(f"the job of {Path(spec.out).name} is still exiting; quantize it in a moment")
                 return key
@@ -234,7 +233,7 @@ class JobManager:
                     pass   # a done run: its records stay as they are until the job writes its INT8 section
                 elif spec.resume:
                     # visible at once as going on again (the Live page polls), and not stopped by an old cancel
-                    (rd.path / CANCEL_FILE).unlink(missing_ok=True)
+                    rd.cancel_path.unlink(missing_ok=True)
                     rd.summary_path.unlink(missing_ok=True)
                     rd.event(Event.STATUS, status=Status.QUEUED, resume=True)
                 else:
@@ -269,7 +268,7 @@ class JobManager:
     def _check_resume(rd: RunDir, spec: JobSpec) -> None:
         stored = rd.config()
         if stored is None:
-            raise PrunerError(f"nothing to resume in {rd.path}: it has no readable config.json")
+            raise PrunerError(f"nothing to resume in {rd.path}: it has no readable {CONFIG_FILE}")
         if spec.kind != PRUNE:
             raise PrunerError("only pruning runs can be resumed; start the analysis again")
         if (rd.summary() or {}).get("status") == Status.DONE:
@@ -283,8 +282,8 @@ class JobManager:
         with self._lock:
             job = self._jobs.get(key)
             if job is not None and job.spec.kind == QUANTIZE:   # not cancellable once running; a done run stays done
-                if job.state == "queued":
-                    job.state = "finished"
+                if job.state == JobState.QUEUED:
+                    job.state = JobState.FINISHED
                     if job.lock is not None:
                         job.lock.release()
                         job.lock = None
@@ -295,8 +294,8 @@ class JobManager:
             pass
         with self._lock:
             job = self._jobs.get(key)
-            if job is not None and job.state == "queued":
-                job.state = "finished"
+            if job is not None and job.state == JobState.QUEUED:
+                job.state = JobState.FINISHED
                 try:
                     rd = RunDir(run_dir)
                     rd.event(Event.STATUS, status=Status.CANCELLED, error="cancelled before it started")
@@ -330,12 +329,12 @@ class JobManager:
 
     def active(self) -> int:
         with self._lock:
-            return sum(j.state in ("queued", "running") for j in self._jobs.values())
+            return sum(j.state in JobState.GOING_ON for j in self._jobs.values())
 
     def wait(self, run_dir: str | Path, timeout: float | None = None) -> bool:
         end = None if timeout is None else time.time() + timeout
         while end is None or time.time() < end:
-            if self.state(run_dir) in (None, "finished"):
+            if self.state(run_dir) in (None, JobState.FINISHED):
                 return True
             time.sleep(self.poll)
         return False
@@ -346,12 +345,12 @@ class JobManager:
         with self._lock:
             jobs = list(self._jobs.values())
         for j in jobs:
-            if j.state == "queued":
+            if j.state == JobState.QUEUED:
                 if cancel:
                     self.cancel(j.spec.out)
                 elif j.lock is not None:
                     j.lock.release()   # it will not run here: let it show as interrupted
-            elif cancel and j.state == "running" and j.spec.kind != QUANTIZE:
+            elif cancel and j.state == JobState.RUNNING and j.spec.kind != QUANTIZE:
                 request_cancel(j.spec.out)
         for j in jobs:
             if j.process is not None:
@@ -372,7 +371,7 @@ class JobManager:
 
     def _tick(self) -> None:
         for job in list(self._jobs.values()):
-            if job.state == "running":
+            if job.state == JobState.RUNNING:
                 try:
                     self._reap(job)
                 except Exception as exc:  # noqa: BLE001
@@ -380,12 +379,12 @@ class JobManager:
                                    "resume it from the Runs page")
         running: dict[str, int] = {}
         for job in self._jobs.values():
-            if job.state == "running":
+            if job.state == JobState.RUNNING:
                 running[job.device] = running.get(job.device, 0) + 1
         for job in sorted(self._jobs.values(), key=lambda j: j.submitted):
             if self._stopping:
                 return
-            if job.state == "queued" and running.get(job.device, 0) < self.max_parallel:
+            if job.state == JobState.QUEUED and running.get(job.device, 0) < self.max_parallel:
                 try:
                     self._start(job)
                 except Exception as exc:  # noqa: BLE001
@@ -398,7 +397,7 @@ class JobManager:
         with _bare_main():
             process.start()      # the child receives a duplicate of the locked file
         job.process = process
-        job.state = "running"
+        job.state = JobState.RUNNING
         if job.lock is not None:
             job.lock.hand_over()
             job.lock = None
@@ -408,7 +407,7 @@ class JobManager:
             return
         job.process.join()
         job.exitcode = job.process.exitcode
-        job.state = "finished"
+        job.state = JobState.FINISHED
         if job.spec.kind == QUANTIZE:
             if job.exitcode not in (0, _RECORDED):   # it died before it could write its INT8 section
                 self._end(job, _exit_message(job.exitcode, quantize=True))
@@ -421,7 +420,7 @@ class JobManager:
 
     def _end(self, job: Job, message: str, status: str = Status.FAILED) -> None:
         """Finish ``job`` with a failure, recorded into its run when that is possible."""
-        job.state = "finished"
+        job.state = JobState.FINISHED
         job.error = message
         lock, job.lock = job.lock, None
         try:

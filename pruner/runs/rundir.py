@@ -6,7 +6,9 @@ Layout::
     <run>/events.jsonl    one JSON object per line, appended and flushed as the run goes
     <run>/summary.json    written atomically at the end (status done / failed / cancelled)
     <run>/job.lock        the writer's lock (fcntl.flock) and who holds it: pid, host, start time
-    <run>/state/          resumable state (search steps, fine-tune epochs)
+    <run>/cancel.request  present when someone asked the job to stop
+    <run>/notes.json      the studio's tags and note (studio/notes.py; the engine never reads it)
+    <run>/state/          resumable state (search steps, fine-tune epochs, a resume's overrides)
     <run>/artifacts/      model.onnx, pruned.pt2, checkpoint.pt, candidates.csv
 
 Every event has ``kind`` (status, candidate, step, epoch, log, ...) and ``time`` (Unix
@@ -25,8 +27,10 @@ writer is refused (:meth:`RunDir.lock`).
 This module is the whole contract between the engine and its readers (CLI, studio, bench):
 the status values a job writes (:class:`Status`, in the order a run passes them), the event
 kinds (:class:`Event`), the run kinds (:data:`KINDS`, :meth:`RunDir.kind`), the chosen
-candidate (:meth:`RunDir.chosen_candidate`) and the artifacts (:meth:`RunDir.artifact`).
-Nobody else spells these strings or paths.
+candidate (:meth:`RunDir.chosen_candidate`), the artifacts (:meth:`RunDir.artifact`), every file
+name in a run directory, a job manager's job states (:class:`JobState`) and what a page calls a
+run's liveness (:class:`Liveness`). Nobody else spells these strings or paths
+(``tests/test_house.py`` checks the file names).
 """
 
 from __future__ import annotations
@@ -53,9 +57,15 @@ QUEUED_MARKER = ".queued"
 #: archived runs: ``<runs root>/.archive/<name>`` (out of every listing, kept on disk; move one back to restore it)
 ARCHIVE_DIR = ".archive"
 LOCK_FILE = "job.lock"
+CANCEL_FILE = "cancel.request"     # present when someone asked the job to stop
+NOTES_FILE = "notes.json"          # the studio's tags and note on the run (studio/notes.py; the engine never reads it)
+STATE_DIR = "state"
+ARTIFACTS_DIR = "artifacts"
 LOCK_RETRY_S = 2.0      # a reader's probe holds the lock for microseconds; a writer retries this long
 SEARCH_STATE = "search.json"       # state/search.json: the finished search (the chosen structure)
 BASE_STATE = "base.json"           # state/base.json: the unpruned model's report
+OVERRIDES_STATE = "overrides.json"   # state/overrides.json: each resume's changed settings
+FINETUNE_STATE = "finetune"        # state/finetune/: the fine-tuning's epoch checkpoints
 SENSITIVITY_RESULT = "sensitivity.json"
 #: The artifacts a finished pruning run leaves in ``<run>/artifacts/`` (summary key -> file name).
 ARTIFACTS = {"onnx": "model.onnx", "program": "pruned.pt2", "checkpoint": "checkpoint.pt",
@@ -121,6 +131,25 @@ PRUNE, SENSITIVITY = "prune", "sensitivity"
 #: summary.json's ``failure`` of a run that failed on its settings (a one-line PrunerError: a missing file, a
 #: budget the model cannot reach, ...): resuming it with the same settings fails again, so no page offers it
 FAILED_ON_SETTINGS = "settings"
+
+
+class JobState:
+    """A :class:`~pruner.runs.manager.JobManager`'s job (``JobManager.state``): waiting in its queue,
+    its process running, or ended (however it ended: the run directory says how)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    FINISHED = "finished"
+    GOING_ON = (QUEUED, RUNNING)   # not finished: the run is being written, or will be
+
+
+class Liveness:
+    """What a page calls a run: finished (a final status), going on (a job writes it or will), or
+    interrupted (not final and nobody holds its lock: :meth:`RunDir.interrupted`)."""
+
+    FINAL = "final"
+    ACTIVE = "active"
+    INTERRUPTED = "interrupted"
 
 
 def failed_on_settings(summary: dict | None) -> bool:
@@ -481,15 +510,35 @@ class RunDir:
 
     @property
     def state_dir(self) -> Path:
-        return self.path / "state"
+        return self.path / STATE_DIR
 
     @property
     def artifacts_dir(self) -> Path:
-        return self.path / "artifacts"
+        return self.path / ARTIFACTS_DIR
 
     @property
     def lock_path(self) -> Path:
         return self.path / LOCK_FILE
+
+    @property
+    def cancel_path(self) -> Path:
+        return self.path / CANCEL_FILE
+
+    @property
+    def notes_path(self) -> Path:
+        return self.path / NOTES_FILE
+
+    @property
+    def overrides_path(self) -> Path:
+        return self.state_dir / OVERRIDES_STATE
+
+    @property
+    def finetune_dir(self) -> Path:
+        return self.state_dir / FINETUNE_STATE
+
+    @property
+    def sensitivity_path(self) -> Path:
+        return self.path / SENSITIVITY_RESULT
 
     @property
     def name(self) -> str:
@@ -676,7 +725,29 @@ class RunDir:
 
     def sensitivity_result(self) -> dict | None:
         """A finished sensitivity analysis's table (``sensitivity.json``), or None."""
-        return read_json(self.path / SENSITIVITY_RESULT)
+        return read_json(self.sensitivity_path)
+
+
+def find_sensitivity(path: str | Path) -> Path | None:
+    """The ``sensitivity.json`` that ``path`` names (a finished Sensitivity run directory, or the file
+    itself), or None when there is none."""
+    p = Path(path).expanduser()
+    found = RunDir(p).sensitivity_path if p.is_dir() else p
+    return found if found.is_file() else None
+
+
+def read_sensitivity(path: str | Path) -> tuple[dict, Path]:
+    """A finished sensitivity analysis's table from a run directory or its file (what rl's ``start``
+    names), and the file; a one-line PrunerError when there is none or it cannot be read."""
+    found = find_sensitivity(path)
+    if found is None:
+        raise PrunerError(f"no sensitivity analysis at {path}: give a finished Sensitivity run directory or its "
+                          f"{SENSITIVITY_RESULT}")
+    table, problem = read_json_checked(found)
+    if table is None:
+        raise PrunerError(f"cannot read the sensitivity analysis {found}: {problem or 'it is gone'}; run the analysis "
+                          "again")
+    return table, found
 
 
 #: Kinds the job itself writes while a search runs (never a strategy's own record of the search): a
@@ -763,16 +834,17 @@ def list_runs(root: str | Path) -> list[RunDir]:
     root = Path(root)
     if not root.is_dir():
         return []
-    runs = [RunDir(p) for p in root.iterdir() if not p.is_symlink() and (p / CONFIG_FILE).is_file()]
+    runs = [run for run in map(RunDir, root.iterdir()) if not run.path.is_symlink() and run.config_path.is_file()]
     return sorted(runs, key=lambda r: r.config_path.stat().st_mtime, reverse=True)
 
 
 def _unwritten(path: Path, what: str):
     """The run's lock, taken at once (a run that a job or a queue holds is refused with who holds it)."""
-    if not (path / CONFIG_FILE).is_file() or path.is_symlink():
+    run = RunDir(path)
+    if not run.config_path.is_file() or path.is_symlink():
         raise PrunerError(f"{path} is not a run directory (no {CONFIG_FILE}); nothing was {what}")
     try:
-        return RunLock.acquire(path / LOCK_FILE, retry_s=0.0)
+        return RunLock.acquire(run.lock_path, retry_s=0.0)
     except PrunerError as exc:
         raise PrunerError(f"cannot {what.rstrip('d')} {path.name}: {exc}") from None
 

@@ -2,7 +2,7 @@
 
 A search scores many independent structures. :class:`RayPool` spreads them over Ray actors,
 each holding the data, the model and an :class:`~pruner.search.evaluator.Evaluator` once
-(built by the same :class:`~pruner.runs.job.Session` code as the job itself, so a worker
+(built by the same :class:`~pruner.runs.session.Session` code as the job itself, so a worker
 scores a structure exactly as the job would). The job's own evaluator keeps everything
 that makes a search reproducible — the memo, the evaluation cap, candidate ids and events,
 resume and cancel — and only hands the *scoring* of a batch's new structures to the pool
@@ -17,7 +17,6 @@ CUDA, else an equal share of the CPU threads.
 from __future__ import annotations
 
 import os
-import re
 import socket
 import time
 from contextlib import contextmanager
@@ -28,7 +27,9 @@ import torch
 
 from ..errors import CancelledError, PrunerError
 from ..settings import CACHE_DIR_ENV, DATA_ROOT_ENV, WEIGHTS_DIR_ENV
+from .config import RunConfig
 from .rundir import Event, Status
+from .session import Session
 
 #: environment a worker needs to find the same data and weights as the job
 _PASSED_ENV = (DATA_ROOT_ENV, WEIGHTS_DIR_ENV, CACHE_DIR_ENV, "OMP_WAIT_POLICY")
@@ -42,24 +43,6 @@ WORKER_START_TIMEOUT_S = 300.0
 WORKER_START_TIMEOUT_ENV = "PRUNER_WORKER_START_TIMEOUT_S"
 #: how often a waiting start looks at the job's cancel
 _POLL_S = 0.5
-
-_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?)$")
-
-
-def check_ray_address(address: str) -> str:
-    """``address`` stripped, when it is a form ``ray.init`` joins: ``auto`` (the cluster `ray start`
-    left on this machine), ``HOST:PORT`` or ``ray://HOST:PORT`` (port 1-65535; an IPv6 host in
-    brackets); else a one-line PrunerError."""
-    text = address.strip() if isinstance(address, str) else ""
-    if text == "auto":
-        return text
-    hostport = text[len("ray://"):] if text.startswith("ray://") else text
-    host, sep, port = hostport.rpartition(":")
-    if not (sep and _HOST.match(host) and port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
-        raise PrunerError(f"ray_address (--ray-address) must be HOST:PORT, ray://HOST:PORT (port 1-65535) or auto, "
-                          f"got {address!r}; `ray start --head` prints the address")
-    return text
-
 
 def _timeout(env: str, default: float) -> float:
     try:
@@ -100,9 +83,6 @@ class EvaluationWorker:
     """One actor: the run's data, model and evaluator, built once; scores structures on request."""
 
     def __init__(self, config: dict, ranking: Sequence[torch.Tensor], threads: int):
-        from .config import RunConfig
-        from .job import Session
-
         torch.set_num_threads(max(1, int(threads)))
         self.session = Session(RunConfig.from_dict(config))
         self.session.ranking = [r.to(self.session.device) for r in ranking]

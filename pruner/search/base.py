@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
@@ -18,6 +19,10 @@ from ..budget import CHANNEL_KINDS
 from ..checks import check_number, range_text
 from ..errors import PrunerError
 from .evaluator import Candidate, EvaluationBudgetExhausted, Evaluator
+
+#: Whether a path names a finished Sensitivity analysis (its file, or None); the runs layer's
+#: ``rundir.find_sensitivity``: the search does not know where runs keep their files.
+AnalysisFinder = Callable[[str], "Path | None"]
 
 #: After a latency-budget search, the most accurate feasible candidates re-timed (at most this many).
 VERIFY_CANDIDATES = 5
@@ -31,6 +36,9 @@ class SearchContext:
     importance: str = "l1"                             # the run's importance criterion (RunConfig.importance)
     emit: Callable[..., Any] = lambda kind, **fields: None   # writes run-directory events
     state: dict = field(default_factory=dict)          # strategy scratch space persisted for resume
+    #: a finished Sensitivity analysis that a parameter names (rl's ``start``: a run directory or its file):
+    #: ``(table, file)``, or a one-line PrunerError; given by the runs layer (``rundir.read_sensitivity``)
+    read_analysis: Callable[[str], tuple[dict, Path]] | None = None
 
     @property
     def space(self):
@@ -151,9 +159,10 @@ class Strategy(ABC):
         """Refuse a search score (``--score``, checked) that these parameters cannot work with."""
 
     @classmethod
-    def check_setting(cls, params: Mapping[str, Any]) -> None:
+    def check_setting(cls, params: Mapping[str, Any], *, find_analysis: AnalysisFinder | None = None) -> None:
         """Refuse parameters (set ones, type-checked) whose values make no sense together or name
-        something that does not exist (e.g. a file), before any data or model loads."""
+        something that does not exist (e.g. a Sensitivity analysis: ``find_analysis``), before any
+        data or model loads."""
 
     def __init__(self, **params: Any):
         self.params = {**self.defaults(), **check_params(self.name, self.param_specs, params)}
@@ -267,14 +276,15 @@ def strategy_class(name: str) -> type[Strategy]:
     return _REGISTRY[name]
 
 
-def validate_strategy(name: str, params: Mapping[str, Any] | None = None, budget_kind: str | None = None
-                      ) -> dict[str, Any]:
+def validate_strategy(name: str, params: Mapping[str, Any] | None = None, budget_kind: str | None = None, *,
+                      find_analysis: AnalysisFinder | None = None) -> dict[str, Any]:
     """Check a strategy name and its hyperparameters (and, with ``budget_kind``, that it can search
     that kind of budget) without any data or model (used by ``RunConfig``, the CLI and the studio's
-    form); returns the set parameters, type-converted."""
+    form); returns the set parameters, type-converted. ``find_analysis`` (``rundir.find_sensitivity``)
+    says whether a path names a finished Sensitivity analysis."""
     cls = strategy_class(name)
     checked = check_params(name, cls.param_specs, params or {})
-    cls.check_setting(checked)
+    cls.check_setting(checked, find_analysis=find_analysis)
     if budget_kind is not None:
         cls.check_budget(budget_kind, checked)
     return checked

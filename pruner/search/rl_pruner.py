@@ -65,8 +65,7 @@ from ..budget import KINDS, saving_rates
 from ..errors import PrunerError
 from .base import Param, SearchContext, Strategy, register
 from .evaluator import Candidate
-from .sensitivity_strategy import (SENSITIVITY_RESULT, Probes, SensitivityAllocation, allocate, analysis_file,
-                                   measure_probes, probes_from_analysis)
+from .sensitivity_strategy import Probes, SensitivityAllocation, allocate, measure_probes, probes_from_analysis
 
 #: RL-Pruner's own recipe (arXiv 2411.06463, section 3), scaled to what ``--search-evals`` allows.
 PRESETS = {
@@ -261,15 +260,15 @@ class RLPruner(Strategy):
                               "only; for a sparsity budget set finetune_batches=0 (or steps=1)")
 
     @classmethod
-    def check_setting(cls, params) -> None:
-        """``start`` is a start name or a finished Sensitivity analysis that exists (a name that is
-        neither used to fail inside the job, after the model and data had loaded)."""
+    def check_setting(cls, params, *, find_analysis=None) -> None:
+        """``start`` is a start name or a finished Sensitivity analysis that exists (``find_analysis``;
+        a name that is neither used to fail inside the job, after the model and data had loaded)."""
         start = str({**cls.defaults(), **PRESETS.get(params.get("preset") or "", {}), **params}["start"])
-        if start in START_NAMES:
+        if start in START_NAMES or find_analysis is None:
             return
-        if analysis_file(start) is None:
+        if find_analysis(start) is None:
             raise PrunerError(f"rl's start {start!r} is neither one of {', '.join(START_NAMES)} nor a finished "
-                              f"Sensitivity analysis (its run directory or {SENSITIVITY_RESULT}); give one of those")
+                              "Sensitivity analysis (its run directory or sensitivity.json); give one of those")
 
     @classmethod
     def check_score(cls, score, params) -> None:

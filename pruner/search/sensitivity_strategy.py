@@ -17,7 +17,6 @@ The probing code is shared with ``rl``, which starts from the same measurements
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +24,6 @@ import numpy as np
 
 from ..budget import KINDS, saving_rates
 from ..errors import PrunerError
-from ..runs.rundir import SENSITIVITY_RESULT
 from .base import Param, SearchContext, Strategy, register
 from .evaluator import Candidate, Evaluator
 
@@ -154,25 +152,6 @@ def fingerprint(ev: Evaluator) -> dict:
             "groups": [[g.name, g.channels] for g in ev.space.groups]}
 
 
-def analysis_file(path: str | Path) -> Path | None:
-    """The ``sensitivity.json`` that ``path`` (a run directory or the file itself) names, or None."""
-    p = Path(path).expanduser()
-    f = p / SENSITIVITY_RESULT if p.is_dir() else p
-    return f if f.is_file() else None
-
-
-def load_analysis(path: str | Path) -> tuple[dict, Path]:
-    """``sensitivity.json`` from a run directory or the file itself."""
-    f = analysis_file(path)
-    if f is None:
-        raise PrunerError(f"no sensitivity analysis at {path}: give a finished Sensitivity run directory "
-                          "or its sensitivity.json")
-    try:
-        return json.loads(f.read_text()), f
-    except (OSError, json.JSONDecodeError) as exc:
-        raise PrunerError(f"cannot read the sensitivity analysis {f}: {exc}; run the analysis again") from None
-
-
 def check_analysis(analysis: dict, ev: Evaluator, where: str | Path) -> None:
     """Refuse (one line) an analysis of another model, data set, protocol or split."""
     theirs = analysis.get("fingerprint")
@@ -189,8 +168,12 @@ def check_analysis(analysis: dict, ev: Evaluator, where: str | Path) -> None:
 
 
 def probes_from_analysis(ctx: SearchContext, path: str | Path, ratio: float) -> Probes:
-    """Damage at ``ratio`` per group, interpolated from a finished analysis; costs no evaluations."""
-    analysis, f = load_analysis(path)
+    """Damage at ``ratio`` per group, interpolated from a finished analysis (read by the context's
+    ``read_analysis``: the search does not know where runs keep it); costs no evaluations."""
+    if ctx.read_analysis is None:
+        raise PrunerError(f"this search was given no way to read the sensitivity analysis {path}; run it as a job "
+                          "(python -m pruner prune), or use start=sensitivity")
+    analysis, f = ctx.read_analysis(path)
     check_analysis(analysis, ctx.evaluator, f)
     ratios = np.asarray(analysis["ratios"], dtype=float)
     order = np.argsort(ratios)
