@@ -109,6 +109,8 @@ def build_graph(model: nn.Module, example_input: torch.Tensor) -> FollowingGraph
             return FollowingGraph().build_dependency(
                 model, example_input, customized_pruners=CUSTOM_PRUNERS, verbose=False
             )
+    except MemoryError:
+        raise
     except Exception as exc:  # tracing failures are model problems the user must hear about
         raise PrunerError(
             f"Torch-Pruning could not trace this model ({type(exc).__name__}: {exc}); "
@@ -195,6 +197,11 @@ class PruningSpace(GroupedSpace):
             self._names = {m: n for n, m in model.named_modules()}
             self.groups, self._terms_macs, self._terms_params = self._analyse(
                 model, graph, example, output_layers(model, example), _unsupported_layers(model), min_channels)
+        except MemoryError as exc:   # Torch-Pruning's index mappings multiply through some reshape chains
+            raise PrunerError(
+                "Torch-Pruning ran out of memory following this model's channels through its reshapes (seen on Swin "
+                "transformers, whose windows reshape channels-last tensors); this model cannot be channel-pruned here"
+            ) from exc
         finally:
             model.train(was_training)
         if not self.groups:
