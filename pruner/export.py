@@ -152,7 +152,12 @@ def export_onnx(model: nn.Module, path: str | Path, *, input_size: Sequence[int]
         entry.key, entry.value = key, value
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        onnx.save_model(proto, str(tmp))
+        try:
+            onnx.save_model(proto, str(tmp))
+        except Exception as exc:  # noqa: BLE001 - protobuf's EncodeError / ValueError: a model over 2 GB
+            raise PrunerError(f"the ONNX model could not be written ({type(exc).__name__}: {_first_line(exc)}); a model "
+                              "this large may pass protobuf's 2 GB limit for one .onnx file: use the PyTorch program "
+                              "(pruned.pt2) or the checkpoint instead") from exc
         try:
             onnx.checker.check_model(str(tmp))
         except onnx.checker.ValidationError as exc:
