@@ -120,6 +120,8 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=40, help="pairs per round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--variants", default="eager,frozen,ort", help="what to time: eager, frozen (BN folded), ort")
+    p.add_argument("--no-profile", action="store_true", help="skip the fixed-cost fit and the per-op profiles")
     args = p.parse_args()
     batches = args.batch or [1, 64]
     rounds_to = args.round_to or [1, 8]
@@ -136,7 +138,7 @@ def main() -> int:
                     class_names=[str(i) for i in range(10)], sample=sample)
         space1 = PruningSpace(base, INPUT)
         space1.set_ranking(ranking_from_scores(channel_scores(base, space1)))
-        for batch in batches:
+        for batch in ([] if args.no_profile else batches):
             fc = fixed_cost(base, space1, batch)
             m = space1.base_macs / 1e6
             r = args.budget
@@ -157,30 +159,37 @@ def main() -> int:
             export_onnx(pruned, onnx_path, input_size=INPUT, mean=[0.5] * 3, std=[0.25] * 3,
                         class_names=[str(i) for i in range(10)], sample=sample)
             for batch in batches:
-                res = {"eager": [], "frozen": [], "ort": []}
+                variants = set(args.variants.split(","))
+                res = {k: [] for k in ("eager", "frozen", "ort") if k in variants}
                 for _ in range(args.rounds):
-                    res["eager"].append(relative_latency(pruned, base, INPUT, batch_size=batch, repeats=args.repeats,
-                                                         amp=False, channels_last=False)["ratio"])
-                    res["frozen"].append(paired_frozen(pruned, base, batch, args.repeats)["ratio"])
-                    res["ort"].append(ort_relative_latency(onnx_path, base_onnx, INPUT, batch_size=batch,
-                                                           repeats=args.repeats)["ratio"])
+                    if "eager" in res:
+                        res["eager"].append(relative_latency(pruned, base, INPUT, batch_size=batch,
+                                                             repeats=args.repeats, amp=False,
+                                                             channels_last=False)["ratio"])
+                    if "frozen" in res:
+                        res["frozen"].append(paired_frozen(pruned, base, batch, args.repeats)["ratio"])
+                    if "ort" in res:
+                        res["ort"].append(ort_relative_latency(onnx_path, base_onnx, INPUT, batch_size=batch,
+                                                               repeats=args.repeats)["ratio"])
                 row = {"round_to": rt, "batch": batch, "macs_ratio": sol.achieved,
                        **{k: statistics.median(v) for k, v in res.items()},
                        **{f"{k}_spread": (min(v), max(v)) for k, v in res.items()}}
                 rows.append(row)
+                if args.no_profile:
+                    continue
                 prof = profile(pruned, batch)
                 print(f"round_to {rt}, batch {batch}: pruned self-CPU ms per forward: "
                       + ", ".join(f"{k} {v:.2f}" for k, v in sorted(prof.items())))
-        print("\n| round_to | batch | MACs ratio | PyTorch eager | eager / MACs | PyTorch frozen (BN folded) | frozen / MACs "
-              "| ONNX Runtime | ORT / MACs |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        names = {"eager": "PyTorch eager", "frozen": "PyTorch frozen (BN folded)", "ort": "ONNX Runtime"}
+        shown = [k for k in names if k in rows[0]]
+        print("\n| round_to | batch | MACs ratio | " + " | ".join(f"{names[k]} | / MACs" for k in shown) + " |")
+        print("|---|---|---|" + "---|---|" * len(shown))
         for r in rows:
-            def cell(k):
+            cells = []
+            for k in shown:
                 lo, hi = r[f"{k}_spread"]
-                return f"{r[k]:.3f} ({lo:.3f}-{hi:.3f})", f"{r[k] / r['macs_ratio']:.2f}"
-            e, f, o = cell("eager"), cell("frozen"), cell("ort")
-            print(f"| {r['round_to']} | {r['batch']} | {r['macs_ratio']:.3f} | {e[0]} | {e[1]} | {f[0]} | {f[1]} | "
-                  f"{o[0]} | {o[1]} |")
+                cells += [f"{r[k]:.3f} ({lo:.3f}-{hi:.3f})", f"{r[k] / r['macs_ratio']:.2f}"]
+            print(f"| {r['round_to']} | {r['batch']} | {r['macs_ratio']:.3f} | " + " | ".join(cells) + " |")
         print("\n(ratios: median over rounds of each round's median per-pair ratio; in brackets the rounds' range)")
     return 0
 
