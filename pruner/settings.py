@@ -12,6 +12,9 @@ from .errors import PrunerError
 DATA_ROOT_ENV = "PRUNER_DATA_ROOT"
 WEIGHTS_DIR_ENV = "PRUNER_WEIGHTS_DIR"
 CACHE_DIR_ENV = "PRUNER_CACHE_DIR"
+#: "0" (or off/false/no): no automatic bf16 on the CPU (float32 everywhere unless a setting asks for bf16), for
+#: runs that must give the same numbers on every CPU and at every thread or worker count
+BF16_ENV = "PRUNER_BF16"
 #: device choices a user can name (``cuda:N`` also works where a GPU index matters)
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -49,11 +52,13 @@ def native_bf16(device: torch.device | str) -> bool:
     """Whether bfloat16 autocast is the fast default on ``device``: always on CUDA; on a CPU when
     oneDNN has native bf16 kernels (AVX-512 BF16 or AMX), where bench/finetune_speed.py measured a
     pruned ResNet-56's fine-tuning 2.08x faster at the same loss (README); never on other CPUs,
-    where bf16 would be emulated and slower."""
+    where bf16 would be emulated and slower; never on a CPU when ``PRUNER_BF16=0``."""
     kind = torch.device(device).type
     if kind == "cuda":
         return True
     if kind != "cpu":
+        return False
+    if os.environ.get(BF16_ENV, "").strip().lower() in ("0", "off", "false", "no"):
         return False
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

@@ -312,7 +312,8 @@ def test_out_of_memory_is_a_one_line_failure_and_a_resume_may_lower_the_batch_si
     # fine-tuning ResNet-20 on a batch of 1024 needs a few GB of activations; a batch of 16 needs ~50 MB
     args = ["prune", *TINY_CLI, "--search-evals", "3", "--finetune-epochs", "1", "--max-batches-per-epoch", "2",
             "--out", out]
-    env = {**ENV, "MALLOC_ARENA_MAX": "2", "OMP_NUM_THREADS": "1"}
+    # float32 (PRUNER_BF16=0): bf16 autocast, the default on CPUs with native bf16, halves the activations
+    env = {**ENV, "MALLOC_ARENA_MAX": "2", "OMP_NUM_THREADS": "1", "PRUNER_BF16": "0"}
     run = lambda *a: subprocess.run([sys.executable, str(script), "1200", *map(str, a)], capture_output=True,  # noqa
                                     text=True, cwd=ROOT, env=env, timeout=JOB_TIMEOUT)
     res = run(*args, "--batch-size", "1024")

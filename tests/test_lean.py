@@ -293,3 +293,14 @@ def test_bad_scoring_threads_are_refused_before_any_work(value):
 
     with pytest.raises(PrunerError, match="--scoring-threads"):
         RunConfig(model="resnet20", weights=None, data="digits", scoring_threads=value)
+
+
+def test_pruner_bf16_0_turns_the_automatic_bf16_off(monkeypatch):
+    """``PRUNER_BF16=0``: float32 on every CPU (the same numbers at any thread or worker count); CUDA unchanged."""
+    from pruner.settings import BF16_ENV, native_bf16
+
+    monkeypatch.setenv(BF16_ENV, "0")
+    assert native_bf16("cpu") is False
+    assert native_bf16("cuda") is True
+    monkeypatch.setenv(BF16_ENV, "1")
+    assert native_bf16("cpu") is bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

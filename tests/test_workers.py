@@ -17,10 +17,23 @@ ray = pytest.importorskip("ray")
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
-    """One local Ray for the module (a job joins a running Ray and leaves it running)."""
+    """One local Ray for the module (a job joins a running Ray and leaves it running). float32 in the job and
+    its actors (``PRUNER_BF16=0``, set before Ray starts its workers): bf16 kernels' sums depend on the thread
+    count, so on a CPU with native bf16 a candidate scored in an actor (1 thread) can differ in the last image
+    from the same candidate scored in the job."""
+    import os
+
+    from pruner.settings import BF16_ENV
+
+    before = os.environ.get(BF16_ENV)
+    os.environ[BF16_ENV] = "0"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()
+    if before is None:
+        os.environ.pop(BF16_ENV, None)
+    else:
+        os.environ[BF16_ENV] = before
 
 
 def actors_released(timeout: float = 60.0) -> bool:
