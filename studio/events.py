@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -117,9 +118,8 @@ class RunView:
             self.candidates.append(e)
             if not (e.get("meta") or {}).get("cached"):
                 self.evaluations += 1
-            if e.get("top1") is not None and (self.budget is None or self.budget.feasible(e.get("cost"))) \
-                    and (self.best is None or _better(e, self.best)):
-                self.best = e
+            if e.get("top1") is not None:
+                self.best = best_feasible([c for c in (self.best, e) if c is not None], self.budget)
         elif kind == Event.STEP:
             self.steps.append(e)
         elif kind == Event.EPOCH:
@@ -180,15 +180,21 @@ class RunView:
         return lines
 
 
-def _score(c: dict) -> float:
-    """What the search maximised for candidate event ``c``: its ``score`` (``--score``), else top-1."""
-    s = c.get("score")
-    return float(s) if isinstance(s, (int, float)) else float(c.get("top1") or 0)
+@dataclass(frozen=True)
+class _Judged:
+    """A candidate event as :func:`~pruner.search.base.best_meeting` reads a candidate."""
 
+    event: dict
 
-def _better(a: dict, b: dict) -> bool:
-    """Candidate ``a`` beats ``b``: higher search score (top-1 unless ``--score`` says otherwise), then lower cost."""
-    return (_score(a), -(a.get("cost") or 0)) > (_score(b), -(b.get("cost") or 0))
+    @property
+    def score(self) -> float:
+        """What the search maximised: the event's ``score`` (``--score``), else its top-1."""
+        s = self.event.get("score")
+        return float(s) if isinstance(s, (int, float)) else float(self.event.get("top1") or 0)
+
+    @property
+    def cost(self) -> float | None:
+        return self.event.get("cost")
 
 
 def status_changed(shown: str | None, status: str) -> bool:
@@ -209,17 +215,12 @@ def budget_of(config: dict | None) -> Budget | None:
 
 
 def best_feasible(candidates: Iterable[dict], budget: Budget | None) -> dict | None:
-    """The best candidate meeting ``budget`` (:meth:`Budget.feasible`, the engine's own rule);
-    any scored candidate when ``budget`` is None."""
-    best = None
-    for c in candidates:
-        if c.get("top1") is None:
-            continue
-        if budget is not None and not budget.feasible(c.get("cost")):
-            continue
-        if best is None or _better(c, best):
-            best = c
-    return best
+    """The best scored candidate event meeting ``budget``, judged by the engine's own rule
+    (:func:`~pruner.search.base.best_meeting`); any scored candidate when ``budget`` is None."""
+    from pruner.search.base import best_meeting   # here: reading events does not load the strategies
+
+    best = best_meeting([_Judged(c) for c in candidates if c.get("top1") is not None], budget)
+    return None if best is None else best.event
 
 
 # ---------------------------------------------------------------------- progress
