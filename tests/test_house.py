@@ -4,7 +4,9 @@
 * no import cycle in ``pruner/`` and ``studio/`` (module-level and function-level imports alike), and
   no upward arrow: ``pruner`` never imports ``studio``, ``streamlit`` or ``pages``, and inside
   ``pruner`` no module imports one of a higher layer (:data:`LAYERS`, as ``docs/architecture.md``
-  draws them).
+  draws them);
+* no search strategy imports another (what several share lives in ``pruner/search/probes.py``,
+  ``common.py``, ``base.py`` or ``pruner/budget.py``).
 """
 
 from __future__ import annotations
@@ -280,3 +282,28 @@ def test_the_graph_checks_find_a_cycle_and_an_upward_import(tmp_path):
     problems = upward_imports(graph, raw, modules)
     assert any("errors.py:2: pruner.errors (base) imports pruner.runs.job (runs)" in p for p in problems)
     assert any("the engine imports streamlit" in p for p in problems)
+
+
+# ---------------------------------------------------------------------- strategies stand alone
+def strategy_modules(modules: dict[str, tuple[Path, bool]]) -> set[str]:
+    """The modules of ``pruner.search`` that register a strategy (a class decorated ``@register``)."""
+    out = set()
+    for module, (path, _) in modules.items():
+        if not module.startswith("pruner.search."):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.ClassDef) and any(isinstance(d, ast.Name) and d.id == "register"
+                                                      for d in node.decorator_list):
+                out.add(module)
+    return out
+
+
+def test_no_strategy_imports_another():
+    modules = module_files("pruner")
+    graph, _ = import_graph(modules)
+    strategies = strategy_modules(modules)
+    assert {"pruner.search.baselines", "pruner.search.rl_pruner", "pruner.search.sensitivity_strategy"} <= strategies
+    found = [f"{m}:{line} imports {t}" for m in sorted(strategies) for t, line in graph[m].items()
+             if t in strategies]
+    assert not found, "a strategy imports another (move what they share to pruner/search/probes.py or " \
+                      "common.py):\n" + "\n".join(found)

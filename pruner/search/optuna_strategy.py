@@ -4,7 +4,7 @@ The fair peer for a search that claims to earn its evaluations: Optuna's multiva
 CMA-ES, ``sampler=cmaes``) at the same ``--search-evals``, through the same evaluator and solver.
 
 1. warm start (``warm_start``): ``sensitivity`` measures the sensitivity strategy's probes
-   (:func:`~pruner.search.sensitivity_strategy.measure_probes`, every probe an evaluation counted
+   (:func:`~pruner.search.probes.measure_probes`, every probe an evaluation counted
    against ``--search-evals``) and enqueues its allocation as the first trial
    (``Study.enqueue_trial``); ``uniform`` enqueues the even allocation; ``none`` starts cold.
 2. a trial proposes one log-weight per group in ``[-log_range, 0]`` (widened to reach the warm start's
@@ -35,7 +35,7 @@ from ..budget import KINDS, Budget, cost_floor, model_cost_fn
 from ..errors import PrunerError
 from .base import Param, SearchContext, Strategy, best_meeting, register
 from .evaluator import Candidate
-from .sensitivity_strategy import SensitivityAllocation, allocate, measure_probes
+from .probes import allocate, measure_probes, probe_defaults
 
 SAMPLERS = ("tpe", "cmaes")
 WARM_STARTS = ("sensitivity", "uniform", "none")
@@ -91,7 +91,7 @@ class OptunaSearch(Strategy):
         offset = 0
         if p["warm_start"] == "sensitivity":
             probes = measure_probes(ctx, float(p["probe_ratio"]), tag=self.name)
-            sens = SensitivityAllocation.defaults()
+            sens = probe_defaults()
             alloc, how = allocate(ctx, probes, float(sens["floor"]), float(sens["power"]), sens["per_cost"])
             first.append((f"sensitivity ({how})", alloc))
             offset = probes.chunks + 1

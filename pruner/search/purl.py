@@ -46,23 +46,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..budget import floor_ratios
 from ..errors import PrunerError
 from .base import Param, SearchContext, Strategy, best_meeting, register
-from .common import fill_to_budget, floors_of
+from .common import fill_to_budget, mlp
 from .evaluator import Candidate, EvaluationBudgetExhausted
 
 #: the budget kinds purl searches (the fill needs an exact, analytic cost)
 PURL_KINDS = ("flops", "params", "sparsity")
 N_FEATURES = 11
-
-
-class _MLP(nn.Module):
-    def __init__(self, n_in: int, n_out: int, hidden: int):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(n_in, hidden), nn.Tanh(), nn.Linear(hidden, n_out))
-
-    def forward(self, x):
-        return self.net(x)
 
 
 @register
@@ -112,7 +104,7 @@ class PuRL(Strategy):
         levels = float(p["spread"]) ** np.linspace(-1.0, 1.0, K)
         neutral = K // 2
         rng = ctx.rng(47)
-        lo_keep = floors_of(space)
+        lo_keep = floor_ratios(space)
 
         # which groups are decided, in network order: all, or the `steps` with the largest cost share
         full = space.counts([1.0] * n)
@@ -132,12 +124,12 @@ class PuRL(Strategy):
         # networks: initialised from the seed, isolated from torch's global RNG
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(ctx.seed) * 1000 + 47)
-            qnet = _MLP(N_FEATURES, K, int(p["hidden"])).double()
+            qnet = mlp(N_FEATURES, int(p["hidden"]), K)
         with torch.no_grad():   # almost flat, the default level on top: the first greedy policy is uniform
-            qnet.net[-1].weight.mul_(0.01)
-            qnet.net[-1].bias.zero_()
-            qnet.net[-1].bias[neutral] = 0.01
-        target = _MLP(N_FEATURES, K, int(p["hidden"])).double()
+            qnet[-1].weight.mul_(0.01)
+            qnet[-1].bias.zero_()
+            qnet[-1].bias[neutral] = 0.01
+        target = mlp(N_FEATURES, int(p["hidden"]), K)
         target.load_state_dict(qnet.state_dict())
         opt = torch.optim.Adam(qnet.parameters(), lr=float(p["lr"]))
         memory: list[tuple[np.ndarray, int, float, np.ndarray, bool]] = []
