@@ -152,31 +152,11 @@ def finetune(student: nn.Module, data: DataBundle, config: FinetuneConfig, *, te
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(config.epochs * per_epoch, config.warmup))
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else None
     history = _resume(student, opt, sched, ckpt_dir, start_epoch, device)
-    fit = resident(data.fit, device)
-    step = _TrainStep(student, teacher, opt, config, device, amp)
-    mean = torch.tensor(data.mean, dtype=torch.float32, device=device)
-    std = torch.tensor(data.std, dtype=torch.float32, device=device)
+    trainer = _Trainer(student, teacher, opt, sched, config, device, amp, channels_last,
+                       resident(data.fit, device), data, per_epoch)
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
-        # the generator lives where the images do, so shuffling and augmentation need no host round trip
-        gen = torch.Generator(device=fit.x.device).manual_seed(config.seed * 1000 + epoch)
-        student.train()
-        total = torch.zeros((), device=device)
-        n = 0
-        for i, (x, y) in enumerate(batches(fit, config.batch_size, mean=mean, std=std, device=device,
-                                          shuffle=True, augment=True, generator=gen, drop_last=True,
-                                          channels_last=channels_last)):
-            if i >= per_epoch:
-                break
-            if should_stop is not None and should_stop():
-                raise CancelledError("fine-tuning cancelled")
-            loss = step(x, y)
-            opt.step()
-            sched.step()
-            total += loss.detach() * y.numel()  # summed on the device: no wait for the GPU per batch
-            n += y.numel()
-            if on_batch is not None:
-                on_batch(epoch + 1, i + 1, per_epoch)
+        total, n = trainer.epoch(epoch, should_stop, on_batch)
         seconds = time.perf_counter() - t0 if device.type != "cuda" else _synchronized_seconds(device, t0)
         record = {"epoch": epoch + 1, "epochs": config.epochs, "loss": float(total) / max(1, n),
                   "lr": opt.param_groups[0]["lr"], "seconds": seconds, "images_per_s": n / max(seconds, 1e-9)}
@@ -230,16 +210,45 @@ def _resume(student: nn.Module, opt, sched, ckpt_dir: Path | None, start_epoch: 
     return list(state.get("history", []))
 
 
-class _TrainStep:
-    """One training step's forward and backward (the optimiser steps outside): the student's loss,
-    distilled from the teacher, under bf16 autocast when ``amp``. With ``config.compile`` both models
-    are compiled (the student's parameters are shared); a compile failure, at wrapping or at a call
-    (the first, or a recompile), falls back to eager for the rest of the run."""
+class _Trainer:
+    """An epoch of training (the optimiser and schedule step per batch) and its step: the student's
+    loss, distilled from the teacher, under bf16 autocast when ``amp``. With ``config.compile`` both
+    models are compiled (the student's parameters are shared); a compile failure, at wrapping or at a
+    call (the first, or a recompile), falls back to eager for the rest of the run."""
 
-    def __init__(self, student: nn.Module, teacher: nn.Module | None, opt, config: FinetuneConfig,
-                 device: torch.device, amp: bool):
-        self.student, self.teacher, self.opt, self.config, self.device, self.amp = student, teacher, opt, config, device, amp
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, opt, sched, config: FinetuneConfig,
+                 device: torch.device, amp: bool, channels_last: bool, fit: ImageTensors, data: DataBundle,
+                 per_epoch: int):
+        self.student, self.teacher, self.opt, self.sched, self.config = student, teacher, opt, sched, config
+        self.device, self.amp, self.channels_last, self.fit, self.per_epoch = device, amp, channels_last, fit, per_epoch
         self.fwd, self.t_fwd = _compiled(student, config.compile), _compiled(teacher, config.compile)
+        self.mean = torch.tensor(data.mean, dtype=torch.float32, device=device)
+        self.std = torch.tensor(data.std, dtype=torch.float32, device=device)
+
+    def epoch(self, epoch: int, should_stop: Callable[[], bool] | None,
+              on_batch: BatchCallback | None) -> tuple[torch.Tensor, int]:
+        """Train one epoch (``per_epoch`` batches); returns the summed loss (on the device) and the images."""
+        config, device, fit = self.config, self.device, self.fit
+        # the generator lives where the images do, so shuffling and augmentation need no host round trip
+        gen = torch.Generator(device=fit.x.device).manual_seed(config.seed * 1000 + epoch)
+        self.student.train()
+        total = torch.zeros((), device=device)
+        n = 0
+        for i, (x, y) in enumerate(batches(fit, config.batch_size, mean=self.mean, std=self.std, device=device,
+                                          shuffle=True, augment=True, generator=gen, drop_last=True,
+                                          channels_last=self.channels_last)):
+            if i >= self.per_epoch:
+                break
+            if should_stop is not None and should_stop():
+                raise CancelledError("fine-tuning cancelled")
+            loss = self(x, y)
+            self.opt.step()
+            self.sched.step()
+            total += loss.detach() * y.numel()  # summed on the device: no wait for the GPU per batch
+            n += y.numel()
+            if on_batch is not None:
+                on_batch(epoch + 1, i + 1, self.per_epoch)
+        return total, n
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.fwd is self.student:

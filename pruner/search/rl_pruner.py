@@ -401,18 +401,7 @@ class RLPruner(Strategy):
                 if cap < 1:
                     raise PrunerError(f"rl with start=probe needs more than {left} evaluations to probe and then learn "
                                       f"in {p['steps']} step(s); raise --search-evals, or use start=uniform")
-            blocks = feature_blocks(ctx.space, resolution, cap, int(p["parts"]))
-            ratio = self._probe_ratio(ctx)
-            ratios = [ratio / 2 if all(ctx.space.groups[i].coupled for i in b) else ratio for b in blocks]
-            probes: Probes = measure_probes(ctx, ratio, max_probes=len(blocks), tag=self.name, chunks=blocks,
-                                            ratios=ratios)
-            model = DamageModel(blocks, n, k, float(p["floor"]), ratio)
-            # each block's coefficient from its own probe: the model reproduces every probe
-            dmg = np.array([max(0.0, probes.damage[b[0]]) for b in blocks])
-            sizes = np.array([len(b) for b in blocks], dtype=float)
-            model.a = np.maximum(dmg / (sizes * np.asarray(ratios) ** k), model.min_a)
-            record = {**probes.summary(), "blocks": [[ctx.space.groups[i].name for i in b] for b in blocks],
-                      "block_ratios": [round(r, 4) for r in ratios]}
+            model, record, blocks = self._probed_blocks(ctx, resolution, cap, k)
         else:
             self.check_score(ctx.evaluator.settings.score, {"start": start})
             probes = probes_from_analysis(ctx, start, self._probe_ratio(ctx))
@@ -423,6 +412,26 @@ class RLPruner(Strategy):
             blocks = feature_blocks(ctx.space, resolution, auto_cap, int(p["parts"]))
         z = np.log(model.allocation(rates, power))
         return z, z - z.mean(), record, blocks, None
+
+    def _probed_blocks(self, ctx: SearchContext, resolution: np.ndarray, cap: int, k: float
+                       ) -> tuple["DamageModel", dict, list[list[int]]]:
+        """start=probe: at most ``cap`` blocks of groups probed at the budget's ratio (half of it for
+        blocks of coupled groups), each block's damage coefficient from its own probe (the model
+        reproduces every probe); the model, a record of the probes and the blocks."""
+        p = self.params
+        n = len(ctx.space)
+        blocks = feature_blocks(ctx.space, resolution, cap, int(p["parts"]))
+        ratio = self._probe_ratio(ctx)
+        ratios = [ratio / 2 if all(ctx.space.groups[i].coupled for i in b) else ratio for b in blocks]
+        probes: Probes = measure_probes(ctx, ratio, max_probes=len(blocks), tag=self.name, chunks=blocks,
+                                        ratios=ratios)
+        model = DamageModel(blocks, n, k, float(p["floor"]), ratio)
+        dmg = np.array([max(0.0, probes.damage[b[0]]) for b in blocks])
+        sizes = np.array([len(b) for b in blocks], dtype=float)
+        model.a = np.maximum(dmg / (sizes * np.asarray(ratios) ** k), model.min_a)
+        record = {**probes.summary(), "blocks": [[ctx.space.groups[i].name for i in b] for b in blocks],
+                  "block_ratios": [round(r, 4) for r in ratios]}
+        return model, record, blocks
 
     # ------------------------------------------------------------------ the search
     def search(self, ctx: SearchContext) -> Candidate:
