@@ -90,14 +90,7 @@ def analysis_preview(config, ratios: list[float], errors: list[str]) -> list[str
         st.info("Fix the settings on the left to see the model's layer groups.")
         return shown_in_summary
     summary = widgets.model_summary(config, key="sens")
-    if summary is None:   # still being built: Start waits for it
-        errors.append(forms.SUMMARY_PENDING)
-        shown_in_summary.append(forms.SUMMARY_PENDING)
-    elif summary.get("error"):
-        st.error(summary["error"], icon=":material/error:")
-        errors.append(summary["error"])
-        shown_in_summary.append(summary["error"])
-    else:
+    if widgets.summary_ready(summary, errors, shown_in_summary):
         groups = summary["groups"]
         points = len(groups) * len(ratios)
         m1, m2, m3 = st.columns(3)
@@ -114,13 +107,7 @@ def analysis_preview(config, ratios: list[float], errors: list[str]) -> list[str
 
 def start_button(config, ratios: list[float], errors: list[str], shown_in_summary: list[str], name: str) -> None:
     """The problems not shown beside the summary, and Start (disabled while there are any)."""
-    for msg in errors:
-        if msg not in shown_in_summary:
-            st.error(msg, icon=":material/error:")
-    if forms.SUMMARY_PENDING in shown_in_summary:
-        st.caption("Start is enabled once the model summary is in.")
-    elif shown_in_summary:
-        st.caption("Fix the problem shown on the right to start.")
+    widgets.start_gate(errors, shown_in_summary, where="on the right")
     start = st.button("Start analysis", type="primary", key="sens_start", icon=":material/play_arrow:",
                       disabled=bool(errors))
     if start and config is not None and not errors:

@@ -271,7 +271,7 @@ def meet_measured(space: PruningSpace, model: nn.Module, counts: Sequence[int], 
     and what the floor is. Latency budgets are returned unchanged (measured by the search).
     """
     counts = space.align(counts)
-    if budget.kind == "sparsity":  # measured on the final weights after fine-tuning (pruner.pruning.sparsity.measure_sparsity, by the job)
+    if budget.kind == "sparsity":  # measured on the final weights after fine-tuning (the job: measure_sparsity)
         return MeasuredCheck(counts, space.density(counts), False)
     if budget.kind not in ("flops", "params"):
         return MeasuredCheck(counts, float("nan"), False)

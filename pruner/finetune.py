@@ -173,7 +173,8 @@ def finetune(student: nn.Module, data: DataBundle, config: FinetuneConfig, *, te
     return history
 
 
-def _place(student: nn.Module, teacher: nn.Module | None, device: torch.device, channels_last: bool) -> nn.Module | None:
+def _place(student: nn.Module, teacher: nn.Module | None, device: torch.device,
+           channels_last: bool) -> nn.Module | None:
     """Move the student (and the teacher, in eval mode) to ``device``, channels_last when asked;
     returns the teacher."""
     student.to(device)
@@ -195,7 +196,8 @@ def _unplace(student: nn.Module, teacher: nn.Module | None, channels_last: bool)
             teacher.to(memory_format=torch.contiguous_format)
 
 
-def _resume(student: nn.Module, opt, sched, ckpt_dir: Path | None, start_epoch: int, device: torch.device) -> list[dict]:
+def _resume(student: nn.Module, opt, sched, ckpt_dir: Path | None, start_epoch: int,
+            device: torch.device) -> list[dict]:
     """The history so far: empty for a fresh start; at ``start_epoch > 0`` the student, optimiser and
     schedule are loaded from that epoch's checkpoint (a one-line error when it is missing)."""
     if start_epoch <= 0:

@@ -1,5 +1,5 @@
-"""Small numerical pieces the RL strategies share: sigmoid/logit, filling the undecided groups to the budget, and the small MLP
-their networks are built from."""
+"""Small numerical pieces the RL strategies share: sigmoid/logit, filling the undecided groups to the
+budget, and the small MLP their networks are built from."""
 
 from __future__ import annotations
 
