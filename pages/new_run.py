@@ -178,14 +178,8 @@ with right:
         st.info("Fix the settings on the left to see the model's layer groups and costs.")
     else:
         summary = widgets.model_summary(config, key="nr")
-        if summary is None:   # still being built: Start waits for it (the budget is checked against it)
-            errors.append(forms.SUMMARY_PENDING)
-            shown_in_summary.append(forms.SUMMARY_PENDING)
-        elif summary.get("error"):
-            st.error(summary["error"], icon=":material/error:")
-            errors.append(summary["error"])
-            shown_in_summary.append(summary["error"])
-        else:
+        # Start waits for it: the budget is checked against it
+        if widgets.summary_ready(summary, errors, shown_in_summary):
             errors += [p for p in (forms.budget_problem(config, summary), forms.calibration_problem(config, summary))
                        if p]
         if summary is not None and not summary.get("error"):
@@ -230,16 +224,8 @@ with left:
         st.caption(whole)
     if expected:
         st.caption(expected[0].upper() + expected[1:] + ".")
-    for msg in errors:
-        if msg not in shown_in_summary:
-            st.error(msg, icon=":material/error:")
-    if config is not None and not errors:
-        for msg in forms.size_warnings(config, summary):
-            st.warning(msg, icon=":material/schedule:")
-    if forms.SUMMARY_PENDING in shown_in_summary:
-        st.caption("Start is enabled once the model summary is in.")
-    elif shown_in_summary:
-        st.caption("Fix the problem shown in the model summary to start.")
+    widgets.start_gate(errors, shown_in_summary, where="in the model summary",
+                       warnings=forms.size_warnings(config, summary) if config is not None and not errors else ())
     start = st.button("Start pruning", type="primary", key="nr_start", icon=":material/play_arrow:",
                       disabled=bool(errors))
     if start and config is not None and not errors:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 import numpy as np
 import torch.nn as nn
@@ -144,6 +144,42 @@ def model_cost_fn(space: PruningSpace, kind: str) -> CostFn:
     raise PrunerError(f"no analytic cost model for {kind!r}: pass a measured cost function")
 
 
+def floor_counts(space: PruningSpace) -> list[int]:
+    """The group floor: each group's fewest allowed channels (or weights) — :meth:`PruningSpace.min_keep`
+    (``max_prune``, ``min_channels``, ``round_to``). Every strategy's floor is this one."""
+    return [space.min_keep(g) for g in space.groups]
+
+
+def floor_ratios(space: PruningSpace) -> np.ndarray:
+    """The group floor as keep ratios: :func:`floor_counts` over each group's size."""
+    return np.array([c / g.channels for c, g in zip(floor_counts(space), space.groups)], dtype=float)
+
+
+T = TypeVar("T")
+
+
+def bisect(evaluate: Callable[[float], T], fits: Callable[[T], bool], good: float, bad: float, found: T, *,
+           iterations: int, tol: float = 0.0) -> tuple[float, T]:
+    """The one bisection of a budget search: narrow ``[good, bad]`` (either order) toward the boundary
+    of a monotone rule, ``good`` the end where ``fits(evaluate(good))`` holds (its value ``found``,
+    which the caller has already computed) and ``bad`` the end where it does not.
+
+    Each of at most ``iterations`` steps evaluates the midpoint and moves the end of its kind there;
+    it stops early once the ends are closer than ``tol``. Returns the last good point and its value.
+    The solver's scale (:func:`solve`), a common keep (:func:`pruner.search.common.fill_to_budget`),
+    a global threshold and a pruning step's scale are all found this way (``cost <= target``)."""
+    for _ in range(iterations):
+        mid = (good + bad) / 2
+        value = evaluate(mid)
+        if fits(value):
+            good, found = mid, value
+        else:
+            bad = mid
+        if abs(good - bad) < tol:
+            break
+    return good, found
+
+
 def cost_floor(space: PruningSpace, kind: str) -> float | None:
     """The smallest fraction of the original MACs (``flops``) or params that pruning can reach:
     every group at its floor (``max_prune``, ``min_channels``); for ``sparsity`` the smallest density
@@ -152,7 +188,7 @@ def cost_floor(space: PruningSpace, kind: str) -> float | None:
         return space.floor()
     if kind not in ("flops", "params"):
         return None
-    return model_cost_fn(space, kind)([space.min_keep(g) for g in space.groups])
+    return model_cost_fn(space, kind)(floor_counts(space))
 
 
 def saving_rates(space: PruningSpace, kind: str, at: Sequence[int]) -> np.ndarray:
@@ -171,7 +207,7 @@ def saving_rates(space: PruningSpace, kind: str, at: Sequence[int]) -> np.ndarra
 
 
 def ratios_for_scale(space: PruningSpace, allocation: Sequence[float], scale: float) -> list[float]:
-    lo = [space.min_keep(g) / g.channels for g in space.groups]
+    lo = floor_ratios(space).tolist()
     return [min(1.0, max(l, 1.0 - scale * a)) for l, a in zip(lo, allocation)]
 
 
@@ -199,18 +235,8 @@ def solve(space: PruningSpace, allocation: Sequence[float], budget: Budget, *,
             f"budget {budget} cannot be met with this allocation: pruning every allowed channel leaves "
             f"{achieved:.3f} of the {budget.kind}; raise the target or allow more pruning (max_prune)"
         )
-    best = (ratios, counts, achieved, hi)
-    lo = 0.0
-    for _ in range(iterations):
-        mid = (lo + hi) / 2
-        ratios, counts, achieved = evaluate(mid)
-        if achieved <= budget.target:
-            hi, best = mid, (ratios, counts, achieved, mid)
-        else:
-            lo = mid
-        if hi - lo < 1e-4:
-            break
-    _ratios, counts, achieved, scale = best
+    scale, (_ratios, counts, achieved) = bisect(evaluate, lambda r: r[2] <= budget.target, hi, 0.0,
+                                                (ratios, counts, achieved), iterations=iterations, tol=1e-4)
     return Solution([c / g.channels for c, g in zip(counts, space.groups)], counts, achieved, scale)
 
 
@@ -245,7 +271,7 @@ def meet_measured(space: PruningSpace, model: nn.Module, counts: Sequence[int], 
     and what the floor is. Latency budgets are returned unchanged (measured by the search).
     """
     counts = space.align(counts)
-    if budget.kind == "sparsity":  # measured on the final weights after fine-tuning (pruner.runs.sparse)
+    if budget.kind == "sparsity":  # measured on the final weights after fine-tuning (the job: measure_sparsity)
         return MeasuredCheck(counts, space.density(counts), False)
     if budget.kind not in ("flops", "params"):
         return MeasuredCheck(counts, float("nan"), False)

@@ -431,21 +431,10 @@ def _progress_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("-q", "--quiet", action="store_true", help="no progress (as --progress none)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _finetune_output_args(s: argparse.ArgumentParser, d: dict) -> None:
+    """``prune``'s fine-tuning, report, export and output options."""
     from .recipes import DESCRIPTIONS, RECIPES
 
-    p = argparse.ArgumentParser(prog="python -m pruner", description="RL-guided structured pruning of CNNs")
-    sub = p.add_subparsers(dest="command", required=True)
-    d = _defaults()
-
-    s = sub.add_parser("info", help="prunable channel groups and their cost")
-    _model_data_args(s, d)
-    s.add_argument("--json", help="also write the groups to this JSON file")
-    s.set_defaults(func=cmd_info)
-
-    s = sub.add_parser("prune", help="search, fine-tune, evaluate and export (writes a run directory)")
-    _model_data_args(s, d)
-    _search_args(s, d)
     g = s.add_argument_group("fine-tuning and output")
     g.add_argument("--recipe", default=None, choices=list(RECIPES),
                    help="fine-tuning recipe: " + "; ".join(f"{k}: {v}" for k, v in DESCRIPTIONS.items())
@@ -474,6 +463,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true",
                    help="continue the interrupted, failed or cancelled run in --out; it keeps its settings, except "
                         "fine-tuning and reporting options typed with it (e.g. a smaller --batch-size)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pruner", description="RL-guided structured pruning of CNNs")
+    sub = p.add_subparsers(dest="command", required=True)
+    d = _defaults()
+
+    s = sub.add_parser("info", help="prunable channel groups and their cost")
+    _model_data_args(s, d)
+    s.add_argument("--json", help="also write the groups to this JSON file")
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("prune", help="search, fine-tune, evaluate and export (writes a run directory)")
+    _model_data_args(s, d)
+    _search_args(s, d)
+    _finetune_output_args(s, d)
     _progress_args(s)
     s.set_defaults(func=cmd_prune)
 

@@ -141,83 +141,23 @@ def finetune(student: nn.Module, data: DataBundle, config: FinetuneConfig, *, te
     after every optimiser step (the job turns it into throttled ``progress`` events for the ETA).
     """
     device = torch.device(device)
-    history: list[dict] = []
     if config.epochs == 0:
-        return history
-    cuda = device.type == "cuda"
+        return []
     amp = native_bf16(device) if config.amp is None else bool(config.amp)
-    channels_last = cuda if config.channels_last is None else bool(config.channels_last)
-    student.to(device)
-    if teacher is not None and config.kd_weight > 0:
-        teacher.to(device).eval()
-    else:
-        teacher = None
-    if channels_last:
-        student.to(memory_format=torch.channels_last)
-        if teacher is not None:
-            teacher.to(memory_format=torch.channels_last)
+    channels_last = device.type == "cuda" if config.channels_last is None else bool(config.channels_last)
+    teacher = _place(student, teacher if config.kd_weight > 0 else None, device, channels_last)
     opt = torch.optim.SGD(student.parameters(), lr=config.lr, momentum=config.momentum,
                           weight_decay=config.weight_decay, nesterov=True)
     per_epoch = batches_per_epoch(config, len(data.fit))   # the steps an epoch takes (drop_last below)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(config.epochs * per_epoch, config.warmup))
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else None
-    if start_epoch > 0:
-        if ckpt_dir is None or not (ckpt_dir / f"epoch-{start_epoch}.pt").exists():
-            raise PrunerError(f"cannot resume fine-tuning at epoch {start_epoch}: its checkpoint is missing")
-        state = torch.load(ckpt_dir / f"epoch-{start_epoch}.pt", map_location=device, weights_only=True)
-        student.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        # the factor is a function of the step: a resume that changes epochs or batch size anneals to the new end
-        sched.last_epoch = int(state["scheduler"]["last_epoch"])
-        history = list(state.get("history", []))
-
-    fit = resident(data.fit, device)
-    # the training step's modules: compiled when asked (the student's parameters are shared)
-    fwd, t_fwd = _compiled(student, config.compile), _compiled(teacher, config.compile)
-    mean = torch.tensor(data.mean, dtype=torch.float32, device=device)
-    std = torch.tensor(data.std, dtype=torch.float32, device=device)
-
-    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = fwd(x)
-            with torch.no_grad():
-                t_logits = t_fwd(x) if t_fwd is not None else None
-        loss = distillation_loss(logits.float(), None if t_logits is None else t_logits.float(), y,
-                                 config.kd_temperature, config.kd_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        return loss
-
+    history = _resume(student, opt, sched, ckpt_dir, start_epoch, device)
+    trainer = _Trainer(student, teacher, opt, sched, config, device, amp, channels_last,
+                       resident(data.fit, device), data, per_epoch)
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
-        # the generator lives where the images do, so shuffling and augmentation need no host round trip
-        gen = torch.Generator(device=fit.x.device).manual_seed(config.seed * 1000 + epoch)
-        student.train()
-        total = torch.zeros((), device=device)
-        n = 0
-        for i, (x, y) in enumerate(batches(fit, config.batch_size, mean=mean, std=std, device=device,
-                                          shuffle=True, augment=True, generator=gen, drop_last=True,
-                                          channels_last=channels_last)):
-            if i >= per_epoch:
-                break
-            if should_stop is not None and should_stop():
-                raise CancelledError("fine-tuning cancelled")
-            if fwd is not student:
-                try:  # compiling happens on a call (the first, or a recompile): a failure falls back to eager
-                    loss = step(x, y)
-                except Exception as exc:  # noqa: BLE001
-                    _compile_failed(exc)
-                    fwd, t_fwd = student, teacher
-                    loss = step(x, y)
-            else:
-                loss = step(x, y)
-            opt.step()
-            sched.step()
-            total += loss.detach() * y.numel()  # summed on the device: no wait for the GPU per batch
-            n += y.numel()
-            if on_batch is not None:
-                on_batch(epoch + 1, i + 1, per_epoch)
-        seconds = time.perf_counter() - t0 if not cuda else _synchronized_seconds(device, t0)
+        total, n = trainer.epoch(epoch, should_stop, on_batch)
+        seconds = time.perf_counter() - t0 if device.type != "cuda" else _synchronized_seconds(device, t0)
         record = {"epoch": epoch + 1, "epochs": config.epochs, "loss": float(total) / max(1, n),
                   "lr": opt.param_groups[0]["lr"], "seconds": seconds, "images_per_s": n / max(seconds, 1e-9)}
         if eval_data is not None:
@@ -229,12 +169,110 @@ def finetune(student: nn.Module, data: DataBundle, config: FinetuneConfig, *, te
                                "scheduler": sched.state_dict(), "history": history}, ckpt_dir / f"epoch-{epoch + 1}.pt")
         if on_epoch is not None:
             on_epoch(record)
+    _unplace(student, teacher, channels_last)
+    return history
+
+
+def _place(student: nn.Module, teacher: nn.Module | None, device: torch.device,
+           channels_last: bool) -> nn.Module | None:
+    """Move the student (and the teacher, in eval mode) to ``device``, channels_last when asked;
+    returns the teacher."""
+    student.to(device)
+    if teacher is not None:
+        teacher.to(device).eval()
+    if channels_last:
+        student.to(memory_format=torch.channels_last)
+        if teacher is not None:
+            teacher.to(memory_format=torch.channels_last)
+    return teacher
+
+
+def _unplace(student: nn.Module, teacher: nn.Module | None, channels_last: bool) -> None:
+    """The student in eval mode, both models back in the contiguous format."""
     student.eval()
     if channels_last:
         student.to(memory_format=torch.contiguous_format)
         if teacher is not None:
             teacher.to(memory_format=torch.contiguous_format)
-    return history
+
+
+def _resume(student: nn.Module, opt, sched, ckpt_dir: Path | None, start_epoch: int,
+            device: torch.device) -> list[dict]:
+    """The history so far: empty for a fresh start; at ``start_epoch > 0`` the student, optimiser and
+    schedule are loaded from that epoch's checkpoint (a one-line error when it is missing)."""
+    if start_epoch <= 0:
+        return []
+    if ckpt_dir is None or not (ckpt_dir / f"epoch-{start_epoch}.pt").exists():
+        raise PrunerError(f"cannot resume fine-tuning at epoch {start_epoch}: its checkpoint is missing")
+    state = torch.load(ckpt_dir / f"epoch-{start_epoch}.pt", map_location=device, weights_only=True)
+    student.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    # the factor is a function of the step: a resume that changes epochs or batch size anneals to the new end
+    sched.last_epoch = int(state["scheduler"]["last_epoch"])
+    return list(state.get("history", []))
+
+
+class _Trainer:
+    """An epoch of training (the optimiser and schedule step per batch) and its step: the student's
+    loss, distilled from the teacher, under bf16 autocast when ``amp``. With ``config.compile`` both
+    models are compiled (the student's parameters are shared); a compile failure, at wrapping or at a
+    call (the first, or a recompile), falls back to eager for the rest of the run."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, opt, sched, config: FinetuneConfig,
+                 device: torch.device, amp: bool, channels_last: bool, fit: ImageTensors, data: DataBundle,
+                 per_epoch: int):
+        self.student, self.teacher, self.opt, self.sched, self.config = student, teacher, opt, sched, config
+        self.device, self.amp, self.channels_last, self.fit, self.per_epoch = device, amp, channels_last, fit, per_epoch
+        self.fwd, self.t_fwd = _compiled(student, config.compile), _compiled(teacher, config.compile)
+        self.mean = torch.tensor(data.mean, dtype=torch.float32, device=device)
+        self.std = torch.tensor(data.std, dtype=torch.float32, device=device)
+
+    def epoch(self, epoch: int, should_stop: Callable[[], bool] | None,
+              on_batch: BatchCallback | None) -> tuple[torch.Tensor, int]:
+        """Train one epoch (``per_epoch`` batches); returns the summed loss (on the device) and the images."""
+        config, device, fit = self.config, self.device, self.fit
+        # the generator lives where the images do, so shuffling and augmentation need no host round trip
+        gen = torch.Generator(device=fit.x.device).manual_seed(config.seed * 1000 + epoch)
+        self.student.train()
+        total = torch.zeros((), device=device)
+        n = 0
+        for i, (x, y) in enumerate(batches(fit, config.batch_size, mean=self.mean, std=self.std, device=device,
+                                          shuffle=True, augment=True, generator=gen, drop_last=True,
+                                          channels_last=self.channels_last)):
+            if i >= self.per_epoch:
+                break
+            if should_stop is not None and should_stop():
+                raise CancelledError("fine-tuning cancelled")
+            loss = self(x, y)
+            self.opt.step()
+            self.sched.step()
+            total += loss.detach() * y.numel()  # summed on the device: no wait for the GPU per batch
+            n += y.numel()
+            if on_batch is not None:
+                on_batch(epoch + 1, i + 1, self.per_epoch)
+        return total, n
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.fwd is self.student:
+            return self._step(x, y)
+        try:
+            return self._step(x, y)
+        except Exception as exc:  # noqa: BLE001
+            _compile_failed(exc)
+            self.fwd, self.t_fwd = self.student, self.teacher
+            return self._step(x, y)
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        config = self.config
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            logits = self.fwd(x)
+            with torch.no_grad():
+                t_logits = self.t_fwd(x) if self.t_fwd is not None else None
+        loss = distillation_loss(logits.float(), None if t_logits is None else t_logits.float(), y,
+                                 config.kd_temperature, config.kd_weight)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        return loss
 
 
 def _synchronized_seconds(device: torch.device, t0: float) -> float:

@@ -191,45 +191,59 @@ def summary_in_child(config: dict[str, Any], *, timeout: float | None = None,
                                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err, env=env,
                                     start_new_session=True)
             try:
-                t0 = time.monotonic()
-                try:
-                    proc.stdin.write(payload.encode())
-                    proc.stdin.close()
-                except BrokenPipeError:   # the child exited before reading: its stderr says why
-                    pass
-                while True:
-                    try:
-                        proc.wait(timeout=0.2)
-                        break
-                    except subprocess.TimeoutExpired:
-                        pass
-                    if cancel is not None and cancel.is_set():
-                        _kill_group(proc)
-                        return {"error": f"building the model summary was stopped after "
-                                         f"{time.monotonic() - t0:.0f} s; if the model file hangs, fix it, then "
-                                         "press Try again or change a setting", STOPPED: True}
-                    if time.monotonic() - t0 > timeout:
-                        _kill_group(proc)
-                        return {"error": f"building the model summary took longer than {timeout:g} s and was "
-                                         "stopped; check that the model file does not run forever (or raise "
-                                         f"{TIMEOUT_ENV} for a large dataset)"}
+                stopped = _wait_for_child(proc, payload, timeout, cancel)
+                if stopped is not None:
+                    return stopped
             finally:
                 if proc.poll() is None:  # interrupted while waiting (e.g. the page reran): leave nothing behind
                     _kill_group(proc)
+        return _child_answer(out, err_path, proc.returncode)
+
+
+def _wait_for_child(proc: subprocess.Popen, payload: str, timeout: float,
+                    cancel: threading.Event | None) -> dict[str, Any] | None:
+    """Hand the child its settings and wait for it to exit; an error answer (the child killed) when
+    ``cancel`` is set or ``timeout`` seconds pass first, None when it exited by itself."""
+    t0 = time.monotonic()
+    try:
+        proc.stdin.write(payload.encode())
+        proc.stdin.close()
+    except BrokenPipeError:   # the child exited before reading: its stderr says why
+        pass
+    while True:
         try:
-            result = json.loads(out.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            result = None
-        if isinstance(result, dict) and (result.get("error") or isinstance(result.get("groups"), list)):
-            return result
-        tail = ""
-        try:
-            lines = [ln for ln in err_path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
-            tail = f": {_one_line(lines[-1], 200)}" if lines else ""
-        except OSError:
+            proc.wait(timeout=0.2)
+            return None
+        except subprocess.TimeoutExpired:
             pass
-        return {"error": f"the model summary process exited with code {proc.returncode} without a result "
-                         f"(out of memory, killed, or the model file exited?){tail}"}
+        if cancel is not None and cancel.is_set():
+            _kill_group(proc)
+            return {"error": f"building the model summary was stopped after "
+                             f"{time.monotonic() - t0:.0f} s; if the model file hangs, fix it, then "
+                             "press Try again or change a setting", STOPPED: True}
+        if time.monotonic() - t0 > timeout:
+            _kill_group(proc)
+            return {"error": f"building the model summary took longer than {timeout:g} s and was "
+                             "stopped; check that the model file does not run forever (or raise "
+                             f"{TIMEOUT_ENV} for a large dataset)"}
+
+
+def _child_answer(out: Path, err_path: Path, returncode: int | None) -> dict[str, Any]:
+    """The child's summary or error from ``out``; else an error with the last line of its stderr."""
+    try:
+        result = json.loads(out.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        result = None
+    if isinstance(result, dict) and (result.get("error") or isinstance(result.get("groups"), list)):
+        return result
+    tail = ""
+    try:
+        lines = [ln for ln in err_path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+        tail = f": {_one_line(lines[-1], 200)}" if lines else ""
+    except OSError:
+        pass
+    return {"error": f"the model summary process exited with code {returncode} without a result "
+                     f"(out of memory, killed, or the model file exited?){tail}"}
 
 
 def _main(argv: list[str]) -> int:

@@ -97,6 +97,22 @@ def _as_arrays(calibration: Iterable) -> list[np.ndarray]:
     return out
 
 
+def _quantizable_input(onnx_path: Path) -> str:
+    """The name of the model's input, once the file reads as ONNX and has an op ONNX Runtime quantizes
+    (a one-line :class:`PrunerError` otherwise)."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(onnx_path))
+    except Exception as exc:  # noqa: BLE001 - protobuf raises its own error types
+        raise PrunerError(f"{onnx_path} is not a readable ONNX model ({_first_line(exc)}); export it again") from None
+    ops = {n.op_type for n in proto.graph.node}
+    if not ops & _QUANTIZABLE:
+        raise PrunerError(f"{onnx_path.name} has no operation ONNX Runtime can quantize (no Conv, MatMul or Gemm; "
+                          f"it has {', '.join(sorted(ops)) or 'none'}); use the fp32 model")
+    return proto.graph.input[0].name
+
+
 def quantize_int8(onnx_path: str | Path, out_path: str | Path, calibration: Iterable, *, per_channel: bool = True,
                   method: str = DEFAULT_METHOD) -> QuantizeReport:
     """Static INT8 quantization (QDQ format, int8 weights, uint8 activations) of ``onnx_path`` into ``out_path``.
@@ -117,15 +133,7 @@ def quantize_int8(onnx_path: str | Path, out_path: str | Path, calibration: Iter
     if not onnx_path.is_file():
         raise PrunerError(f"ONNX file {onnx_path} does not exist; export the model first (drop --no-export)")
     arrays = _as_arrays(calibration)
-    try:
-        proto = onnx.load(str(onnx_path))
-    except Exception as exc:  # noqa: BLE001 - protobuf raises its own error types
-        raise PrunerError(f"{onnx_path} is not a readable ONNX model ({_first_line(exc)}); export it again") from None
-    ops = {n.op_type for n in proto.graph.node}
-    if not ops & _QUANTIZABLE:
-        raise PrunerError(f"{onnx_path.name} has no operation ONNX Runtime can quantize (no Conv, MatMul or Gemm; "
-                          f"it has {', '.join(sorted(ops)) or 'none'}); use the fp32 model")
-    name = proto.graph.input[0].name
+    name = _quantizable_input(onnx_path)
 
     class Reader(_Reader, CalibrationDataReader):
         pass

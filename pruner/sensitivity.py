@@ -75,7 +75,7 @@ def analyse(evaluator: Evaluator, ratios: Sequence[float] = DEFAULT_RATIOS, *,
             progress: Callable[[int, int, dict], None] | None = None) -> SensitivityResult:
     """Prune each group alone at each ratio; ``progress(done, total, point)`` after the unpruned model's score
     (``point["group"]`` is None) and after every point."""
-    from .search.sensitivity_strategy import fingerprint
+    from .search.probes import fingerprint
 
     ratios = check_ratios(ratios)
     space = evaluator.space

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -117,9 +118,8 @@ class RunView:
             self.candidates.append(e)
             if not (e.get("meta") or {}).get("cached"):
                 self.evaluations += 1
-            if e.get("top1") is not None and (self.budget is None or self.budget.feasible(e.get("cost"))) \
-                    and (self.best is None or _better(e, self.best)):
-                self.best = e
+            if e.get("top1") is not None:
+                self.best = best_feasible([c for c in (self.best, e) if c is not None], self.budget)
         elif kind == Event.STEP:
             self.steps.append(e)
         elif kind == Event.EPOCH:
@@ -180,15 +180,21 @@ class RunView:
         return lines
 
 
-def _score(c: dict) -> float:
-    """What the search maximised for candidate event ``c``: its ``score`` (``--score``), else top-1."""
-    s = c.get("score")
-    return float(s) if isinstance(s, (int, float)) else float(c.get("top1") or 0)
+@dataclass(frozen=True)
+class _Judged:
+    """A candidate event as :func:`~pruner.search.base.best_meeting` reads a candidate."""
 
+    event: dict
 
-def _better(a: dict, b: dict) -> bool:
-    """Candidate ``a`` beats ``b``: higher search score (top-1 unless ``--score`` says otherwise), then lower cost."""
-    return (_score(a), -(a.get("cost") or 0)) > (_score(b), -(b.get("cost") or 0))
+    @property
+    def score(self) -> float:
+        """What the search maximised: the event's ``score`` (``--score``), else its top-1."""
+        s = self.event.get("score")
+        return float(s) if isinstance(s, (int, float)) else float(self.event.get("top1") or 0)
+
+    @property
+    def cost(self) -> float | None:
+        return self.event.get("cost")
 
 
 def status_changed(shown: str | None, status: str) -> bool:
@@ -209,17 +215,12 @@ def budget_of(config: dict | None) -> Budget | None:
 
 
 def best_feasible(candidates: Iterable[dict], budget: Budget | None) -> dict | None:
-    """The best candidate meeting ``budget`` (:meth:`Budget.feasible`, the engine's own rule);
-    any scored candidate when ``budget`` is None."""
-    best = None
-    for c in candidates:
-        if c.get("top1") is None:
-            continue
-        if budget is not None and not budget.feasible(c.get("cost")):
-            continue
-        if best is None or _better(c, best):
-            best = c
-    return best
+    """The best scored candidate event meeting ``budget``, judged by the engine's own rule
+    (:func:`~pruner.search.base.best_meeting`); any scored candidate when ``budget`` is None."""
+    from pruner.search.base import best_meeting   # here: reading events does not load the strategies
+
+    best = best_meeting([_Judged(c) for c in candidates if c.get("top1") is not None], budget)
+    return None if best is None else best.event
 
 
 # ---------------------------------------------------------------------- progress
@@ -240,26 +241,41 @@ def progress(view: RunView, config: dict | None = None, summary: dict | None = N
     config = config or {}
     now = time.time() if now is None else now
     status = (summary or {}).get("status") or view.status
+    if config_kind(config) == SENSITIVITY or view.sensitivity:
+        return _sensitivity_progress(view, status, now)
     ft_epochs = int(((config.get("finetune") or {}).get("epochs")) or 0)
     expected = config.get("search_evals") if uses_evaluations else 1
     expected = int(expected) if expected else None
+    frac, stage_eta = _stage_position(view, status, ft_epochs, expected, now)
+    eta = stage_eta
+    rest = _after(view, config, status, ft_epochs)
+    if rest is not None and not is_final(status) and (stage_eta is not None or status == Status.SEARCH_DONE):
+        eta = (stage_eta or 0.0) + rest   # the whole run: this stage and the measured cost of those after it
+    text = _progress_text(view, status, ft_epochs, expected, eta, uses_evaluations)
+    return _result(status, frac, eta, text, evaluations=view.evaluations, expected=expected, stage_eta_s=stage_eta)
+
+
+def _sensitivity_progress(view: RunView, status: str, now: float) -> dict[str, Any]:
+    """A Sensitivity analysis's progress: points measured of all, ETA at the measured rate."""
+    last = view.sensitivity[-1] if view.sensitivity else None
+    done, total = (last.get("done", 0), last.get("total", 0)) if last else (0, 0)
+    frac = 1.0 if status == Status.DONE else (0.05 + 0.95 * done / total if total else 0.02)
+    eta = None
+    if last and total and view.first_time and done:
+        t0 = view.search_started or _status_time(view, Status.ANALYSING_SENSITIVITY) or view.first_time
+        last_t = last.get("time", now)
+        eta = rate_eta(t0, done, total, last_t, last_t)
+    text = f"{status}: {done}/{total} points" if total else status
+    return _result(status, frac, eta, text, done=done, total=total)
+
+
+def _stage_position(view: RunView, status: str, ft_epochs: int, expected: int | None,
+                    now: float) -> tuple[float, float | None]:
+    """Where a pruning run's ``status`` puts it on the progress bar (0..1) and its stage's ETA."""
     evals = view.evaluations
     eta: float | None = None
     search_share = 0.65 if ft_epochs > 0 else 0.87
     search_end = _SEARCH_START + search_share
-
-    if config_kind(config) == SENSITIVITY or view.sensitivity:
-        last = view.sensitivity[-1] if view.sensitivity else None
-        done, total = (last.get("done", 0), last.get("total", 0)) if last else (0, 0)
-        frac = 1.0 if status == Status.DONE else (0.05 + 0.95 * done / total if total else 0.02)
-        if last and total and view.first_time and done:
-            t0 = view.search_started or _status_time(view, Status.ANALYSING_SENSITIVITY) or view.first_time
-            last_t = last.get("time", now)
-            eta = rate_eta(t0, done, total, last_t, last_t)
-        text = f"{status}: {done}/{total} points" if total else status
-        return _result(status, frac, eta, text, done=done, total=total)
-
-    ft_position = _finetune_position(view, ft_epochs)   # epochs done, as a fraction (0..ft_epochs)
     if is_final(status):
         frac = 1.0 if status == Status.DONE else _fraction_before(view, ft_epochs, expected, search_end)
     elif status == Status.SEARCHING:
@@ -273,6 +289,7 @@ def progress(view: RunView, config: dict | None = None, summary: dict | None = N
     elif status == Status.SEARCH_DONE:
         frac = search_end
     elif status == Status.FINE_TUNING:
+        ft_position = _finetune_position(view, ft_epochs)   # epochs done, as a fraction (0..ft_epochs)
         frac = search_end + _FINETUNE_SHARE * (ft_position / ft_epochs if ft_epochs else 1.0)
         eta = _finetune_eta(view, ft_epochs, now)
     elif status == Status.EXPORTING:
@@ -288,12 +305,13 @@ def progress(view: RunView, config: dict | None = None, summary: dict | None = N
         frac = _SEARCH_START * PRUNE_PHASES.index(status) / PRUNE_PHASES.index(Status.SEARCHING)
     else:
         frac = 0.0
+    return frac, eta
 
-    stage_eta = eta
-    rest = _after(view, config, status, ft_epochs)
-    if rest is not None and not is_final(status) and (stage_eta is not None or status == Status.SEARCH_DONE):
-        eta = (stage_eta or 0.0) + rest   # the whole run: this stage and the measured cost of those after it
 
+def _progress_text(view: RunView, status: str, ft_epochs: int, expected: int | None, eta: float | None,
+                   uses_evaluations: bool) -> str:
+    """The progress line: status, search step, evaluations, fine-tuning epoch and batch, run ETA."""
+    evals = view.evaluations
     parts = [status]
     if view.current_step is not None and status == Status.SEARCHING:
         parts.append(f"step {view.current_step}")
@@ -309,7 +327,7 @@ def progress(view: RunView, config: dict | None = None, summary: dict | None = N
         parts.append(f"epoch {running}/{ft_epochs}{batch}")
     if eta is not None and not is_final(status):
         parts.append(f"run ETA {format_seconds(eta)}")
-    return _result(status, frac, eta, " · ".join(parts), evaluations=evals, expected=expected, stage_eta_s=stage_eta)
+    return " · ".join(parts)
 
 
 def _after(view: RunView, config: dict, status: str, ft_epochs: int) -> float | None:

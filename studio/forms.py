@@ -188,6 +188,14 @@ def _on_model_change(prefix: str) -> None:
 def model_data_inputs(prefix: str = "") -> ModelData:
     """Model source, weights and dataset widgets; returns the choices and any problems found."""
     out = ModelData()
+    source = _model_inputs(prefix, out)
+    _weights_inputs(prefix, out, source)
+    _dataset_inputs(prefix, out)
+    return out
+
+
+def _model_inputs(prefix: str, out: ModelData) -> str:
+    """The Model section (source, architecture / name / uploaded file) into ``out``; returns the source."""
     st.subheader("Model")
     source = st.radio("Model source", ["zoo", "torchvision", "upload"], key=f"{prefix}source", horizontal=True,
                       format_func={"zoo": "CIFAR zoo", "torchvision": "torchvision", "upload": "upload a .py"}.get,
@@ -210,32 +218,41 @@ def model_data_inputs(prefix: str = "") -> ModelData:
         if not name.strip():
             out.errors.append("Enter a torchvision model name such as resnet18.")
     else:
-        py = st.file_uploader("Model file (.py with a factory function)", type=["py"], key=f"{prefix}upload_py",
-                              help=UPLOAD_PY_HELP)
-        st.caption(f"At most {size_text(MAX_SOURCE_BYTES)}. The file is parsed to list its functions, not run.")
-        example_model_download(f"{prefix}example_model")
-        if py is None:
-            out.errors.append("Upload the model's .py file (a factory such as `def build(num_classes): ...`), "
-                              "or pick a zoo model.")
-        else:
-            data = py.getvalue()
-            try:
-                names = factories_in(data, py.name)
-                factory = st.selectbox("Factory", names, key=f"{prefix}factory",
-                                       help="Called as factory(num_classes=N) (or factory()) to build the model")
-                path = save_upload(data, py.name)  # stored, not imported
-                consent_key, consent_for = f"{prefix}trust_code", f"{prefix}trust_code_for"
-                if st.session_state.get(consent_for) != str(path):  # consent is per file: a new one starts unticked
-                    st.session_state[consent_key] = False
-                    st.session_state[consent_for] = str(path)
-                out.trust_code = st.checkbox(TRUST_CODE_LABEL, key=consent_key, help=TRUST_CODE_HELP)
-                if out.trust_code:
-                    out.model = f"file:{path}:{factory}"
-                else:
-                    out.errors.append(NEEDS_CODE_CONSENT)
-            except PrunerError as exc:
-                out.errors.append(str(exc))
+        _uploaded_model(prefix, out)
+    return source
 
+
+def _uploaded_model(prefix: str, out: ModelData) -> None:
+    """An uploaded model file: its factory, and the consent to run it (per file) into ``out``."""
+    py = st.file_uploader("Model file (.py with a factory function)", type=["py"], key=f"{prefix}upload_py",
+                          help=UPLOAD_PY_HELP)
+    st.caption(f"At most {size_text(MAX_SOURCE_BYTES)}. The file is parsed to list its functions, not run.")
+    example_model_download(f"{prefix}example_model")
+    if py is None:
+        out.errors.append("Upload the model's .py file (a factory such as `def build(num_classes): ...`), "
+                          "or pick a zoo model.")
+    else:
+        data = py.getvalue()
+        try:
+            names = factories_in(data, py.name)
+            factory = st.selectbox("Factory", names, key=f"{prefix}factory",
+                                   help="Called as factory(num_classes=N) (or factory()) to build the model")
+            path = save_upload(data, py.name)  # stored, not imported
+            consent_key, consent_for = f"{prefix}trust_code", f"{prefix}trust_code_for"
+            if st.session_state.get(consent_for) != str(path):  # consent is per file: a new one starts unticked
+                st.session_state[consent_key] = False
+                st.session_state[consent_for] = str(path)
+            out.trust_code = st.checkbox(TRUST_CODE_LABEL, key=consent_key, help=TRUST_CODE_HELP)
+            if out.trust_code:
+                out.model = f"file:{path}:{factory}"
+            else:
+                out.errors.append(NEEDS_CODE_CONSENT)
+        except PrunerError as exc:
+            out.errors.append(str(exc))
+
+
+def _weights_inputs(prefix: str, out: ModelData, source: str) -> None:
+    """The Weights choice (pretrained, random, an uploaded file) into ``out``."""
     choices = list(WEIGHT_CHOICES)
     if source == "upload":
         choices = ["random", "file"]
@@ -270,6 +287,9 @@ def model_data_inputs(prefix: str = "") -> ModelData:
                 except PrunerError as exc:
                     out.errors.append(str(exc))
 
+
+def _dataset_inputs(prefix: str, out: ModelData) -> None:
+    """The Dataset section (a built-in set or an ImageFolder path) into ``out``."""
     st.subheader("Dataset")
     kind = st.selectbox("Dataset", list(DATASETS), key=f"{prefix}data", format_func=DATASETS.get,
                         on_change=_on_data_change, args=(prefix,))
@@ -296,7 +316,6 @@ def model_data_inputs(prefix: str = "") -> ModelData:
         if kind != "digits":
             from pruner.settings import data_root
             st.caption(f"Data root: `{data_root()}` (set PRUNER_DATA_ROOT to change it)")
-    return out
 
 
 def device_input(prefix: str = "") -> str:

@@ -136,6 +136,41 @@ def model_summary(cfg, *, key: str) -> dict | None:
     return None
 
 
+def summary_ready(summary: dict | None, errors: list[str], shown_in_summary: list[str]) -> bool:
+    """Whether a form's model summary (:func:`model_summary`) is in and good. One still being built
+    holds Start back (:data:`~studio.forms.SUMMARY_PENDING`); a failed one is shown and holds it back
+    too: both go into ``errors`` and ``shown_in_summary`` (so :func:`start_gate` does not repeat them)."""
+    from .forms import SUMMARY_PENDING
+
+    if summary is None:
+        errors.append(SUMMARY_PENDING)
+        shown_in_summary.append(SUMMARY_PENDING)
+        return False
+    if summary.get("error"):
+        st.error(summary["error"], icon=":material/error:")
+        errors.append(summary["error"])
+        shown_in_summary.append(summary["error"])
+        return False
+    return True
+
+
+def start_gate(errors: list[str], shown_in_summary: list[str], *, where: str, warnings=()) -> None:
+    """Above a form's Start button: the problems not already shown beside the model summary, then
+    ``warnings``, then why Start is disabled (the summary still being built, or a problem shown
+    ``where``)."""
+    from .forms import SUMMARY_PENDING
+
+    for msg in errors:
+        if msg not in shown_in_summary:
+            st.error(msg, icon=":material/error:")
+    for msg in warnings:
+        st.warning(msg, icon=":material/schedule:")
+    if SUMMARY_PENDING in shown_in_summary:
+        st.caption("Start is enabled once the model summary is in.")
+    elif shown_in_summary:
+        st.caption(f"Fix the problem shown {where} to start.")
+
+
 def result_metrics(summary: dict | None, *, per_row: int = 3, top5: bool = True, ort: bool = True) -> None:
     """The result metrics of a finished run, ``per_row`` to a row (so no label or value is cut off), and
     under them what makes its latency untrustworthy as it stands (:func:`results.latency_flags`); above them, a

@@ -85,3 +85,27 @@ def test_saving_rates_of_a_sparsity_budget_are_each_layer_s_share_of_the_weights
     rates = saving_rates(space, "sparsity", [g.channels for g in space.groups])
     share = np.array([g.channels for g in space.groups], dtype=float) / space.prunable
     np.testing.assert_allclose(rates, share, rtol=0.02)
+
+
+def test_bisect_finds_the_boundary_from_either_end():
+    from pruner.budget import bisect
+
+    # the good end below the boundary (a keep that grows the cost) and above it (a scale that shrinks it)
+    x, v = bisect(lambda x: x * x, lambda v: v <= 0.25, 0.0, 1.0, 0.0, iterations=60, tol=1e-9)
+    assert x == pytest.approx(0.5, abs=1e-8) and v <= 0.25
+    x, v = bisect(lambda x: 1.0 - x, lambda v: v <= 0.3, 1.0, 0.0, 0.0, iterations=60)
+    assert x == pytest.approx(0.7, abs=1e-12) and v <= 0.3
+    calls = []
+    bisect(lambda x: calls.append(x) or x, lambda v: v <= 0.5, 0.0, 1.0, 0.0, iterations=40, tol=0.1)
+    assert len(calls) == 4                       # stops once the ends are closer than tol
+    assert bisect(lambda x: x, lambda v: False, 2.0, 1.0, "kept", iterations=5) == (2.0, "kept")
+
+
+def test_the_group_floor_is_the_spaces_min_keep(space_and_model):
+    from pruner.budget import cost_floor, floor_counts, floor_ratios
+
+    space, _ = space_and_model
+    counts = floor_counts(space)
+    assert counts == [space.min_keep(g) for g in space.groups]
+    assert floor_ratios(space).tolist() == [c / g.channels for c, g in zip(counts, space.groups)]
+    assert cost_floor(space, "flops") == model_cost_fn(space, "flops")(counts)

@@ -11,15 +11,9 @@ from pruner.finetune import FinetuneConfig
 from pruner.runs.config import RunConfig
 from pruner.runs.job import run_job
 from pruner.runs.rundir import PRUNE, PRUNE_PHASES, SENSITIVITY, Event, RunDir, Status, config_with_kind, run_config
-from pruner.search.base import best_meeting
-from pruner.search.evaluator import Candidate
-from studio.events import RunView, best_feasible, finetune_note, progress
+from studio.events import RunView, finetune_note, progress
 
 FT_EPOCHS = 2
-
-
-def _cand(i: int, top1: float, cost: float) -> Candidate:
-    return Candidate(id=i, step=0, counts=[1], keep_ratios=[1.0], top1=top1, macs=1, params=1, cost=cost)
 
 
 # ---------------------------------------------------------------------- one feasibility rule
@@ -29,19 +23,6 @@ def test_budget_feasible_gives_only_measured_latency_a_tolerance():
     assert Budget("latency", 0.6).feasible(0.6 * (1 + LATENCY_TOLERANCE))
     assert not Budget("latency", 0.6).feasible(0.6 * (1 + LATENCY_TOLERANCE) + 1e-6)
     assert not Budget("flops", 0.5).feasible(None)
-
-
-@pytest.mark.parametrize("kind", ["flops", "params", "latency"])
-def test_engine_and_studio_pick_the_same_best_candidate(kind):
-    """A candidate 3 % over a FLOPs budget is not the best one, neither for the job (a cancelled run's
-    summary) nor for the Live page; with a measured latency budget it is, for both."""
-    budget = Budget(kind, 0.5)
-    cands = [_cand(0, 70.0, 0.45), _cand(1, 75.0, 0.515), _cand(2, 90.0, 0.8)]
-    engine = best_meeting(cands, budget)
-    events = [c.to_event() for c in cands]
-    studio = best_feasible(events, budget)
-    view = RunView.from_events([{"kind": Event.CANDIDATE, "time": 1.0, **e} for e in events], budget=budget)
-    assert engine.id == studio["candidate_id"] == view.best["candidate_id"] == (1 if kind == "latency" else 0)
 
 
 def test_run_kinds_round_trip_through_config_json(tmp_path):

@@ -104,6 +104,33 @@ def test_best_meeting_ranks_by_score():
     assert c.score == 61.0                                           # no score given: top-1
 
 
+def _cand(i: int, top1: float, cost: float | None):
+    from pruner.search.evaluator import Candidate
+
+    return Candidate(id=i, step=0, counts=[1], keep_ratios=[1.0], top1=top1, macs=1, params=1, cost=cost)
+
+
+@pytest.mark.parametrize("kind", ["flops", "params", "latency"])
+def test_best_meeting_judges_with_the_budget_rule(kind):
+    """The one "best candidate" (the job's fallback, the CLI's progress and the studio's pages ask it):
+    a candidate 3 % over a FLOPs budget is not the best one; with a measured latency budget it is."""
+    from pruner.budget import Budget
+
+    cands = [_cand(0, 70.0, 0.45), _cand(1, 75.0, 0.515), _cand(2, 90.0, 0.8)]
+    assert best_meeting(cands, Budget(kind, 0.5)).id == (1 if kind == "latency" else 0)
+    assert best_meeting(cands[2:], Budget(kind, 0.5)) is None
+
+
+def test_best_meeting_ties_and_no_budget():
+    from pruner.budget import Budget
+
+    assert best_meeting([_cand(0, 80.0, 0.5), _cand(1, 80.0, 0.45), _cand(2, 80.0, 0.45)],
+                        Budget("flops", 0.5)).id == 1                 # ties: the cheaper, then the first
+    assert best_meeting([_cand(0, 70.0, 0.45), _cand(1, 90.0, 0.8)], None).id == 1   # no budget: every one counts
+    assert best_meeting([_cand(0, 70.0, None), _cand(1, 70.0, 0.2)], None).id == 0   # no cost ranks as 0
+    assert best_meeting([], None) is None
+
+
 def test_resume_replays_kl(kl_run, tmp_path):
     """A resumed kl run replays the recorded KLs (no evaluation repeated, the same answer)."""
     import shutil

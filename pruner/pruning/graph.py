@@ -33,10 +33,9 @@ def _label(node) -> str | None:
     return MERGES.get(name)
 
 
-def model_graph(model: nn.Module, input_size: Sequence[int]) -> dict | None:
-    """``{"nodes": [{"id", "op", "name", "shape"}], "edges": [[src, dst], ...]}`` of ``model`` (on CPU, batch
-    1), or None when it cannot be traced. ``name`` is the module path of a layer (what ``summary["layers"]``
-    names), ``op`` its class or the merge's kind, ``shape`` the output shape without the batch."""
+def _traced(model: nn.Module, input_size: Sequence[int]):
+    """A ``torch.fx`` trace of a CPU copy of ``model`` with each node's output shape (``ShapeProp`` on a
+    blank batch of one), or None when it cannot be traced."""
     import copy
 
     from torch.fx import symbolic_trace
@@ -48,15 +47,27 @@ def model_graph(model: nn.Module, input_size: Sequence[int]) -> dict | None:
         ShapeProp(gm).propagate(torch.zeros(1, *input_size))
     except Exception:  # noqa: BLE001 - data-dependent control flow, unsupported ops: no graph, said on the page
         return None
+    return gm
+
+
+def _shape_of(n) -> list[int] | None:
+    """A traced node's output shape without the batch (None when it has none)."""
+    meta = n.meta.get("tensor_meta")
+    shape = getattr(meta, "shape", None)
+    return list(shape)[1:] if shape is not None else None
+
+
+def model_graph(model: nn.Module, input_size: Sequence[int]) -> dict | None:
+    """``{"nodes": [{"id", "op", "name", "shape"}], "edges": [[src, dst], ...]}`` of ``model`` (on CPU, batch
+    1), or None when it cannot be traced. ``name`` is the module path of a layer (what ``summary["layers"]``
+    names), ``op`` its class or the merge's kind, ``shape`` the output shape without the batch."""
+    gm = _traced(model, input_size)
+    if gm is None:
+        return None
     modules = dict(gm.named_modules())
     rep: dict = {}             # fx node -> the graph node id it folded into
     nodes: list[dict] = []
     edges: set[tuple[int, int]] = set()
-
-    def shape_of(n) -> list[int] | None:
-        meta = n.meta.get("tensor_meta")
-        shape = getattr(meta, "shape", None)
-        return list(shape)[1:] if shape is not None else None
 
     def sources(n) -> list[int]:
         out = []
@@ -68,7 +79,7 @@ def model_graph(model: nn.Module, input_size: Sequence[int]) -> dict | None:
     for n in gm.graph.nodes:
         if n.op == "placeholder":
             rep[n] = len(nodes)
-            nodes.append({"id": rep[n], "op": "input", "name": "input", "shape": shape_of(n)})
+            nodes.append({"id": rep[n], "op": "input", "name": "input", "shape": _shape_of(n)})
             continue
         if n.op == "output":
             srcs = sources(n)
@@ -93,12 +104,12 @@ def model_graph(model: nn.Module, input_size: Sequence[int]) -> dict | None:
             node = nodes[srcs[0]]
             if n.op == "call_module" and node["op"] not in ("input",):
                 node["folded"] = [*node.get("folded", []), op]
-            node["shape"] = shape_of(n) or node["shape"]
+            node["shape"] = _shape_of(n) or node["shape"]
             continue
         nid = len(nodes)
         rep[n] = nid
         nodes.append({"id": nid, "op": op, "name": str(n.target) if n.op == "call_module" else op,
-                      "shape": shape_of(n)})
+                      "shape": _shape_of(n)})
         edges.update((s, nid) for s in srcs)
         if len(nodes) > MAX_NODES:
             return None

@@ -87,6 +87,14 @@ class RunConfig:
         check_data_spec(self.data, self.data_root)
 
     def __post_init__(self):
+        """Every setting checked (and normalised) once, in this order, each failure one line."""
+        self._check_finetune()
+        self._check_sizes()
+        self._check_search()
+        self._check_output()
+
+    def _check_finetune(self) -> None:
+        """The recipe, then the fine-tuning settings (a dict: the recipe's, overridden by those given)."""
         if self.recipe is not None:
             recipe_settings(self.recipe)   # an unknown name: one line before anything else
         if isinstance(self.finetune, dict):
@@ -97,6 +105,9 @@ class RunConfig:
                                               **self.finetune})
         if not isinstance(self.finetune, FinetuneConfig):
             raise PrunerError(f"finetune must be fine-tuning settings, got {self.finetune!r}")
+
+    def _check_sizes(self) -> None:
+        """The budget, split protocol, importance, device, image counts, seed, image size and floor."""
         self.budget_obj  # validates
         if self.protocol not in PROTOCOLS:
             raise PrunerError(f"unknown protocol {self.protocol!r}; use {' or '.join(PROTOCOLS)}")
@@ -116,6 +127,10 @@ class RunConfig:
                                        optional=True, flag="--image-size")
         self.max_prune = check_number("max_prune", self.max_prune, float, low=0.0, high=1.0, low_open=True,
                                       high_open=True, flag="--max-prune")
+
+    def _check_search(self) -> None:
+        """The strategy and its parameters, the search score, the sparsity pattern and the consent to
+        run the code the settings name."""
         from ..search.base import validate_strategy  # the search package imports the data and model code
 
         if not isinstance(self.strategy, str):
@@ -138,6 +153,9 @@ class RunConfig:
         refs = code_references(self.model, self.strategy_params)
         if refs and self.trust_code is not True:
             raise PrunerError(f"{refs[0]} names Python code that would run in the job; {CONSENT_HINT}")
+
+    def _check_output(self) -> None:
+        """Channel alignment, the latency batch, workers and scoring threads, quantization, Ray."""
         if self.round_to is not None:
             self.round_to = check_round_to(self.round_to)
         self.latency_batch = check_number("latency_batch", self.latency_batch, int, low=1, optional=True,

@@ -178,9 +178,14 @@ class Strategy(ABC):
 
 def best_meeting(candidates, budget) -> Candidate | None:
     """The highest-scoring of ``candidates`` (``score``: the run's ``--score``, top-1 by default) meeting
-    ``budget`` (:meth:`~pruner.budget.Budget.feasible`; ties: the cheaper), or None."""
-    feasible = [c for c in candidates if budget.feasible(c.cost)]
-    return max(feasible, key=lambda c: (c.score, -c.cost)) if feasible else None
+    ``budget`` (:meth:`~pruner.budget.Budget.feasible`; ties: the cheaper, then the first), or None.
+
+    The one rule for "the best candidate": the search's fallback answer, a cancelled run's best, the
+    CLI's progress and the studio's pages (their events read as candidates) all ask it. A candidate
+    is anything with ``score`` and ``cost``; ``budget`` None counts every candidate (a cost of None
+    then ranks as 0)."""
+    feasible = [c for c in candidates if budget is None or budget.feasible(c.cost)]
+    return max(feasible, key=lambda c: (c.score, -(c.cost or 0))) if feasible else None
 
 
 def best_feasible(ctx: SearchContext) -> Candidate | None:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-
-from ..budget import KINDS
+from ..budget import KINDS, bisect, floor_counts
 from ..errors import PrunerError
 from .base import Param, SearchContext, Strategy, register
 from .evaluator import Candidate
@@ -39,22 +38,19 @@ class GlobalMagnitude(Strategy):
             raise PrunerError("global pruning needs channel importance scores")
         space = ctx.space
         normed = [(s / s.mean().clamp_min(1e-12)).numpy() for s in ctx.scores]
-        floors = [space.min_keep(g) for g in space.groups]
+        floors = floor_counts(space)
         cost = ctx.evaluator.cost_fn()
 
         def counts_at(threshold: float) -> list[int]:
             return [int(min(g.channels, max(f, int((n > threshold).sum())))) for g, f, n in zip(space.groups, floors, normed)]
 
-        lo, hi = 0.0, float(max(n.max() for n in normed)) + 1.0
-        if cost(counts_at(hi)) > ctx.budget.target:
+        hi = float(max(n.max() for n in normed)) + 1.0
+        top = counts_at(hi)
+        if cost(top) > ctx.budget.target:
             raise PrunerError(f"budget {ctx.budget} cannot be met even at the per-group floors; raise the target")
-        for _ in range(40 if ctx.budget.kind != "latency" else 12):
-            mid = (lo + hi) / 2
-            if cost(counts_at(mid)) <= ctx.budget.target:
-                hi = mid
-            else:
-                lo = mid
-        cand = ctx.evaluator.evaluate(counts_at(hi), step=0, meta={"strategy": self.name, "threshold": hi})
+        hi, counts = bisect(counts_at, lambda c: cost(c) <= ctx.budget.target, hi, 0.0, top,
+                            iterations=40 if ctx.budget.kind != "latency" else 12)
+        cand = ctx.evaluator.evaluate(counts, step=0, meta={"strategy": self.name, "threshold": hi})
         ctx.emit("step", step=0, best_top1=cand.top1, best_reward=cand.reward, mean_reward=cand.reward,
                  keep_ratios=cand.keep_ratios)
         return cand

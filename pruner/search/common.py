@@ -1,34 +1,12 @@
-"""Small numerical pieces the RL strategies share: a numpy Adam, sigmoid/logit, each group's floor,
-and filling the undecided groups to the budget."""
+"""Small numerical pieces the RL strategies share: sigmoid/logit, filling the undecided groups to the
+budget, and the small MLP their networks are built from."""
 
 from __future__ import annotations
 
 import numpy as np
+import torch.nn as nn
 
-from .base import SearchContext
-
-
-class Adam:
-    """Plain Adam on a numpy vector (ascent), deterministic and dependency-free."""
-
-    def __init__(self, size: int, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
-        self.lr, self.b1, self.b2, self.eps = lr, betas[0], betas[1], eps
-        self.m = np.zeros(size)
-        self.v = np.zeros(size)
-        self.t = 0
-
-    def step(self, grad: np.ndarray) -> np.ndarray:
-        self.t += 1
-        self.m = self.b1 * self.m + (1 - self.b1) * grad
-        self.v = self.b2 * self.v + (1 - self.b2) * grad * grad
-        mhat = self.m / (1 - self.b1 ** self.t)
-        vhat = self.v / (1 - self.b2 ** self.t)
-        return self.lr * mhat / (np.sqrt(vhat) + self.eps)
-
-
-def floors(ctx: SearchContext) -> np.ndarray:
-    """Smallest keep ratio each group may have."""
-    return floors_of(ctx.space)
+from ..budget import bisect, floor_ratios
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -49,7 +27,7 @@ def fill_to_budget(space, cost_fn, target: float, keeps, free, *, iterations: in
     ``k = 1`` costs less than ``target``), ``"over"`` (even every free group at its floor costs
     more) or ``"none"`` (no free group: ``keeps`` as they are).
     """
-    lo_keep = floors_of(space)
+    lo_keep = floor_ratios(space)
     keeps = np.asarray(keeps, dtype=float)
     free = list(free)
 
@@ -67,19 +45,20 @@ def fill_to_budget(space, cost_fn, target: float, keeps, free, *, iterations: in
     bottom = at(0.0)
     if cost_fn(bottom) > target:
         return bottom, 0.0, "over"
-    lo, hi, best = 0.0, 1.0, bottom
-    for _ in range(iterations):
-        mid = (lo + hi) / 2
-        counts = at(mid)
-        if cost_fn(counts) <= target:
-            lo, best = mid, counts
-        else:
-            hi = mid
-        if hi - lo < 1e-5:
-            break
-    return best, lo, "ok"
+    k, best = bisect(at, lambda counts: cost_fn(counts) <= target, 0.0, 1.0, bottom, iterations=iterations, tol=1e-5)
+    return best, k, "ok"
 
 
-def floors_of(space) -> np.ndarray:
-    """Smallest keep ratio each group of ``space`` may have (:func:`floors` for a bare space)."""
-    return np.array([space.min_keep(g) / g.channels for g in space.groups], dtype=float)
+def mlp(n_in: int, hidden: int, n_out: int, *, depth: int = 1, zero_last: bool = False) -> nn.Sequential:
+    """A float64 tanh MLP, ``n_in -> hidden (x depth) -> n_out``, its layers initialised in order from
+    torch's RNG (callers fork and seed it); ``zero_last``: the output layer starts at zero. PuRL's
+    Q-network and constrained RL's actor and critics are built here."""
+    sizes = [n_in] + [hidden] * depth
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(a, b), nn.Tanh()]
+    net = nn.Sequential(*layers, nn.Linear(hidden, n_out))
+    if zero_last:
+        nn.init.zeros_(net[-1].weight)
+        nn.init.zeros_(net[-1].bias)
+    return net.double()

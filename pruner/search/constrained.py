@@ -39,7 +39,8 @@ The constrained problem ``max E[R]`` s.t. ``E[C_k] <= 1`` is relaxed to the Lagr
   clipped-surrogate Adam steps on the advantage of the Lagrangian, ``A_R - sum_k lambda_k A_Ck``
   (standardised over the batch: a positive rescaling of the same objective);
 * **critics**: the reward critic ``V_R(s)`` and the cost critic ``V_C(s)`` regress the GAE
-  returns of ``R`` and ``C_k`` (``ppo_epochs`` Adam steps each per update);
+  returns of ``R`` and ``C_k`` (full-batch L-BFGS with a strong-Wolfe line search, ``ppo_epochs``
+  iterations each per update, first step ``critic_lr``);
 * **dual**: projected ascent on the same cost signal,
   ``lambda_k <- max(0, lambda_k + dual_lr * (mean C_k - 1))``: the gradient of ``L`` in ``lambda``.
   So ``lambda`` rises while the samples violate on average and falls when they do not.
@@ -83,14 +84,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..budget import KINDS, LATENCY_TOLERANCE, Budget, Solution, model_cost_fn, solve, within
+from ..budget import (KINDS, LATENCY_TOLERANCE, Budget, Solution, floor_counts, floor_ratios, model_cost_fn, solve,
+                      within)
 from ..errors import PrunerError
 from ..settings import DEVICES
 from .base import Param, SearchContext, Strategy, register
-from .common import floors, logit, sigmoid
+from .common import logit, mlp, sigmoid
 from .costs import latency_cost, python_cost
 from .evaluator import Candidate
-from .sensitivity_strategy import SensitivityAllocation, allocate, measure_probes
+from .probes import allocate, measure_probes, probe_defaults
 
 
 # --------------------------------------------------------------------------- constraints
@@ -158,7 +160,7 @@ def project(ctx: SearchContext, keep: np.ndarray, constraints: list[Constraint])
     # several (or foreign) costs: bisect on the worst relative cost (<= 1 means all are met)
     combined = lambda counts: 0.5 * max(c.fn(counts) / c.limit for c in constraints)  # noqa: E731
     measured = ctx.budget.kind == "latency" or any(c.name.startswith(("latency", "python:")) for c in constraints)
-    at_floors = ctx.space.counts(floors(ctx).tolist())
+    at_floors = ctx.space.counts(floor_ratios(ctx.space).tolist())
     if combined(at_floors) > 0.5:
         raise PrunerError("the constraints " + ", ".join(f"{c.name} <= {c.limit:g}" for c in constraints) +
                           " cannot be met even with every group at its floor; raise the limit or allow more "
@@ -181,11 +183,11 @@ class LayerEnv:
         self.space = ctx.space
         self.groups = list(ctx.space.groups)
         self.n = len(self.groups)
-        self.lo = floors(ctx)
+        self.lo = floor_ratios(ctx.space)
         self.base = np.asarray(base_logits, dtype=float)
         self.constraints = constraints
         self.full = [g.channels for g in self.groups]
-        self.floor_counts = [ctx.space.min_keep(g) for g in self.groups]
+        self.floor_counts = floor_counts(ctx.space)
         biggest = math.log(max(max(self.full), 2))
         share = []
         for c in constraints:
@@ -230,13 +232,6 @@ class LayerEnv:
 # --------------------------------------------------------------------------- the agent
 
 
-def _mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
-    net = nn.Sequential(nn.Linear(inp, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, out))
-    nn.init.zeros_(net[-1].weight)
-    nn.init.zeros_(net[-1].bias)
-    return net.double()
-
-
 class LagrangianPPO:
     """Gaussian actor ``mu_theta(s)`` with a per-layer ``log sigma``, a reward critic ``V_R(s)``
     and a cost critic ``V_C(s)`` (one output per constraint), trained by PPO on the advantage
@@ -246,9 +241,9 @@ class LagrangianPPO:
     def __init__(self, dim: int, n_layers: int, n_costs: int, p: Mapping[str, Any], seed: int):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.actor = _mlp(dim, int(p["hidden"]), 1)
-            self.reward_critic = _mlp(dim, int(p["hidden"]), 1)
-            self.cost_critic = _mlp(dim, int(p["hidden"]), n_costs)
+            self.actor = mlp(dim, int(p["hidden"]), 1, depth=2, zero_last=True)
+            self.reward_critic = mlp(dim, int(p["hidden"]), 1, depth=2, zero_last=True)
+            self.cost_critic = mlp(dim, int(p["hidden"]), n_costs, depth=2, zero_last=True)
         self.log_std = nn.Parameter(torch.full((n_layers,), math.log(float(p["sigma"])), dtype=torch.float64))
         self.min_log_std = math.log(float(p["min_sigma"]))
         self.opt_actor = torch.optim.Adam([{"params": self.actor.parameters(), "lr": float(p["lr"])},
@@ -423,7 +418,7 @@ class ConstrainedRL(Strategy):
         p = self.params
         space = ctx.space
         n = len(space)
-        lo = floors(ctx)
+        lo = floor_ratios(ctx.space)
         counts0 = None
         if p["init"] == "uniform":
             counts0 = project(ctx, np.full(n, 0.5), required)
@@ -438,10 +433,10 @@ class ConstrainedRL(Strategy):
         return env, agent, counts0
 
     def _sensitivity_answer(self, ctx: SearchContext) -> Solution:
-        """The ``sensitivity`` strategy's answer, through its own module: the unpruned model and
+        """The ``sensitivity`` strategy's answer, through :mod:`pruner.search.probes`: the unpruned model and
         the groups probed (in chunks when evaluations are short, at most half of those left), its
         allocation (its default ``per_cost``) solved onto the run's budget."""
-        d = SensitivityAllocation.defaults()
+        d = probe_defaults()
         left = ctx.evaluator.remaining
         cap = None if left is None else max(1, left // 2 - 1)
         probes = measure_probes(ctx, float(d["probe_ratio"]), max_probes=cap, tag=self.name)

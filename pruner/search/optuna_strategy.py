@@ -4,7 +4,7 @@ The fair peer for a search that claims to earn its evaluations: Optuna's multiva
 CMA-ES, ``sampler=cmaes``) at the same ``--search-evals``, through the same evaluator and solver.
 
 1. warm start (``warm_start``): ``sensitivity`` measures the sensitivity strategy's probes
-   (:func:`~pruner.search.sensitivity_strategy.measure_probes`, every probe an evaluation counted
+   (:func:`~pruner.search.probes.measure_probes`, every probe an evaluation counted
    against ``--search-evals``) and enqueues its allocation as the first trial
    (``Study.enqueue_trial``); ``uniform`` enqueues the even allocation; ``none`` starts cold.
 2. a trial proposes one log-weight per group in ``[-log_range, 0]`` (widened to reach the warm start's
@@ -35,7 +35,7 @@ from ..budget import KINDS, Budget, cost_floor, model_cost_fn
 from ..errors import PrunerError
 from .base import Param, SearchContext, Strategy, best_meeting, register
 from .evaluator import Candidate
-from .sensitivity_strategy import SensitivityAllocation, allocate, measure_probes
+from .probes import allocate, measure_probes, probe_defaults
 
 SAMPLERS = ("tpe", "cmaes")
 WARM_STARTS = ("sensitivity", "uniform", "none")
@@ -87,17 +87,7 @@ class OptunaSearch(Strategy):
         span = float(p["log_range"])
         latency = ctx.budget.kind == "latency"
 
-        first: list[tuple[str, np.ndarray]] = []
-        offset = 0
-        if p["warm_start"] == "sensitivity":
-            probes = measure_probes(ctx, float(p["probe_ratio"]), tag=self.name)
-            sens = SensitivityAllocation.defaults()
-            alloc, how = allocate(ctx, probes, float(sens["floor"]), float(sens["power"]), sens["per_cost"])
-            first.append((f"sensitivity ({how})", alloc))
-            offset = probes.chunks + 1
-        elif p["warm_start"] == "uniform":
-            first.append(("uniform", np.ones(n)))
-
+        first, offset = self._warm_start(ctx)
         if first:   # the range reaches the warm start, so that its first trial is exactly that allocation
             a = np.asarray(first[0][1], dtype=float)
             span = max(span, float(-np.log(np.maximum(a / a.max(), 1e-12)).min()) + 1e-9)
@@ -125,17 +115,8 @@ class OptunaSearch(Strategy):
             ev.prefetch(proposals)
             fresh = 0
             for trial, counts in zip(trials, proposals):
-                cand = ev.evaluate(counts, step=offset + trial.number, meta={
-                    "strategy": self.name, "sampler": p["sampler"], "trial": trial.number,
-                    **({"warm_start": trial.user_attrs["warm_start"]} if "warm_start" in trial.user_attrs else {}),
-                    **({"macs_target": trial.params["macs"]} if "macs" in trial.params else {})})
+                cand = self._tell(ctx, study, trial, counts, offset, latency)
                 fresh += not cand.meta["cached"]
-                excess = cand.cost - ctx.budget.target * (1.0 + ctx.budget.tolerance)
-                trial.set_user_attr("excess", float(excess))
-                value = cand.score
-                if latency and p["sampler"] == "cmaes" and excess > 0:
-                    value -= LATENCY_PENALTY * excess / ctx.budget.target
-                study.tell(trial, value)
                 told += 1
                 mine.append(cand)
                 best = best_meeting(mine, ctx.budget) or cand
@@ -155,6 +136,35 @@ class OptunaSearch(Strategy):
         return best
 
     # ------------------------------------------------------------------ pieces
+    def _warm_start(self, ctx: SearchContext) -> tuple[list[tuple[str, np.ndarray]], int]:
+        """The warm start (``[(label, allocation)]``, or none) and the steps its probes took: the
+        sensitivity probes' allocation (:mod:`pruner.search.probes`, its defaults) or uniform."""
+        p = self.params
+        if p["warm_start"] == "sensitivity":
+            probes = measure_probes(ctx, float(p["probe_ratio"]), tag=self.name)
+            sens = probe_defaults()
+            alloc, how = allocate(ctx, probes, float(sens["floor"]), float(sens["power"]), sens["per_cost"])
+            return [(f"sensitivity ({how})", alloc)], probes.chunks + 1
+        if p["warm_start"] == "uniform":
+            return [("uniform", np.ones(len(ctx.space)))], 0
+        return [], 0
+
+    def _tell(self, ctx: SearchContext, study, trial, counts: list[int], offset: int, latency: bool) -> Candidate:
+        """Score a trial's structure and tell the study its value: the search score, less a penalty
+        for a latency over the budget under CMA-ES (TPE judges it as a constraint, ``excess``)."""
+        p = self.params
+        cand = ctx.evaluator.evaluate(counts, step=offset + trial.number, meta={
+            "strategy": self.name, "sampler": p["sampler"], "trial": trial.number,
+            **({"warm_start": trial.user_attrs["warm_start"]} if "warm_start" in trial.user_attrs else {}),
+            **({"macs_target": trial.params["macs"]} if "macs" in trial.params else {})})
+        excess = cand.cost - ctx.budget.target * (1.0 + ctx.budget.tolerance)
+        trial.set_user_attr("excess", float(excess))
+        value = cand.score
+        if latency and p["sampler"] == "cmaes" and excess > 0:
+            value -= LATENCY_PENALTY * excess / ctx.budget.target
+        study.tell(trial, value)
+        return cand
+
     @staticmethod
     def _log_weights(alloc: np.ndarray, span: float) -> list[float]:
         a = np.asarray(alloc, dtype=float)

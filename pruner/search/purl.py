@@ -40,29 +40,22 @@ Latency budgets are refused: the fill needs an exact cost model.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from ..budget import floor_ratios
 from ..errors import PrunerError
 from .base import Param, SearchContext, Strategy, best_meeting, register
-from .common import fill_to_budget, floors_of
+from .common import fill_to_budget, mlp
 from .evaluator import Candidate, EvaluationBudgetExhausted
 
 #: the budget kinds purl searches (the fill needs an exact, analytic cost)
 PURL_KINDS = ("flops", "params", "sparsity")
 N_FEATURES = 11
-
-
-class _MLP(nn.Module):
-    def __init__(self, n_in: int, n_out: int, hidden: int):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(n_in, hidden), nn.Tanh(), nn.Linear(hidden, n_out))
-
-    def forward(self, x):
-        return self.net(x)
 
 
 @register
@@ -101,20 +94,42 @@ class PuRL(Strategy):
 
     # ------------------------------------------------------------------
     def search(self, ctx: SearchContext) -> Candidate:
+        """The uniform start, then rounds of ``batch`` episodes side by side until the evaluations run
+        out (the last round greedy); the answer is the best structure scored that meets the budget."""
         p = self.params
         ev = ctx.evaluator
-        space = ctx.space
         self.check_budget(ctx.budget.kind, p)
-        n = len(space)
-        B = float(ctx.budget.target)
         cost_fn = ev.cost_fn()
-        K = 2 * int(p["levels"]) + 1
-        levels = float(p["spread"]) ** np.linspace(-1.0, 1.0, K)
-        neutral = K // 2
         rng = ctx.rng(47)
-        lo_keep = floors_of(space)
+        plan = self._plan(ctx, cost_fn)
+        agent = _QLearner(plan, p, seed=int(ctx.seed) * 1000 + 47)
+        start, start_k = self._start(ctx, plan, cost_fn)
+        # with a cap, episodes run until it is used; the bound only guards against episodes served from the memo
+        max_eps = int(p["episodes"]) or (2 * ev.remaining + 2 if ev.remaining is not None else 30)
+        episode = 0
+        exhausted = False
+        while episode < max_eps and not exhausted and (ev.remaining is None or ev.remaining > 0):
+            eps_ids, epsilon, greedy = self._round(ev, plan, episode, max_eps)
+            runs = [{"keeps": np.array(start.keep_ratios), "counts": list(start.counts), "score": start.score,
+                     "default": start_k, "last_action": plan.neutral, "return": 0.0, "cand": start, "rewards": []}
+                    for _ in eps_ids]
+            exhausted = self._play(ctx, plan, agent, rng, cost_fn, runs, eps_ids, epsilon, greedy)
+            self._report(ctx, plan, runs, eps_ids, epsilon, greedy, exhausted)
+            episode += len(eps_ids)
+            if greedy:
+                break
+        best = self._best(ctx)
+        if best is None:
+            raise PrunerError("purl scored no structure that meets the budget; raise --search-evals or the target")
+        return best
 
-        # which groups are decided, in network order: all, or the `steps` with the largest cost share
+    def _plan(self, ctx: SearchContext, cost_fn) -> "_Plan":
+        """Which groups are decided (all, or the ``steps`` with the largest cost share, in network
+        order), their static features and the action levels."""
+        p = self.params
+        space = ctx.space
+        n = len(space)
+        lo_keep = floor_ratios(space)
         full = space.counts([1.0] * n)
         base_cost = cost_fn(full)
         share = np.array([base_cost - cost_fn(space.counts([lo_keep[g] if i == g else 1.0 for i in range(n)]))
@@ -127,39 +142,32 @@ class PuRL(Strategy):
         order = sorted(np.argsort(-share, kind="stable")[:T].tolist())
         size = np.log1p([g.channels for g in space.groups])
         size = size / max(float(size.max()), 1e-12)
-        self._ctx = (order, share, size, lo_keep, B, T, K)
+        levels = float(p["spread"]) ** np.linspace(-1.0, 1.0, 2 * int(p["levels"]) + 1)
+        return _Plan(order=order, share=share, size=size, lo_keep=lo_keep, target=float(ctx.budget.target),
+                     steps=T, levels=levels)
 
-        # networks: initialised from the seed, isolated from torch's global RNG
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(ctx.seed) * 1000 + 47)
-            qnet = _MLP(N_FEATURES, K, int(p["hidden"])).double()
-        with torch.no_grad():   # almost flat, the default level on top: the first greedy policy is uniform
-            qnet.net[-1].weight.mul_(0.01)
-            qnet.net[-1].bias.zero_()
-            qnet.net[-1].bias[neutral] = 0.01
-        target = _MLP(N_FEATURES, K, int(p["hidden"])).double()
-        target.load_state_dict(qnet.state_dict())
-        opt = torch.optim.Adam(qnet.parameters(), lr=float(p["lr"]))
-        memory: list[tuple[np.ndarray, int, float, np.ndarray, bool]] = []
-        rounds = 0
+    def _structure(self, ctx: SearchContext, plan: "_Plan", cost_fn, keeps: np.ndarray,
+                   free: list[int]) -> tuple[list[int], float, float, bool]:
+        """(counts, default keep of the undecided groups, cost before any projection, projected)."""
+        space = ctx.space
+        counts, k, status = fill_to_budget(space, cost_fn, plan.target, keeps, free)
+        raw = cost_fn(counts)
+        if status == "ok":
+            return counts, k, raw, False
+        # the undecided groups cannot absorb the decisions: project onto the budget along the
+        # structure's own direction (the shared solver)
+        ratios = [c / g.channels for c, g in zip(counts, space.groups)]
+        try:
+            sol = ctx.evaluator.solve([max(0.0, 1.0 - r) + 1e-3 for r in ratios])
+        except PrunerError:
+            sol = None
+        return (counts if sol is None else list(sol.counts)), k, raw, sol is not None
 
-        def structure(keeps: np.ndarray, free: list[int]) -> tuple[list[int], float, float, bool]:
-            """(counts, default keep of the undecided groups, cost before any projection, projected)."""
-            counts, k, status = fill_to_budget(space, cost_fn, B, keeps, free)
-            raw = cost_fn(counts)
-            if status == "ok":
-                return counts, k, raw, False
-            # the undecided groups cannot absorb the decisions: project onto the budget along the
-            # structure's own direction (the shared solver)
-            ratios = [c / g.channels for c, g in zip(counts, space.groups)]
-            try:
-                sol = ev.solve([max(0.0, 1.0 - r) + 1e-3 for r in ratios])
-            except PrunerError:
-                sol = None
-            return (counts if sol is None else list(sol.counts)), k, raw, sol is not None
-
-        # the start: every group at the uniform default (one evaluation, shared by every episode)
-        start_counts, start_k, _, _ = structure(np.ones(n), list(range(n)))
+    def _start(self, ctx: SearchContext, plan: "_Plan", cost_fn) -> tuple[Candidate, float]:
+        """Every group at the uniform default: one evaluation, shared by every episode, and its keep."""
+        ev = ctx.evaluator
+        n = len(ctx.space)
+        start_counts, start_k, _, _ = self._structure(ctx, plan, cost_fn, np.ones(n), list(range(n)))
         ev.prefetch([start_counts])
         try:
             start = ev.evaluate(start_counts, step=0, meta={"strategy": self.name, "episode": -1, "start": True})
@@ -169,116 +177,184 @@ class PuRL(Strategy):
         if not ctx.feasible(start):
             raise PrunerError(f"purl's uniform start misses the budget {ctx.budget} (cost {start.cost:.3f}); "
                               "raise the target or allow more pruning (max prune fraction, min channels)")
+        return start, start_k
 
-        # with a cap, episodes run until it is used; the bound only guards against episodes served from the memo
-        max_eps = int(p["episodes"]) or (2 * ev.remaining + 2 if ev.remaining is not None else 30)
-        episode = 0
-        exhausted = False
-        while episode < max_eps and not exhausted and (ev.remaining is None or ev.remaining > 0):
-            # exploring episodes while the cap leaves room for them *and* a final greedy one (T at most each)
-            group = min(int(p["batch"]), max_eps - 1 - episode)
-            if ev.remaining is not None:
-                group = min(group, (ev.remaining - T) // T)
-            last = group < 1
-            greedy = last and episode > 0
-            group = max(1, group)
-            eps_ids = list(range(episode, episode + group))
-            epsilon = [0.0 if greedy else max(float(p["eps_end"]), float(p["eps_start"]) * float(p["eps_decay"]) ** e)
-                       for e in eps_ids]
-            runs = [{"keeps": np.array(start.keep_ratios), "counts": list(start.counts), "score": start.score,
-                     "default": start_k, "last_action": neutral, "return": 0.0, "cand": start, "rewards": []}
-                    for _ in eps_ids]
-            for t in range(T):
-                g = order[t]
-                free = order[t + 1:] + [i for i in range(n) if i not in order]
-                proposals = []
-                for j, run in enumerate(runs):
-                    s = self._state(t, run, cost_fn, space)
-                    if rng.random() < epsilon[j]:
-                        a = int(rng.integers(K))
-                    else:
-                        with torch.no_grad():
-                            a = int(torch.argmax(qnet(torch.from_numpy(s))).item())
-                    current = float(run["keeps"][g])
-                    keep = float(np.clip(current * levels[a], lo_keep[g], 1.0))
-                    want = space.counts([keep if i == g else 1.0 for i in range(n)])[g]
-                    if want == run["counts"][g]:   # the default: the previous structure again (memoised)
-                        counts, default, raw, projected = list(run["counts"]), run["default"], cost_fn(run["counts"]), False
-                    else:
-                        keeps = np.array(run["keeps"])
-                        keeps[g] = want / space.groups[g].channels
-                        counts, default, raw, projected = structure(keeps, free)
-                        default = run["default"] if default is None else default
-                    proposals.append((s, a, keep, counts, default, raw, projected))
-                ev.prefetch([pr[3] for pr in proposals])
-                try:
-                    for j, (s, a, keep, counts, default, raw, projected) in enumerate(proposals):
-                        run = runs[j]
-                        miss = abs(raw - B) / max(B, 1e-9)
+    def _round(self, ev, plan: "_Plan", episode: int, max_eps: int) -> tuple[list[int], list[float], bool]:
+        """The episodes of the next round, their exploration rates and whether it is the greedy last:
+        exploring episodes while the cap leaves room for them *and* a final greedy one (T at most each)."""
+        p = self.params
+        T = plan.steps
+        group = min(int(p["batch"]), max_eps - 1 - episode)
+        if ev.remaining is not None:
+            group = min(group, (ev.remaining - T) // T)
+        last = group < 1
+        greedy = last and episode > 0
+        group = max(1, group)
+        eps_ids = list(range(episode, episode + group))
+        epsilon = [0.0 if greedy else max(float(p["eps_end"]), float(p["eps_start"]) * float(p["eps_decay"]) ** e)
+                   for e in eps_ids]
+        return eps_ids, epsilon, greedy
 
-                        def reward_fn(c: Candidate, before=run["score"], miss=miss) -> float:
-                            return (float(p["acc_weight"]) * (c.score - before) / 100.0
-                                    - float(p["sparsity_weight"]) * miss)
+    def _play(self, ctx: SearchContext, plan: "_Plan", agent: "_QLearner", rng, cost_fn, runs: list[dict],
+              eps_ids: list[int], epsilon: list[float], greedy: bool) -> bool:
+        """One round: at each step every episode proposes (prefetched together), the proposals are
+        scored and remembered, and the Q-network learns. True when the evaluations ran out."""
+        n = len(ctx.space)
+        for t in range(plan.steps):
+            free = plan.order[t + 1:] + [i for i in range(n) if i not in plan.order]
+            proposals = [self._propose(ctx, plan, agent, rng, cost_fn, run, t, free, eps)
+                         for run, eps in zip(runs, epsilon)]
+            ctx.evaluator.prefetch([pr[3] for pr in proposals])
+            try:
+                for j, proposal in enumerate(proposals):
+                    self._score(ctx, plan, agent, cost_fn, runs[j], proposal, t, eps_ids[j], epsilon[j], greedy)
+            except EvaluationBudgetExhausted:
+                return True
+            agent.learn(rng)
+        return False
 
-                        cand = ev.evaluate(counts, step=eps_ids[j] * T + t, reward_fn=reward_fn, meta={
-                            "strategy": self.name, "episode": eps_ids[j], "pruning_step": t, "layer": int(g),
-                            "action": a, "greedy": greedy, "projected": projected})
-                        r = float(cand.reward)
-                        run.update(keeps=np.array(cand.keep_ratios), counts=list(cand.counts), score=cand.score,
-                                   default=default, last_action=a, cand=cand)
-                        run["return"] += r
-                        run["rewards"].append(r)
-                        s_next = self._state(t + 1, run, cost_fn, space) if t + 1 < T else np.zeros(N_FEATURES)
-                        if not greedy:
-                            memory.append((s, a, r, s_next, t + 1 == T))
-                        ctx.emit("purl", level="step", episode=eps_ids[j], step=t, steps=T, layer=space.groups[g].name,
-                                 group=int(g), action=a, keep=float(cand.keep_ratios[g]), default=float(default),
-                                 reward=r, top1=cand.top1, cost=cand.cost, miss=miss, projected=projected,
-                                 epsilon=epsilon[j], greedy=greedy, keep_ratios=cand.keep_ratios)
-                except EvaluationBudgetExhausted:
-                    exhausted = True
-                    break
-                if memory:
-                    self._learn(memory, qnet, target, opt, rng)
-                    rounds += 1
-                    if rounds % int(p["target_every"]) == 0:
-                        target.load_state_dict(qnet.state_dict())
-            best = best_meeting([c for c in ev.candidates if c.meta.get("strategy") == self.name], ctx.budget)
-            for j, ep in enumerate(eps_ids):
-                run = runs[j]
-                if exhausted and len(run["rewards"]) < T:
-                    continue
-                ctx.emit("purl", level="episode", episode=ep, steps=T, **{"return": run["return"]},
-                         final_top1=run["cand"].top1, final_cost=run["cand"].cost, greedy=greedy, epsilon=epsilon[j],
-                         best_feasible_top1=None if best is None else best.top1)
-                ctx.emit("step", step=ep, best_top1=None if best is None else best.top1,
-                         best_reward=max(run["rewards"]), mean_reward=run["return"] / T,
-                         keep_ratios=best.keep_ratios if best is not None else run["cand"].keep_ratios)
-            episode += group
-            if greedy:
-                break
-        best = best_meeting([c for c in ev.candidates if c.meta.get("strategy") == self.name], ctx.budget)
-        if best is None:
-            raise PrunerError("purl scored no structure that meets the budget; raise --search-evals or the target")
-        return best
+    def _propose(self, ctx: SearchContext, plan: "_Plan", agent: "_QLearner", rng, cost_fn, run: dict, t: int,
+                 free: list[int], eps: float) -> tuple:
+        """Episode ``run``'s action at step ``t`` (epsilon-greedy) and the structure it leads to:
+        ``(state, action, keep, counts, default, raw cost, projected)``."""
+        space = ctx.space
+        n = len(space)
+        g = plan.order[t]
+        s = self._state(plan, t, run, cost_fn, space)
+        a = int(rng.integers(plan.actions)) if rng.random() < eps else agent.act(s)
+        current = float(run["keeps"][g])
+        keep = float(np.clip(current * plan.levels[a], plan.lo_keep[g], 1.0))
+        want = space.counts([keep if i == g else 1.0 for i in range(n)])[g]
+        if want == run["counts"][g]:   # the default: the previous structure again (memoised)
+            return s, a, keep, list(run["counts"]), run["default"], cost_fn(run["counts"]), False
+        keeps = np.array(run["keeps"])
+        keeps[g] = want / space.groups[g].channels
+        counts, default, raw, projected = self._structure(ctx, plan, cost_fn, keeps, free)
+        return s, a, keep, counts, (run["default"] if default is None else default), raw, projected
+
+    def _score(self, ctx: SearchContext, plan: "_Plan", agent: "_QLearner", cost_fn, run: dict, proposal: tuple,
+               t: int, episode: int, eps: float, greedy: bool) -> None:
+        """Score one proposal with its step reward, move its episode on, remember the transition
+        (exploring rounds only) and record the step (a ``purl`` event)."""
+        p = self.params
+        space = ctx.space
+        s, a, keep, counts, default, raw, projected = proposal
+        g = plan.order[t]
+        T, B = plan.steps, plan.target
+        miss = abs(raw - B) / max(B, 1e-9)
+
+        def reward_fn(c: Candidate, before=run["score"], miss=miss) -> float:
+            return (float(p["acc_weight"]) * (c.score - before) / 100.0
+                    - float(p["sparsity_weight"]) * miss)
+
+        cand = ctx.evaluator.evaluate(counts, step=episode * T + t, reward_fn=reward_fn, meta={
+            "strategy": self.name, "episode": episode, "pruning_step": t, "layer": int(g),
+            "action": a, "greedy": greedy, "projected": projected})
+        r = float(cand.reward)
+        run.update(keeps=np.array(cand.keep_ratios), counts=list(cand.counts), score=cand.score,
+                   default=default, last_action=a, cand=cand)
+        run["return"] += r
+        run["rewards"].append(r)
+        s_next = self._state(plan, t + 1, run, cost_fn, space) if t + 1 < T else np.zeros(N_FEATURES)
+        if not greedy:
+            agent.memory.append((s, a, r, s_next, t + 1 == T))
+        ctx.emit("purl", level="step", episode=episode, step=t, steps=T, layer=space.groups[g].name,
+                 group=int(g), action=a, keep=float(cand.keep_ratios[g]), default=float(default),
+                 reward=r, top1=cand.top1, cost=cand.cost, miss=miss, projected=projected,
+                 epsilon=eps, greedy=greedy, keep_ratios=cand.keep_ratios)
+
+    def _best(self, ctx: SearchContext) -> Candidate | None:
+        return best_meeting([c for c in ctx.evaluator.candidates if c.meta.get("strategy") == self.name], ctx.budget)
+
+    def _report(self, ctx: SearchContext, plan: "_Plan", runs: list[dict], eps_ids: list[int],
+                epsilon: list[float], greedy: bool, exhausted: bool) -> None:
+        """An ``episode`` and a ``step`` event per finished episode of the round."""
+        T = plan.steps
+        best = self._best(ctx)
+        for j, ep in enumerate(eps_ids):
+            run = runs[j]
+            if exhausted and len(run["rewards"]) < T:
+                continue
+            ctx.emit("purl", level="episode", episode=ep, steps=T, **{"return": run["return"]},
+                     final_top1=run["cand"].top1, final_cost=run["cand"].cost, greedy=greedy, epsilon=epsilon[j],
+                     best_feasible_top1=None if best is None else best.top1)
+            ctx.emit("step", step=ep, best_top1=None if best is None else best.top1,
+                     best_reward=max(run["rewards"]), mean_reward=run["return"] / T,
+                     keep_ratios=best.keep_ratios if best is not None else run["cand"].keep_ratios)
 
     # ------------------------------------------------------------------
-    def _state(self, t: int, run: dict, cost_fn, space) -> np.ndarray:
+    def _state(self, plan: "_Plan", t: int, run: dict, cost_fn, space) -> np.ndarray:
         """Features of step ``t``'s group and of the structure so far (all in about [0, 1])."""
-        order, share, size, lo_keep, B, T, K = self._ctx
-        g = order[t]
-        decided = order[:t]
+        g = plan.order[t]
+        decided = plan.order[:t]
         keeps = np.ones(len(space))
         keeps[decided] = run["keeps"][decided]
         so_far = cost_fn(space.counts(keeps.tolist()))   # the decided groups as chosen, the rest unpruned
         default = run["default"]
         return np.array([
-            t / T, share[g], lo_keep[g], size[g], float(run["keeps"][g]),
-            so_far, B, float(default),
-            run["last_action"] / (K - 1), run["score"] / 100.0, 1.0], dtype=np.float64)
+            t / plan.steps, plan.share[g], plan.lo_keep[g], plan.size[g], float(run["keeps"][g]),
+            so_far, plan.target, float(default),
+            run["last_action"] / (plan.actions - 1), run["score"] / 100.0, 1.0], dtype=np.float64)
 
-    def _learn(self, memory, qnet, target, opt, rng) -> None:
-        p = self.params
+
+@dataclass(frozen=True)
+class _Plan:
+    """What every step of a PuRL search shares: the groups decided and their static features."""
+
+    order: list[int]          # the groups decided, in network order
+    share: np.ndarray         # each group's share of the cost (what its floor saves; largest = 1)
+    size: np.ndarray          # log channels (largest = 1)
+    lo_keep: np.ndarray       # each group's floor keep ratio (pruner.budget.floor_ratios)
+    target: float             # the budget's target B
+    steps: int                # groups decided per episode, T
+    levels: np.ndarray        # the keep multiplier of each action
+
+    @property
+    def actions(self) -> int:
+        return len(self.levels)
+
+    @property
+    def neutral(self) -> int:
+        """The action that keeps the default."""
+        return len(self.levels) // 2
+
+
+class _QLearner:
+    """PuRL's double DQN: a Q-network and its target network (:func:`~pruner.search.common.mlp`,
+    initialised from the run's seed, isolated from torch's global RNG), Adam, the replay memory."""
+
+    def __init__(self, plan: _Plan, params: Mapping[str, Any], seed: int):
+        self.params = params
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.qnet = mlp(N_FEATURES, int(params["hidden"]), plan.actions)
+        with torch.no_grad():   # almost flat, the default level on top: the first greedy policy is uniform
+            self.qnet[-1].weight.mul_(0.01)
+            self.qnet[-1].bias.zero_()
+            self.qnet[-1].bias[plan.neutral] = 0.01
+        self.target = mlp(N_FEATURES, int(params["hidden"]), plan.actions)
+        self.target.load_state_dict(self.qnet.state_dict())
+        self.opt = torch.optim.Adam(self.qnet.parameters(), lr=float(params["lr"]))
+        self.memory: list[tuple[np.ndarray, int, float, np.ndarray, bool]] = []
+        self.rounds = 0
+
+    def act(self, s: np.ndarray) -> int:
+        """The greedy action in state ``s``."""
+        with torch.no_grad():
+            return int(torch.argmax(self.qnet(torch.from_numpy(s))).item())
+
+    def learn(self, rng) -> None:
+        """After a round of steps: ``updates`` Adam steps on the Huber TD loss; the target network
+        follows every ``target_every`` rounds. Nothing before the memory holds a transition."""
+        if not self.memory:
+            return
+        self._updates(rng)
+        self.rounds += 1
+        if self.rounds % int(self.params["target_every"]) == 0:
+            self.target.load_state_dict(self.qnet.state_dict())
+
+    def _updates(self, rng) -> None:
+        p, memory, qnet, target, opt = self.params, self.memory, self.qnet, self.target, self.opt
         gamma = float(p["gamma"])
         for _ in range(int(p["updates"])):
             idx = rng.integers(len(memory), size=min(len(memory), int(p["minibatch"])))

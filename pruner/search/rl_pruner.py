@@ -12,7 +12,7 @@ A search:
 
 0. **start** — where the policy's mean begins (``start``):
    ``sensitivity`` (default) is the ``sensitivity`` strategy's measurement and answer, through
-   its module (:func:`measure_probes`, :func:`allocate`): the unpruned model and each group
+   :mod:`pruner.search.probes` (:func:`measure_probes`, :func:`allocate`): the unpruned model and each group
    pruned alone (capped so that a fifth of ``--search-evals`` is left to learn), the allocation
    ``1 / (damage + floor) ** power`` (under params and sparsity budgets ``(cost saved / (damage +
    floor)) ** power``) solved onto the budget and evaluated; the structures are the
@@ -56,16 +56,17 @@ from __future__ import annotations
 import copy
 import itertools
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from ..budget import KINDS, saving_rates
+from ..budget import KINDS, bisect, floor_counts, saving_rates
 from ..errors import PrunerError
 from .base import Param, SearchContext, Strategy, register
 from .evaluator import Candidate
-from .sensitivity_strategy import Probes, SensitivityAllocation, allocate, measure_probes, probes_from_analysis
+from .probes import Probes, allocate, measure_probes, probe_defaults, probes_from_analysis
 
 #: RL-Pruner's own recipe (arXiv 2411.06463, section 3), scaled to what ``--search-evals`` allows.
 PRESETS = {
@@ -78,6 +79,14 @@ PRESETS = {
 }
 IMPORTANCE = ("keep", "l1", "l2", "taylor")
 POLICIES = ("features", "groups")
+
+
+def with_preset(params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` with the keys of their ``preset`` (:data:`PRESETS`) that they do not set: the one
+    place a preset is merged (an unknown preset adds nothing; ``RLPruner`` refuses it)."""
+    return {**PRESETS.get(params.get("preset") or "", {}), **params}
+
+
 #: how many times a noisy sample is redrawn when it lands on a structure already evaluated
 REDRAWS = 6
 
@@ -87,7 +96,7 @@ def step_counts(ctx: SearchContext, current: list[int], policy: np.ndarray, targ
     """Prune ``current`` along ``policy`` until the relative cost reaches ``target``."""
     space = ctx.space
     cost = ctx.evaluator.cost_fn()
-    floors = [space.min_keep(g) for g in space.groups]
+    floors = floor_counts(space)
     p = np.asarray(policy, dtype=float)
     p = p / p.max()
 
@@ -95,18 +104,14 @@ def step_counts(ctx: SearchContext, current: list[int], policy: np.ndarray, targ
         return [int(min(c, max(f, round(c * (1.0 - min(1.0, s * w)))))) for c, f, w in zip(current, floors, p)]
 
     hi = 1.0 / max(1e-6, p[p > 0].min())
-    if cost(counts_at(hi)) > target:
+    deepest = counts_at(hi)
+    if cost(deepest) > target:
         return None
-    lo = 0.0
-    if cost(counts_at(lo)) <= target:
+    if cost(counts_at(0.0)) <= target:
         return list(current)
-    for _ in range(iterations if ctx.budget.kind != "latency" else 10):
-        mid = (lo + hi) / 2
-        if cost(counts_at(mid)) <= target:
-            hi = mid
-        else:
-            lo = mid
-    return counts_at(hi)
+    _scale, counts = bisect(counts_at, lambda c: cost(c) <= target, hi, 0.0, deepest,
+                            iterations=iterations if ctx.budget.kind != "latency" else 10)
+    return counts
 
 
 # ---------------------------------------------------------------------- group features and blocks
@@ -254,7 +259,7 @@ class RLPruner(Strategy):
     @classmethod
     def check_budget(cls, kind, params) -> None:
         super().check_budget(kind, params)
-        p = {**cls.defaults(), **PRESETS.get(params.get("preset") or "", {}), **params}
+        p = cls.settings(params)
         if kind == "sparsity" and int(p["steps"]) > 1 and int(p["finetune_batches"]) > 0:
             raise PrunerError("rl's distillation between steps (finetune_batches > 0 with steps > 1) prunes channels "
                               "only; for a sparsity budget set finetune_batches=0 (or steps=1)")
@@ -263,7 +268,7 @@ class RLPruner(Strategy):
     def check_setting(cls, params, *, find_analysis=None) -> None:
         """``start`` is a start name or a finished Sensitivity analysis that exists (``find_analysis``;
         a name that is neither used to fail inside the job, after the model and data had loaded)."""
-        start = str({**cls.defaults(), **PRESETS.get(params.get("preset") or "", {}), **params}["start"])
+        start = str(cls.settings(params)["start"])
         if start in START_NAMES or find_analysis is None:
             return
         if find_analysis(start) is None:
@@ -272,7 +277,7 @@ class RLPruner(Strategy):
 
     @classmethod
     def check_score(cls, score, params) -> None:
-        start = str({**cls.defaults(), **PRESETS.get(params.get("preset") or "", {}), **params}["start"])
+        start = str(cls.settings(params)["start"])
         if score != "top1" and start not in START_NAMES:
             raise PrunerError(f"a Sensitivity analysis measures top-1, so rl cannot start from one ({start}) while "
                               f"the search maximises {score}; use --score top1, or start=sensitivity to probe "
@@ -333,9 +338,13 @@ class RLPruner(Strategy):
         preset = params.get("preset", "") or ""
         if preset and preset not in PRESETS:
             raise PrunerError(f"unknown rl preset {preset!r}; use {', '.join(PRESETS)} or leave it empty")
-        given = dict(params)
-        params = {**PRESETS.get(preset, {}), **given}
-        super().__init__(**params)
+        super().__init__(**with_preset(params))
+
+    @classmethod
+    def settings(cls, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The parameters a search with ``params`` runs with: the defaults, then the preset's keys
+        (:func:`with_preset`), then ``params``; the checks judge these before any search starts."""
+        return {**cls.defaults(), **with_preset(params)}
 
     # ------------------------------------------------------------------ the start
     def _probe_ratio(self, ctx: SearchContext) -> float:
@@ -343,7 +352,7 @@ class RLPruner(Strategy):
         if r > 0:
             return r
         if str(self.params["start"]) == "sensitivity":
-            return float(SensitivityAllocation.defaults()["probe_ratio"])
+            return float(probe_defaults()["probe_ratio"])
         return float(np.clip(1.0 - ctx.budget.target, 0.1, 0.9))
 
     def _reserve(self, left: int, least: int | None = None) -> int:
@@ -373,7 +382,7 @@ class RLPruner(Strategy):
             return w - w.max(), w - w.mean(), {"source": "cost", "evaluations": 0}, \
                 feature_blocks(ctx.space, resolution, auto_cap, int(p["parts"])), None
         if start == "sensitivity":
-            # the sensitivity strategy's own measurement and allocation (one module owns them)
+            # the sensitivity strategy's own measurement and allocation (pruner.search.probes owns them)
             cap = int(p["max_probes"]) or n
             if left is not None:
                 one_step = int(p["steps"]) == 1  # then the heuristic's answer is evaluated, and one more can learn
@@ -382,7 +391,7 @@ class RLPruner(Strategy):
                     raise PrunerError(f"rl with start=sensitivity needs more than {left} evaluations to probe and then "
                                       f"learn in {p['steps']} step(s); raise --search-evals, or use start=uniform")
             probes = measure_probes(ctx, self._probe_ratio(ctx), max_probes=cap, tag=self.name)
-            alloc, how = allocate(ctx, probes, float(p["floor"]), power, SensitivityAllocation.defaults()["per_cost"])
+            alloc, how = allocate(ctx, probes, float(p["floor"]), power, probe_defaults()["per_cost"])
             record = {**probes.summary(), "allocation": how}
             z = np.log(alloc)
             return z, z - z.mean(), record, feature_blocks(ctx.space, resolution, auto_cap, int(p["parts"])), alloc
@@ -392,18 +401,7 @@ class RLPruner(Strategy):
                 if cap < 1:
                     raise PrunerError(f"rl with start=probe needs more than {left} evaluations to probe and then learn "
                                       f"in {p['steps']} step(s); raise --search-evals, or use start=uniform")
-            blocks = feature_blocks(ctx.space, resolution, cap, int(p["parts"]))
-            ratio = self._probe_ratio(ctx)
-            ratios = [ratio / 2 if all(ctx.space.groups[i].coupled for i in b) else ratio for b in blocks]
-            probes: Probes = measure_probes(ctx, ratio, max_probes=len(blocks), tag=self.name, chunks=blocks,
-                                            ratios=ratios)
-            model = DamageModel(blocks, n, k, float(p["floor"]), ratio)
-            # each block's coefficient from its own probe: the model reproduces every probe
-            dmg = np.array([max(0.0, probes.damage[b[0]]) for b in blocks])
-            sizes = np.array([len(b) for b in blocks], dtype=float)
-            model.a = np.maximum(dmg / (sizes * np.asarray(ratios) ** k), model.min_a)
-            record = {**probes.summary(), "blocks": [[ctx.space.groups[i].name for i in b] for b in blocks],
-                      "block_ratios": [round(r, 4) for r in ratios]}
+            model, record, blocks = self._probed_blocks(ctx, resolution, cap, k)
         else:
             self.check_score(ctx.evaluator.settings.score, {"start": start})
             probes = probes_from_analysis(ctx, start, self._probe_ratio(ctx))
@@ -414,6 +412,26 @@ class RLPruner(Strategy):
             blocks = feature_blocks(ctx.space, resolution, auto_cap, int(p["parts"]))
         z = np.log(model.allocation(rates, power))
         return z, z - z.mean(), record, blocks, None
+
+    def _probed_blocks(self, ctx: SearchContext, resolution: np.ndarray, cap: int, k: float
+                       ) -> tuple["DamageModel", dict, list[list[int]]]:
+        """start=probe: at most ``cap`` blocks of groups probed at the budget's ratio (half of it for
+        blocks of coupled groups), each block's damage coefficient from its own probe (the model
+        reproduces every probe); the model, a record of the probes and the blocks."""
+        p = self.params
+        n = len(ctx.space)
+        blocks = feature_blocks(ctx.space, resolution, cap, int(p["parts"]))
+        ratio = self._probe_ratio(ctx)
+        ratios = [ratio / 2 if all(ctx.space.groups[i].coupled for i in b) else ratio for b in blocks]
+        probes: Probes = measure_probes(ctx, ratio, max_probes=len(blocks), tag=self.name, chunks=blocks,
+                                        ratios=ratios)
+        model = DamageModel(blocks, n, k, float(p["floor"]), ratio)
+        dmg = np.array([max(0.0, probes.damage[b[0]]) for b in blocks])
+        sizes = np.array([len(b) for b in blocks], dtype=float)
+        model.a = np.maximum(dmg / (sizes * np.asarray(ratios) ** k), model.min_a)
+        record = {**probes.summary(), "blocks": [[ctx.space.groups[i].name for i in b] for b in blocks],
+                  "block_ratios": [round(r, 4) for r in ratios]}
+        return model, record, blocks
 
     # ------------------------------------------------------------------ the search
     def search(self, ctx: SearchContext) -> Candidate:
