@@ -437,7 +437,7 @@ def _finetune_output_args(s: argparse.ArgumentParser, d: dict) -> None:
 
     g = s.add_argument_group("fine-tuning and output")
     g.add_argument("--recipe", default=None, choices=list(RECIPES),
-                   help="fine-tuning recipe: " + "; ".join(f"{k}: {v}" for k, v in DESCRIPTIONS.items())
+                   help="fine-tuning recipe: " + "; ".join(f"{k}: {v}" for k, v in DESCRIPTIONS.items()).replace("%", "%%")
                         + " (distillation T=4, weight 0.9, batch 128, lr 0.01); the fine-tuning options typed "
                           "with it override its settings")
     g.add_argument("--finetune-epochs", type=int, default=d["epochs"])

@@ -148,3 +148,14 @@ def test_prune_says_when_candidates_were_scored_on_threads(tmp_path, threads, sa
 
 def test_bad_scoring_threads_is_a_one_line_error(tmp_path):
     assert_one_line_error(cli("prune", *TINY, "--scoring-threads", "0", "--out", tmp_path / "run"), "--scoring-threads")
+
+
+def test_every_subcommand_help_prints():
+    """argparse formats help lazily: a bare '%' in a help text (the recipes' '10 % warm-up') crashed ``--help``."""
+    import subprocess
+    import sys
+
+    for sub in ("prune", "info", "sensitivity", "quantize"):
+        res = subprocess.run([sys.executable, "-m", "pruner", sub, "--help"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parents[1], timeout=120)
+        assert res.returncode == 0 and "usage:" in res.stdout, (sub, res.stderr[-500:])

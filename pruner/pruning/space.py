@@ -151,6 +151,13 @@ class GroupedSpace:
 
     groups: list
     unit = "group"   # what one entry of a keep-ratio list is, for messages
+    frozen: list = []                          # what the space leaves unpruned (FrozenGroup), with why
+    prunable_macs_share: float | None = None   # share of the MACs in layers that pruning shrinks (None: not known)
+
+    def frozen_report(self) -> dict:
+        """The frozen groups and the share of MACs left prunable, as plain data (summaries, pages)."""
+        return {"groups": [f.to_dict() for f in self.frozen], "channels": sum(f.channels for f in self.frozen),
+                "prunable_macs_share": self.prunable_macs_share}
 
     def __len__(self) -> int:
         return len(self.groups)
@@ -250,7 +257,27 @@ class PruningSpace(GroupedSpace):
 
     # ------------------------------------------------------------------ analysis
     def _analyse(self, model, graph, example, outputs, unsupported, min_channels):
-        macs_of = self._layer_macs(model, example)
+        """The channel groups (frozen ones to ``self.frozen``) and the MACs and parameter terms of the cost model."""
+        groups_raw = self._split_groups(graph, outputs, unsupported)
+        out_share, in_share, out_layers, segments = self._shares(graph, groups_raw)
+        terms_macs, terms_params, touched_macs, touched_params = self._terms(
+            model, self._layer_macs(model, example), out_share, in_share)
+        groups = []
+        self._segments = [segments.get(gi, []) for gi in range(len(groups_raw))]
+        for gi, (root, group) in enumerate(groups_raw):
+            channels = len(group[0].idxs)
+            parts = len(self._segments[gi]) if len(self._segments[gi]) > 1 else 1
+            groups.append(ChannelGroup(
+                index=gi, name=self._names[root], channels=channels,
+                min_channels=min(channels, max(1, int(min_channels), parts)),
+                layers=tuple(out_layers.get(gi, [self._names[root]])),
+                macs=touched_macs.get(gi, 0), params=touched_params.get(gi, 0),
+            ))
+        return groups, terms_macs, terms_params
+
+    def _split_groups(self, graph, outputs, unsupported) -> list:
+        """Torch-Pruning's groups as (root layer, group) pairs to prune; the frozen ones go to ``self.frozen``,
+        and a group that would change the model's output is left out."""
         groups_raw = []
         self.frozen = []
         for group in graph.get_all_groups(ignored_layers=outputs, root_module_types=_PRUNABLE_TYPES):
@@ -265,11 +292,15 @@ class PruningSpace(GroupedSpace):
                     and dep.target.module in self._names)) or (self._names[root],), reason))
                 continue
             groups_raw.append((root, group))
+        return groups_raw
 
-        out_share: dict[nn.Module, dict[int, int]] = {}
-        in_share: dict[nn.Module, dict[int, int]] = {}
+    def _shares(self, graph, groups_raw):
+        """Per module, which root channels of which group reach its output and input dimensions; per group,
+        the layers whose outputs it owns and its distinct channel segments (the parts of a concatenation)."""
+        out_share: dict[nn.Module, dict[int, torch.Tensor]] = {}
+        in_share: dict[nn.Module, dict[int, torch.Tensor]] = {}
         out_layers: dict[int, list[str]] = {}
-        segments: dict[int, list[torch.Tensor]] = {}  # distinct channel subsets owned by different layers (concat)
+        segments: dict[int, list[torch.Tensor]] = {}
         for gi, (_root, group) in enumerate(groups_raw):
             for item in group.items:
                 dep, mod = item.dep, item.dep.target.module
@@ -288,7 +319,12 @@ class PruningSpace(GroupedSpace):
                             segs.append(root_idxs)
                 elif graph.is_in_channel_pruning_fn(dep.handler):
                     in_share.setdefault(mod, {})[gi] = each
+        return out_share, in_share, out_layers, segments
 
+    @staticmethod
+    def _terms(model, macs_of, out_share, in_share):
+        """The cost model's terms (one per layer's MACs, one per parameter tensor) and the MACs and parameters
+        each group touches."""
         terms_macs, terms_params = [], []
         touched_macs: dict[int, int] = {}
         touched_params: dict[int, int] = {}
@@ -311,19 +347,7 @@ class PruningSpace(GroupedSpace):
                 terms_params.append(t)
                 for g in set(t.out) | set(t.inp):
                     touched_params[g] = touched_params.get(g, 0) + p.numel()
-
-        groups = []
-        self._segments = [segments.get(gi, []) for gi in range(len(groups_raw))]
-        for gi, (root, group) in enumerate(groups_raw):
-            channels = len(group[0].idxs)
-            parts = len(self._segments[gi]) if len(self._segments[gi]) > 1 else 1
-            groups.append(ChannelGroup(
-                index=gi, name=self._names[root], channels=channels,
-                min_channels=min(channels, max(1, int(min_channels), parts)),
-                layers=tuple(out_layers.get(gi, [self._names[root]])),
-                macs=touched_macs.get(gi, 0), params=touched_params.get(gi, 0),
-            ))
-        return groups, terms_macs, terms_params
+        return terms_macs, terms_params, touched_macs, touched_params
 
     def _frozen_reason(self, graph: FollowingGraph, group, unsupported) -> str | None:
         """Why ``group`` stays out of the pruning space (``None``: it is pruned): it reaches an op
@@ -343,11 +367,6 @@ class PruningSpace(GroupedSpace):
         """The share of the model's MACs in layers that at least one pruning group shrinks."""
         touched = sum(t.base for t in self._terms_macs if t.out or t.inp)
         return touched / self.base_macs if self.base_macs else 0.0
-
-    def frozen_report(self) -> dict:
-        """The frozen groups and the share of MACs left prunable, as plain data (summaries, pages)."""
-        return {"groups": [f.to_dict() for f in self.frozen], "channels": sum(f.channels for f in self.frozen),
-                "prunable_macs_share": self.prunable_macs_share}
 
     @staticmethod
     def _layer_macs(model: nn.Module, example: torch.Tensor) -> dict[nn.Module, int]:

@@ -371,11 +371,10 @@ class _Pipeline:
         summary["data"] = data.describe()
         summary["preprocess"] = {"mean": list(data.mean), "std": list(data.std), "input_size": list(data.input_size)}
         summary["groups"] = [g.to_dict() for g in session.space.groups]
-        if hasattr(session.space, "frozen_report"):   # channel spaces (a weight-sparsity space freezes nothing)
-            summary["frozen"] = session.space.frozen_report()
-            note = frozen_note(summary["frozen"])
-            if note and not self.resume:
-                run.event(Event.LOG, level="warning", message=note)
+        summary["frozen"] = session.space.frozen_report()
+        note = frozen_note(summary["frozen"])
+        if note and not self.resume:
+            run.event(Event.LOG, level="warning", message=note)
         run.event(Event.STATUS, status=Status.MEASURING_BASE)
         base = read_json(self.base_state) if self.resume else None
         if base is None:
