@@ -107,7 +107,7 @@ with left:
                                        key="nr_round_to",
                                        help="Kept channels per group a multiple of N, so the kernels stay fast: 8 "
                                             "for GPU tensor cores; 16 for ONNX Runtime on AVX-512 CPUs (ResNet-56 at "
-                                            "half the MACs: 0.52-0.61 of the original's time with 16, 0.93-0.95 with 1; "
+                                            "half the MACs: 0.52-0.61 of the original's time with 16, 0.92-0.97 with 1; "
                                             "bench/latency_vs_macs.py). auto = 8 on CUDA, 1 (off, the finest search) "
                                             "on the CPU")
             latency_batch = st.number_input("Throughput batch for latency (0 = auto)", value=0, step=32,
