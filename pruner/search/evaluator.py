@@ -21,8 +21,8 @@ Two ways to get "the pruned network" compute the same function (``tests/test_ali
   its BN-folded form; each is checked against the plain path once and falls back to it.
 
 ``auto`` picks ``mask`` on CUDA and ``physical`` on CPU. Evaluation images stay on the
-device as normalised float tensors (built once); scoring runs under bf16 autocast on CUDA and
-on CPUs with native bf16 kernels, where BN recalibration does too (``EvaluatorSettings.amp``).
+device as normalised float tensors (built once); scoring runs under bf16 autocast on CUDA and in
+float32 on the CPU (``EvaluatorSettings.amp``: bf16 on a CPU changed which structures won).
 Latency costs always time a physically pruned model.
 
 On a CPU with physical scoring, a batch of proposals (:meth:`Evaluator.prefetch`) is scored
@@ -138,8 +138,8 @@ class EvaluatorSettings:
     latency_repeats: int = 20
     scoring: str = "auto"          # "mask", "physical", or "auto" (mask on CUDA, physical on CPU)
     channels_last: bool = True     # convolutions channels-last while scoring (faster on CPU and GPU)
-    #: bf16 autocast while recalibrating and scoring; None: the device's default (scoring on CUDA and
-    #: on CPUs with native bf16, recalibration on those CPUs only: settings.native_bf16)
+    #: bf16 autocast while recalibrating and scoring; None: the device's default (scoring on CUDA only;
+    #: float32 on every CPU: see _autocast)
     amp: bool | None = None
     lean: bool = True              # CPU surgery: recalibrate and score through a LeanGraph (in-place ops, BN folded)
     #: structures of a prefetched batch scored at once in this process (CPU, physical scoring);
@@ -339,13 +339,14 @@ class Evaluator:
         self._tick("recalibration", t0)
 
     def _autocast(self, *, recalibration: bool = False) -> torch.autocast:
-        """bf16 autocast when ``settings.amp``; unset: for scoring where bf16 is native (CUDA, a CPU
-        with AVX-512 BF16 or AMX), for BN recalibration on such a CPU only (CUDA recalibrates in
-        float32, as before). bench/candidate_speed.py --compare fp32,new measures both the time
-        and the ranking (Spearman of the candidates' top-1s)."""
+        """bf16 autocast when ``settings.amp``; unset: for scoring on CUDA only (recalibration in float32).
+        On a CPU with native bf16 the search scores in float32: bf16 there was 1.48x faster and ranked 24
+        structures alike (Spearman 0.996), but it changed which structures the probes and the search
+        chose (ResNet-56, ``flops=0.5``, seed 0: sensitivity's answer 67.1 instead of 69.4 % report top-1,
+        rl's 69.4 instead of 70.8; docs/results.md)."""
         amp = self.settings.amp
         if amp is None:
-            amp = native_bf16(self.device) and not (recalibration and self.device.type == "cuda")
+            amp = self.device.type == "cuda" and native_bf16(self.device) and not recalibration
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bool(amp))
 
     def _sync(self) -> None:
