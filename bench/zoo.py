@@ -39,15 +39,6 @@ SIZES = (64, 96, 128, 224)
 TRANSFORMERS = ("vit_", "swin_", "maxvit_")
 
 
-def _macs(model, size: int) -> float:
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.randn(1, 3, size, size))
-    return counter.get_total_flops() / 2
-
-
 def one(name: str, sizes: tuple[int, ...], target: float) -> dict:
     """The whole pipeline for one model, in this process: a row."""
     import tempfile
@@ -58,6 +49,7 @@ def one(name: str, sizes: tuple[int, ...], target: float) -> dict:
     from pruner.budget import Budget, cost_floor, solve
     from pruner.errors import PrunerError
     from pruner.export import export_onnx
+    from pruner.measure import count_cost
     from pruner.pruning.importance import channel_scores, ranking_from_scores
     from pruner.pruning.space import PruningSpace
 
@@ -100,7 +92,7 @@ def one(name: str, sizes: tuple[int, ...], target: float) -> dict:
         pruned, _ = space.prune(model, sol.counts)
     except PrunerError as exc:
         return {**row, "result": "refused", "reason": str(exc), "seconds": time.perf_counter() - t0}
-    row["macs_ratio"] = round(_macs(pruned, size) / _macs(model, size), 4)
+    row["macs_ratio"] = round(count_cost(pruned, (3, size, size)).macs / count_cost(model, (3, size, size)).macs, 4)
     row["predicted_ratio"] = round(sol.achieved, 4)
     with tempfile.TemporaryDirectory() as d:
         try:

@@ -11,11 +11,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
-from torch.utils.flop_counter import FlopCounterMode
 
 from pruner.budget import Budget, cost_floor, solve
 from pruner.errors import PrunerError
 from pruner.export import export_onnx
+from pruner.measure import count_cost
 from pruner.pruning.masks import ChannelMasker, ChannelSlicer
 from pruner.pruning.importance import channel_scores, ranking_from_scores
 from pruner.pruning.opaque import classify
@@ -61,9 +61,7 @@ class TinyShuffleNet(nn.Module):
 
 
 def _macs(model, size):
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.randn(1, 3, size, size))
-    return counter.get_total_flops() / 2
+    return count_cost(model, (3, size, size)).macs
 
 
 def _prune_to(model, size, target):

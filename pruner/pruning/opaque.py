@@ -104,10 +104,9 @@ class _ShapeRecorder(TorchFunctionMode):
 
 def classify(name: str, in_shape: tuple, out_shape: tuple, dim) -> str | None:
     """Why an op with these shapes cannot be followed across the channel axis (``None``: it can)."""
-    name = name.lstrip("_") if name not in _RESHAPES else name
     if len(in_shape) < 2 or in_shape == out_shape or name in _AXIS_MOVES:
         return None
-    if name in _RESHAPES or name == "unsafe_view":
+    if name in _RESHAPES:
         if len(out_shape) >= 2 and out_shape[:2] == in_shape[:2]:
             return None          # the channel axis is kept (e.g. (N, C, H, W) -> (N, C, H*W))
         if len(out_shape) == 2 and out_shape[1] == math.prod(in_shape[1:]):

@@ -55,7 +55,6 @@ from ..evaluate import GraphUnsupported, LeanGraph, bn_recalibration
 from ..measure import relative_latency
 from ..pruning.masks import ChannelMasker, ChannelSlicer, MaskingUnsupported
 from ..pruning.space import PruningSpace
-from ..settings import native_bf16
 
 SCORING_MODES = ("auto", "mask", "physical")
 #: what a search maximises (``RunConfig.score``, ``--score``): ``top1``, the search-split top-1 (%);
@@ -346,7 +345,7 @@ class Evaluator:
         rl's 69.4 instead of 70.8; docs/results.md)."""
         amp = self.settings.amp
         if amp is None:
-            amp = self.device.type == "cuda" and native_bf16(self.device) and not recalibration
+            amp = self.device.type == "cuda" and not recalibration
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bool(amp))
 
     def _sync(self) -> None:
