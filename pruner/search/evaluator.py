@@ -341,8 +341,8 @@ class Evaluator:
         """bf16 autocast when ``settings.amp``; unset: for scoring on CUDA only (recalibration in float32).
         On a CPU with native bf16 the search scores in float32: bf16 there was 1.48x faster and ranked 24
         structures alike (Spearman 0.996), but it changed which structures the probes and the search
-        chose (ResNet-56, ``flops=0.5``, seed 0: sensitivity's answer 67.1 instead of 69.4 % report top-1,
-        rl's 69.4 instead of 70.8; docs/results.md)."""
+        chose (ResNet-56, ``flops=0.5``, three seeds: sensitivity's answer 1.17 report top-1 points lower
+        on the mean, lower on every seed; docs/results.md)."""
         amp = self.settings.amp
         if amp is None:
             amp = self.device.type == "cuda" and not recalibration
