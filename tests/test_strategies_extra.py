@@ -5,6 +5,7 @@ Real model (resnet20, random init) and real data (the offline digits set), tiny 
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -256,9 +257,26 @@ def test_bad_hyperparameters_are_user_errors(strategy, params):
         make_strategy(strategy, **params)
 
 
-def test_joint_needs_enough_evaluations(tmp_path):
-    summary = run_job(tiny("joint", search_evals=2), tmp_path / "few")
-    assert summary["status"] == "failed" and "epochs + 1" in summary["error"]
+def test_joint_bad_settings_are_one_line_before_any_work(tmp_path, capsys):
+    """Too few evaluations for the epochs, epochs=0, an unknown agent: refused when the settings are
+    read (no data loads, no run directory); a budget the model cannot reach from scratch: refused
+    after the graph analysis, before any training or scoring."""
+    from pruner.cli import main as cli_main
+
+    for kw, words in (({"search_evals": 2}, "epochs + 1 = 3 evaluations"),
+                      ({"strategy_params": {"epochs": 0}}, "epochs must be an integer in [1, 1000]"),
+                      ({"strategy_params": {"agent": "mdp"}}, "agent must be one of layers, bandit")):
+        with pytest.raises(PrunerError, match=re.escape(words)):
+            tiny("joint", **kw)
+    rc = cli_main(["prune", "--model", "resnet20", "--weights", "none", "--data", "digits", "--strategy", "joint",
+                   "--set", "epochs=4", "--search-evals", "3", "--out", str(tmp_path / "cli")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "epochs + 1 = 5" in err[0] and not (tmp_path / "cli").exists()
+
+    summary = run_job(tiny("joint", budget="flops=0.01", strategy_params={**SMALL["joint"][0], "init": "scratch"}),
+                      tmp_path / "floor")
+    assert summary["status"] == "failed" and "cannot be reached" in summary["error"]
+    assert not RunDir(tmp_path / "floor").events("joint") and not RunDir(tmp_path / "floor").events("candidate")
 
 
 def test_job_prunes_the_weights_joint_trained(straight):
@@ -329,37 +347,40 @@ def joint_setup(epochs=2, importance="l1", config=None, **params):
 
 
 def fake_history(strat, ev, run, epochs, k=3):
-    """``k`` samples per epoch for ``epochs`` epochs (logits drawn like the policy's, rewards made up),
-    with one observation of the weights per epoch (the weights perturbed in between)."""
+    """``k`` samples per epoch for ``epochs`` epochs (drawn by the run's agent with the noise of its
+    policy, at a zero state; rewards made up), with one observation of the weights per epoch (the
+    weights perturbed in between)."""
     from pruner.search.joint import Sample
 
     rng = np.random.default_rng(0)
     history = []
-    n = len(ev.space)
+    h = torch.zeros(run.drift.gru.hidden_size, dtype=torch.float64)
     for e in range(epochs):
         run.stats.append(strat._observe(run))
         with torch.no_grad():
             for prm in run.model.parameters():
                 prm.mul_(1.1)
-        for _ in range(k):
-            u = rng.standard_normal(n) * 0.5
-            keep = np.array(ev.space.validate_ratios(ev.solve(np.exp(u).tolist()).keep_ratios))
-            history.append(Sample(e, u, keep, float(rng.uniform(0.1, 0.9)), float(-n * 0.5)))
+        for d in run.agent.draw(h, rng, k + 1)[1:]:
+            keep = np.array(ev.space.validate_ratios(ev.solve(d.allocation).keep_ratios))
+            with torch.no_grad():
+                lp = float(run.agent.log_prob(h, torch.tensor(d.u, dtype=torch.float64)[None], [d.feats])[0])
+            history.append(Sample(e, d.u, d.feats, keep, float(rng.uniform(0.1, 0.9)), lp))
     return history
 
 
-def test_joint_policy_update_reuses_earlier_epochs_drift_corrected(one_thread):
+@pytest.mark.parametrize("agent", ["layers", "bandit"])
+def test_joint_policy_update_reuses_earlier_epochs_drift_corrected(one_thread, agent):
     """With ``reuse`` the update at epoch 1 also learns from epoch 0's samples, their rewards corrected
-    by the drift model, r' = r - D(h_0, k) + D(h_1, k); ``reuse=false`` is the old update (this
-    epoch's samples only, REINFORCE with the normalised batch-mean baseline)."""
+    by the drift model, r' = r - D(h_0, k) + D(h_1, k); ``reuse=false`` is the plain update (this
+    epoch's samples only, REINFORCE with the normalised batch-mean baseline), for either agent."""
     import copy
     import math
 
-    _, ev, ctx, strat, run = joint_setup()
+    _, ev, ctx, strat, run = joint_setup(agent=agent)
     history = fake_history(strat, ev, run, 2)
     strat._fit_drift(run.drift, run.wm_opt, history, torch.stack(run.stats), 20)
 
-    U, R, _, old = strat._policy_batch(run, history, 1)
+    U, feats, R, _, old = strat._policy_batch(run, history, 1)
     assert old.tolist() == [True] * 3 + [False] * 3
     with torch.no_grad():
         H = run.drift.states(torch.stack(run.stats))
@@ -370,19 +391,22 @@ def test_joint_policy_update_reuses_earlier_epochs_drift_corrected(one_thread):
     assert not torch.allclose(R[:3], torch.tensor([s.reward for s in history[:3]], dtype=torch.float64))
 
     def updated(**params):
-        s = make_strategy("joint", samples=3, **params)
+        s = make_strategy("joint", samples=3, agent=agent, **params)
         r = copy.deepcopy(run)
         reused = s._update_policy(r, history, 1)
-        return reused, r.head.weight.detach().clone(), r.head.bias.detach().clone()
+        return reused, [p.detach().clone() for p in r.agent.parameters()]
 
-    n_with, w_with, b_with = updated()
-    n_without, w_without, b_without = updated(reuse=False)
-    n_plain, w_plain, _ = updated(reuse_clip=0.0)
+    def differ(a, b):
+        return any(not torch.allclose(x, y) for x, y in zip(a, b))
+
+    n_with, p_with = updated()
+    n_without, p_without = updated(reuse=False)
+    n_plain, p_plain = updated(reuse_clip=0.0)
     assert (n_with, n_without, n_plain) == (3, 0, 3)
-    assert not torch.allclose(w_with, w_without) and not torch.allclose(b_with, b_without)
-    assert not torch.allclose(w_with, w_plain)  # the importance weights matter too
+    assert differ(p_with, p_without)
+    assert differ(p_with, p_plain)  # the importance weights matter too
 
-    # reuse=false is exactly the previous update
+    # reuse=false is exactly the plain REINFORCE update of this epoch's samples
     r = copy.deepcopy(run)
     mine = history[3:]
     rew = np.array([s.reward for s in mine])
@@ -391,14 +415,13 @@ def test_joint_policy_update_reuses_earlier_epochs_drift_corrected(one_thread):
     with torch.no_grad():
         h = r.drift.states(torch.stack(r.stats))[1]
     for _ in range(int(strat.params["policy_steps"])):
-        dist = torch.distributions.Normal(r.head(h), r.log_sigma.exp())
-        loss = -(adv * dist.log_prob(Um).sum(-1)).mean()
+        loss = -(adv * r.agent.log_prob(h, Um, [s.feats for s in mine])).mean()
         r.pi_opt.zero_grad()
         loss.backward()
         r.pi_opt.step()
         with torch.no_grad():
-            r.log_sigma.clamp_(r.min_log_sigma, math.log(5.0))
-    assert torch.allclose(r.head.weight, w_without, atol=1e-12)
+            r.agent.log_sigma.clamp_(r.min_log_sigma, math.log(5.0))
+    assert not differ([p.detach() for p in r.agent.parameters()], p_without)
 
 
 def test_joint_drift_state_comes_from_observed_weights(one_thread):

@@ -143,6 +143,7 @@ class RunConfig:
         if not isinstance(self.score, str):
             raise PrunerError(f"score must be a name (--score), got {self.score!r}")
         strategy_class(self.strategy).check_score(check_score(self.score), self.strategy_params)
+        strategy_class(self.strategy).check_evaluations(self.search_evals, self.strategy_params)
         check_pattern(self.sparsity_pattern)
         if self.sparsity_pattern != "unstructured" and self.budget_obj.kind != "sparsity":
             raise PrunerError(f"sparsity pattern {self.sparsity_pattern} needs a sparsity budget (e.g. sparsity=0.5), "

@@ -164,6 +164,11 @@ class Strategy(ABC):
         something that does not exist (e.g. a Sensitivity analysis: ``find_analysis``), before any
         data or model loads."""
 
+    @classmethod
+    def check_evaluations(cls, evals: int | None, params: Mapping[str, Any]) -> None:
+        """Refuse a cap on evaluations (``--search-evals``, checked; None: no cap) too small for these
+        parameters, before any data or model loads."""
+
     def __init__(self, **params: Any):
         self.params = {**self.defaults(), **check_params(self.name, self.param_specs, params)}
 

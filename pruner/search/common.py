@@ -52,7 +52,8 @@ def fill_to_budget(space, cost_fn, target: float, keeps, free, *, iterations: in
 def mlp(n_in: int, hidden: int, n_out: int, *, depth: int = 1, zero_last: bool = False) -> nn.Sequential:
     """A float64 tanh MLP, ``n_in -> hidden (x depth) -> n_out``, its layers initialised in order from
     torch's RNG (callers fork and seed it); ``zero_last``: the output layer starts at zero. PuRL's
-    Q-network and constrained RL's actor and critics are built here."""
+    Q-network, constrained RL's actor and critics and joint's per-layer
+    agent are built here."""
     sizes = [n_in] + [hidden] * depth
     layers: list[nn.Module] = []
     for a, b in zip(sizes[:-1], sizes[1:]):

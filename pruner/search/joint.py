@@ -11,14 +11,15 @@ with it. Every epoch ``e``:
    ``x_0 .. x_e`` gives ``h_e``, the agent's representation of how the environment (the model
    being trained) has drifted. No parameter is per-epoch, so ``h_e`` comes from an encoder,
    GRU and decoder already trained on epochs ``0..e-1``.
-2. **agent**: a Gaussian policy over per-group allocation logits conditioned on the GRU
-   state, ``u ~ N(W h_e + b, diag(sigma^2))``; allocation ``exp(u)`` is turned into keep
-   ratios meeting the budget by the shared solver. ``samples`` structures are drawn (the
-   first is the policy mean), each scored on the *current* weights (physical pruning + BN
-   recalibration + search-split top-1 = the reward).
+2. **agent** (:mod:`pruner.search.joint_agents`): ``agent=layers``, the paper's per-layer MDP
+   (one keep ratio per group in turn; the state holds ``h_e``, the group's features, the
+   previous actions and the cost left against the budget), or ``agent=bandit``, a Gaussian over
+   all groups' allocation logits at once. Either way the shared solver puts the structure on
+   the budget. ``samples`` structures are drawn (the first is the policy mean), each scored on
+   the *current* weights (physical pruning + BN recalibration + search-split top-1 = the reward).
 3. **drift model**: a decoder ``D(h, keep ratios) -> reward`` is trained with the encoder and
    the GRU (``wm_steps`` Adam steps, MSE) to reconstruct every reward observed so far.
-4. **policy update** (``policy_steps`` Adam steps on ``W, b, log sigma``): REINFORCE at
+4. **policy update** (``policy_steps`` Adam steps on the agent's parameters): REINFORCE at
    ``h_e`` with the batch-mean baseline over this epoch's samples *and* (``reuse``) every
    earlier one, its reward corrected for the drift, ``r' = r - D(h_e', k) + D(h_e, k)``, and its
    term weighted by the truncated importance ratio ``min(reuse_clip, pi(u|h_e) / mu(u))``
@@ -64,8 +65,10 @@ from ..data import batches
 from ..errors import CancelledError, PrunerError
 from ..pruning.importance import CRITERIA, channel_scores, ranking_from_scores
 from ..pruning.space import build_graph
+from ..settings import native_bf16
 from .base import Param, SearchContext, Strategy, register
 from .evaluator import Candidate
+from .joint_agents import AGENTS, make_agent
 
 
 class DriftModel(nn.Module):
@@ -96,11 +99,13 @@ class DriftModel(nn.Module):
 
 @dataclass
 class Sample:
-    """One scored structure: the epoch it was drawn in, its allocation logits ``u``, its keep ratios,
-    the observed reward and the log-density of ``u`` under the policy that drew it."""
+    """One scored structure: the epoch it was drawn in, the agent's raw actions ``u`` (and, for the
+    per-layer agent, its step features), its keep ratios, the observed reward and the log-density of
+    ``u`` under the policy that drew it."""
 
     epoch: int
     u: np.ndarray
+    feats: np.ndarray | None
     keep: np.ndarray
     reward: float
     logp: float
@@ -169,8 +174,7 @@ class _Run:
 
     model: nn.Module
     drift: DriftModel
-    head: nn.Linear
-    log_sigma: nn.Parameter
+    agent: nn.Module                                   # joint_agents.LayerAgent or BanditAgent
     wm_opt: torch.optim.Optimizer
     pi_opt: torch.optim.Optimizer
     min_log_sigma: float
@@ -198,6 +202,9 @@ class JointPruning(Strategy):
         "momentum": Param(0.9, float, "SGD momentum", low=0.0, high=1.0, high_open=True),
         "weight_decay": Param(5e-4, float, "SGD weight decay", low=0.0, high=1.0),
         "align_weight": Param(0.1, float, "group-lasso weight on the channels the agent removes", low=0.0),
+        "agent": Param("layers", str, "layers: the paper's per-layer MDP (one keep ratio per group in turn, state "
+                       "with the previous actions and the cost left against the budget); bandit: all groups' "
+                       "allocation logits at once from one Gaussian", choices=AGENTS),
         "init": Param("checkpoint", str, "checkpoint: train the loaded weights; scratch: re-initialise them first "
                       "(the paper's setting)", choices=("checkpoint", "scratch")),
         "samples": Param(0, int, "structures scored per epoch; 0 = spread --search-evals (at most 8)", low=0,
@@ -215,6 +222,15 @@ class JointPruning(Strategy):
         "reuse_clip": Param(2.0, float, "cap on an earlier sample's importance weight pi(u|h_e)/mu(u) "
                             "(0 = no importance weighting)", low=0.0, high=100.0),
     }
+
+    @classmethod
+    def check_evaluations(cls, evals, params) -> None:
+        """One structure per epoch and one on the trained model: at least ``epochs + 1`` evaluations."""
+        epochs = int(params.get("epochs", cls.param_specs["epochs"].default))
+        if evals is not None and evals < epochs + 1:
+            raise PrunerError(f"joint needs at least epochs + 1 = {epochs + 1} evaluations (one structure per epoch "
+                              f"and one on the trained model); raise --search-evals to {epochs + 1} or lower "
+                              f"epochs (now {evals})")
 
     # ------------------------------------------------------------------
     def search(self, ctx: SearchContext) -> Candidate:
@@ -260,13 +276,10 @@ class JointPruning(Strategy):
                     if hasattr(m, "reset_parameters") and m is not model:
                         m.reset_parameters()
             drift = DriftModel(2 * n + 1, n, int(p["hidden"]))
-            head = nn.Linear(int(p["hidden"]), n, dtype=torch.float64)
-        with torch.no_grad():
-            head.weight.mul_(0.1)
-            head.bias.zero_()
-        log_sigma = nn.Parameter(torch.full((n,), math.log(float(p["sigma"])), dtype=torch.float64))
+            agent = make_agent(p["agent"], space=space, budget=ctx.budget, hidden=int(p["hidden"]),
+                               sigma=float(p["sigma"]))
         wm_opt = torch.optim.Adam(drift.parameters(), lr=float(p["wm_lr"]))
-        pi_opt = torch.optim.Adam([*head.parameters(), log_sigma], lr=float(p["policy_lr"]))
+        pi_opt = torch.optim.Adam(agent.parameters(), lr=float(p["policy_lr"]))
         min_log_sigma = math.log(float(p["min_sigma"]))
 
         lasso = GroupLasso(model, space, device)
@@ -283,7 +296,7 @@ class JointPruning(Strategy):
             gen = torch.Generator().manual_seed(int(ctx.seed))
             taylor = list(batches(data.fit.subset(min(256, len(data.fit))), 64, mean=data.mean, std=data.std,
                                   device=device, shuffle=True, generator=gen))
-        run = _Run(model, drift, head, log_sigma, wm_opt, pi_opt, min_log_sigma, lasso, opt, sched, per_epoch,
+        run = _Run(model, drift, agent, wm_opt, pi_opt, min_log_sigma, lasso, opt, sched, per_epoch,
                    [r.clone() for r in ev.ranking], probe, taylor)
         if p["init"] == "scratch":
             run.ranking = self._rank(ctx, run)
@@ -321,46 +334,42 @@ class JointPruning(Strategy):
         run.stats.append(self._observe(run))
         with torch.no_grad():
             h = run.drift.states(torch.stack(run.stats))[epoch]
-        us, logps, cands, rewards = self._score_samples(ctx, run, h, epoch, K, rng)
+        draws, logps, cands, rewards = self._score_samples(ctx, run, h, epoch, K, rng)
         best_k = int(np.argmax(rewards))
         chosen = cands[best_k]
         with torch.no_grad():
             predicted = float(run.drift.predict(h, torch.tensor(chosen.keep_ratios, dtype=torch.float64)))
-        history.extend(Sample(epoch, u, np.array(c.keep_ratios), float(r), lp)
-                       for u, lp, c, r in zip(us, logps, cands, rewards))
+        history.extend(Sample(epoch, d.u, d.feats, np.array(c.keep_ratios), float(r), lp)
+                       for d, lp, c, r in zip(draws, logps, cands, rewards))
         wm_loss = self._fit_drift(run.drift, run.wm_opt, history, torch.stack(run.stats), int(p["wm_steps"]))
         reused = self._update_policy(run, history, epoch)
         ce_mean, pen_mean, removed_norm = self._train_weights(ctx, run, chosen, epoch)
         ctx.emit("joint", epoch=epoch, predicted_reward=predicted, observed_reward=float(rewards[best_k]),
                  loss=ce_mean + float(p["align_weight"]) * pen_mean, ce=ce_mean, penalty=pen_mean,
                  removed_norm_after=removed_norm, keep_ratios=chosen.keep_ratios, samples=K, reused=reused,
-                 mean_reward=float(rewards.mean()), sigma=float(run.log_sigma.detach().exp().mean()),
-                 drift_loss=wm_loss, model_version=ev.model_version)
+                 mean_reward=float(rewards.mean()), sigma=float(run.agent.log_sigma.detach().exp().mean()),
+                 drift_loss=wm_loss, model_version=ev.model_version, agent=run.agent.name)
         ctx.emit("step", step=epoch, best_top1=chosen.top1, best_reward=float(rewards.max()),
                  mean_reward=float(rewards.mean()), keep_ratios=chosen.keep_ratios)
         return chosen
 
     def _score_samples(self, ctx: SearchContext, run: "_Run", h: torch.Tensor, epoch: int, K: int, rng):
-        """Draw ``K`` allocation logits (the first is the policy mean) and score them on the current weights;
-        returns the logits, their log-densities under the policy, the candidates and the rewards."""
+        """Draw ``K`` structures from the agent (the first is the policy mean) and score them on the current
+        weights; returns the draws, their log-densities under the policy, the candidates and the rewards."""
         ev = ctx.evaluator
-        n = len(ctx.space)
+        draws = run.agent.draw(h, rng, K)
         with torch.no_grad():
-            mean_t = run.head(h)
-            dist = torch.distributions.Normal(mean_t, run.log_sigma.exp())
-        mean = mean_t.numpy()
-        sigma = run.log_sigma.detach().exp().numpy()
-        us = [mean] + [mean + sigma * rng.standard_normal(n) for _ in range(K - 1)]
-        logps = [float(dist.log_prob(torch.tensor(u, dtype=torch.float64)).sum()) for u in us]
-        batch = [ev.solve(np.exp(np.clip(u, -10, 10)).tolist()).counts for u in us]
+            U = torch.tensor(np.stack([d.u for d in draws]), dtype=torch.float64)
+            logps = run.agent.log_prob(h, U, [d.feats for d in draws]).tolist()
+        batch = [ev.solve(d.allocation).counts for d in draws]
         cands = ev.evaluate_many(batch, step=epoch, metas=[{"strategy": self.name, "epoch": epoch, "sample": k}
                                                            for k in range(len(batch))])
         rewards = np.array([c.score / 100.0 for c in cands])
-        return us, logps, cands, rewards
+        return draws, logps, cands, rewards
 
     def _policy_batch(self, run: "_Run", history: list, epoch: int):
-        """The samples the policy update at epoch ``epoch`` learns from: (logits, rewards, behaviour
-        log-densities, whether each is from an earlier epoch).
+        """The samples the policy update at epoch ``epoch`` learns from: (actions, step features, rewards,
+        behaviour log-densities, whether each is from an earlier epoch).
 
         With ``reuse``, every earlier sample comes back with its reward corrected for the drift the
         model has learnt: ``r' = r - D(h_e', k) + D(h_e, k)`` (what it would have scored now, by the
@@ -377,7 +386,7 @@ class JointPruning(Strategy):
                 then = H[torch.tensor([s.epoch for s in mine])]
                 shift = run.drift.predict(H[epoch].expand_as(then), keep) - run.drift.predict(then, keep)
             R = torch.where(old, R + shift, R)
-        return U, R, logmu, old
+        return U, [s.feats for s in mine], R, logmu, old
 
     def _update_policy(self, run: "_Run", history: list, epoch: int) -> int:
         """REINFORCE on the GRU state ``h_e`` with the batch-mean baseline, over :meth:`_policy_batch`.
@@ -386,7 +395,7 @@ class JointPruning(Strategy):
         ``min(reuse_clip, pi(u | h_e) / mu(u))`` (truncated importance sampling; 1 for this epoch's
         samples, and for all with ``reuse_clip = 0``), the weights normalised to sum to the batch size.
         Returns how many earlier samples took part."""
-        U, R, logmu, old = self._policy_batch(run, history, epoch)
+        U, feats, R, logmu, old = self._policy_batch(run, history, epoch)
         r = R.numpy()
         if len(r) < 2 or r.std() <= 1e-12:
             return 0
@@ -395,8 +404,7 @@ class JointPruning(Strategy):
             h = run.drift.states(torch.stack(run.stats))[epoch]
         clip = float(self.params["reuse_clip"])
         for _ in range(int(self.params["policy_steps"])):
-            dist = torch.distributions.Normal(run.head(h), run.log_sigma.exp())
-            logp = dist.log_prob(U).sum(-1)
+            logp = run.agent.log_prob(h, U, feats)
             w = torch.ones_like(logp)
             if clip > 0 and bool(old.any()):
                 ratio = (logp.detach() - logmu).clamp(max=math.log(clip)).exp()
@@ -406,7 +414,7 @@ class JointPruning(Strategy):
             loss.backward()
             run.pi_opt.step()
             with torch.no_grad():
-                run.log_sigma.clamp_(run.min_log_sigma, math.log(5.0))
+                run.agent.log_sigma.clamp_(run.min_log_sigma, math.log(5.0))
         return int(old.sum())
 
     @staticmethod
@@ -427,6 +435,7 @@ class JointPruning(Strategy):
         model = run.model
         removed = [idx.to(device) for idx in self.removed_channels(ctx.space, run.ranking, chosen.counts)]
         ce_sum, pen_sum, seen = 0.0, 0.0, 0
+        amp = native_bf16(device)   # bf16 autocast where it is native, as fine-tuning does
         model.train()
         gen = torch.Generator().manual_seed(int(ctx.seed) * 1000 + epoch)
         for i, (x, y) in enumerate(batches(data.fit, int(p["batch_size"]), mean=data.mean, std=data.std,
@@ -436,7 +445,8 @@ class JointPruning(Strategy):
                 break
             if ev.should_stop():
                 raise CancelledError("search cancelled")
-            ce = F.cross_entropy(model(x), y)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                ce = F.cross_entropy(model(x).float(), y)
             pen = run.lasso.penalty(removed) if float(p["align_weight"]) > 0 else torch.zeros((), device=device)
             loss = ce + float(p["align_weight"]) * pen
             run.opt.zero_grad(set_to_none=True)
@@ -460,8 +470,7 @@ class JointPruning(Strategy):
         run.stats.append(self._observe(run))
         with torch.no_grad():
             h = run.drift.states(torch.stack(run.stats))[E]
-            mean = run.head(h).numpy()
-        finals = [ev.solve(np.exp(np.clip(mean, -10, 10)).tolist()).counts]
+        finals = [ev.solve(run.agent.draw(h, None, 1)[0].allocation).counts]
         if chosen is not None and chosen.counts != finals[0]:
             finals.append(chosen.counts)
         out: list[Candidate] = []
