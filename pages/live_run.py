@@ -81,8 +81,9 @@ def live_body(view, summary: dict | None, status: str) -> None:
                                                                             format="%.0f%%")})
     for k in [k for k in figs if k.startswith("line:")]:
         st.caption(plain_md(figs[k]))
-    for k in [k for k in figs if k.startswith("extra:")]:
-        st.plotly_chart(figs[k], key=f"live_{k}")
+    for row in live.extra_rows(figs):
+        for column, k in zip(st.columns(len(row)), row):
+            column.plotly_chart(figs[k], key=f"live_{k}")
     st.markdown("**Log** (newest first)")
     lines = view.log_lines(60)[::-1]
     st.code("\n".join(lines) if lines else "(no events yet)", language=None, height=240)
