@@ -49,7 +49,8 @@ def live_body(view, summary: dict | None, status: str) -> None:
     m[4].metric("Elapsed", format_seconds(elapsed), help="Time the run has been going on (not counting time "
                                                           "stopped between a cancel and a resume)")
     m[5].metric("ETA", "—" if is_final(status) else format_seconds(p.get("eta_s")),
-                help="The whole run: this stage from its measured rate, then the fine-tuning (a training step "
+                help="The whole run: this stage from its measured rate (a joint search: its seconds per training "
+                     "epoch once one is done, and the final scoring), then the fine-tuning (a training step "
                      "timed before the search, scaled to the epochs) and the export and report (timed on the "
                      "original model)")
 

@@ -14,14 +14,27 @@ a GPU run whose search was timed on the CPU), never silently folded in.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 from ..finetune import finetune_plan
 from .config import RunConfig
 
 #: the structure the summary child times as a typical candidate: every group keeps this fraction
 TIMED_KEEP = 0.7
-#: strategies whose search trains the weights, so their search takes longer than its evaluations
+#: strategies whose search trains the weights, so their search takes longer than its evaluations; each
+#: has ``epochs``, ``batches_per_epoch`` and ``batch_size`` parameters and writes an event of its own kind per
+#: training epoch (``pruner.progress.EpochPace``)
 TRAINS_DURING_SEARCH = ("joint",)
+
+
+def search_training(strategy: str, params: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The parameters of a strategy that trains the weights during its search (:data:`TRAINS_DURING_SEARCH`):
+    the ones set in ``params`` over the defaults its ``param_specs`` declare; None for any other strategy."""
+    if strategy not in TRAINS_DURING_SEARCH:
+        return None
+    from ..search import strategy_class
+
+    return {**strategy_class(strategy).defaults(), **(params or {})}
 
 
 @dataclass
