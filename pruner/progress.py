@@ -32,6 +32,7 @@ from typing import IO, Callable, Iterable, Iterator
 
 from .budget import Budget
 from .errors import PrunerError
+from .runs.estimate import FINAL_STRUCTURES
 from .runs.rundir import PRUNE, SENSITIVITY, Event, Status, is_final
 
 #: ``--progress`` choices.
@@ -73,10 +74,6 @@ def finetune_eta(t0: float | None, epochs: list[dict], progress: dict | None, ft
     return None
 
 
-#: structures ``joint`` scores after its last epoch (the policy mean on the trained weights and the last structure)
-FINAL_STRUCTURES = 2
-
-
 class EpochPace:
     """How fast a search that trains the weights (a strategy in
     :data:`~pruner.runs.estimate.TRAINS_DURING_SEARCH`: ``joint``) goes in this attempt, from its events:
@@ -109,7 +106,7 @@ class EpochPace:
 
     def eta(self, epochs: int, now: float) -> float | None:
         """Seconds left of the search: the measured seconds per epoch (``t0`` to the latest epoch event, over
-        the epochs done) × the epochs left, plus the final scoring (:data:`FINAL_STRUCTURES` × seconds per
+        the epochs done) × the epochs left, plus the final scoring (:data:`~pruner.runs.estimate.FINAL_STRUCTURES` × seconds per
         structure), less the time since the latest epoch event; None before the first epoch event."""
         if self.t0 is None or self.last_t is None or not self.done:
             return None
@@ -547,7 +544,7 @@ def open_progress(mode: str, config: dict, *, kind: str = PRUNE, stream: IO[str]
             display.close()
 
 
-__all__ = ["BarDisplay", "EpochPace", "FINAL_STRUCTURES", "FinetuneEstimate", "MODES", "PlainDisplay", "Scored",
+__all__ = ["BarDisplay", "EpochPace", "FinetuneEstimate", "MODES", "PlainDisplay", "Scored",
            "Tracker", "choose_mode", "finetune_eta", "format_seconds", "open_progress", "plan_text", "rate_eta",
            "training_search_eta"]
 
