@@ -13,6 +13,7 @@ from pruner.finetune import FinetuneConfig, finetune_plan
 from pruner.model_summary import summary_in_child
 from pruner.runs.config import RunConfig
 from pruner.runs.estimate import TIMED_KEEP, estimate_run, structures_scored
+from studio.forms import run_estimate_text
 
 BASE = RunConfig(model="resnet20", weights=None, data="digits", device="cpu", search_evals=10, report_images=200)
 
@@ -88,6 +89,8 @@ def test_a_search_that_trains_counts_its_training(summary):
     assert joint.search_evaluations == structures_scored(d, 10) == 8
     assert joint.search - rl.search == pytest.approx(joint.search_training + (8 + 3 - 10) * candidate)
     assert joint.total - rl.total == pytest.approx(joint.search - rl.search)
+    caption = run_estimate_text(dataclasses.replace(BASE, strategy="joint"), summary)
+    assert f"search (8 evaluations and {joint.search_steps} training steps, " in caption and "does not count" not in caption
     # set parameters: every batch of the fit split (batches_per_epoch=0) in batches of 128, 2 epochs, 3 samples
     params = {"epochs": 2, "batches_per_epoch": 0, "batch_size": 128, "samples": 3}
     whole = estimate_run(dataclasses.replace(BASE, strategy="joint", strategy_params=params), summary)
