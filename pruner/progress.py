@@ -106,8 +106,9 @@ class EpochPace:
 
     def eta(self, epochs: int, now: float) -> float | None:
         """Seconds left of the search: the measured seconds per epoch (``t0`` to the latest epoch event, over
-        the epochs done) × the epochs left, plus the final scoring (:data:`~pruner.runs.estimate.FINAL_STRUCTURES` × seconds per
-        structure), less the time since the latest epoch event; None before the first epoch event."""
+        the epochs done) × the epochs left, plus the final scoring (``FINAL_STRUCTURES`` × seconds per
+        structure, :mod:`pruner.runs.estimate`), less the time since the latest epoch event; None before the
+        first epoch event."""
         if self.t0 is None or self.last_t is None or not self.done:
             return None
         per_epoch = max(0.0, self.last_t - self.t0) / self.done

@@ -13,6 +13,7 @@ from pruner.finetune import FinetuneConfig, finetune_plan
 from pruner.model_summary import summary_in_child
 from pruner.runs.config import RunConfig
 from pruner.runs.estimate import TIMED_KEEP, estimate_run, structures_scored
+from pruner.settings import native_bf16
 from studio.forms import run_estimate_text
 
 BASE = RunConfig(model="resnet20", weights=None, data="digits", device="cpu", search_evals=10, report_images=200)
@@ -68,10 +69,11 @@ def test_each_part_follows_the_settings(summary):
                                                          summary["data"]["sizes"]["fit"])["seconds"])
 
 
-def test_a_search_that_trains_counts_its_training(summary):
+def test_a_search_that_trains_counts_its_training(summary, monkeypatch):
     """joint's search: its training steps at the timed step's seconds per image × its batch size (no
     teacher), the structures it scores, and about one more evaluation on each epoch's new weights; rl's
-    search is its evaluations alone."""
+    search is its evaluations alone. What is left unknown: a step timed with bf16 autocast (joint trains in
+    float32)."""
     from pruner.search.joint import JointPruning
 
     rl = estimate_run(BASE, summary)
@@ -79,6 +81,7 @@ def test_a_search_that_trains_counts_its_training(summary):
     fit, step = summary["data"]["sizes"]["fit"], summary["finetune_timing"]["train_s"]
     t = summary["candidate_timing"]
     candidate = t["steady_s"]                       # all search images: the fixed part and the scoring
+    monkeypatch.setenv("PRUNER_BF16", "0")         # the step is timed in float32, as joint trains
     joint = estimate_run(dataclasses.replace(BASE, strategy="joint"), summary)
     assert joint.notes == []                       # nothing left out
     # the parameters the run does not set are the strategy's declared defaults (3 epochs of at most 20 batches of 64)
@@ -90,7 +93,7 @@ def test_a_search_that_trains_counts_its_training(summary):
     assert joint.search - rl.search == pytest.approx(joint.search_training + (8 + 3 - 10) * candidate)
     assert joint.total - rl.total == pytest.approx(joint.search - rl.search)
     caption = run_estimate_text(dataclasses.replace(BASE, strategy="joint"), summary)
-    assert f"search (8 evaluations and {joint.search_steps} training steps, " in caption and "does not count" not in caption
+    assert f"search (8 evaluations and {joint.search_steps} training steps, " in caption and caption.endswith("step.")
     # set parameters: every batch of the fit split (batches_per_epoch=0) in batches of 128, 2 epochs, 3 samples
     params = {"epochs": 2, "batches_per_epoch": 0, "batch_size": 128, "samples": 3}
     whole = estimate_run(dataclasses.replace(BASE, strategy="joint", strategy_params=params), summary)
@@ -100,6 +103,12 @@ def test_a_search_that_trains_counts_its_training(summary):
     # a taylor ranking after every epoch: a forward and backward pass over 256 fit images
     taylor = estimate_run(dataclasses.replace(BASE, strategy="joint", importance="taylor"), summary)
     assert taylor.search_training - joint.search_training == pytest.approx(3 * 256 * step)
+    # where bf16 is native the step was timed with it (time_steps' default): the same figure, and a note
+    monkeypatch.setenv("PRUNER_BF16", "1")
+    if native_bf16("cpu"):
+        bf16 = estimate_run(dataclasses.replace(BASE, strategy="joint"), summary)
+        assert bf16.search == joint.search and len(bf16.notes) == 1
+        assert "trains the weights in float32 but the training step was timed with bf16" in bf16.notes[0]
     # no timed training step: the training is left out, and said
     untimed = estimate_run(dataclasses.replace(BASE, strategy="joint"), {**summary, "finetune_timing": None})
     assert untimed.search_training is None and untimed.search == pytest.approx(joint.search - joint.search_training)
