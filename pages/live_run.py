@@ -49,7 +49,8 @@ def live_body(view, summary: dict | None, status: str) -> None:
     m[4].metric("Elapsed", format_seconds(elapsed), help="Time the run has been going on (not counting time "
                                                           "stopped between a cancel and a resume)")
     m[5].metric("ETA", "—" if is_final(status) else format_seconds(p.get("eta_s")),
-                help="The whole run: this stage from its measured rate, then the fine-tuning (a training step "
+                help="The whole run: this stage from its measured rate (a joint search: its seconds per training "
+                     "epoch once one is done, and the final scoring), then the fine-tuning (a training step "
                      "timed before the search, scaled to the epochs) and the export and report (timed on the "
                      "original model)")
 
@@ -81,8 +82,9 @@ def live_body(view, summary: dict | None, status: str) -> None:
                                                                             format="%.0f%%")})
     for k in [k for k in figs if k.startswith("line:")]:
         st.caption(plain_md(figs[k]))
-    for k in [k for k in figs if k.startswith("extra:")]:
-        st.plotly_chart(figs[k], key=f"live_{k}")
+    for row in live.extra_rows(figs):
+        for column, k in zip(st.columns(len(row)), row):
+            column.plotly_chart(figs[k], key=f"live_{k}")
     st.markdown("**Log** (newest first)")
     lines = view.log_lines(60)[::-1]
     st.code("\n".join(lines) if lines else "(no events yet)", language=None, height=240)

@@ -15,8 +15,8 @@ and, once the first batches are measured, the expected fine-tuning time). Two di
 
 :func:`open_progress` picks one for ``--progress auto|bar|plain|none`` (auto: ``bar`` when the
 display's stream, stderr, is a terminal, else ``plain``). The ETA helpers (:func:`rate_eta`,
-:func:`finetune_eta`) and :func:`format_seconds` are shared with the studio's progress
-(``studio/events.py``).
+:func:`finetune_eta`, :func:`training_search_eta` with :class:`EpochPace`: a search that trains the
+weights, ``joint``) and :func:`format_seconds` are shared with the studio's progress (``studio/events.py``).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from typing import IO, Callable, Iterable, Iterator
 
 from .budget import Budget
 from .errors import PrunerError
+from .runs.estimate import FINAL_STRUCTURES
 from .runs.rundir import PRUNE, SENSITIVITY, Event, Status, is_final
 
 #: ``--progress`` choices.
@@ -71,6 +72,61 @@ def finetune_eta(t0: float | None, epochs: list[dict], progress: dict | None, ft
         left = (float(p["batches"]) - float(p["batch"])) + float(p["batches"]) * max(0, ft_epochs - epoch)
         return max(0.0, per_batch * left - max(0.0, now - float(p.get("time", now))))
     return None
+
+
+class EpochPace:
+    """How fast a search that trains the weights (a strategy in
+    :data:`~pruner.runs.estimate.TRAINS_DURING_SEARCH`: ``joint``) goes in this attempt, from its events:
+    the strategy writes one event of its own kind per training epoch (``{epoch, ...}``, from 0). Built at
+    the attempt's ``searching`` status (``t0``, ``kind``: the strategy) and fed every later event.
+
+    ``done`` is the latest epoch event's epoch + 1 (a resumed search trains every epoch again, so the epochs
+    since ``t0`` are that many even when the replay wrote no event); ``per_structure`` the seconds per
+    structure scored in the latest epoch seen whole (from its start, the epoch event before it or ``t0``,
+    to its last fresh candidate, over its fresh candidates: the weight statistics, the teacher outputs of
+    the new weights and the scoring, what the final scoring repeats)."""
+
+    def __init__(self, t0: float | None, kind: str | None):
+        self.t0, self.kind = t0, kind
+        self.done = 0
+        self.last_t: float | None = None
+        self.per_structure: float | None = None
+        self._start, self._scored, self._scored_t = t0, 0, t0
+
+    def add(self, e: dict) -> None:
+        t = e.get("time")
+        if not isinstance(t, (int, float)):
+            return
+        if e.get("kind") == Event.CANDIDATE and not (e.get("meta") or {}).get("cached"):
+            self._scored, self._scored_t = self._scored + 1, float(t)
+        elif self.kind and e.get("kind") == self.kind and isinstance(e.get("epoch"), int):
+            if self._start is not None and e["epoch"] == self.done and self._scored:
+                self.per_structure = max(0.0, self._scored_t - self._start) / self._scored
+            self.done, self.last_t, self._start, self._scored = e["epoch"] + 1, float(t), float(t), 0
+
+    def eta(self, epochs: int, now: float) -> float | None:
+        """Seconds left of the search: the measured seconds per epoch (``t0`` to the latest epoch event, over
+        the epochs done) × the epochs left, plus the final scoring (``FINAL_STRUCTURES`` × seconds per
+        structure, :mod:`pruner.runs.estimate`), less the time since the latest epoch event; None before the
+        first epoch event."""
+        if self.t0 is None or self.last_t is None or not self.done:
+            return None
+        per_epoch = max(0.0, self.last_t - self.t0) / self.done
+        final = FINAL_STRUCTURES * (self.per_structure or 0.0)
+        return max(0.0, per_epoch * max(0, epochs - self.done) + final - max(0.0, now - self.last_t))
+
+
+def training_search_eta(pace: EpochPace | None, config: dict, now: float) -> float | None:
+    """The searching stage's ETA of a run whose strategy trains the weights during its search (the one rule,
+    used by the CLI's :class:`Tracker` and the studio's ``studio.events.progress``): :meth:`EpochPace.eta`
+    with the run's ``epochs`` (its strategy parameter, else the declared default). None for other
+    strategies and before the first epoch event (then the rate of evaluations stands)."""
+    from .runs.estimate import search_training
+
+    if pace is None or not pace.done:
+        return None
+    training = search_training(str(config.get("strategy") or ""), config.get("strategy_params"))
+    return None if training is None else pace.eta(int(training["epochs"]), now)
 
 
 def format_seconds(s: float | None) -> str:
@@ -127,6 +183,7 @@ class Tracker:
         from .search import strategy_class
 
         self.kind = kind
+        self.config = config
         self.budget: Budget | None = None
         self.expected: int | None = None      # evaluations the search may make (None: not known)
         self.ft_epochs = 0
@@ -150,11 +207,14 @@ class Tracker:
         self.points = (0, 0)                  # sensitivity points done, total
         self.last_point_time: float | None = None
         self.base_seconds: float | None = None
+        self.pace: EpochPace | None = None    # this attempt's training epochs (a strategy that trains, joint)
 
     def add(self, e: dict) -> None:
         kind, t = e.get("kind"), e.get("time")
         t = float(t) if isinstance(t, (int, float)) else time.time()
         self.first_time = t if self.first_time is None else self.first_time
+        if self.pace is not None and self.status == Status.SEARCHING:
+            self.pace.add({**e, "time": t})
         if kind == Event.STATUS:
             status = str(e.get("status"))
             if status != self.status:
@@ -162,6 +222,8 @@ class Tracker:
                 self.ft_progress, self.ft_epoch_events = None, []
                 if status in (Status.SEARCHING, Status.ANALYSING_SENSITIVITY):
                     self._search_t0, self._search_done0 = t, self.evaluations
+                if status == Status.SEARCHING:
+                    self.pace = EpochPace(t, str(e.get("strategy") or self.config.get("strategy") or ""))
         elif kind == Event.BASE:
             if isinstance(e.get("report_seconds"), (int, float)):
                 self.base_seconds = float(e["report_seconds"])
@@ -209,6 +271,9 @@ class Tracker:
     def eta(self, now: float | None = None) -> float | None:
         """Seconds left in the current phase, from what this run measured (None when not known)."""
         now = time.time() if now is None else now
+        trained = training_search_eta(self.pace, self.config, now) if self.status == Status.SEARCHING else None
+        if trained is not None:
+            return trained
         if self.status == Status.SEARCHING and self.expected and self.last_candidate_time is not None:
             return rate_eta(self._search_t0, self.evaluations - self._search_done0,
                             self.expected - self._search_done0, self.last_candidate_time, now)
@@ -480,6 +545,7 @@ def open_progress(mode: str, config: dict, *, kind: str = PRUNE, stream: IO[str]
             display.close()
 
 
-__all__ = ["BarDisplay", "FinetuneEstimate", "MODES", "PlainDisplay", "Scored", "Tracker", "choose_mode",
-           "finetune_eta", "format_seconds", "open_progress", "plan_text", "rate_eta"]
+__all__ = ["BarDisplay", "EpochPace", "FinetuneEstimate", "MODES", "PlainDisplay", "Scored",
+           "Tracker", "choose_mode", "finetune_eta", "format_seconds", "open_progress", "plan_text", "rate_eta",
+           "training_search_eta"]
 

@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 from pruner.budget import Budget
 from pruner.errors import PrunerError
-from pruner.progress import finetune_eta, format_seconds, rate_eta
+from pruner.progress import EpochPace, finetune_eta, format_seconds, rate_eta, training_search_eta
 from pruner.runs.rundir import (EVENTS_FILE, PRUNE_PHASES, SENSITIVITY, Event, RunDir, Status, config_kind, is_final,
                                 read_events)
 
@@ -38,9 +38,11 @@ class RunView:
 
     def __init__(self, path: str | Path | None = None, budget: Budget | None = None):
         self.path = Path(path) if path is not None else None
-        if budget is None and self.path is not None:
-            budget = budget_of(RunDir(self.path).config())
+        config = RunDir(self.path).config() if self.path is not None else None
+        if budget is None and config is not None:
+            budget = budget_of(config)
         self.budget = budget                  # judges which candidates count as the best (Budget.feasible)
+        self.strategy = str((config or {}).get("strategy") or "")   # when a searching status does not name it
         self.offset = 0                       # bytes of events.jsonl consumed
         self.count = 0                        # events seen so far (all kinds)
         self.status: str = "unknown"
@@ -61,6 +63,7 @@ class RunView:
         self.stage_progress: dict | None = None   # the last progress event of the current status
         self.stage_epochs: list[dict] = []        # epoch events since the current fine-tuning status
         self.base_seconds: float | None = None    # how long the unpruned model's report took (measured)
+        self.search_pace: EpochPace | None = None  # this attempt's training epochs (a search that trains: joint)
         self.idle_seconds = 0.0                   # between a cancel (or failure) and the resume that followed
         self._stopped_at: float | None = None
         self.evaluations = 0                  # non-cached candidate evaluations
@@ -91,6 +94,8 @@ class RunView:
             self.first_time = t if self.first_time is None else self.first_time
             self.last_time = t
         self.count += 1
+        if self.search_pace is not None and self.status == Status.SEARCHING:
+            self.search_pace.add(e)
         if kind == Event.STATUS:
             self.statuses.append(e)
             self.status = str(e.get("status", self.status))
@@ -103,8 +108,10 @@ class RunView:
             self.stage_epochs = []
             if e.get("error"):
                 self.error = str(e["error"])
-            if self.status == Status.SEARCHING and self.search_started is None:
-                self.search_started = t
+            if self.status == Status.SEARCHING:
+                self.search_started = t if self.search_started is None else self.search_started
+                self.search_pace = EpochPace(t if isinstance(t, (int, float)) else None,
+                                             str(e.get("strategy") or self.strategy or ""))
             if self.status == Status.FINE_TUNING and self.finetune_started is None:
                 self.finetune_started = t
         elif kind == Event.BASE:
@@ -233,7 +240,8 @@ def progress(view: RunView, config: dict | None = None, summary: dict | None = N
              now: float | None = None, uses_evaluations: bool = True) -> dict[str, Any]:
     """Phase, fraction done (0..1), ETA of the current stage (seconds or None) and a one-line text.
 
-    The ETA comes from what the run has measured so far: seconds per evaluation while searching,
+    The ETA comes from what the run has measured so far: seconds per evaluation while searching (for a
+    search that trains the weights, ``joint``, seconds per training epoch once one is done),
     seconds per fine-tuning batch (``progress`` events) and then per epoch while fine-tuning, and
     the unpruned model's report time (the ``base`` event's ``report_seconds``) for exporting and the
     final report, which repeat that work on the pruned model.
@@ -247,6 +255,9 @@ def progress(view: RunView, config: dict | None = None, summary: dict | None = N
     expected = config.get("search_evals") if uses_evaluations else 1
     expected = int(expected) if expected else None
     frac, stage_eta = _stage_position(view, status, ft_epochs, expected, now)
+    if status == Status.SEARCHING:   # a search that trains the weights: from its epochs, once one is done
+        trained = training_search_eta(view.search_pace, config, now)
+        stage_eta = stage_eta if trained is None else trained
     eta = stage_eta
     rest = _after(view, config, status, ft_epochs)
     if rest is not None and not is_final(status) and (stage_eta is not None or status == Status.SEARCH_DONE):

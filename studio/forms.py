@@ -565,8 +565,11 @@ def run_estimate_text(config: RunConfig, summary: dict) -> str | None:
         return None
     if est.total is None:
         return None
+    search = f"{est.search_evaluations or config.search_evals} evaluations"
+    if est.search_training is not None:
+        search += f" and {est.search_steps:,} training steps, {format_seconds(est.search_training)}"
     parts = [f"{label} {format_seconds(v)}" for label, v in (
-        ("loading", est.load), ("unpruned model", est.base), (f"search ({config.search_evals} evaluations)", est.search),
+        ("loading", est.load), ("unpruned model", est.base), (f"search ({search})", est.search),
         ("fine-tuning", est.finetune), ("report", est.report)) if v]
     text = (f"The whole run is expected to take about {format_seconds(est.total)} on this machine as it is now "
             f"({', '.join(parts)}), from the model summary's timed candidate and training step")

@@ -94,7 +94,8 @@ def live_figures(view: RunView, rd: RunDir, config: dict, summary: dict | None, 
 
 def build_live_figures(view: RunView, chosen: int | None, config: dict, summary: dict | None) -> dict:
     """The Live page's charts of a run: keep ratios of the chosen (else best) candidate, the policy,
-    rewards, accuracy against MACs and latency, fine-tuning, and each strategy's own events."""
+    rewards, accuracy against MACs and latency, fine-tuning, and each strategy's own events (``extra:KIND``,
+    then ``extra:KIND:1``, ... for a strategy with several charts; :func:`extra_rows` lays them out)."""
     parsed = budget_of(config)   # candidates are held to its cost target (for sparsity=F: the density 1 - F)
     kind, target = (parsed.kind, parsed.target) if parsed else (None, None)
     cands = list(view.candidates)
@@ -119,8 +120,24 @@ def build_live_figures(view: RunView, chosen: int | None, config: dict, summary:
     for kind_name, events in view.other.items():
         if kind_name == "workers":   # a table, below
             continue
-        if len(events) > 1 or kind_name in charts.STRATEGY_CHARTS:
-            figs[f"extra:{kind_name}"] = charts.strategy_chart(kind_name, list(events))
+        if len(events) > 1 or kind_name in charts.STRATEGY_CHARTS or kind_name in charts.STRATEGY_CHART_SETS:
+            for i, fig in enumerate(charts.strategy_charts(kind_name, list(events), view.group_names)):
+                figs[f"extra:{kind_name}" + (f":{i}" if i else "")] = fig
         else:                        # a one-off event (where the search started): a line, not a chart of one dot
             figs[f"line:{kind_name}"] = results.event_line(kind_name, events[-1])
     return figs
+
+
+def extra_rows(figs: dict) -> list[list[str]]:
+    """The Live page's rows of strategy charts (the ``extra:`` keys of :func:`build_live_figures`): a strategy
+    with several charts (``joint``) gets them two to a row, in order; a strategy with one chart a row."""
+    rows: list[list[str]] = []
+    kinds: list[str] = []
+    for key in (k for k in figs if k.startswith("extra:")):
+        kind = key.split(":")[1]
+        if kinds and kinds[-1] == kind and len(rows[-1]) < 2:
+            rows[-1].append(key)
+        else:
+            rows.append([key])
+            kinds.append(kind)
+    return rows

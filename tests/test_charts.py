@@ -1,5 +1,7 @@
 """Chart builders (studio/charts.py) are pure functions of run-directory data."""
 
+import pytest
+
 from studio import charts
 
 
@@ -225,3 +227,80 @@ def test_compared_fronts_of_real_runs_mark_the_chosen_candidate(finished_runs):
     fig = charts.compare_fronts_chart(series)
     stars = [t for t in fig.data if t.name.endswith(" chosen")]
     assert {t.name for t in stars} == {f"{s['name']} chosen" for s in series}
+
+
+# ---------------------------------------------------------------------- joint: what each epoch did
+# two epochs as a real joint run on the digits demo wrote them (resnet20: 12 layer groups)
+JOINT_EVENTS = [
+    {"kind": "joint", "time": 1796579557.08, "epoch": 0, "predicted_reward": 0.19504, "observed_reward": 0.140625,
+     "loss": 37.0193, "ce": 3.0921, "penalty": 339.272, "removed_norm_after": 338.50,
+     "keep_ratios": [0.6875, 0.6875, 0.6875, 0.6875, 0.71875, 0.71875, 0.71875, 0.71875, 0.703125, 0.703125,
+                     0.71875, 0.71875], "samples": 3, "reused": 0, "mean_reward": 0.1354, "sigma": 0.4113,
+     "drift_loss": 4.2e-05, "model_version": 1},
+    {"kind": "joint", "time": 1796579557.73, "epoch": 1, "predicted_reward": 0.18152, "observed_reward": 0.125,
+     "loss": 33.5619, "ce": 2.5566, "penalty": 310.0525, "removed_norm_after": 309.84,
+     "keep_ratios": [0.5, 0.5625, 0.9375, 0.5625, 0.9375, 0.9375, 0.53125, 0.9375, 0.53125, 0.53125, 0.9375,
+                     0.9375], "samples": 3, "reused": 3, "mean_reward": 0.1146, "sigma": 0.3337,
+     "drift_loss": 6.7e-05, "model_version": 2, "agent": "layers"},
+]
+GROUPS = ["conv1", "layer1.0.conv1", "layer1.1.conv1", "layer1.2.conv1", "layer2.0.conv1", "layer2.1.conv1",
+          "layer2.2.conv1", "layer3.0.conv1", "layer3.1.conv1", "layer3.2.conv1", "layer2.0.conv2", "layer3.0.conv2"]
+
+
+def _traces(fig) -> dict:
+    return {t.name: list(t.y) for t in fig.data}
+
+
+def test_joint_charts_show_reward_loss_and_structure_per_epoch():
+    reward, loss, structure = charts.joint_charts(JOINT_EVENTS, GROUPS)
+    # predicted vs observed, as the search's score (the reward is a fraction of it)
+    assert _traces(reward)["observed"] == [14.0625, 12.5]
+    assert _traces(reward)["predicted (before it was seen)"] == pytest.approx([19.504, 18.152])
+    assert list(reward.data[0].x) == [0, 1] and "agent: layers" in reward.layout.title.text
+    # the training loss: cross-entropy and total on the left axis, the alignment penalty on the right
+    lines = _traces(loss)
+    assert lines["cross-entropy"] == [3.0921, 2.5566] and lines["total loss"] == [37.0193, 33.5619]
+    assert lines["alignment penalty (right axis)"] == [339.272, 310.0525]
+    penalty = next(t for t in loss.data if t.name.startswith("alignment"))
+    assert penalty.yaxis == "y2" and all(t.yaxis == "y" for t in loss.data if t is not penalty)
+    # the structure: keep ratio of each group (rows, named) × epoch (columns), on a fixed 0..1 scale
+    heat = structure.data[0]
+    assert list(heat.y) == GROUPS and list(heat.x) == [0, 1]
+    assert [row[1] for row in heat.z] == JOINT_EVENTS[1]["keep_ratios"]
+    assert (heat.zmin, heat.zmax) == (0.0, 1.0)
+
+
+def test_joint_charts_of_one_epoch_and_of_partial_events():
+    one = charts.joint_charts(JOINT_EVENTS[:1], GROUPS)
+    assert [len(f.data) for f in one] == [2, 3, 1] and not any(f.layout.annotations for f in one[:2])
+    assert [row[0] for row in one[2].data[0].z] == JOINT_EVENTS[0]["keep_ratios"]
+    # no group names (the base event not read yet) or fewer than the ratios: the rows are numbered
+    assert list(charts.joint_structure_chart(JOINT_EVENTS, GROUPS[:10]).data[0].y)[10:] == ["group 10", "group 11"]
+    # an event with only some fields draws what it has; missing or non-finite values are gaps
+    partial = [{"kind": "joint", "epoch": 0, "ce": 2.0, "keep_ratios": [0.5, None, float("nan")]}]
+    reward, loss, structure = charts.joint_charts(partial)
+    assert _traces(reward)["observed"] == [None]
+    assert list(_traces(loss)) == ["cross-entropy"]
+    assert [list(row) for row in structure.data[0].z] == [[0.5], [None], [None]]
+
+
+def test_joint_charts_without_an_epoch_say_so():
+    for events in ([], [{"kind": "joint", "epoch": 0}]):
+        figs = charts.joint_charts(events, GROUPS)
+        assert len(figs) == 3
+        for fig in figs[1:]:
+            assert not fig.data and "no" in fig.layout.annotations[0].text
+    assert "no epoch finished yet" in charts.joint_chart([]).layout.annotations[0].text
+    assert [len(charts.strategy_charts(k, [])) for k in ("joint", "constrained", "purl", "other")] == [3, 1, 1, 1]
+
+
+def test_live_page_lays_out_the_joint_charts_two_to_a_row():
+    from studio.events import RunView
+    from studio.live import build_live_figures, extra_rows
+
+    base = {"kind": "base", "time": 1.0, "groups": [{"name": g, "channels": 16} for g in GROUPS]}
+    view = RunView.from_events([{"kind": "status", "time": 0.0, "status": "searching"}, base, *JOINT_EVENTS,
+                                {"kind": "constrained", "time": 2.0, "step": 0}])
+    figs = build_live_figures(view, None, {"budget": "flops=0.5", "finetune": {"epochs": 0}}, None)
+    assert extra_rows(figs) == [["extra:joint", "extra:joint:1"], ["extra:joint:2"], ["extra:constrained"]]
+    assert list(figs["extra:joint:2"].data[0].y) == GROUPS   # the run's group names

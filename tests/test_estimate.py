@@ -5,13 +5,16 @@ bench/run_estimate.py (a test never checks wall-clock time)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 
 from pruner.finetune import FinetuneConfig, finetune_plan
 from pruner.model_summary import summary_in_child
 from pruner.runs.config import RunConfig
-from pruner.runs.estimate import TIMED_KEEP, estimate_run
+from pruner.runs.estimate import TIMED_KEEP, estimate_run, structures_scored
+from pruner.settings import native_bf16
+from studio.forms import run_estimate_text
 
 BASE = RunConfig(model="resnet20", weights=None, data="digits", device="cpu", search_evals=10, report_images=200)
 
@@ -66,9 +69,73 @@ def test_each_part_follows_the_settings(summary):
                                                          summary["data"]["sizes"]["fit"])["seconds"])
 
 
-def test_what_it_cannot_count_is_said(summary):
+def test_a_search_that_trains_counts_its_training(summary, monkeypatch):
+    """joint's search: its training steps at the timed step's seconds per image × its batch size (no
+    teacher), the structures it scores, and about one more evaluation on each epoch's new weights; rl's
+    search is its evaluations alone. What is left unknown: a step timed with bf16 autocast (joint trains in
+    float32)."""
+    from pruner.search.joint import JointPruning
+
+    rl = estimate_run(BASE, summary)
+    assert rl.search_training is None and rl.search_steps is None and rl.search_evaluations == 10
+    fit, step = summary["data"]["sizes"]["fit"], summary["finetune_timing"]["train_s"]
+    t = summary["candidate_timing"]
+    candidate = t["steady_s"]                       # all search images: the fixed part and the scoring
+    monkeypatch.setenv("PRUNER_BF16", "0")         # the step is timed in float32, as joint trains
     joint = estimate_run(dataclasses.replace(BASE, strategy="joint"), summary)
-    assert any("trains the weights during its search" in n for n in joint.notes)
+    assert joint.notes == []                       # nothing left out
+    # the parameters the run does not set are the strategy's declared defaults (3 epochs of at most 20 batches of 64)
+    d = {k: p.default for k, p in JointPruning.param_specs.items()}
+    assert joint.search_steps == d["epochs"] * min(d["batches_per_epoch"], math.ceil(fit / d["batch_size"]))
+    assert joint.search_training == pytest.approx(step * joint.search_steps * d["batch_size"])
+    # 10 evaluations over 3 epochs: 2 structures an epoch, then the final 2
+    assert joint.search_evaluations == structures_scored(d, 10) == 8
+    assert joint.search - rl.search == pytest.approx(joint.search_training + (8 + 3 - 10) * candidate)
+    assert joint.total - rl.total == pytest.approx(joint.search - rl.search)
+    caption = run_estimate_text(dataclasses.replace(BASE, strategy="joint"), summary)
+    assert f"search (8 evaluations and {joint.search_steps} training steps, " in caption and caption.endswith("step.")
+    # set parameters: every batch of the fit split (batches_per_epoch=0) in batches of 128, 2 epochs, 3 samples
+    params = {"epochs": 2, "batches_per_epoch": 0, "batch_size": 128, "samples": 3}
+    whole = estimate_run(dataclasses.replace(BASE, strategy="joint", strategy_params=params), summary)
+    assert whole.search_steps == 2 * math.ceil(fit / 128)
+    assert whole.search_training == pytest.approx(step * whole.search_steps * 128)
+    assert whole.search_evaluations == 2 * 3 + 2
+    # a taylor ranking after every epoch: a forward and backward pass over 256 fit images
+    taylor = estimate_run(dataclasses.replace(BASE, strategy="joint", importance="taylor"), summary)
+    assert taylor.search_training - joint.search_training == pytest.approx(3 * 256 * step)
+    # where bf16 is native the step was timed with it (time_steps' default): the same figure, and a note
+    monkeypatch.setenv("PRUNER_BF16", "1")
+    if native_bf16("cpu"):
+        bf16 = estimate_run(dataclasses.replace(BASE, strategy="joint"), summary)
+        assert bf16.search == joint.search and len(bf16.notes) == 1
+        assert "trains the weights in float32 but the training step was timed with bf16" in bf16.notes[0]
+    # no timed training step: the training is left out, and said
+    untimed = estimate_run(dataclasses.replace(BASE, strategy="joint"), {**summary, "finetune_timing": None})
+    assert untimed.search_training is None and untimed.search == pytest.approx(joint.search - joint.search_training)
+    assert any("trains the weights during its search, which this does not count" in n for n in untimed.notes)
+
+
+@pytest.mark.parametrize("samples,evals,epochs,expected", [
+    (0, 9, 3, 8), (0, 100, 3, 26), (0, 4, 3, 4), (0, 30, 2, 18), (3, 8, 2, 8), (5, 8, 2, 8), (2, 50, 4, 10)])
+def test_the_structures_joint_scores(samples, evals, epochs, expected):
+    assert structures_scored({"epochs": epochs, "samples": samples}, evals) == expected
+
+
+def test_joint_scores_as_many_structures_as_estimated(summary, tmp_path):
+    """A real joint run (spreading its evaluations over the epochs: samples=0) scores the estimated number of
+    structures, or one fewer when the final policy mean is the last epoch's structure (scored once)."""
+    from pruner.runs.job import run_job
+
+    params = {"epochs": 2, "batches_per_epoch": 1, "batch_size": 32}
+    cfg = dataclasses.replace(BASE, strategy="joint", strategy_params=params, search_evals=9, search_images=64,
+                              recal_images=32, report_images=64, latency_repeats=2, export=False)
+    done = run_job(cfg, tmp_path / "joint")
+    assert done["status"] == "done", done["error"]
+    estimated = estimate_run(cfg, summary).search_evaluations
+    assert estimated == 8 and done["search"]["evaluations"] in (estimated - 1, estimated)
+
+
+def test_what_it_cannot_count_is_said(summary):
     workers = estimate_run(dataclasses.replace(BASE, workers=2), summary)
     assert any("2 Ray workers" in n for n in workers.notes)
     no_timing = estimate_run(BASE, {**summary, "candidate_timing": None})

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from pruner.cli import _progress_mode, build_parser
-from pruner.progress import PlainDisplay, Tracker, choose_mode
+from pruner.progress import PlainDisplay, Tracker, choose_mode, rate_eta
 from pruner.runs.rundir import PRUNE_PHASES, SENSITIVITY, Event, Status
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -237,3 +237,60 @@ def test_sensitivity_tracker_counts_points():
              "top1": 10.0} for i in range(20)])
     lines = [l for l in out.getvalue().splitlines() if "points" in l]
     assert len(lines) == 10 and "points 20/20" in lines[-1] and "best" not in out.getvalue()
+
+
+# ---------------------------------------------------------------------- a search that trains: joint
+JOINT = {"budget": "flops=0.5", "strategy": "joint", "strategy_params": {"epochs": 4}, "search_evals": 20,
+         "finetune": {"epochs": 0}}
+
+
+def _joint_search(t0: float, first_epoch: int, epochs: int) -> list[dict]:
+    """A joint search from ``t0``: per epoch 3 fresh candidates 2, 3 and 4 s into it, its event at 10 s."""
+    out = [{"kind": Event.STATUS, "time": t0, "status": Status.SEARCHING, "strategy": "joint"}]
+    for k, epoch in enumerate(range(first_epoch, first_epoch + epochs)):
+        start = t0 + 10 * k
+        out += [candidate(start + s, 50.0, 0.5) for s in (2, 3, 4)]
+        out.append({"kind": "joint", "time": start + 10, "epoch": epoch, "observed_reward": 0.5, "ce": 1.0})
+    return out
+
+
+def _etas(config: dict, events: list[dict], now: float) -> tuple:
+    """The searching stage's ETA as the CLI (Tracker) and the studio (studio.events.progress) compute it."""
+    from studio.events import RunView, progress
+
+    tracker = Tracker(config)
+    for e in events:
+        tracker.add(e)
+    return tracker.eta(now), progress(RunView.from_events(events), config, now=now)["stage_eta_s"]
+
+
+def test_a_joint_search_eta_is_its_seconds_per_epoch_times_the_epochs_left_plus_the_final_scoring():
+    events = _joint_search(100.0, 0, 2)
+    # before the first epoch event: the rate of evaluations (3 in 4 s, 17 left, 1 s ago)
+    cli, studio = _etas(JOINT, events[:4], now=105.0)
+    assert cli == studio == pytest.approx(4 / 3 * 17 - 1)
+    # after two epochs (10 s each): 2 epochs left + the final scoring (2 structures at 4/3 s each, the
+    # latest epoch's 3 structures in 4 s), less the 5 s since the last epoch event
+    cli, studio = _etas(JOINT, events, now=125.0)
+    assert cli == studio == pytest.approx(10 * 2 + 2 * 4 / 3 - 5)
+    # the epochs come from the strategy's declared default when the run does not set them (joint: 3)
+    default = {**JOINT, "strategy_params": {}}
+    assert _etas(default, events, now=120.0) == pytest.approx((10 + 8 / 3,) * 2)
+    # after the last epoch only the final scoring is left, and the ETA never goes below zero
+    assert _etas(JOINT, _joint_search(100.0, 0, 4), now=140.0) == pytest.approx((8 / 3,) * 2)
+    assert _etas(JOINT, _joint_search(100.0, 0, 4), now=200.0) == (0.0, 0.0)
+    # another strategy keeps the rate of evaluations, whatever its events are called
+    rl = {**JOINT, "strategy": "rl"}
+    cli, studio = _etas(rl, events, now=125.0)
+    assert cli == studio == pytest.approx(rate_eta(100.0, 6, 20, 114.0, 125.0))
+
+
+def test_a_resumed_joint_search_counts_the_epochs_it_trained_again():
+    """A resume trains every epoch again; the replay writes no event until it passes the record, so the first
+    epoch event of this attempt (epoch 2 at 30 s) stands for 3 epochs, and the final scoring is not known
+    from an epoch seen whole yet."""
+    first = _joint_search(0.0, 0, 2)[:-3] + [{"kind": Event.STATUS, "time": 25.0, "status": Status.CANCELLED}]
+    resumed = [{**e, "time": e["time"] + 200.0} for e in _joint_search(0.0, 0, 3)[-4:]]
+    events = first + [{"kind": Event.STATUS, "time": 200.0, "status": Status.SEARCHING, "strategy": "joint"}] + resumed
+    assert resumed[-1]["epoch"] == 2 and resumed[-1]["time"] == 230.0
+    assert _etas(JOINT, events, now=230.0) == pytest.approx((10.0, 10.0))   # 3 epochs in 30 s, 1 left

@@ -314,8 +314,9 @@ def test_studio_chart_plots_the_strategy_events(straight, strategy):
         assert all(e["episode"] < x < e["episode"] + 1 for e, x in zip(steps, xs))   # within its episode
         assert traces["episode return"] == [e["return"] for e in events if e["level"] == "episode"]
     else:
-        assert traces["observed"] == [e["observed_reward"] for e in events]
-        assert traces["predicted (before it was seen)"] == [e["predicted_reward"] for e in events]
+        # as the search's score: the reward is a fraction of it
+        assert traces["observed"] == pytest.approx([100 * e["observed_reward"] for e in events])
+        assert traces["predicted (before it was seen)"] == pytest.approx([100 * e["predicted_reward"] for e in events])
     assert charts.strategy_chart(strategy, []).layout.annotations  # an empty chart says why
 
 

@@ -566,6 +566,46 @@ def test_interrupted_and_compared_runs(runs_dir):
     assert (row["a"], row["b"]) == ("random", "uniform")
 
 
+def _charts(at: AppTest) -> dict[str, dict]:
+    """The page's Plotly figures by title."""
+    figs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    return {f["layout"]["title"]["text"]: f for f in figs}
+
+
+def test_live_page_shows_what_a_joint_run_did_each_epoch(runs_dir):
+    """A finished joint run: its reward (predicted vs observed), training loss and structure per epoch, the
+    structure's rows named by the run's layer groups; the same run cut after its first epoch (interrupted
+    while searching) draws that one epoch."""
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    params = {"epochs": 2, "batches_per_epoch": 2, "batch_size": 32, "samples": 2}
+    summary = run_job(tiny(strategy="joint", strategy_params=params, search_evals=6), runs_dir / "joint")
+    assert summary["status"] == "done", summary["error"]
+    groups = [g["name"] for g in RunDir(runs_dir / "joint").events("base")[-1]["groups"]]
+    cut = runs_dir / "joint-cut"
+    shutil.copytree(runs_dir / "joint", cut)
+    (cut / "summary.json").unlink()
+    lines = (cut / "events.jsonl").read_text().splitlines()
+    first = next(i for i, l in enumerate(lines) if json.loads(l).get("kind") == "joint")
+    (cut / "events.jsonl").write_text("\n".join(lines[:first + 1]) + "\n")
+
+    at = app(LIVE)   # the run going on (here: interrupted) comes first
+    assert not at.exception, [e.message for e in at.exception]
+    assert at.selectbox[0].value == "joint-cut" and {m.label: m.value for m in at.metric}["Status"] == "searching"
+    figs = _charts(at)
+    assert [t["x"] for t in figs["Joint: training loss per epoch"]["data"]] == [[0]] * 3
+    assert figs["Joint: structure chosen each epoch (keep ratio per layer group)"]["data"][0]["x"] == [0]
+
+    at.selectbox[0].set_value("joint").run()
+    assert_clean(at)
+    figs = _charts(at)
+    reward = figs["Joint: reward predicted by the drift model vs observed"]
+    assert [len(t["y"]) for t in reward["data"]] == [2, 2]
+    loss = figs["Joint: training loss per epoch"]
+    assert [t["name"] for t in loss["data"]] == ["cross-entropy", "total loss", "alignment penalty (right axis)"]
+    heat = figs["Joint: structure chosen each epoch (keep ratio per layer group)"]["data"][0]
+    assert heat["y"] == groups and heat["x"] == [0, 1]
+
+
 # ---------------------------------------------------------------------- archive and delete
 def test_runs_are_archived_or_deleted_from_the_runs_page_never_while_written(runs_dir):
     """Archive moves a run out of every list into the runs root's .archive folder (kept, restorable); Delete,

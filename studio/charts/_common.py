@@ -64,6 +64,25 @@ def empty_figure(title: str, message: str, *, x: str = "", y: str = "", height: 
     return style(fig, title, x, y, height=height, legend=False)
 
 
+def group_heatmap(matrix: Sequence[Sequence[float | None]], xs: Sequence[Any], groups: Sequence[str], *,
+                  title: str, x_title: str, scale_title: str, colorscale: str, zrange: tuple | None = None,
+                  cell_text: bool = False) -> go.Figure:
+    """Layer groups (rows, in network order) × ``xs`` (columns) of ``matrix`` (one list of per-group values
+    per column; ragged columns are padded with gaps). Rows beyond ``groups`` are named ``group i``.
+    ``cell_text`` writes each value in its cell (for small grids)."""
+    n = max(len(r) for r in matrix)
+    names = [str(g) for g in groups][:n] + [f"group {i}" for i in range(len(groups), n)]
+    z = [[(num(matrix[j][i]) if i < len(matrix[j]) else None) for j in range(len(matrix))] for i in range(n)]
+    lo, hi = zrange if zrange else (None, None)
+    fig = go.Figure(go.Heatmap(z=z, x=list(xs), y=names, colorscale=colorscale, zmin=lo, zmax=hi,
+                               colorbar={"title": {"text": scale_title}},
+                               texttemplate="%{z:.2f}" if cell_text else None, textfont={"size": 10},
+                               hovertemplate="%{y}<br>" + x_title + " %{x}<br>" + scale_title +
+                               ": %{z:.3f}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed", type="category")
+    return style(fig, title, x_title, "layer group", legend=False, height=max(HEIGHT, 120 + 16 * n))
+
+
 def scatter_type(n: int):
     return go.Scattergl if n > SCATTERGL_ABOVE else go.Scatter
 

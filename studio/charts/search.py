@@ -7,7 +7,8 @@ from typing import Any, Sequence
 
 import plotly.graph_objects as go
 
-from ._common import ACCENT, BASE_COLOR, FRONT_COLOR, GREY, HEIGHT, num, style, empty_figure, scatter_type, pareto_front
+from ._common import (ACCENT, BASE_COLOR, FRONT_COLOR, GREY, HEIGHT, empty_figure, group_heatmap, num, pareto_front,
+                      scatter_type, style)
 
 
 def keep_ratio_chart(groups: Sequence[str], channels: Sequence[int], keep_ratios: Sequence[float] | None,
@@ -54,14 +55,9 @@ def policy_heatmap(steps: Sequence[dict], groups: Sequence[str], candidates: Seq
     if not matrix:
         return empty_figure("Policy per layer group", "no search steps yet", x="step", y="layer group")
     matrix, xs = matrix[-max_columns:], xs[-max_columns:]
-    n = max(len(r) for r in matrix)
-    names = [str(g) for g in groups][:n] + [f"group {i}" for i in range(len(groups), n)]
-    z = [[(matrix[j][i] if i < len(matrix[j]) else None) for j in range(len(matrix))] for i in range(n)]
-    fig = go.Figure(go.Heatmap(z=z, x=xs, y=names, colorscale=colorscale, colorbar={"title": {"text": scale_title}},
-                               hovertemplate="%{y}<br>" + x_title + " %{x}<br>" + scale_title +
-                               ": %{z:.3f}<extra></extra>"))
-    fig.update_yaxes(autorange="reversed", type="category")
-    return style(fig, title, x_title, "layer group", legend=False)
+    fig = group_heatmap(matrix, xs, groups, title=title, x_title=x_title, scale_title=scale_title,
+                        colorscale=colorscale)
+    return fig.update_layout(height=HEIGHT)
 
 
 def candidate_role(c: dict, budget: Any = None) -> str:

@@ -8,7 +8,7 @@ from typing import Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ._common import ACCENT, BASE_COLOR, GREY, HEIGHT, palette, num, style, empty_figure, scatter_type
+from ._common import ACCENT, BASE_COLOR, GREY, HEIGHT, empty_figure, group_heatmap, num, palette, scatter_type, style
 
 
 def event_series_chart(kind: str, events: Sequence[dict], max_fields: int = 8) -> go.Figure:
@@ -105,22 +105,95 @@ def purl_chart(events: Sequence[dict]) -> go.Figure:
     return style(fig, title, "episode", "reward")
 
 
+def _epochs(events: Sequence[dict]) -> list:
+    """Each ``joint`` event's epoch (its position when the field is missing)."""
+    return [e.get("epoch", i) if num(e.get("epoch", i)) is not None else i for i, e in enumerate(events)]
+
+
+def _percent(v) -> float | None:
+    """A reward (a fraction: the search's score / 100) as the score itself."""
+    v = num(v)
+    return None if v is None else 100.0 * v
+
+
+def _agent(events: Sequence[dict]) -> str:
+    """`` (agent: bandit)`` when the events name the agent that chose the structures (empty otherwise)."""
+    agents = [str(e["agent"]) for e in events if isinstance(e.get("agent"), str) and e["agent"]]
+    return f" (agent: {agents[-1]})" if agents else ""
+
+
 def joint_chart(events: Sequence[dict]) -> go.Figure:
-    """``joint``: the drift model's predicted reward for each epoch's structure against the observed one."""
-    title = "Joint: reward predicted by the drift model vs observed"
+    """``joint``: the drift model's predicted reward for each epoch's structure against the observed one (as
+    the search's score, i.e. the reward × 100: top-1 % with ``--score top1``)."""
+    title = "Joint: reward predicted by the drift model vs observed" + _agent(events)
+    y_title = "reward × 100 (search score, %)"
     if not events:
-        return empty_figure(title, "no epoch finished yet", x="epoch", y="reward (search top-1, %)")
-    x = [e.get("epoch", i) for i, e in enumerate(events)]
+        return empty_figure(title, "no epoch finished yet", x="epoch", y=y_title)
+    x = _epochs(events)
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=x, y=[num(e.get("observed_reward")) for e in events], mode="lines+markers",
+    fig.add_trace(go.Scatter(x=x, y=[_percent(e.get("observed_reward")) for e in events], mode="lines+markers",
                              name="observed", line={"color": BASE_COLOR}))
-    fig.add_trace(go.Scatter(x=x, y=[num(e.get("predicted_reward")) for e in events], mode="lines+markers",
+    fig.add_trace(go.Scatter(x=x, y=[_percent(e.get("predicted_reward")) for e in events], mode="lines+markers",
                              name="predicted (before it was seen)", line={"color": ACCENT, "dash": "dash"}))
-    return style(fig, title, "epoch", "reward (search top-1, %)")
+    fig.update_xaxes(dtick=1 if len(x) <= 20 else None)
+    return style(fig, title, "epoch", y_title)
+
+
+def joint_loss_chart(events: Sequence[dict]) -> go.Figure:
+    """``joint``: the training loss of each epoch's weight training (means over its batches): the
+    cross-entropy, the alignment penalty (group lasso on the channels the epoch's structure removes,
+    unweighted, right axis) and the total loss (cross-entropy + ``align_weight`` × penalty)."""
+    title = "Joint: training loss per epoch"
+    series = (("ce", "cross-entropy", BASE_COLOR, False), ("loss", "total loss", "#333", False),
+              ("penalty", "alignment penalty (right axis)", ACCENT, True))
+    if not any(num(e.get(f)) is not None for e in events for f, *_ in series):
+        return empty_figure(title, "no training epoch finished yet", x="epoch", y="loss")
+    x = _epochs(events)
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    for field, name, colour, right in series:
+        y = [num(e.get(field)) for e in events]
+        if any(v is not None for v in y):
+            fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=name,
+                                     line={"color": colour, "dash": "dot" if field == "loss" else None}),
+                          secondary_y=right)
+    style(fig, title, "epoch", "cross-entropy, total loss")
+    fig.update_xaxes(dtick=1 if len(x) <= 20 else None)
+    fig.update_yaxes(title_text="alignment penalty (Σ removed channels' norms)", secondary_y=True, showgrid=False)
+    return fig
+
+
+def joint_structure_chart(events: Sequence[dict], groups: Sequence[str] = ()) -> go.Figure:
+    """``joint``: the structure chosen each epoch (the one the weights were trained towards), as the keep
+    ratio of every layer group × epoch; ``groups`` names the rows (the run's layer groups)."""
+    title = "Joint: structure chosen each epoch (keep ratio per layer group)"
+    rows = [(x, e["keep_ratios"]) for x, e in zip(_epochs(events), events)
+            if isinstance(e.get("keep_ratios"), list) and e["keep_ratios"]]
+    if not rows:
+        return empty_figure(title, "no epoch finished yet", x="epoch", y="layer group")
+    matrix = [r for _, r in rows]
+    fig = group_heatmap(matrix, [x for x, _ in rows], groups, title=title, x_title="epoch",
+                        scale_title="keep ratio", colorscale="RdYlGn", zrange=(0.0, 1.0),
+                        cell_text=len(rows) * max(len(r) for r in matrix) <= 300)
+    fig.update_xaxes(dtick=1 if len(rows) <= 20 else None)
+    return fig
+
+
+def joint_charts(events: Sequence[dict], groups: Sequence[str] = ()) -> list[go.Figure]:
+    """What the Live page shows of a ``joint`` run, epoch by epoch: predicted vs observed reward, the
+    training loss, and the structure chosen."""
+    return [joint_chart(events), joint_loss_chart(events), joint_structure_chart(events, groups)]
 
 
 #: charts of the strategies' own event kinds; other kinds get :func:`event_series_chart`
 STRATEGY_CHARTS = {"constrained": constrained_chart, "purl": purl_chart, "joint": joint_chart}
+#: event kinds drawn as several charts (``builder(events, group_names)``), in the order the Live page shows them
+STRATEGY_CHART_SETS = {"joint": joint_charts}
+
+
+def strategy_charts(kind: str, events: Sequence[dict], groups: Sequence[str] = ()) -> list[go.Figure]:
+    """Every chart of a strategy's own event kind: its set (:data:`STRATEGY_CHART_SETS`) or its one chart."""
+    builder = STRATEGY_CHART_SETS.get(kind)
+    return builder(events, groups) if builder is not None else [strategy_chart(kind, events)]
 
 
 def strategy_chart(kind: str, events: Sequence[dict]) -> go.Figure:
