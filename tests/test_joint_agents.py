@@ -30,7 +30,7 @@ def test_every_episode_keeps_the_budget_reachable_and_solves_onto_it(space):
     agent = LayerAgent(space, budget, hidden=8, sigma=1.5)
     from pruner.budget import solve
     for d in agent.draw(h0(), np.random.default_rng(0), 12):
-        keeps = [agent.floor[i] + (1 - agent.floor[i]) / (1 + np.exp(-u)) for i, u in enumerate(d.u)]
+        keeps = [agent.floor[i] + (1 - agent.floor[i]) / (1 + np.exp(-agent.GAIN * u)) for i, u in enumerate(d.u)]
         pre = [1 - p for p in d.allocation]
         assert all(k <= kk + 1e-9 for k, kk in zip(pre, keeps))        # the bound only lowers a keep
         assert agent.cost(pre) <= budget.target + 0.02                  # reachable (up to rounding)

@@ -11,11 +11,9 @@ A strategy that trains the weights during its search (:data:`TRAINS_DURING_SEARC
 training to the search: its steps (:func:`search_steps`) at the timed fine-tuning step's seconds per image
 × its batch size (no teacher), the structures it scores (:func:`structures_scored`) and about one more
 evaluation on each epoch's new weights (their teacher outputs and surgery plan). The timed step uses the
-fine-tuning's autocast default (bf16 where native) while ``joint`` trains in float32: where bf16 is native
-a note says so (on this repository's AVX-512 BF16 CPU joint's step, cross-entropy and group lasso, took
-2.1x the bf16 step of ResNet-20 on digits, and 0.97x a float32 one).
+fine-tuning's autocast default (bf16 where native), as ``joint``'s training does.
 
-What it does not know is said in ``notes`` (a training step that was not timed or was timed in bf16, Ray
+What it does not know is said in ``notes`` (a training step that was not timed, Ray
 workers, a GPU run whose search was timed on the CPU), never silently folded in.
 """
 
@@ -25,13 +23,14 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..finetune import finetune_plan
-from ..settings import native_bf16
+from ..search.base import strategy_class
+from ..search.joint import JointPruning
 from .config import RunConfig
 
 #: the structure the summary child times as a typical candidate: every group keeps this fraction
 TIMED_KEEP = 0.7
 #: structures ``joint`` scores after its last epoch (the policy mean on the trained weights and the last structure)
-FINAL_STRUCTURES = 2
+FINAL_STRUCTURES = JointPruning.FINAL_STRUCTURES
 #: strategies whose search trains the weights, so their search takes longer than its evaluations; each
 #: has ``epochs``, ``batches_per_epoch`` and ``batch_size`` parameters and writes an event of its own kind per
 #: training epoch (``pruner.progress.EpochPace``)
@@ -131,39 +130,34 @@ def _search_seconds(est: RunEstimate, config: RunConfig, summary: dict, training
     if training is None:
         est.search = first + config.search_evals * candidate
         return
-    est.search_evaluations = structures_scored(training, config.search_evals)
+    est.search_evaluations = structures_scored(training, config.search_evals, config.strategy)
     # every epoch leaves new weights, whose teacher outputs and surgery plan are made again: about one more
     # evaluation each (resnet20 on digits: 0.55 s more than the 0.6 s of a steady evaluation)
     est.search = first + (est.search_evaluations + int(training["epochs"])) * candidate
     step = (summary.get("finetune_timing") or {}).get("train_s")
     if isinstance(step, (int, float)) and sizes.get("fit"):
-        est.search_steps = search_steps(training, int(sizes["fit"]))
+        est.search_steps = search_steps(training, int(sizes["fit"]), config.strategy)
         # seconds per image of the timed step x the search's batch size (no teacher: plain cross-entropy);
         # a taylor ranking after every epoch is a forward and backward pass over 256 fit images
         rerank = min(256, int(sizes["fit"])) if config.importance == "taylor" else 0
         est.search_training = float(step) * (est.search_steps * int(training["batch_size"])
                                              + int(training["epochs"]) * rerank)
-        est.search += est.search_training
-        device = str(summary["finetune_timing"].get("device") or "cpu")
-        if native_bf16(device):   # time_steps' default: the step was timed with bf16 autocast
-            est.notes.append(f"{config.strategy} trains the weights in float32 but the training step was timed "
-                             f"with bf16 autocast (native on {device}): its training may take about twice as long")
+        est.search += est.search_training   # joint trains under the fine-tuning's autocast rule, as timed
 
 
-def search_steps(training: dict, fit_images: int) -> int:
-    """Weight-training steps of a search that trains (``training``: its parameters): ``epochs`` × the batches
-    per epoch, ceil(fit images / ``batch_size``), capped by ``batches_per_epoch`` when it is not 0."""
-    per_epoch = -(-int(fit_images) // int(training["batch_size"]))
-    if int(training["batches_per_epoch"]):
-        per_epoch = min(per_epoch, int(training["batches_per_epoch"]))
-    return int(training["epochs"]) * per_epoch
+def search_steps(training: dict, fit_images: int, strategy: str = "joint") -> int:
+    """Weight-training steps of a search that trains (``training``: its parameters): ``epochs`` × the
+    strategy's own batches per epoch (:meth:`~pruner.search.joint.JointPruning.training_batches`)."""
+    cls = strategy_class(strategy)
+    params = {**cls.defaults(), **training}
+    return int(params["epochs"]) * cls.training_batches(params, fit_images)
 
 
-def structures_scored(training: dict, search_evals: int) -> int:
-    """Structures ``joint`` scores (``training``: its parameters): ``samples`` per epoch (0: ``search_evals``
-    spread over the epochs, at most 8 per epoch; always within the evaluations, one per epoch kept for the
-    final scoring), then at most :data:`FINAL_STRUCTURES` on the trained weights; at most ``search_evals``."""
-    epochs = int(training["epochs"])
-    per_epoch = int(training.get("samples") or 0) or max(1, min(8, (search_evals - 2) // epochs))
-    per_epoch = max(1, min(per_epoch, (search_evals - 1) // epochs))
-    return min(search_evals, epochs * per_epoch + FINAL_STRUCTURES)
+def structures_scored(training: dict, search_evals: int, strategy: str = "joint") -> int:
+    """Structures a search that trains scores (``training``: its parameters): the strategy's own samples per
+    epoch (:meth:`~pruner.search.joint.JointPruning.samples_per_epoch`) × epochs, then its final
+    structures on the trained weights; at most ``search_evals``."""
+    cls = strategy_class(strategy)
+    params = {**cls.defaults(), **training}
+    per_epoch = cls.samples_per_epoch(params, search_evals)
+    return min(search_evals, int(params["epochs"]) * per_epoch + cls.FINAL_STRUCTURES)

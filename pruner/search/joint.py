@@ -55,6 +55,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -192,6 +193,8 @@ class _Run:
 @register
 class JointPruning(Strategy):
     name = "joint"
+    #: structures scored on the trained weights at the end: the policy mean and the last epoch's structure
+    FINAL_STRUCTURES: ClassVar[int] = 2
 
     param_specs = {
         "epochs": Param(3, int, "training epochs (one agent decision per epoch)", low=1, high=1000),
@@ -254,10 +257,27 @@ class JointPruning(Strategy):
         if remaining is not None and remaining < E + 1:
             raise PrunerError(f"joint needs at least epochs + 1 = {E + 1} evaluations (one structure per epoch and "
                               f"one on the trained model); raise --search-evals or lower epochs (now {remaining} left)")
-        K = int(self.params["samples"]) or (max(1, min(8, (remaining - 2) // E)) if remaining is not None else 4)
-        if remaining is not None:
-            K = max(1, min(K, (remaining - 1) // E))
+        return self.samples_per_epoch({**self.params, "epochs": E}, remaining)
+
+    @classmethod
+    def samples_per_epoch(cls, params: dict, evals: int | None) -> int:
+        """The one rule for the structures scored per epoch (``params``: all of joint's parameters):
+        ``samples``, or with ``samples=0`` the evaluations ``evals`` spread over the epochs (at most 8
+        each, two kept for the final scoring); always leaving one evaluation for the final scoring."""
+        E = int(params["epochs"])
+        K = int(params["samples"]) or (max(1, min(8, (evals - 2) // E)) if evals is not None else 4)
+        if evals is not None:
+            K = max(1, min(K, (evals - 1) // E))
         return K
+
+    @classmethod
+    def training_batches(cls, params: dict, fit_images: int) -> int:
+        """Training batches per epoch: ceil(fit images / ``batch_size``), capped by ``batches_per_epoch``
+        when it is not 0 (``params``: all of joint's parameters)."""
+        per_epoch = math.ceil(int(fit_images) / int(params["batch_size"]))
+        if int(params["batches_per_epoch"]):
+            per_epoch = min(per_epoch, int(params["batches_per_epoch"]))
+        return per_epoch
 
     def _setup(self, ctx: SearchContext, E: int) -> "_Run":
         """The model being trained (a copy), the drift model, the policy, the optimisers and the ranking."""
@@ -285,9 +305,7 @@ class JointPruning(Strategy):
         lasso = GroupLasso(model, space, device)
         opt = torch.optim.SGD(model.parameters(), lr=float(p["lr"]), momentum=float(p["momentum"]),
                               weight_decay=float(p["weight_decay"]), nesterov=float(p["momentum"]) > 0)
-        per_epoch = math.ceil(len(data.fit) / int(p["batch_size"]))
-        if int(p["batches_per_epoch"]):
-            per_epoch = min(per_epoch, int(p["batches_per_epoch"]))
+        per_epoch = self.training_batches(p, len(data.fit))
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, E * per_epoch))
         probe = next(batches(data.fit.subset(min(128, len(data.fit))), 128, mean=data.mean, std=data.std,
                              device=device))

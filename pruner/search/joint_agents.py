@@ -7,7 +7,7 @@ drift model's state ``h_e`` and how likely a drawn structure is under the curren
   width, share of the cost, floor), the previous actions (the last keep ratio and the mean so far) and
   the cost left against the budget (the cost with the groups decided so far and the rest unpruned, and
   with the rest at their floor, each minus the target, and the share of the still-reducible cost that
-  must go). The action is that group's keep ratio, ``floor + (1 - floor) * sigmoid(a)`` with
+  must go). The action is that group's keep ratio, ``floor + (1 - floor) * sigmoid(3 a)`` with
   ``a ~ N(mu_theta(s_i), sigma_i^2)``, bounded (as AMC bounds it) so that the groups after it can still
   meet the budget at their floor. The episode's keep ratios then go through the shared solver (as
   pruning fractions ``1 - keep``) so the structure lands on the budget exactly.
@@ -74,6 +74,10 @@ class LayerAgent(nn.Module):
 
     name = "layers"
     FEATURES = 10
+    #: keep = floor + (1 - floor) * sigmoid(GAIN * a): the action on the bandit's scale, so one ``sigma``
+    #: explores alike (at sigma 0.5 the pruned fraction of a group moves by about +-50 % in both agents;
+    #: without the gain the sigmoid's slope of 1/4 kept the layer agent's draws 4x closer together)
+    GAIN = 3.0
 
     def __init__(self, space, budget, hidden: int, sigma: float):
         super().__init__()
@@ -134,7 +138,7 @@ class LayerAgent(nn.Module):
             with torch.no_grad():
                 mu = float(self._mu(h, torch.tensor(f, dtype=torch.float64).unsqueeze(0))[0])
             a = mu + (0.0 if noise is None else float(sigma[i] * noise[i]))
-            keep = self.floor[i] + (1.0 - self.floor[i]) / (1.0 + math.exp(-max(-30.0, min(30.0, a))))
+            keep = self.floor[i] + (1.0 - self.floor[i]) / (1.0 + math.exp(-max(-30.0, min(30.0, self.GAIN * a))))
             keeps.append(float(min(keep, top)))
             us[i], feats[i] = a, f
         pruned = [max(0.0, 1.0 - k) for k in keeps]
