@@ -12,6 +12,18 @@ prints both side by side (report split top-1 before and after fine-tuning, MACs,
         --data cifar10-jpeg --budget flops=0.5 --strategy uniform --finetune-epochs 2 \\
         --max-batches-per-epoch 20                                      # run `python -m pruner prune` first
 
+An interrupted run is resumed when the command is given again. ``--dense-cache DIR`` keeps the dense
+fine-tune, so runs that differ only in budget or strategy fine-tune the unpruned model once.
+``--collect DIR`` builds the evidence table (per model, budget and strategy: pruned and dense top-1
+after the same fine-tuning and the gap, mean ± std over the seeds) from every comparison under
+``DIR`` into ``DIR/evidence.md`` and ``DIR/evidence.jsonl``:
+
+    for s in rl sensitivity uniform; do python bench/dense_vs_pruned.py --run bench/results/dvp-standard/r20-f50-$s-s0 \
+        --dense-cache bench/results/dvp-standard/dense -- --model resnet20 --weights pretrained --data cifar10-jpeg \
+        --protocol test-halves --budget flops=0.5 --strategy $s --search-evals 40 --recipe standard --seed 0 \
+        --device cpu --no-export; done
+    python bench/dense_vs_pruned.py --collect bench/results/dvp-standard
+
 The table is written to ``<run>/dense_vs_pruned.md`` (and ``.json``) as well. For the dense
 model "before" is the run's base top-1, and distillation is from a frozen copy of itself
 (self-distillation: the loss the pruned model trained with, with the same teacher).
@@ -21,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import shlex
 import sys
@@ -46,7 +59,16 @@ def _machine(device: torch.device) -> str:
     return f"CPU ({torch.get_num_threads()} threads)"
 
 
-def compare(run_path: Path, *, device: str | None = None) -> dict:
+def _dense_key(config: RunConfig) -> str:
+    """What the dense fine-tune depends on: the model and weights, the data and its split, the seed and the
+    fine-tuning settings (not the budget or the strategy)."""
+    key = {"model": config.model, "weights": config.weights, "data": config.data, "protocol": config.protocol,
+           "val_size": config.val_size, "image_size": config.image_size, "seed": config.seed,
+           "finetune": config.finetune.to_dict()}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def compare(run_path: Path, *, device: str | None = None, dense_cache: str | Path | None = None) -> dict:
     """Re-score the run's pruned model before/after fine-tuning and fine-tune the dense one the same way."""
     run = RunDir(run_path)
     summary = run.summary()
@@ -75,9 +97,18 @@ def compare(run_path: Path, *, device: str | None = None) -> dict:
     pruned_before, _ = session.build_pruned(found["counts"])
     pruned_after, _ = load_checkpoint(run.artifact_path("checkpoint"))
     dense_before = top1(dense)
-    t0 = time.perf_counter()
-    history = finetune(dense, data, config.finetune, teacher=teacher, device=session.device)
-    dense_seconds = time.perf_counter() - t0
+    cache = None if found.get("model") or not dense_cache else Path(dense_cache) / f"dense-{_dense_key(config)}.pt"
+    if cache is not None and cache.exists():          # the same unpruned model, fine-tuned the same way before
+        saved = torch.load(cache, map_location=session.device, weights_only=True)
+        dense.load_state_dict(saved["state_dict"])
+        history, dense_seconds = saved["history"], saved["seconds"]
+    else:
+        t0 = time.perf_counter()
+        history = finetune(dense, data, config.finetune, teacher=teacher, device=session.device)
+        dense_seconds = time.perf_counter() - t0
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"state_dict": dense.state_dict(), "history": history, "seconds": dense_seconds}, cache)
     rows = []
     for name, model, before in (("dense (unpruned)", dense, dense_before),
                                 ("pruned", pruned_after, top1(pruned_before))):
@@ -113,6 +144,51 @@ def markdown(result: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _mean_std(values: list[float], sign: str = "") -> str:
+    if len(values) == 1:
+        return f"{values[0]:{sign}.2f}"
+    t = torch.tensor(values, dtype=torch.float64)
+    return f"{float(t.mean()):{sign}.2f} ± {float(t.std()):.2f}"
+
+
+def collect(folder: Path, command: str) -> str:
+    """The evidence table: per model, budget and strategy, the pruned and dense report top-1 after the same
+    fine-tuning and the gap (mean ± std over the seeds found), from every comparison under ``folder``."""
+    found = [json.loads(f.read_text()) for f in sorted(folder.glob("*/dense_vs_pruned.json"))]
+    if not found:
+        raise SystemExit(f"error: no */dense_vs_pruned.json under {folder}; run the comparisons first")
+    groups: dict[tuple, list[dict]] = {}
+    for r in found:
+        groups.setdefault((r["model"], r["budget"], r["strategy"]), []).append(r)
+    ft = found[0]["finetune"]
+    lines = [f"`{command}`", "",
+             f"Protocol {found[0]['protocol']} (report top-1 on {found[0]['report_images']} report images), "
+             f"{found[0]['data']}; pruned and dense models fine-tuned alike: {ft['epochs']} epochs, "
+             f"{'all fine-tune images' if not ft.get('max_batches_per_epoch') else str(ft['max_batches_per_epoch']) + ' batches'}"
+             f" per epoch, batch {ft['batch_size']}, lr {ft['lr']}, warm-up {ft.get('warmup', 0)}, distillation weight "
+             f"{ft['kd_weight']} (T={ft['kd_temperature']}); {found[0]['machine']}.", "",
+             "| model | budget | strategy | seeds | MACs (M) | pruned top-1 | dense top-1 (same training) | gap |",
+             "|---|---|---|---|---|---|---|---|"]
+    records = []
+    for (model, budget, strategy), rs in sorted(groups.items()):
+        pruned = [r["rows"][1]["top1_after_ft"] for r in rs]
+        dense = [r["rows"][0]["top1_after_ft"] for r in rs]
+        gaps = [a - b for a, b in zip(pruned, dense)]
+        seeds = ",".join(str(r["seed"]) for r in rs)
+        lines.append(f"| {model} | {budget} | {strategy} | {seeds} | {rs[0]['rows'][1]['macs_M']} | "
+                     f"{_mean_std(pruned)} | {_mean_std(dense)} | {_mean_std(gaps, '+')} |")
+        records += [{k: r[k] for k in ("model", "budget", "strategy", "seed", "run", "rows", "finetune")} for r in rs]
+    text = "\n".join(lines) + "\n"
+    (folder / "evidence.md").write_text(text)
+    (folder / "evidence.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return text
+
+
+def _finished(run_path: Path) -> bool:
+    summary = RunDir(run_path).summary() if (run_path / "summary.json").exists() else None
+    return bool(summary) and summary.get("status") == Status.DONE
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = "python bench/dense_vs_pruned.py " + " ".join(shlex.quote(a) for a in argv)
@@ -121,18 +197,31 @@ def main(argv: list[str] | None = None) -> int:
         i = argv.index("--")
         argv, prune_args = argv[:i], argv[i + 1:]
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run", required=True, help="run directory (created by the prune arguments after --, if given)")
+    p.add_argument("--run", help="run directory (created by the prune arguments after --, if given)")
+    p.add_argument("--collect", metavar="DIR",
+                   help="instead: the evidence table of every */dense_vs_pruned.json under DIR (DIR/evidence.md)")
     p.add_argument("--device", default=None, help="override the run's device (auto, cpu, cuda)")
+    p.add_argument("--dense-cache", default=None,
+                   help="folder keeping the dense fine-tune: runs that differ only in budget or strategy share it")
     args = p.parse_args(argv)
+    if bool(args.run) == bool(args.collect):
+        print("error: give --run RUN (one comparison) or --collect DIR (the table of many)", file=sys.stderr)
+        return 2
+    if args.collect:
+        text = collect(Path(args.collect), command)
+        print(text)
+        return 0
     run_path = Path(args.run)
     try:
-        if prune_args and not (run_path / "summary.json").exists():
+        if prune_args and not _finished(run_path):
             from pruner.cli import main as cli_main
 
-            rc = cli_main(["prune", *prune_args, "--out", str(run_path)])
+            resume = (run_path / "config.json").exists()   # an interrupted run goes on where it stopped
+            rc = cli_main(["prune", "--resume", "--out", str(run_path)] if resume else
+                          ["prune", *prune_args, "--out", str(run_path)])
             if rc != 0:
                 return rc
-        result = compare(run_path, device=args.device)
+        result = compare(run_path, device=args.device, dense_cache=args.dense_cache)
     except PrunerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

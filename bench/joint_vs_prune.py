@@ -129,6 +129,19 @@ def load_or(path: Path, make) -> dict:
     return result
 
 
+def keep_records(out: Path, results: dict) -> None:
+    """Each pruning arm's summary and, for joint, its per-epoch events next to the table (the run directories
+    themselves are not committed)."""
+    for name, r in results.items():
+        run = Path(r["run"]) if r.get("run") else None
+        if run is None or not (run / "summary.json").exists():
+            continue
+        (out / f"{name}.summary.json").write_text((run / "summary.json").read_text())
+        epochs = RunDir(run).events("joint")
+        if epochs:
+            (out / f"{name}.joint_events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in epochs))
+
+
 def markdown(args, results: dict, command: str) -> str:
     E, F = args.epochs, args.finetune_epochs
     lines = [f"`{command}`", "",
@@ -178,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     except PrunerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    keep_records(out, results)
     text = markdown(args, results, command)
     (out / "joint_vs_prune.md").write_text(text)
     (out / "joint_vs_prune.json").write_text(json.dumps({"command": command, "machine": _machine(),
