@@ -8,7 +8,7 @@ drift model's state ``h_e`` and how likely a drawn structure is under the curren
   the cost left against the budget (the cost with the groups decided so far and the rest unpruned, and
   with the rest at their floor, each minus the target, and the share of the still-reducible cost that
   must go). The action is that group's keep ratio, ``floor + (1 - floor) * sigmoid(3 a)`` with
-  ``a ~ N(mu_theta(s_i), sigma_i^2)``, bounded (as AMC bounds it) so that the groups after it can still
+  ``a ~ N(tanh(mlp(h_e, s_i)), sigma_i^2)``, bounded (as AMC bounds it) so that the groups after it can still
   meet the budget at their floor. The episode's keep ratios then go through the shared solver (as
   pruning fractions ``1 - keep``) so the structure lands on the budget exactly.
 * :class:`BanditAgent` (``agent=bandit``): the earlier contextual bandit, all allocation logits at once
@@ -70,7 +70,10 @@ class BanditAgent(nn.Module):
 
 
 class LayerAgent(nn.Module):
-    """The per-layer MDP (module docstring): a shared MLP ``mu_theta([h, s_i])`` and a per-step ``log sigma``."""
+    """The per-layer MDP (module docstring): a shared MLP ``mu_theta([h, s_i])``, bounded by ``tanh`` (so the
+    policy updates cannot push the mean into the sigmoid's flat tails, where the noise no longer changes
+    the structure: without the bound one epoch's updates collapsed every draw onto one structure), and a
+    per-step ``log sigma``."""
 
     name = "layers"
     FEATURES = 10
@@ -125,7 +128,7 @@ class LayerAgent(nn.Module):
     def _mu(self, h: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         """Policy means for step features ``feats`` (``... x n x F``) at state ``h``."""
         hh = h.expand(*feats.shape[:-1], h.shape[-1])
-        return self.net(torch.cat([hh, feats], -1)).squeeze(-1)
+        return torch.tanh(self.net(torch.cat([hh, feats], -1)).squeeze(-1))
 
     def rollout(self, h: torch.Tensor, noise: np.ndarray | None) -> Draw:
         """One episode over the groups; ``noise`` (standard normal per step) or ``None`` for the mean."""
