@@ -4,7 +4,7 @@ Every arm trains for ``--epochs`` (E) epochs over all fine-tune images in total,
 augmentation, optimiser (SGD, Nesterov 0.9, weight decay 5e-4, batch 128) and cosine schedule:
 
 * ``dense``: the model re-initialised (seeded) and trained from scratch for E epochs (lr ``--lr``);
-* ``joint-<agent>``: ``python -m pruner prune --strategy joint --set init=scratch`` training from scratch for
+* ``joint``: ``python -m pruner prune --strategy joint --set init=scratch`` training from scratch for
   E - F epochs while its agent chooses the structure (lr ``--lr``), then the job's F epochs of fine-tuning
   (distilled from the trained unpruned model, lr ``--finetune-lr``);
 * ``train-then-prune``: dense from scratch for E - F epochs, then ``python -m pruner prune --strategy rl``
@@ -105,11 +105,9 @@ def arms(args) -> list[tuple[str, callable]]:
     ft = ["--finetune-epochs", str(F), "--lr", str(args.finetune_lr), "--warmup", "0"]
     out = Path(args.out)
     todo = [("dense", lambda: train_dense(args, E, out / "dense"))]
-    for agent in args.agents.split(","):
-        todo.append((f"joint-{agent}", lambda agent=agent: prune_run(args, out / f"joint-{agent}", [
-            "--weights", "none", "--strategy", "joint", "--set", "init=scratch", "--set", f"agent={agent}",
-            "--set", f"epochs={E - F}", "--set", "batches_per_epoch=0", "--set", "batch_size=128",
-            "--set", f"lr={args.lr}", *ft])))
+    todo.append(("joint", lambda: prune_run(args, out / "joint", [
+        "--weights", "none", "--strategy", "joint", "--set", "init=scratch", "--set", f"epochs={E - F}",
+        "--set", "batches_per_epoch=0", "--set", "batch_size=128", "--set", f"lr={args.lr}", *ft])))
 
     def ttp():
         first = load_or(out / "results" / "dense-before-prune.json", lambda: train_dense(args, E - F, out / "dense-before-prune"))
@@ -170,7 +168,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=0.1, help="learning rate of training from scratch")
     p.add_argument("--finetune-lr", type=float, default=0.01)
     p.add_argument("--search-evals", type=int, default=74)
-    p.add_argument("--agents", default="layers,bandit", help="joint agents to run (comma-separated)")
     p.add_argument("--only", default="", help="comma-separated arms to run now (default: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")

@@ -265,7 +265,7 @@ def test_joint_bad_settings_are_one_line_before_any_work(tmp_path, capsys):
 
     for kw, words in (({"search_evals": 2}, "epochs + 1 = 3 evaluations"),
                       ({"strategy_params": {"epochs": 0}}, "epochs must be an integer in [1, 1000]"),
-                      ({"strategy_params": {"agent": "mdp"}}, "agent must be one of layers, bandit")):
+                      ({"strategy_params": {"init": "pretrained"}}, "init must be one of checkpoint, scratch")):
         with pytest.raises(PrunerError, match=re.escape(words)):
             tiny("joint", **kw)
     rc = cli_main(["prune", "--model", "resnet20", "--weights", "none", "--data", "digits", "--strategy", "joint",
@@ -369,15 +369,14 @@ def fake_history(strat, ev, run, epochs, k=3):
     return history
 
 
-@pytest.mark.parametrize("agent", ["layers", "bandit"])
-def test_joint_policy_update_reuses_earlier_epochs_drift_corrected(one_thread, agent):
+def test_joint_policy_update_reuses_earlier_epochs_drift_corrected(one_thread):
     """With ``reuse`` the update at epoch 1 also learns from epoch 0's samples, their rewards corrected
     by the drift model, r' = r - D(h_0, k) + D(h_1, k); ``reuse=false`` is the plain update (this
-    epoch's samples only, REINFORCE with the normalised batch-mean baseline), for either agent."""
+    epoch's samples only, REINFORCE with the normalised batch-mean baseline)."""
     import copy
     import math
 
-    _, ev, ctx, strat, run = joint_setup(agent=agent)
+    _, ev, ctx, strat, run = joint_setup()
     history = fake_history(strat, ev, run, 2)
     strat._fit_drift(run.drift, run.wm_opt, history, torch.stack(run.stats), 20)
 
@@ -392,7 +391,7 @@ def test_joint_policy_update_reuses_earlier_epochs_drift_corrected(one_thread, a
     assert not torch.allclose(R[:3], torch.tensor([s.reward for s in history[:3]], dtype=torch.float64))
 
     def updated(**params):
-        s = make_strategy("joint", samples=3, agent=agent, **params)
+        s = make_strategy("joint", samples=3, **params)
         r = copy.deepcopy(run)
         reused = s._update_policy(r, history, 1)
         return reused, [p.detach().clone() for p in r.agent.parameters()]

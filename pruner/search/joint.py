@@ -11,11 +11,9 @@ with it. Every epoch ``e``:
    ``x_0 .. x_e`` gives ``h_e``, the agent's representation of how the environment (the model
    being trained) has drifted. No parameter is per-epoch, so ``h_e`` comes from an encoder,
    GRU and decoder already trained on epochs ``0..e-1``.
-2. **agent** (:mod:`pruner.search.joint_agents`): ``agent=layers``, the paper's per-layer MDP
-   (one keep ratio per group in turn; the state holds ``h_e``, the group's features, the
-   previous actions and the cost left against the budget), or ``agent=bandit``, a Gaussian over
-   all groups' allocation logits at once. Either way the shared solver puts the structure on
-   the budget. ``samples`` structures are drawn (the first is the policy mean), each scored on
+2. **agent** (:mod:`pruner.search.joint_agent`): the paper's per-layer MDP (one keep ratio per
+   group in turn; the state holds ``h_e``, the group's features, the previous actions and the
+   cost left against the budget); the shared solver puts the structure on the budget. ``samples`` structures are drawn (the first is the policy mean), each scored on
    the *current* weights (physical pruning + BN recalibration + search-split top-1 = the reward).
 3. **drift model**: a decoder ``D(h, keep ratios) -> reward`` is trained with the encoder and
    the GRU (``wm_steps`` Adam steps, MSE) to reconstruct every reward observed so far.
@@ -69,7 +67,7 @@ from ..pruning.space import build_graph
 from ..settings import native_bf16
 from .base import Param, SearchContext, Strategy, register
 from .evaluator import Candidate
-from .joint_agents import AGENTS, make_agent
+from .joint_agent import LayerAgent
 
 
 class DriftModel(nn.Module):
@@ -100,13 +98,13 @@ class DriftModel(nn.Module):
 
 @dataclass
 class Sample:
-    """One scored structure: the epoch it was drawn in, the agent's raw actions ``u`` (and, for the
-    per-layer agent, its step features), its keep ratios, the observed reward and the log-density of
+    """One scored structure: the epoch it was drawn in, the agent's raw actions ``u`` and its step
+    features, its keep ratios, the observed reward and the log-density of
     ``u`` under the policy that drew it."""
 
     epoch: int
     u: np.ndarray
-    feats: np.ndarray | None
+    feats: np.ndarray
     keep: np.ndarray
     reward: float
     logp: float
@@ -175,7 +173,7 @@ class _Run:
 
     model: nn.Module
     drift: DriftModel
-    agent: nn.Module                                   # joint_agents.LayerAgent or BanditAgent
+    agent: LayerAgent
     wm_opt: torch.optim.Optimizer
     pi_opt: torch.optim.Optimizer
     min_log_sigma: float
@@ -205,9 +203,6 @@ class JointPruning(Strategy):
         "momentum": Param(0.9, float, "SGD momentum", low=0.0, high=1.0, high_open=True),
         "weight_decay": Param(5e-4, float, "SGD weight decay", low=0.0, high=1.0),
         "align_weight": Param(0.1, float, "group-lasso weight on the channels the agent removes", low=0.0),
-        "agent": Param("layers", str, "layers: the paper's per-layer MDP (one keep ratio per group in turn, state "
-                       "with the previous actions and the cost left against the budget); bandit: all groups' "
-                       "allocation logits at once from one Gaussian", choices=AGENTS),
         "init": Param("checkpoint", str, "checkpoint: train the loaded weights; scratch: re-initialise them first "
                       "(the paper's setting)", choices=("checkpoint", "scratch")),
         "samples": Param(0, int, "structures scored per epoch; 0 = spread --search-evals (at most 8)", low=0,
@@ -217,8 +212,8 @@ class JointPruning(Strategy):
         "wm_lr": Param(0.01, float, "Adam learning rate of the drift model", low=0.0, high=1.0, low_open=True),
         "policy_steps": Param(5, int, "Adam steps of the policy per epoch", low=0, high=10000),
         "policy_lr": Param(0.1, float, "Adam learning rate of the policy", low=0.0, high=10.0, low_open=True),
-        "sigma": Param(0.5, float, "initial exploration std of the allocation logits", low=0.0, high=5.0,
-                       low_open=True),
+        "sigma": Param(0.5, float, "initial exploration std of the agent's actions a "
+                       "(keep = floor + (1 - floor) sigmoid(3a))", low=0.0, high=5.0, low_open=True),
         "min_sigma": Param(0.05, float, "exploration std floor", low=0.0, high=5.0, low_open=True),
         "reuse": Param(True, bool, "policy updates also use earlier epochs' samples, rewards drift-corrected "
                        "(false: the current epoch's samples only)"),
@@ -296,8 +291,7 @@ class JointPruning(Strategy):
                     if hasattr(m, "reset_parameters") and m is not model:
                         m.reset_parameters()
             drift = DriftModel(2 * n + 1, n, int(p["hidden"]))
-            agent = make_agent(p["agent"], space=space, budget=ctx.budget, hidden=int(p["hidden"]),
-                               sigma=float(p["sigma"]))
+            agent = LayerAgent(space, ctx.budget, hidden=int(p["hidden"]), sigma=float(p["sigma"]))
         wm_opt = torch.optim.Adam(drift.parameters(), lr=float(p["wm_lr"]))
         pi_opt = torch.optim.Adam(agent.parameters(), lr=float(p["policy_lr"]))
         min_log_sigma = math.log(float(p["min_sigma"]))
@@ -366,7 +360,7 @@ class JointPruning(Strategy):
                  loss=ce_mean + float(p["align_weight"]) * pen_mean, ce=ce_mean, penalty=pen_mean,
                  removed_norm_after=removed_norm, keep_ratios=chosen.keep_ratios, samples=K, reused=reused,
                  mean_reward=float(rewards.mean()), sigma=float(run.agent.log_sigma.detach().exp().mean()),
-                 drift_loss=wm_loss, model_version=ev.model_version, agent=run.agent.name)
+                 drift_loss=wm_loss, model_version=ev.model_version)
         ctx.emit("step", step=epoch, best_top1=chosen.top1, best_reward=float(rewards.max()),
                  mean_reward=float(rewards.mean()), keep_ratios=chosen.keep_ratios)
         return chosen

@@ -1,4 +1,4 @@
-"""The joint strategy's agents (pruner/search/joint_agents.py) on a real pruning space: the per-layer
+"""The joint strategy's agent (pruner/search/joint_agent.py) on a real pruning space: the per-layer
 MDP's states, bounds and densities, and that REINFORCE through its densities learns."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 from pruner.budget import Budget
 from pruner.models.cifar_resnet import cifar_resnet
 from pruner.pruning.space import PruningSpace
-from pruner.search.joint_agents import BanditAgent, LayerAgent, make_agent
+from pruner.search.joint_agent import LayerAgent
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -68,16 +68,14 @@ def test_log_prob_recomputes_the_density_of_a_draw(space):
         [float(agent._mu(h, torch.tensor(f, dtype=torch.float64)[None])[0]) for f in draws[0].feats])  # the mean
 
 
-@pytest.mark.parametrize("name", ["layers", "bandit"])
-def test_reinforce_through_the_agent_learns_which_group_to_keep(space, name):
+def test_reinforce_through_the_agent_learns_which_group_to_keep(space):
     """A made-up reward that pays for keeping group 0 (the stem): REINFORCE with the batch-mean baseline
     through ``log_prob`` raises the policy mean's keep of group 0 under the same budget."""
     from pruner.budget import solve
 
     torch.manual_seed(0)
     budget = Budget.parse("flops=0.5")
-    agent = make_agent(name, space=space, budget=budget, hidden=8, sigma=0.8)
-    assert isinstance(agent, LayerAgent if name == "layers" else BanditAgent)
+    agent = LayerAgent(space, budget, hidden=8, sigma=0.8)
     opt = torch.optim.Adam(agent.parameters(), lr=0.05)
     rng = np.random.default_rng(0)
     h = h0()
