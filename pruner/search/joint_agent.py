@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 
 from ..budget import bisect, floor_ratios, model_cost_fn, saving_rates
-from .common import mlp
+from .common import mlp, sigmoid
 
 @dataclass
 class Draw:
@@ -93,7 +93,7 @@ class LayerAgent(nn.Module):
         rest = self.floor[i + 1:].tolist()
         if self.cost(done + [1.0] + rest) <= self.target:
             return f, 1.0
-        if self.cost(done + [self.floor[i]] + rest) > self.target:
+        if lowest > self.target:
             return f, float(self.floor[i])
         top, _ = bisect(lambda k: self.cost(done + [k] + rest), lambda c: c <= self.target,
                         float(self.floor[i]), 1.0, 0.0, iterations=14)
@@ -115,7 +115,7 @@ class LayerAgent(nn.Module):
             with torch.no_grad():
                 mu = float(self._mu(h, torch.tensor(f, dtype=torch.float64).unsqueeze(0))[0])
             a = mu + (0.0 if noise is None else float(sigma[i] * noise[i]))
-            keep = self.floor[i] + (1.0 - self.floor[i]) / (1.0 + math.exp(-max(-30.0, min(30.0, self.GAIN * a))))
+            keep = self.floor[i] + (1.0 - self.floor[i]) * float(sigmoid(np.asarray(self.GAIN * a)))
             keeps.append(float(min(keep, top)))
             us[i], feats[i] = a, f
         pruned = [max(0.0, 1.0 - k) for k in keeps]
