@@ -19,14 +19,15 @@ figures drift with the other load; the ratio of interleaved pairs is what to com
 * ``new``: the current defaults (lean graph: in-place element-wise ops, BN folded after recalibration;
   on a CPU, a batch's structures scored on threads, ``EvaluatorSettings.threads`` auto);
 * ``fp32``: the defaults in float32 (``EvaluatorSettings.amp=False``); ``bf16``: with bf16 autocast
-  while recalibrating and scoring (``amp=True``; the default on a CPU with AVX-512 BF16 or AMX);
+  while recalibrating and scoring (``amp=True``; no longer a default: the CPU search scores in float32,
+  docs/results.md "Candidate evaluation speed" says why);
   the output adds the two set-ups' top-1 differences and the Spearman rank correlation of their top-1s;
 * ``serial``: the defaults, one structure at a time (``threads=1``); ``threads-N``: N at a time;
 * ``lean-bN``: the lean graph with scoring batch N; ``eager-bN``: eager with scoring batch N.
 
 ``--batch K`` proposes the candidates K at a time, as the strategies do (``Evaluator.prefetch``,
 then ``evaluate`` each): only then can a batch be scored on threads (``rl``'s updates propose 2,
-the baselines 8). Per-candidate figures are a batch's time over K.
+``random`` 16). Per-candidate figures are a batch's time over K.
 """
 
 from __future__ import annotations

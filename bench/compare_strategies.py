@@ -249,7 +249,13 @@ def write_tables(args, rows: list[dict], out: Path, seeds: list[int]) -> None:
         w.writerows(rows)
     tuning = (f"fine-tune {args.finetune_epochs} epoch(s) x {args.max_batches_per_epoch} batches with distillation"
               if args.finetune_epochs else "no fine-tuning (test_top1_after_ft is the pruned, BN-recalibrated model)")
-    machine = f"CPU, {torch.get_num_threads()} intra-op thread(s)" + (", GPU" if torch.cuda.is_available() else "")
+    if args.threads:
+        threads = f"{args.threads} intra-op thread(s)"
+    elif args.collect:  # the collecting process's own count says nothing about the runs'
+        threads = "the runs' intra-op threads (pass the runs' --threads to --collect to record them)"
+    else:
+        threads = f"{torch.get_num_threads()} intra-op thread(s)"
+    machine = f"CPU, {threads}" + (", GPU" if torch.cuda.is_available() else "")
     lines = [f"`{command}`", "",
              f"Protocol: {args.protocol} (search on the search half, test top-1 on the report half); "
              f"budget {args.budget} (unless the row says otherwise); {args.search_evals} evaluations; {tuning}; "
