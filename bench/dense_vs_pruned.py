@@ -15,7 +15,8 @@ prints both side by side (report split top-1 before and after fine-tuning, MACs,
 An interrupted run is resumed when the command is given again. ``--dense-cache DIR`` keeps the dense
 fine-tune, so runs that differ only in budget or strategy fine-tune the unpruned model once.
 ``--collect DIR`` builds the evidence table (per model, budget and strategy: pruned and dense top-1
-after the same fine-tuning and the gap, mean ± std over the seeds) from every comparison under
+after the same fine-tuning and the gap, mean ± std over the seeds; then per seed each strategy's gap
+and the best one) from every comparison under
 ``DIR`` into ``DIR/evidence.md`` and ``DIR/evidence.jsonl``:
 
     for s in rl sensitivity uniform; do python bench/dense_vs_pruned.py --run bench/results/dvp-standard/r20-f50-$s-s0 \
@@ -151,6 +152,26 @@ def _mean_std(values: list[float], sign: str = "") -> str:
     return f"{float(t.mean()):{sign}.2f} ± {float(t.std()):.2f}"
 
 
+def per_seed_table(found: list[dict]) -> list[str]:
+    """Per model, budget and seed: the dense model's report top-1 after fine-tuning, each strategy's gap to
+    it, and which strategy came out best (a claim about every seed reads this table, not the means)."""
+    strategies = sorted({r["strategy"] for r in found})
+    cells: dict[tuple, dict[str, dict]] = {}
+    for r in found:
+        cells.setdefault((r["model"], r["budget"], r["seed"]), {})[r["strategy"]] = r
+    lines = ["Per seed: each strategy's gap to the dense model fine-tuned the same way (same seed).", "",
+             "| model | budget | seed | dense top-1 | " + " | ".join(f"{s} gap" for s in strategies) + " | best |",
+             "|---|---|---|---|" + "---|" * len(strategies) + "---|"]
+    for (model, budget, seed), by in sorted(cells.items()):
+        dense = next(iter(by.values()))["rows"][0]["top1_after_ft"]
+        gaps = {s: r["rows"][1]["top1_after_ft"] - r["rows"][0]["top1_after_ft"] for s, r in by.items()}
+        best = max(gaps, key=gaps.get)
+        lines.append(f"| {model} | {budget} | {seed} | {dense:.2f} | "
+                     + " | ".join(f"{gaps[s]:+.2f}" if s in gaps else "–" for s in strategies)
+                     + f" | {best} ({gaps[best]:+.2f}) |")
+    return lines
+
+
 def collect(folder: Path, command: str) -> str:
     """The evidence table: per model, budget and strategy, the pruned and dense report top-1 after the same
     fine-tuning and the gap (mean ± std over the seeds found), from every comparison under ``folder``."""
@@ -171,6 +192,7 @@ def collect(folder: Path, command: str) -> str:
              "|---|---|---|---|---|---|---|---|"]
     records = []
     for (model, budget, strategy), rs in sorted(groups.items()):
+        rs.sort(key=lambda r: r["seed"])
         pruned = [r["rows"][1]["top1_after_ft"] for r in rs]
         dense = [r["rows"][0]["top1_after_ft"] for r in rs]
         gaps = [a - b for a, b in zip(pruned, dense)]
@@ -178,6 +200,7 @@ def collect(folder: Path, command: str) -> str:
         lines.append(f"| {model} | {budget} | {strategy} | {seeds} | {rs[0]['rows'][1]['macs_M']} | "
                      f"{_mean_std(pruned)} | {_mean_std(dense)} | {_mean_std(gaps, '+')} |")
         records += [{k: r[k] for k in ("model", "budget", "strategy", "seed", "run", "rows", "finetune")} for r in rs]
+    lines += ["", *per_seed_table(found)]
     text = "\n".join(lines) + "\n"
     (folder / "evidence.md").write_text(text)
     (folder / "evidence.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))

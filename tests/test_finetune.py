@@ -243,6 +243,22 @@ def test_dense_vs_pruned_fine_tunes_the_unpruned_model_like_the_run(tmp_path):
     table = (out / "dense_vs_pruned.md").read_text()
     assert "| dense (unpruned) |" in table and "| pruned |" in table and "test-halves" not in table
 
+    # --collect: the real comparison, plus the same record as another strategy's at another seed with
+    # known top-1s, so the means, the per-seed gaps and the best strategy can be checked exactly
+    other = json.loads(json.dumps(result))
+    other["strategy"], other["seed"] = "zz-other", 7
+    other["rows"][0]["top1_after_ft"], other["rows"][1]["top1_after_ft"] = 50.0, 51.25
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "dense_vs_pruned.json").write_text(json.dumps(other))
+    assert bench.main(["--collect", str(tmp_path)]) == 0
+    evidence = (tmp_path / "evidence.md").read_text()
+    gap = pruned["top1_after_ft"] - dense["top1_after_ft"]
+    assert f"| resnet20 | flops=0.5 | uniform | 0 | {pruned['macs_M']} | {pruned['top1_after_ft']:.2f} | " in evidence
+    assert f"| resnet20 | flops=0.5 | 0 | {dense['top1_after_ft']:.2f} | {gap:+.2f} | – | uniform ({gap:+.2f}) |" \
+        in evidence  # columns: the strategies in name order (uniform, zz-other)
+    assert "| resnet20 | flops=0.5 | 7 | 50.00 | – | +1.25 | zz-other (+1.25) |" in evidence
+    assert len((tmp_path / "evidence.jsonl").read_text().splitlines()) == 2
+
 
 def test_dense_vs_pruned_needs_a_finished_run(tmp_path, capsys):
     import importlib.util
