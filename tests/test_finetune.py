@@ -244,7 +244,7 @@ def test_dense_vs_pruned_fine_tunes_the_unpruned_model_like_the_run(tmp_path):
     assert "| dense (unpruned) |" in table and "| pruned |" in table and "test-halves" not in table
 
     # --collect: the real comparison, plus the same record as another strategy's at another seed with
-    # known top-1s, so the means, the per-seed gaps and the best strategy can be checked exactly
+    # known top-1s, so the summary row, the per-seed gaps and the best strategy can be checked exactly
     other = json.loads(json.dumps(result))
     other["strategy"], other["seed"] = "zz-other", 7
     other["rows"][0]["top1_after_ft"], other["rows"][1]["top1_after_ft"] = 50.0, 51.25
